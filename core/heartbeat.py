@@ -1,0 +1,60 @@
+"""Worker liveness: a daemon thread in each Celery worker's main process upserts a WorkerHeartbeat row."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+_stop = threading.Event()
+
+
+def heartbeat_beat(*, hostname: str, queues: list[str], started_at) -> None:
+    from core.models import WorkerHeartbeat
+
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname,
+        defaults={"queues": queues, "pid": os.getpid(), "started_at": started_at, "last_seen": timezone.now()},
+    )
+
+
+def _loop(hostname: str, queues: list[str]) -> None:
+    started_at = timezone.now()
+    while not _stop.is_set():
+        try:
+            close_old_connections()
+            heartbeat_beat(hostname=hostname, queues=queues, started_at=started_at)
+        except Exception:  # the database may be restarting; keep beating
+            logger.warning("worker heartbeat failed; retrying", exc_info=True)
+        finally:
+            connection.close()
+        _stop.wait(settings.MF_WORKER_HEARTBEAT_SECONDS)
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **kwargs) -> None:
+    consumer = sender
+    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer is not None else []
+    hostname = consumer.hostname if consumer is not None else "unknown"
+    _stop.clear()
+    threading.Thread(target=_loop, args=(hostname, queues), name="mf-heartbeat", daemon=True).start()
+    logger.info("worker %s ready on queues %s", hostname, ", ".join(queues))
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender=None, **kwargs) -> None:
+    from core.models import WorkerHeartbeat
+
+    _stop.set()
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        try:
+            WorkerHeartbeat.objects.filter(hostname=hostname).delete()
+        except Exception:
+            logger.warning("could not remove heartbeat of %s", hostname, exc_info=True)

@@ -1,0 +1,73 @@
+"""Read-only checks of the platform's parts, used by /healthz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from modelfactory.celery import QUEUES, app
+
+
+@dataclass
+class Check:
+    ok: bool
+    detail: str
+    extra: dict = field(default_factory=dict)
+
+
+def health_database() -> Check:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return Check(False, f"database unreachable: {exc.__class__.__name__}: {exc}".strip())
+    return Check(True, f"{connection.vendor} answers")
+
+
+def health_broker() -> Check:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+            transport = conn.transport_cls
+    except Exception as exc:
+        return Check(False, f"broker unreachable: {exc.__class__.__name__}: {exc}".strip())
+    return Check(True, f"{transport} broker answers")
+
+
+def health_workers() -> Check:
+    from core.models import WorkerHeartbeat
+
+    try:
+        fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
+        workers = list(WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after))
+    except Exception as exc:
+        return Check(False, f"cannot read worker heartbeats: {exc.__class__.__name__}")
+    served = sorted({q for w in workers for q in w.queues})
+    missing = [q for q in QUEUES if q not in served]
+    extra = {"workers": [{"hostname": w.hostname, "queues": w.queues} for w in workers], "queues": served}
+    if not workers:
+        return Check(
+            False,
+            "no Celery worker has reported in the last "
+            f"{settings.MF_WORKER_STALE_SECONDS} s; start one with `make run` or `celery -A modelfactory worker`",
+            extra,
+        )
+    if missing:
+        return Check(False, f"no live worker listens on the queue(s): {', '.join(missing)}", extra)
+    return Check(True, f"{len(workers)} worker(s) alive on {', '.join(served)}", extra)
+
+
+def health_report() -> dict:
+    checks = {"database": health_database(), "broker": health_broker()}
+    checks["worker"] = health_workers() if checks["database"].ok else Check(False, "unknown: the database is down")
+    failing = [name for name, check in checks.items() if not check.ok]
+    return {
+        "status": "ok" if not failing else "fail",
+        "failing": failing,
+        "checks": {name: {"ok": c.ok, "detail": c.detail, **c.extra} for name, c in checks.items()},
+    }

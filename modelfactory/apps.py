@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ModelFactoryConfig(AppConfig):
+    name = "modelfactory"
+    verbose_name = "Model factory"

@@ -1,0 +1,93 @@
+"""Typed readers for environment variables that fail loudly, naming the variable.
+
+Plain Python (no Django import) so that settings.py can use it before Django is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import urlparse
+
+
+class EnvError(Exception):
+    """A variable has a value the application cannot run with."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        self.name = name
+        super().__init__(f"Environment variable {name}={value!r} is not valid: expected {expected}.")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def load_dotenv(path) -> None:
+    """Reads KEY=VALUE lines from a .env file into os.environ; variables already set win."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise EnvError(f"{path} line {number}", line, "KEY=VALUE")
+        os.environ.setdefault(key.strip(), value.strip().strip('"').strip("'"))
+
+
+class Env:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        return default if value is None else value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise EnvError(name, value, "one of true/false, 1/0, yes/no, on/off")
+
+    def int(self, name: str, default: int, *, min_value: int | None = None, max_value: int | None = None) -> int:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise EnvError(name, value, "a whole number") from None
+        if (min_value is not None and number < min_value) or (max_value is not None and number > max_value):
+            low = "-inf" if min_value is None else min_value
+            high = "inf" if max_value is None else max_value
+            raise EnvError(name, value, f"a whole number between {low} and {high}")
+        return number
+
+    def list(self, name: str, default: list[str]) -> list[str]:
+        value = self._raw(name)
+        if value is None:
+            return list(default)
+        return [item.strip() for item in value.split(",") if item.strip()]
+
+    def url(self, name: str, default: str, *, schemes: set[str]) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        scheme = urlparse(value).scheme
+        if scheme not in schemes:
+            raise EnvError(name, value, "a URL starting with " + " or ".join(sorted(f"{s}://" for s in schemes)))
+        return value

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Starts the web server and real Celery workers; Ctrl-C stops them all.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+pids=()
+
+stop() {
+  trap - INT TERM EXIT
+  echo
+  echo "Stopping web server and workers..."
+  kill -TERM "${pids[@]}" 2>/dev/null
+  wait "${pids[@]}" 2>/dev/null
+  echo "Stopped."
+}
+trap stop INT TERM EXIT
+
+# Training: one job at a time per worker process.
+"$VENV/bin/celery" -A modelfactory worker -Q gpu -c 1 --prefetch-multiplier=1 -n "gpu@%h" --loglevel=INFO &
+pids+=($!)
+# Ingest, attribution, settlement and inference.
+"$VENV/bin/celery" -A modelfactory worker -Q default,inference -c 2 -n "main@%h" --loglevel=INFO &
+pids+=($!)
+"$VENV/bin/python" manage.py runserver 127.0.0.1:8000 &
+pids+=($!)
+
+echo "ModelFactory is starting on http://127.0.0.1:8000 (Ctrl-C stops everything)."
+wait -n "${pids[@]}"

@@ -1,0 +1,11 @@
+// Small page helpers shared by every page. htmx and Chart.js are loaded before this file.
+document.addEventListener("htmx:responseError", function (event) {
+  var target = event.detail.target;
+  if (target) {
+    var p = document.createElement("p");
+    p.className = "message message-error";
+    p.setAttribute("role", "alert");
+    p.textContent = "The server could not complete that request (" + event.detail.xhr.status + "). Please try again.";
+    target.prepend(p);
+  }
+});
