@@ -30,8 +30,8 @@ def _loop(hostname: str, queues: list[str]) -> None:
         try:
             close_old_connections()
             heartbeat_beat(hostname=hostname, queues=queues, started_at=started_at)
-        except Exception:  # the database may be restarting; keep beating
-            logger.warning("worker heartbeat failed; retrying", exc_info=True)
+        except Exception as exc:  # the database may be restarting; keep beating
+            logger.warning("worker heartbeat failed (%s: %s); retrying", exc.__class__.__name__, exc)
         finally:
             connection.close()
         _stop.wait(settings.MF_WORKER_HEARTBEAT_SECONDS)
@@ -56,5 +56,5 @@ def _stop_heartbeat(sender=None, **kwargs) -> None:
     if hostname:
         try:
             WorkerHeartbeat.objects.filter(hostname=hostname).delete()
-        except Exception:
-            logger.warning("could not remove heartbeat of %s", hostname, exc_info=True)
+        except Exception as exc:
+            logger.warning("could not remove heartbeat of %s (%s)", hostname, exc)
