@@ -54,12 +54,17 @@ def profile(request):
 @login_required
 def tokens(request):
     form = ApiTokenForm(request.POST or None)
-    new_key = None
     if request.method == "POST" and form.is_valid():
-        token, new_key = api_token_create(user=request.user, name=form.cleaned_data["name"])
+        token, key = api_token_create(user=request.user, name=form.cleaned_data["name"])
         messages.success(request, f"API key “{token.name}” created. Copy it now: it will not be shown again.")
-        form = ApiTokenForm()
-    context = {"form": form, "new_key": new_key, "tokens": ApiToken.objects.filter(user=request.user)}
+        # Post/redirect/get: reloading the page must not create a second key. The key rides in the session once.
+        request.session["new_api_key"] = key
+        return redirect("accounts:tokens")
+    context = {
+        "form": form,
+        "new_key": request.session.pop("new_api_key", None),
+        "tokens": ApiToken.objects.filter(user=request.user),
+    }
     return render(request, "accounts/tokens.html", context)
 
 

@@ -117,7 +117,8 @@ def test_profile_requires_login_and_saves(client, cast):
 
 def test_token_page_creates_a_key_shown_once(client, cast):
     client.force_login(cast.owner)
-    response = client.post(reverse("accounts:tokens"), {"name": "laptop script"})
+    response = client.post(reverse("accounts:tokens"), {"name": "laptop script"}, follow=True)
+    assert response.redirect_chain == [(reverse("accounts:tokens"), 302)]
     page = response.content.decode()
     token = ApiToken.objects.get(user=cast.owner)
     key = response.context["new_key"]
