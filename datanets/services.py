@@ -62,8 +62,14 @@ def _tags(names) -> list[Tag]:
     return [Tag.objects.get_or_create(name=n)[0] for n in cleaned[:20]]
 
 
+# Paths under /datanets/ that are not datanets.
+RESERVED_SLUGS = {"new", "contributions", "rows"}
+
+
 def _unique_slug(name: str) -> str:
     base = slugify(name)[:90] or "datanet"
+    if base in RESERVED_SLUGS:
+        base = f"{base}-datanet"
     slug, n = base, 2
     while Datanet.objects.filter(slug=slug).exists():
         slug, n = f"{base}-{n}", n + 1
@@ -101,7 +107,7 @@ def datanet_create(
     with transaction.atomic(durable=True):
         if slug:
             slug = slugify(slug)[:100]
-            if Datanet.objects.filter(slug=slug).exists():
+            if slug in RESERVED_SLUGS or Datanet.objects.filter(slug=slug).exists():
                 raise DatanetError(f"The address '{slug}' is taken; choose another.", code="slug_taken")
         datanet = Datanet.objects.create(
             slug=slug or _unique_slug(name),
