@@ -36,11 +36,13 @@ class DatanetError(Exception):
     """A refused request, with a plain-language message. `code` is stable for the API."""
 
     status = 400
+    STATUS_BY_CODE = {"file_too_large": 413, "duplicate_file": 409, "slug_taken": 409}
 
     def __init__(self, message: str, *, code: str = "invalid"):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = self.STATUS_BY_CODE.get(code, type(self).status)
 
 
 class NotAllowed(DatanetError):
@@ -182,7 +184,9 @@ def _hash_upload(upload) -> tuple[str, int]:
 
 
 def _too_large_message() -> str:
-    return f"The file is larger than the upload limit of {settings.MF_UPLOAD_MAX_BYTES / 1024 / 1024:.0f} MB."
+    from django.template.defaultfilters import filesizeformat
+
+    return f"The file is larger than the upload limit of {filesizeformat(settings.MF_UPLOAD_MAX_BYTES)}."
 
 
 def contribution_create(*, datanet: Datanet, contributor, upload, column_mapping: dict | None = None) -> Contribution:

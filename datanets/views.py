@@ -153,21 +153,22 @@ def datanet_upload(request, slug):
 def _datanet_upload(request, slug):
     datanet = _datanet(request, slug)
     form = UploadForm(request.POST or None, request.FILES or None)
+    error = ""
     if request.method == "POST":
         if request.upload_too_large:
             form = UploadForm()
-            form.add_error(None, services._too_large_message() + " Split it into smaller files.")
+            error = services._too_large_message() + " Split it into smaller files."
         elif form.is_valid():
             try:
                 contribution = services.contribution_create(
                     datanet=datanet, contributor=request.user, upload=form.cleaned_data["file"]
                 )
             except services.DatanetError as exc:
-                form.add_error(None, exc.message)
+                error = exc.message
             else:
                 return redirect("datanets:contribution", pk=contribution.pk)
-    context = {**_base(request, datanet, "upload"), "form": form, "limit_mb": settings.MF_UPLOAD_MAX_BYTES >> 20}
-    return render(request, "datanets/upload.html", context, status=400 if form.errors else 200)
+    context = {**_base(request, datanet, "upload"), "form": form, "error": error, "limit": settings.MF_UPLOAD_MAX_BYTES}
+    return render(request, "datanets/upload.html", context, status=400 if (form.errors or error) else 200)
 
 
 @login_required

@@ -65,7 +65,7 @@ def read_jsonl(raw: BinaryIO, *, row_max_chars: int, last_line: list[int]) -> It
         try:
             yield number, json.loads(line), None
         except ValueError as exc:
-            yield number, None, f"this line is not valid JSON ({exc.msg} at column {exc.colno})"
+            yield number, None, f"this line is not valid JSON ({exc.msg} at column {exc.pos + 1})"
 
 
 def read_json_array(raw: BinaryIO, *, row_max_chars: int, last_line: list[int]) -> Iterator[RawRow]:

@@ -78,7 +78,7 @@ def luhn_valid(digits: str) -> bool:
 def _classify_digits(span: str) -> str | None:
     digits = re.sub(r"\D", "", span)
     n = len(digits)
-    if 13 <= n <= 19 and not re.search(r"[().]", span) and luhn_valid(digits) and len(set(digits)) > 2:
+    if 13 <= n <= 19 and not re.search(r"[().]", span) and luhn_valid(digits) and len(set(digits)) > 1:
         return "card_number"
     if 9 <= n <= 15 and (span.startswith("+") or re.search(r"[ ().-]", span)) and _PHONE_GROUPS.match(span.strip()):
         return "phone"
