@@ -189,7 +189,9 @@ def _too_large_message() -> str:
     return f"The file is larger than the upload limit of {filesizeformat(settings.MF_UPLOAD_MAX_BYTES)}."
 
 
-def contribution_create(*, datanet: Datanet, contributor, upload, column_mapping: dict | None = None) -> Contribution:
+def contribution_create(
+    *, datanet: Datanet, contributor, upload, column_mapping: dict | None = None, enqueue: bool = True
+) -> Contribution:
     """Stores an uploaded file and queues its ingest. Refuses (DatanetError) empty and over-limit files and a file
     already uploaded to this datanet, before anything is stored."""
     if not datanet_can_contribute(user=contributor, datanet=datanet):
@@ -220,7 +222,8 @@ def contribution_create(*, datanet: Datanet, contributor, upload, column_mapping
     try:
         with transaction.atomic(durable=True):
             contribution.save()
-            transaction.on_commit(lambda: _enqueue_ingest(contribution.pk))
+            if enqueue:
+                transaction.on_commit(lambda: _enqueue_ingest(contribution.pk))
     except IntegrityError:  # the same file raced in from another request
         contribution.file.delete(save=False)
         raise DatanetError("This file is already being uploaded to this datanet.", code="duplicate_file") from None
@@ -587,3 +590,46 @@ def version_manifest_recompute(*, version: DatanetVersion) -> str:
         pk__in=VersionRecord.objects.filter(version=version).values("record_id")
     ).values_list("content_hash", flat=True)
     return merkle_root(hashes.iterator(chunk_size=5000))
+
+
+# --- Demo data ----------------------------------------------------------------------------------------------------
+
+
+def demo_datanet_seed(*, owner) -> Datanet | None:
+    """On first run only: the demo datanet with three contributors' rows, reviewed and published as version 1,
+    going through the same upload -> ingest -> review -> publish path as real data. Returns None when it exists."""
+    import json
+
+    from django.contrib.auth import get_user_model
+    from django.core.files.base import ContentFile
+
+    from datanets.demo_data import CONTRIBUTORS, DEMO_DESCRIPTION, DEMO_SLUG
+
+    if Datanet.objects.filter(slug=DEMO_SLUG).exists():
+        return None
+    datanet = datanet_create(
+        owner=owner,
+        slug=DEMO_SLUG,
+        name="Home gardening",
+        kind=Datanet.Kind.INSTRUCTION,
+        summary="Short, practical answers about growing vegetables and herbs at home.",
+        description=DEMO_DESCRIPTION,
+        tags=["gardening", "vegetables", "herbs"],
+        licence="CC-BY-4.0",
+        visibility=Datanet.Visibility.PUBLIC,
+        policy=Datanet.Policy.APPROVAL,
+    )
+    User = get_user_model()
+    for username, pairs in CONTRIBUTORS.items():
+        user, created = User.objects.get_or_create(username=username, defaults={"email": f"{username}@example.com"})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        body = "".join(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n" for q, a in pairs)
+        upload = ContentFile(body.encode(), name=f"{username}.jsonl")
+        contribution = contribution_create(datanet=datanet, contributor=user, upload=upload, enqueue=False)
+        contribution = contribution_ingest(contribution_id=contribution.pk)
+        if contribution.status == Contribution.Status.NEEDS_REVIEW:
+            contribution_approve(contribution=contribution, curator=owner, note="Demo data")
+    version_publish(datanet=datanet, actor=owner, notes="Demo data from three contributors.")
+    return datanet

@@ -144,13 +144,13 @@ class RowProcessor:
         if len(canonical) > self.row_max_chars:
             report.error(line, f"the row is {len(canonical):,} characters; the limit per row is {self.row_max_chars:,}")
             return None
-        digest = content_hash(content)
+        digest = content_hash(content, canonical)
         if self._duplicate(line, digest):
             return None
         text = row_text(self.kind, content)
         found = screen_fields(_text_fields(self.kind, content), text, limits=self.limits)
-        report.flags.update(found)
         if found:
+            report.flags.update(found)
             drop = {f for f in found if self.actions.get(f) == DROP}
             if drop:
                 self._drop(line, drop)

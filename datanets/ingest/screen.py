@@ -45,18 +45,20 @@ _PRIVATE_KEY = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)"
 )
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9_\-]{20,}")
+# One scan finds every run of 20+ non-space characters: API keys and 25-character repeats both live in such runs.
+_LONG_RUN = re.compile(r"\S{16,}")
 _API_TOKEN = re.compile(
     r"(?:sk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}|A(?:KIA|SIA)[0-9A-Z]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}"
-    r"|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|mf_[A-Za-z0-9_-]{40,})$"
+    r"|hf_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,}|mf_[A-Za-z0-9_-]{40,})(?![A-Za-z0-9_-])"
 )
 _NAMED_SECRET = re.compile(
     r"(?:api[_-]?key|secret[_-]?key|access[_-]?token|auth[_-]?token)[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9_\-/+]{16,})",
     re.IGNORECASE,
 )
 _DIGIT_RUN = re.compile(r"(?<![\w.,/:])\+?\(?\d[\d ().-]{6,24}\d(?![\w]|[.,]\d)")
-_NO_DIGITS = str.maketrans("", "", "0123456789")
+# A phone or card number has at least 8 digits/separators in a row; most text has none, and this is cheap to scan.
+_DIGITS_AHEAD = re.compile(r"\d[\d ().-]{7}")
 _REPEATED_CHAR = re.compile(r"(.)\1{24}")
 _SEPARATORS = set(" \t\n-=_*#.~`|+")
 _REPEATED_WORD = re.compile(r"\b(\w+)(?:\W+\1\b){9,}", re.IGNORECASE)
@@ -91,24 +93,32 @@ class Limits:
     max_chars: int = 20_000
 
 
-def find_sensitive(text: str) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of every e-mail, phone number, card number (Luhn-checked), API key and private key."""
+def find_sensitive(text: str, words: list[str] | None = None) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every e-mail, phone number, card number (Luhn-checked), API key and private key.
+
+    `words` (text.split(), when the caller has it) lets the API-key check look only at long words."""
     found = []
     if "PRIVATE KEY" in text:
         found.extend(("private_key", m.start(), m.end()) for m in _PRIVATE_KEY.finditer(text))
     if "@" in text:
         found.extend(("email", m.start(), m.end()) for m in _EMAIL.finditer(text))
-    for m in _LONG_TOKEN.finditer(text):
-        if _API_TOKEN.match(m.group()):
-            found.append(("api_key", m.start(), m.end()))
+    if words is None:
+        words = text.split()
+    if any(len(w) >= 16 for w in words):
+        for run in _LONG_RUN.finditer(text):
+            for m in _API_TOKEN.finditer(run.group()):
+                if m.start() == 0 or not run.group()[m.start() - 1].isalnum():
+                    found.append(("api_key", run.start() + m.start(), run.start() + m.end()))
     lowered = text.lower()
     if "key" in lowered or "token" in lowered:
         found.extend(("api_key", m.start(1), m.end(1)) for m in _NAMED_SECRET.finditer(text))
-    if len(text) - len(text.translate(_NO_DIGITS)) >= 9:
+    if _DIGITS_AHEAD.search(text):
         for m in _DIGIT_RUN.finditer(text):
             kind = _classify_digits(m.group())
             if kind is not None:
                 found.append((kind, m.start(), m.end()))
+    if len(found) < 2:
+        return found
     # Overlaps (a key inside a private key block, the same key found twice) keep the earliest, longest span.
     found.sort(key=lambda s: (s[1], -s[2]))
     kept, end = [], -1
@@ -119,12 +129,15 @@ def find_sensitive(text: str) -> list[tuple[str, int, int]]:
     return kept
 
 
-def is_spam(text: str) -> bool:
+def is_spam(text: str, words: list[str] | None = None) -> bool:
     """A character repeated 25+ times in a row (separators such as ---- excepted) or a word repeated 10+ times."""
-    for m in _REPEATED_CHAR.finditer(text):
-        if m.group(1) not in _SEPARATORS:
-            return True
-    words = text.split()
+    if words is None:
+        words = text.split()
+    for word in words:
+        if len(word) >= 25:
+            for m in _REPEATED_CHAR.finditer(word):
+                if m.group(1) not in _SEPARATORS:
+                    return True
     if len(words) >= 10 and len(set(words)) * 2 <= len(words):
         return _REPEATED_WORD.search(text) is not None
     return False
@@ -140,9 +153,11 @@ def screen_fields(fields: list[str], flat_text: str, *, limits: Limits) -> set[s
         flags.add("too_short")
     elif size > limits.max_chars:
         flags.add("too_long")
-    if is_spam(flat_text):
+    words = flat_text.split()
+    if is_spam(flat_text, words):
         flags.add("repeated_chars")
-    flags.update(kind for kind, _, _ in find_sensitive(flat_text))
+    for kind, _, _ in find_sensitive(flat_text, words):
+        flags.add(kind)
     return flags
 
 

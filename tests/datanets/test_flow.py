@@ -65,3 +65,27 @@ def test_three_contributors_review_and_publish_version_one(cast, datanet):
     diff = selectors.version_diff(version=v2)
     assert diff["contributors"] == [{"username": "alice", "added": 0, "removed": 1}]
     assert Contribution.objects.filter(status="accepted").count() == 3
+
+
+def test_demo_seed_runs_once_through_the_real_pipeline(cast):
+    from datanets.demo_data import CONTRIBUTORS
+
+    datanet = services.demo_datanet_seed(owner=cast.owner)
+    version = datanet.versions.get()
+    assert (version.number, version.row_count, version.contributor_count) == (1, 36, 3)
+    assert sorted(selectors.datanet_stats(datanet=datanet)["shares"], key=lambda s: s["username"]) == [
+        {"username": name, "rows": len(rows), "share": len(rows) / 36} for name, rows in sorted(CONTRIBUTORS.items())
+    ]
+    assert services.demo_datanet_seed(owner=cast.owner) is None
+
+
+def test_bootstrap_command_seeds_the_demo_datanet(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("bootstrap", stdout=out)
+    assert "Created the demo datanet" in out.getvalue()
+    call_command("bootstrap", stdout=StringIO())
+    assert services.Datanet.objects.count() == 1

@@ -298,3 +298,17 @@ def test_merkle_root_construction():
     assert merkle_root(h + h[:1]) == expected  # a set: repeats do not change it
     assert merkle_root([]) == hashlib.sha256(b"").hexdigest()
     assert merkle_root(h[:2]) != expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"output": 'b "quoted" \\ back\nslash \u00e9\u4e2d \U0001f600', "instruction": "a\t\x7f"},
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"text": "</script>"},
+    ],
+)
+def test_canonical_json_fast_path_matches_json_dumps(content):
+    from datanets.ingest.normalise import canonical_json
+
+    assert canonical_json(content) == json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
