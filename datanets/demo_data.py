@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (prose data: one question/answer per line reads better than wrapped strings)
 """Demo rows for `make run`: home gardening questions and answers from three contributors (short, consistent
 answers that a small model can learn from)."""
 
