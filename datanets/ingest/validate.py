@@ -18,6 +18,9 @@ ALIASES = {
 }
 
 
+_ALIAS_KEYS = {kind: {a for f in fields for a in ALIASES[f]} for kind, fields in FIELDS.items()}
+
+
 class RowInvalid(ValueError):
     """The reason a row does not fit the datanet's kind, in plain words."""
 
@@ -32,6 +35,11 @@ def _describe(value) -> str:
 
 def _text(row: dict, key: str, *, required: bool) -> str:
     value = row.get(key)
+    if value is None and key not in row:  # common other names: {"question", "answer"}, {"prompt", "response"}
+        for alias in ALIASES[key]:
+            if alias in row:
+                value = row[alias]
+                break
     if value is None:
         if required:
             raise RowInvalid(f"the field '{key}' is missing")
@@ -51,7 +59,7 @@ def validate_row(kind: str, row) -> tuple[dict, list[str]]:
         raise RowInvalid(
             f"each row should be an object with {', '.join(FIELDS[kind])}, but this one is {_describe(row)}"
         )
-    ignored = [k for k in row if k not in FIELDS[kind]]
+    ignored = [k for k in row if k not in FIELDS[kind] and k not in _ALIAS_KEYS[kind]]
     if kind == "instruction":
         content = {"instruction": _text(row, "instruction", required=True)}
         input_text = _text(row, "input", required=False)
@@ -61,7 +69,7 @@ def validate_row(kind: str, row) -> tuple[dict, list[str]]:
         return content, ignored
     if kind == "text":
         return {"text": _text(row, "text", required=True)}, ignored
-    messages = row.get("messages")
+    messages = row.get("messages", row.get("conversation", row.get("conversations")))
     if messages is None:
         raise RowInvalid("the field 'messages' is missing")
     if not isinstance(messages, list):

@@ -28,7 +28,7 @@ def test_three_contributors_review_and_publish_version_one(cast, datanet):
     assert [a.status, b.status, c.status] == ["needs_review"] * 3
     assert (c.rows_total, c.rows_accepted, c.rows_invalid, c.duplicates) == (6, 1, 3, 2)
     assert c.report["errors"] == [
-        {"line": 4, "reason": "the field 'instruction' is missing"},
+        {"line": 4, "reason": "the field 'output' is missing"},
         {"line": 5, "reason": "each row should be an object with instruction, input, output, but this one is a list"},
         {
             "line": 6,

@@ -312,3 +312,11 @@ def test_canonical_json_fast_path_matches_json_dumps(content):
     from datanets.ingest.normalise import canonical_json
 
     assert canonical_json(content) == json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_common_other_key_names_are_understood():
+    content, ignored = validate_row("instruction", {"question": "Q?", "answer": "A.", "id": 3})
+    assert (content, ignored) == ({"instruction": "Q?", "output": "A."}, ["id"])
+    content, _ = validate_row("instruction", {"prompt": "Q?", "context": "C", "response": "A."})
+    assert content == {"instruction": "Q?", "input": "C", "output": "A."}
+    assert validate_row("text", {"content": "Body"})[0] == {"text": "Body"}
