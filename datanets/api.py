@@ -4,7 +4,9 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
 from datanets import selectors, services
 from datanets.models import Contribution, Datanet, Record
@@ -28,8 +30,23 @@ def refused(exc: services.DatanetError) -> APIException:
     return error
 
 
+class WriteThrottleMixin:
+    """Unsafe methods are also limited by the shared `writes` rate (MF_THROTTLE_WRITES)."""
+
+    def get_throttles(self):
+        throttles = super().get_throttles()
+        if self.request.method not in SAFE_METHODS:
+            self.throttle_scope = "writes"
+            throttles.append(ScopedRateThrottle())
+        return throttles
+
+
 class DatanetViewSet(
-    mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    WriteThrottleMixin,
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
 ):
     """Datanets the caller can see: public ones, and private ones they own or curate."""
 
@@ -106,12 +123,13 @@ class DatanetViewSet(
 
     @extend_schema(methods=["GET"], request=None, responses=VersionSerializer(many=True))
     @extend_schema(methods=["POST"], request=VersionPublishSerializer, responses={201: VersionSerializer})
-    @action(detail=True, methods=["get", "post"], pagination_class=None)
+    @action(detail=True, methods=["get", "post"])
     def versions(self, request, slug=None):
         """GET: the datanet's versions, newest first. POST: publish a new version of the accepted rows (curators)."""
         datanet = self.get_object()
         if request.method == "GET":
-            return Response(VersionSerializer(selectors.version_list(datanet=datanet), many=True).data)
+            page = self.paginate_queryset(selectors.version_list(datanet=datanet))
+            return self.get_paginated_response(VersionSerializer(page, many=True).data)
         data = VersionPublishSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -141,7 +159,7 @@ class DatanetViewSet(
         return self.get_paginated_response(RecordSerializer(page, many=True).data)
 
 
-class ContributionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """A contribution, seen by its contributor and the datanet's curators."""
 
     serializer_class = ContributionSerializer

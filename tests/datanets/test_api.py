@@ -117,7 +117,7 @@ def test_upload_review_publish_and_records(as_user, cast, datanet, django_captur
     assert again.status_code == 400
     assert again.json()["error"]["message"] == "Nothing changed since version 1; there is nothing new to publish."
     versions = as_user(cast.outsider).get(f"/api/v1/datanets/{datanet.slug}/versions/").json()
-    assert [x["manifest_hash"] for x in versions] == [v["manifest_hash"]]
+    assert [x["manifest_hash"] for x in versions["results"]] == [v["manifest_hash"]]
 
     records = as_user(cast.outsider).get(f"/api/v1/datanets/{datanet.slug}/records/?q=garlic").json()
     assert records["count"] == 1
@@ -168,3 +168,14 @@ def test_private_datanet_refuses_outside_contributions(as_user, cast):
     )
     assert response.status_code == 404
     assert not Contribution.objects.exists()
+
+
+def test_writes_are_throttled(as_user, cast, monkeypatch):
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {**ScopedRateThrottle.THROTTLE_RATES, "writes": "2/min"})
+    client = as_user(cast.owner)
+    body = {"kind": "text", "summary": "s", "visibility": "public"}
+    statuses = [client.post("/api/v1/datanets/", {"name": f"N{i}", **body}).status_code for i in range(3)]
+    assert statuses == [201, 201, 429]
+    assert client.get("/api/v1/datanets/").status_code == 200
