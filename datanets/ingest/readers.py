@@ -121,6 +121,8 @@ def read_json_array(raw: BinaryIO, *, row_max_chars: int, last_line: list[int]) 
         while True:
             try:
                 value, end = decoder.raw_decode(buf, pos)
+                if end >= len(buf) and fill():  # a number or literal may go on in the next chunk
+                    continue
                 break
             except ValueError as exc:
                 if len(buf) - pos > row_max_chars + 16:

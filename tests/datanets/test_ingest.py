@@ -320,3 +320,14 @@ def test_common_other_key_names_are_understood():
     content, _ = validate_row("instruction", {"prompt": "Q?", "context": "C", "response": "A."})
     assert content == {"instruction": "Q?", "input": "C", "output": "A."}
     assert validate_row("text", {"content": "Body"})[0] == {"text": "Body"}
+
+
+def test_json_array_items_split_across_read_chunks(monkeypatch):
+    from datanets.ingest import readers
+
+    monkeypatch.setattr(readers, "CHUNK", 7)
+    items = [{"text": f"row {i} with caf\u00e9"} for i in range(50)] + [12345, {"text": "last"}]
+    data = json.dumps(items, ensure_ascii=False, indent=1).encode()
+    rows = rows_of(data, "json", kind="text")
+    assert [r for _, r, _ in rows] == items
+    assert rows[1][0] == 5  # indent=1 puts each item's first line 4 lines after the previous one's
