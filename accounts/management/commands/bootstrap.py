@@ -18,6 +18,10 @@ class Command(BaseCommand):
             user.is_superuser = True
             user.save()
             self.stdout.write(self.style.SUCCESS("Created the demo user."))
+        from datanets.services import demo_datanet_seed
+
+        if demo_datanet_seed(owner=user) is not None:
+            self.stdout.write(self.style.SUCCESS("Created the demo datanet “Home gardening” (version 1)."))
         self.stdout.write(
             "Log in at http://127.0.0.1:8000/accounts/login/ as "
             f"user '{username}' with password '{password}'" + ("" if created else " (unless you changed it)")
