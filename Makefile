@@ -19,8 +19,8 @@ install: $(STAMP)
 
 run: install
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py bootstrap
 	$(PY) manage.py register_base_model
+	$(PY) manage.py bootstrap
 	@bash scripts/run.sh
 
 test: install

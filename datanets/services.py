@@ -278,10 +278,8 @@ def contribution_retry(*, contribution: Contribution, actor, column_mapping: dic
 
 
 def _token_counter() -> TokenCounter:
-    from modelfactory.models import BaseModel  # the base model registry is a generic service, not "upward"
-
-    default = BaseModel.objects.filter(is_default=True).first()
-    return token_counter_for(default.path if default else None)
+    # A folder from settings, not the base-model registry: datanets knows nothing of models (DESIGN.md arrows).
+    return token_counter_for(str(settings.MF_TOKEN_COUNT_MODEL_DIR))
 
 
 def _fail(contribution_id: int, message: str, report: dict | None = None) -> None:

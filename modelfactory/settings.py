@@ -148,6 +148,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # --- Models -----------------------------------------------------------------------------------------------------
 MF_BASE_MODEL_DIR = Path(env.str("MF_BASE_MODEL_DIR", str(VAR_DIR / "models")))
+# Datanet token counts use this model folder's tokenizer.json (the default base model); without it, an estimate.
+MF_TOKEN_COUNT_MODEL_DIR = Path(env.str("MF_TOKEN_COUNT_MODEL_DIR", str(MF_BASE_MODEL_DIR / "smollm2-135m-instruct")))
 
 # --- Celery -----------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.url(

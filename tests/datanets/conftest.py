@@ -10,6 +10,7 @@ from datanets.models import Datanet
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MF_TOKEN_COUNT_MODEL_DIR = tmp_path / "no-tokenizer"  # estimates, whatever this machine has converted
     # The cast's users are created with the password hasher in force; a fast one keeps these tests quick.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -90,15 +90,12 @@ def test_stats_and_contributor_shares(cast, datanet):
     ]
 
 
-def test_token_counts_use_the_default_base_models_tokenizer(cast, datanet, tmp_path):
-    from modelfactory.models import BaseModel
+def test_token_counts_use_the_default_base_models_tokenizer(cast, datanet, tmp_path, settings):
     from tests.tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path)
-    BaseModel.objects.create(
-        slug="tiny", name="Tiny", path=str(tmp_path), parameters=1000, context_length=128, is_default=True
-    )
+    settings.MF_TOKEN_COUNT_MODEL_DIR = tmp_path
     c = ingest(datanet, cast.teammate, "a.jsonl", jsonl(QA[:1]))
     record = c.records.get()
     expected = len(tokenizer(record.text, add_special_tokens=False)["input_ids"])
