@@ -148,6 +148,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 # --- Models -----------------------------------------------------------------------------------------------------
 MF_BASE_MODEL_DIR = Path(env.str("MF_BASE_MODEL_DIR", str(VAR_DIR / "models")))
+# Where training runs: "auto" picks CUDA when the worker has it.
+MF_TRAINING_DEVICE = env.str("MF_TRAINING_DEVICE", "auto")
+if MF_TRAINING_DEVICE != "auto" and MF_TRAINING_DEVICE != "cpu" and not MF_TRAINING_DEVICE.startswith("cuda"):
+    raise EnvError("MF_TRAINING_DEVICE", MF_TRAINING_DEVICE, "auto, cpu, cuda or cuda:N")
+# A running job whose heartbeat is older than this is considered orphaned (its worker died).
+MF_JOB_HEARTBEAT_SECONDS = env.int("MF_JOB_HEARTBEAT_SECONDS", 15, min_value=1)
+MF_JOB_STALE_SECONDS = env.int("MF_JOB_STALE_SECONDS", 120, min_value=5)
+MF_JOB_MAX_ATTEMPTS = env.int("MF_JOB_MAX_ATTEMPTS", 2, min_value=1, max_value=10)
 
 # --- Celery -----------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.url(

@@ -6,10 +6,12 @@ from rest_framework.routers import DefaultRouter
 from accounts.api import TokenObtainView
 from core import views as core_views
 from core.api import api_not_found
-from modelfactory.api import BaseModelViewSet
+from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
 
 router = DefaultRouter()
 router.register("base-models", BaseModelViewSet, basename="base-model")
+router.register("finetunes", FineTuneViewSet, basename="finetune")
+router.register("models", TrainedModelViewSet, basename="trained-model")
 
 api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
@@ -20,6 +22,7 @@ urlpatterns = [
     path("", core_views.home, name="home"),
     path("healthz", core_views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
+    path("", include("modelfactory.page_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
