@@ -127,6 +127,9 @@ class FineTuneEvent(models.Model):
         ordering = ["id"]
         indexes = [models.Index(fields=["job", "id"])]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.kind} step {self.step}"
+
 
 class TrainedModel(models.Model):
     """A fine-tuned model people can publish and call. Its versions are immutable; the slug never silently
