@@ -1,1 +1,80 @@
-from django.contrib import admin  # noqa: F401  (registered with the models)
+from django.contrib import admin
+
+from datanets.models import Contribution, Datanet, DatanetVersion, Record, Tag, VersionRecord
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    search_fields = ["name"]
+
+
+@admin.register(Datanet)
+class DatanetAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "visibility", "policy", "owner", "created_at"]
+    list_filter = ["kind", "visibility", "policy"]
+    search_fields = ["slug", "name", "summary"]
+    autocomplete_fields = ["owner", "curators", "tags"]
+
+
+@admin.register(Contribution)
+class ContributionAdmin(admin.ModelAdmin):
+    list_display = ["id", "datanet", "contributor", "original_name", "status", "rows_total", "rows_accepted"]
+    list_filter = ["status", "detected_format"]
+    search_fields = ["original_name", "sha256", "contributor__username", "datanet__slug"]
+    raw_id_fields = ["datanet", "contributor", "reviewed_by"]
+    readonly_fields = ["sha256", "size", "report", "created_at", "started_at", "finished_at", "heartbeat_at"]
+
+
+@admin.register(Record)
+class RecordAdmin(admin.ModelAdmin):
+    list_display = ["id", "datanet", "contributor", "status", "token_count", "content_hash"]
+    list_filter = ["status"]
+    search_fields = ["content_hash", "text"]
+    raw_id_fields = ["datanet", "contribution", "contributor"]
+    readonly_fields = ["content_hash", "content", "text"]
+
+
+class VersionRecordInline(admin.TabularInline):
+    model = VersionRecord
+    raw_id_fields = ["record"]
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DatanetVersion)
+class DatanetVersionAdmin(admin.ModelAdmin):
+    """Read-only: versions never change once published."""
+
+    list_display = ["datanet", "number", "manifest_hash", "row_count", "contributor_count", "created_at"]
+    search_fields = ["datanet__slug", "manifest_hash"]
+    inlines = [VersionRecordInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(VersionRecord)
+class VersionRecordAdmin(admin.ModelAdmin):
+    list_display = ["version", "record"]
+    raw_id_fields = ["version", "record"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -254,3 +254,11 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 for _path in (VAR_DIR, MEDIA_ROOT, MF_BASE_MODEL_DIR, STATIC_ROOT):
     _path.mkdir(parents=True, exist_ok=True)
+
+# --- Datanet ingest ---------------------------------------------------------------------------------------------
+MF_INGEST_ROW_MAX_CHARS = env.int("MF_INGEST_ROW_MAX_CHARS", 100_000, min_value=1000)
+MF_INGEST_DOCUMENT_ROW_CHARS = env.int("MF_INGEST_DOCUMENT_ROW_CHARS", 2000, min_value=200)
+MF_INGEST_MAX_UNPACKED_BYTES = env.int("MF_INGEST_MAX_UNPACKED_BYTES", 64 * 1024 * 1024, min_value=1024 * 1024)
+MF_INGEST_TIME_LIMIT_SECONDS = env.int("MF_INGEST_TIME_LIMIT_SECONDS", 3600, min_value=60)
+# An ingest whose progress has not moved for this long (or whose worker's heartbeat is gone) is marked failed.
+MF_INGEST_STALE_SECONDS = env.int("MF_INGEST_STALE_SECONDS", 300, min_value=10)

@@ -1,0 +1,186 @@
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from datanets import selectors, services
+from datanets.models import Contribution, Datanet, Record
+from datanets.serializers import (
+    ContributionSerializer,
+    ContributionUploadSerializer,
+    DatanetCreateSerializer,
+    DatanetSerializer,
+    DatanetUpdateSerializer,
+    RecordSerializer,
+    ReviewSerializer,
+    VersionPublishSerializer,
+    VersionSerializer,
+)
+from datanets.uploads import install_upload_limit
+
+
+def refused(exc: services.DatanetError) -> APIException:
+    error = APIException(detail=exc.message, code=exc.code)
+    error.status_code = exc.status
+    return error
+
+
+class DatanetViewSet(
+    mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Datanets the caller can see: public ones, and private ones they own or curate."""
+
+    serializer_class = DatanetSerializer
+    queryset = Datanet.objects.none()
+    lookup_field = "slug"
+    lookup_value_regex = "[-a-zA-Z0-9_]+"
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Stop an over-limit upload while it streams in: before authentication (and CSRF) read the body.
+        install_upload_limit(request, settings.MF_UPLOAD_MAX_BYTES)
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return selectors.datanet_list_visible(
+            user=self.request.user,
+            q=self.request.query_params.get("q", ""),
+            tag=self.request.query_params.get("tag", ""),
+        )
+
+    def get_object(self) -> Datanet:
+        try:
+            return selectors.datanet_get_visible(user=self.request.user, slug=self.kwargs["slug"])
+        except Datanet.DoesNotExist:
+            raise NotFound("No such datanet.") from None
+
+    @extend_schema(
+        parameters=[OpenApiParameter("q", str, description="Search name and summary"), OpenApiParameter("tag", str)]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=DatanetCreateSerializer, responses={201: DatanetSerializer})
+    def create(self, request, *args, **kwargs):
+        data = DatanetCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            datanet = services.datanet_create(owner=request.user, **data.validated_data)
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(DatanetSerializer(datanet).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=DatanetUpdateSerializer, responses=DatanetSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        datanet = self.get_object()
+        data = DatanetUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            datanet = services.datanet_update(datanet=datanet, actor=request.user, **data.validated_data)
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(DatanetSerializer(datanet).data)
+
+    @extend_schema(request=ContributionUploadSerializer, responses={201: ContributionSerializer})
+    @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
+    def contributions(self, request, slug=None):
+        """Upload a file (multipart field `file`). The ingest runs in the background: poll the contribution."""
+        datanet = self.get_object()
+        data = ContributionUploadSerializer(data=request.data)
+        if getattr(request._request, "upload_too_large", False):
+            raise refused(services.DatanetError(services._too_large_message(), code="file_too_large"))
+        data.is_valid(raise_exception=True)
+        try:
+            contribution = services.contribution_create(
+                datanet=datanet,
+                contributor=request.user,
+                upload=data.validated_data["file"],
+                column_mapping=data.validated_data.get("column_mapping"),
+            )
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(ContributionSerializer(contribution).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(methods=["GET"], request=None, responses=VersionSerializer(many=True))
+    @extend_schema(methods=["POST"], request=VersionPublishSerializer, responses={201: VersionSerializer})
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
+    def versions(self, request, slug=None):
+        """GET: the datanet's versions, newest first. POST: publish a new version of the accepted rows (curators)."""
+        datanet = self.get_object()
+        if request.method == "GET":
+            return Response(VersionSerializer(selectors.version_list(datanet=datanet), many=True).data)
+        data = VersionPublishSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            version = services.version_publish(datanet=datanet, actor=request.user, notes=data.validated_data["notes"])
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("q", str, description="Search the rows' text"),
+            OpenApiParameter("status", str, enum=["accepted", "pending"], description="pending: curators only"),
+        ],
+        responses=RecordSerializer(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def records(self, request, slug=None):
+        """Accepted rows (curators may also list rows waiting for review)."""
+        datanet = self.get_object()
+        statuses = (Record.Status.ACCEPTED,)
+        if request.query_params.get("status") == "pending":
+            if not selectors.datanet_can_curate(user=request.user, datanet=datanet):
+                raise refused(services.NotAllowed("Only curators can see rows waiting for review."))
+            statuses = (Record.Status.PENDING,)
+        records = selectors.record_list(datanet=datanet, q=request.query_params.get("q", ""), statuses=statuses)
+        page = self.paginate_queryset(records)
+        return self.get_paginated_response(RecordSerializer(page, many=True).data)
+
+
+class ContributionViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A contribution, seen by its contributor and the datanet's curators."""
+
+    serializer_class = ContributionSerializer
+    queryset = Contribution.objects.none()
+
+    def get_object(self) -> Contribution:
+        try:
+            contribution = selectors.contribution_get_visible(user=self.request.user, contribution_id=self.kwargs["pk"])
+        except (Contribution.DoesNotExist, ValueError):
+            raise NotFound("No such contribution.") from None
+        if contribution.status == Contribution.Status.VALIDATING:
+            services.contribution_fail_stale()
+            contribution.refresh_from_db()
+        return contribution
+
+    @extend_schema(request=ReviewSerializer, responses=ContributionSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        contribution = self.get_object()
+        data = ReviewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            contribution = services.contribution_approve(
+                contribution=contribution, curator=request.user, note=data.validated_data["reason"]
+            )
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(ContributionSerializer(contribution).data)
+
+    @extend_schema(request=ReviewSerializer, responses=ContributionSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        contribution = self.get_object()
+        data = ReviewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            contribution = services.contribution_reject(
+                contribution=contribution, curator=request.user, reason=data.validated_data["reason"]
+            )
+        except services.DatanetError as exc:
+            raise refused(exc) from None
+        return Response(ContributionSerializer(contribution).data)

@@ -1,0 +1,29 @@
+"""CSV export helpers (pure)."""
+
+from __future__ import annotations
+
+import json
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value) -> str:
+    """A cell that spreadsheet programs will not run as a formula: text starting with = + - @ (or a tab/CR) gets a
+    leading apostrophe, as OWASP recommends for CSV injection."""
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def export_columns(kind: str) -> list[str]:
+    fields = {"instruction": ["instruction", "input", "output"], "chat": ["messages"], "text": ["text"]}[kind]
+    return ["record_id", "contributor", *fields, "content_hash", "tokens"]
+
+
+def export_row(kind: str, record_id: int, contributor: str, content: dict, content_hash: str, tokens: int) -> list:
+    if kind == "instruction":
+        fields = [content.get("instruction", ""), content.get("input", ""), content.get("output", "")]
+    elif kind == "chat":
+        fields = [json.dumps(content.get("messages", []), ensure_ascii=False)]
+    else:
+        fields = [content.get("text", "")]
+    return [csv_safe(v) for v in (record_id, contributor, *fields, content_hash, tokens)]

@@ -1,0 +1,73 @@
+from django import forms
+
+from datanets.ingest.screen import ACTIONS, FLAG_KINDS
+from datanets.ingest.validate import FIELDS, REQUIRED
+from datanets.models import Datanet
+
+
+def split_list(value: str) -> list[str]:
+    return [v.strip() for v in (value or "").replace("\n", ",").split(",") if v.strip()]
+
+
+class DatanetForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(
+        max_length=100, required=False, help_text="The web address; leave empty to make one from the name."
+    )
+    kind = forms.ChoiceField(choices=Datanet.Kind.choices, help_text="The shape every row must have.")
+    summary = forms.CharField(max_length=300, help_text="One sentence shown in the list.")
+    description = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}), required=False, help_text="Markdown: what belongs here, and how."
+    )
+    tags = forms.CharField(max_length=300, required=False, help_text="Comma-separated, e.g. gardening, vegetables")
+    licence = forms.CharField(max_length=100, initial="CC-BY-4.0")
+    visibility = forms.ChoiceField(choices=Datanet.Visibility.choices)
+    policy = forms.ChoiceField(choices=Datanet.Policy.choices, label="Contributions")
+
+
+class DatanetSettingsForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    summary = forms.CharField(max_length=300)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), required=False)
+    tags = forms.CharField(max_length=300, required=False)
+    licence = forms.CharField(max_length=100)
+    visibility = forms.ChoiceField(choices=Datanet.Visibility.choices)
+    policy = forms.ChoiceField(choices=Datanet.Policy.choices, label="Contributions")
+    curators = forms.CharField(
+        max_length=1000, required=False, help_text="User names, comma-separated (only the owner can change this)."
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kind, (label, redactable) in FLAG_KINDS.items():
+            choices = [(a, a.capitalize()) for a in ACTIONS if redactable or a != "redact"]
+            self.fields[f"flag_{kind}"] = forms.ChoiceField(choices=choices, label=f"Rows with {label}")
+
+    def flag_actions(self) -> dict:
+        return {k: self.cleaned_data[f"flag_{k}"] for k in FLAG_KINDS}
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(
+        help_text="JSONL, JSON, CSV, TSV, Parquet, or a document (TXT, Markdown, PDF, DOCX) for text datanets."
+    )
+
+
+class ColumnMappingForm(forms.Form):
+    def __init__(self, *args, kind: str, columns: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        choices = [("", "(none)")] + [(c, c) for c in columns]
+        for field in FIELDS[kind]:
+            self.fields[field] = forms.ChoiceField(
+                choices=choices, required=field in REQUIRED[kind], label=f"Column for “{field}”"
+            )
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(max_length=1000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class PublishForm(forms.Form):
+    notes = forms.CharField(
+        max_length=2000, required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="What changed."
+    )

@@ -1,0 +1,220 @@
+"""Datanet reads. Visibility: a public datanet is visible to everyone (anonymous visitors included, for pages);
+a private one only to its owner, its curators and staff. Contributors always see their own contributions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from django.db.models import Count, Q, QuerySet, Sum
+
+from datanets.models import Contribution, Datanet, DatanetVersion, Record, VersionRecord
+
+
+class VersionNotUsable(Exception):
+    """The version does not exist, or belongs to a private datanet the user may not train on."""
+
+
+class VersionRow(NamedTuple):
+    record_id: int
+    contributor_id: int
+    contribution_id: int
+    kind: str
+    content: dict
+
+
+def _visible_q(user) -> Q:
+    q = Q(visibility=Datanet.Visibility.PUBLIC)
+    if user is not None and user.is_authenticated:
+        if user.is_staff:
+            return Q()
+        q |= Q(owner=user) | Q(curators=user)
+    return q
+
+
+def datanet_list_visible(*, user, q: str = "", tag: str = "") -> QuerySet[Datanet]:
+    ids = Datanet.objects.filter(_visible_q(user)).values("pk")
+    qs = Datanet.objects.filter(pk__in=ids).select_related("owner").prefetch_related("tags")
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(summary__icontains=q) | Q(slug__icontains=q))
+    if tag:
+        qs = qs.filter(tags__name=tag)
+    return qs.order_by("-created_at")
+
+
+def datanet_get_visible(*, user, slug: str) -> Datanet:
+    """Raises Datanet.DoesNotExist when there is no such datanet or the user may not see it."""
+    return datanet_list_visible(user=user).get(slug=slug)
+
+
+def datanet_can_curate(*, user, datanet: Datanet) -> bool:
+    if user is None or not user.is_authenticated:
+        return False
+    return user.is_staff or datanet.owner_id == user.pk or datanet.curators.filter(pk=user.pk).exists()
+
+
+def datanet_can_contribute(*, user, datanet: Datanet) -> bool:
+    if user is None or not user.is_authenticated:
+        return False
+    return datanet.visibility == Datanet.Visibility.PUBLIC or datanet_can_curate(user=user, datanet=datanet)
+
+
+def tag_list() -> list[str]:
+    return list(Datanet.tags.through.objects.values_list("tag__name", flat=True).distinct().order_by("tag__name")[:100])
+
+
+def contribution_get_visible(*, user, contribution_id: int) -> Contribution:
+    """The contributor, the datanet's curators and staff see a contribution. Raises Contribution.DoesNotExist."""
+    contribution = Contribution.objects.select_related("datanet", "contributor").get(pk=contribution_id)
+    if user is not None and user.is_authenticated and contribution.contributor_id == user.pk:
+        return contribution
+    if datanet_can_curate(user=user, datanet=contribution.datanet):
+        return contribution
+    raise Contribution.DoesNotExist
+
+
+def contribution_list(*, datanet: Datanet, user, review_only: bool = False) -> QuerySet[Contribution]:
+    qs = Contribution.objects.filter(datanet=datanet).select_related("contributor", "reviewed_by")
+    if review_only:
+        qs = qs.filter(status=Contribution.Status.NEEDS_REVIEW)
+    if not datanet_can_curate(user=user, datanet=datanet):
+        qs = qs.filter(contributor=user) if user.is_authenticated else qs.none()
+    return qs.order_by("-created_at")
+
+
+def record_list(*, datanet: Datanet, q: str = "", statuses=(Record.Status.ACCEPTED,)) -> QuerySet[Record]:
+    qs = Record.objects.filter(datanet=datanet, status__in=statuses).select_related("contributor")
+    if q:
+        qs = qs.filter(text__icontains=q)
+    return qs.order_by("id")
+
+
+def datanet_stats(*, datanet: Datanet) -> dict:
+    """Accepted rows, contributors, tokens, and each contributor's share of the accepted rows."""
+    rows = Record.objects.filter(datanet=datanet, status=Record.Status.ACCEPTED)
+    per = list(
+        rows.values("contributor__username")
+        .annotate(rows=Count("id"), tokens=Sum("token_count"))
+        .order_by("-rows", "contributor__username")
+    )
+    total = sum(p["rows"] for p in per)
+    estimated = Contribution.objects.filter(
+        datanet=datanet, status=Contribution.Status.ACCEPTED, tokens_estimated=True
+    ).exists()
+    return {
+        "rows": total,
+        "contributors": len(per),
+        "tokens": sum(p["tokens"] or 0 for p in per),
+        "tokens_estimated": estimated,
+        "pending": Record.objects.filter(datanet=datanet, status=Record.Status.PENDING).count(),
+        "shares": [
+            {"username": p["contributor__username"], "rows": p["rows"], "share": p["rows"] / total if total else 0}
+            for p in per
+        ],
+    }
+
+
+def contributor_stats(*, datanet: Datanet) -> list[dict]:
+    """Per contributor: rows accepted, rows in the latest version, share of the datanet's accepted rows."""
+    accepted = dict(
+        Record.objects.filter(datanet=datanet, status=Record.Status.ACCEPTED)
+        .values_list("contributor__username")
+        .annotate(n=Count("id"))
+    )
+    latest = datanet.versions.order_by("-number").first()
+    in_latest = {}
+    if latest is not None:
+        in_latest = dict(
+            VersionRecord.objects.filter(version=latest)
+            .values_list("record__contributor__username")
+            .annotate(n=Count("id"))
+        )
+    total = sum(accepted.values())
+    names = sorted(set(accepted) | set(in_latest), key=lambda n: (-accepted.get(n, 0), n))
+    return [
+        {
+            "username": name,
+            "rows_accepted": accepted.get(name, 0),
+            "rows_in_latest": in_latest.get(name, 0),
+            "share": accepted.get(name, 0) / total if total else 0.0,
+        }
+        for name in names
+    ]
+
+
+def version_list(*, datanet: Datanet) -> QuerySet[DatanetVersion]:
+    return datanet.versions.select_related("created_by").order_by("-number")
+
+
+def version_diff(*, version: DatanetVersion) -> dict:
+    """Rows added and removed per contributor compared with the previous version of the same datanet."""
+    previous = (
+        DatanetVersion.objects.filter(datanet_id=version.datanet_id, number__lt=version.number)
+        .order_by("-number")
+        .first()
+    )
+    current_ids = VersionRecord.objects.filter(version=version).values("record_id")
+    previous_ids = (
+        VersionRecord.objects.filter(version=previous).values("record_id")
+        if previous
+        else VersionRecord.objects.none().values("record_id")
+    )
+    added = dict(
+        Record.objects.filter(pk__in=current_ids)
+        .exclude(pk__in=previous_ids)
+        .values_list("contributor__username")
+        .annotate(n=Count("id"))
+    )
+    removed = dict(
+        Record.objects.filter(pk__in=previous_ids)
+        .exclude(pk__in=current_ids)
+        .values_list("contributor__username")
+        .annotate(n=Count("id"))
+    )
+    names = sorted(set(added) | set(removed))
+    return {
+        "previous": previous,
+        "contributors": [{"username": n, "added": added.get(n, 0), "removed": removed.get(n, 0)} for n in names],
+        "added": sum(added.values()),
+        "removed": sum(removed.values()),
+    }
+
+
+# --- Interfaces for fine-tuning and attribution --------------------------------------------------------------------
+
+
+def version_get_usable(*, user, version_id: int) -> DatanetVersion:
+    """The version if `user` may train on it (its datanet is public, or the user owns/curates it, or is staff).
+    Raises VersionNotUsable otherwise, with a message that can be shown to the user."""
+    version = DatanetVersion.objects.select_related("datanet").filter(pk=version_id).first()
+    if version is None:
+        raise VersionNotUsable(f"There is no datanet version {version_id}.")
+    datanet = version.datanet
+    if datanet.visibility != Datanet.Visibility.PUBLIC and not datanet_can_curate(user=user, datanet=datanet):
+        raise VersionNotUsable(
+            f"Version {version.number} of '{datanet.name}' belongs to a private datanet; only its owner and "
+            "curators can train on it."
+        )
+    return version
+
+
+def version_records(*, version_id: int) -> Iterator[VersionRow]:
+    """Every row frozen in the version, in record id order, streamed from the database."""
+    kind = DatanetVersion.objects.select_related("datanet").get(pk=version_id).datanet.kind
+    rows = (
+        Record.objects.filter(pk__in=VersionRecord.objects.filter(version_id=version_id).values("record_id"))
+        .order_by("id")
+        .values_list("id", "contributor_id", "contribution_id", "content")
+    )
+    for record_id, contributor_id, contribution_id, content in rows.iterator(chunk_size=2000):
+        yield VersionRow(record_id, contributor_id, contribution_id, kind, content)
+
+
+def version_contributor_row_counts(*, version_id: int) -> dict[int, int]:
+    """{user id: number of rows in the version}."""
+    return dict(
+        VersionRecord.objects.filter(version_id=version_id)
+        .values_list("record__contributor_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )

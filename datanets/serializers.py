@@ -1,0 +1,192 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from datanets.ingest.screen import ACTIONS
+from datanets.models import Contribution, Datanet, DatanetVersion, Record
+
+
+class DatanetSerializer(serializers.ModelSerializer):
+    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    curators = serializers.SlugRelatedField(many=True, read_only=True, slug_field="username")
+
+    class Meta:
+        model = Datanet
+        fields = [
+            "slug",
+            "name",
+            "kind",
+            "summary",
+            "description",
+            "tags",
+            "licence",
+            "visibility",
+            "policy",
+            "owner",
+            "curators",
+            "flag_actions",
+            "created_at",
+        ]
+
+
+class DatanetCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=100, required=False, allow_blank=True)
+    kind = serializers.ChoiceField(choices=Datanet.Kind.choices)
+    summary = serializers.CharField(max_length=300)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
+    licence = serializers.CharField(max_length=100, required=False, default="CC-BY-4.0")
+    visibility = serializers.ChoiceField(choices=Datanet.Visibility.choices)
+    policy = serializers.ChoiceField(choices=Datanet.Policy.choices, required=False, default="approval")
+    flag_actions = serializers.DictField(child=serializers.ChoiceField(choices=ACTIONS), required=False)
+
+
+class DatanetUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    summary = serializers.CharField(max_length=300, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
+    licence = serializers.CharField(max_length=100, required=False)
+    visibility = serializers.ChoiceField(choices=Datanet.Visibility.choices, required=False)
+    policy = serializers.ChoiceField(choices=Datanet.Policy.choices, required=False)
+    curators = serializers.ListField(child=serializers.CharField(max_length=150), required=False)
+    flag_actions = serializers.DictField(child=serializers.ChoiceField(choices=ACTIONS), required=False)
+
+
+class RowErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class DuplicateSerializer(serializers.Serializer):
+    line = serializers.IntegerField()
+    kind = serializers.CharField(help_text="exact or near")
+    of_line = serializers.IntegerField(required=False)
+    record_id = serializers.IntegerField(required=False)
+    in_datanet = serializers.BooleanField(required=False)
+    similarity = serializers.FloatField(required=False)
+
+
+class ReportSerializer(serializers.Serializer):
+    format = serializers.CharField()
+    notices = serializers.ListField(child=serializers.CharField())
+    rows_total = serializers.IntegerField()
+    rows_accepted = serializers.IntegerField()
+    errors = RowErrorSerializer(many=True)
+    errors_total = serializers.IntegerField()
+    duplicates = DuplicateSerializer(many=True)
+    duplicates_total = serializers.IntegerField()
+    dropped_total = serializers.IntegerField()
+    flags = serializers.DictField(child=serializers.IntegerField())
+    redacted = serializers.DictField(child=serializers.IntegerField())
+    tokens = serializers.IntegerField()
+    tokens_estimated = serializers.BooleanField()
+    error = serializers.CharField(required=False, help_text="Why the whole file could not be read.")
+
+
+REPORT_DEFAULTS = {
+    "format": "",
+    "notices": [],
+    "rows_total": 0,
+    "rows_accepted": 0,
+    "errors": [],
+    "errors_total": 0,
+    "duplicates": [],
+    "duplicates_total": 0,
+    "dropped_total": 0,
+    "flags": {},
+    "redacted": {},
+    "tokens": 0,
+    "tokens_estimated": True,
+}
+
+
+class ContributionSerializer(serializers.ModelSerializer):
+    datanet = serializers.CharField(source="datanet.slug", read_only=True)
+    contributor = serializers.CharField(source="contributor.username", read_only=True)
+    progress = serializers.FloatField(read_only=True)
+    report = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Contribution
+        fields = [
+            "id",
+            "datanet",
+            "contributor",
+            "original_name",
+            "size",
+            "sha256",
+            "detected_format",
+            "status",
+            "message",
+            "progress",
+            "rows_processed",
+            "report",
+            "created_at",
+            "finished_at",
+        ]
+
+    @extend_schema_field(ReportSerializer)
+    def get_report(self, obj) -> dict:
+        report = obj.report or {}
+        data = {key: report.get(key, default) for key, default in REPORT_DEFAULTS.items()}
+        if "error" in report:
+            data["error"] = report["error"]
+        return data
+
+
+class ContributionUploadSerializer(serializers.Serializer):
+    file = serializers.FileField()
+    column_mapping = serializers.JSONField(
+        required=False, help_text='CSV/Parquet only: {"field": "column"}, e.g. {"instruction": "question"}.'
+    )
+
+    def validate_column_mapping(self, value):
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise serializers.ValidationError('Give an object of field names to column names: {"output": "answer"}.')
+        return value
+
+
+class ReviewSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", read_only=True)
+
+    class Meta:
+        model = DatanetVersion
+        fields = [
+            "id",
+            "number",
+            "manifest_hash",
+            "row_count",
+            "contributor_count",
+            "token_count",
+            "notes",
+            "created_by",
+            "created_at",
+        ]
+
+
+class VersionPublishSerializer(serializers.Serializer):
+    notes = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class RecordSerializer(serializers.ModelSerializer):
+    contributor = serializers.CharField(source="contributor.username", read_only=True)
+
+    class Meta:
+        model = Record
+        fields = [
+            "id",
+            "contributor",
+            "contribution",
+            "line",
+            "content",
+            "content_hash",
+            "token_count",
+            "flags",
+            "status",
+        ]

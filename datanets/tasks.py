@@ -1,0 +1,20 @@
+from celery import shared_task
+from django.conf import settings
+
+from datanets import services
+
+
+@shared_task(
+    name="datanets.tasks.contribution_ingest_task",
+    bind=True,
+    time_limit=settings.MF_INGEST_TIME_LIMIT_SECONDS + 60,
+    soft_time_limit=settings.MF_INGEST_TIME_LIMIT_SECONDS,
+)
+def contribution_ingest_task(self, contribution_id: int) -> str:
+    """Checks one uploaded file (idempotent: a second run finds it already claimed and does nothing). Also fails
+    ingests abandoned by dead workers, so they never say "checking" forever."""
+    services.contribution_fail_stale()
+    contribution = services.contribution_ingest(
+        contribution_id=contribution_id, worker_hostname=self.request.hostname or ""
+    )
+    return contribution.status if contribution is not None else "skipped"
