@@ -402,7 +402,7 @@ def train(
                         loss_sum, _ = answer_loss_sum(model, ids, labels)
                     if not torch.isfinite(loss_sum):
                         raise TrainingError(
-                            f"The training loss became {float(loss_sum)} at step {step + 1}, so training was "
+                            f"The training loss became {float(loss_sum.detach())} at step {step + 1}, so training was "
                             f"stopped: the model diverged. Lower the learning rate (now {hp['learning_rate']:g}; "
                             f"try {float(hp['learning_rate']) / 10:g})."
                         )

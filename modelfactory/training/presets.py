@@ -218,26 +218,26 @@ def _clean_one(param: Param, value: Any) -> tuple[Any, str | None]:
     between = f"must be between {_fmt(param.min)} and {_fmt(param.max)}"
     if param.type == "int":
         if isinstance(value, bool):
-            return None, f"must be a whole number {between[5:]}"
+            return None, f"must be a whole number {between[8:]}"
         if isinstance(value, str):
             value = value.strip()
         try:
             number = float(value)
         except (TypeError, ValueError):
-            return None, f"must be a whole number {between[5:]}"
+            return None, f"must be a whole number {between[8:]}"
         if not math.isfinite(number) or not number.is_integer():
-            return None, f"must be a whole number {between[5:]}"
+            return None, f"must be a whole number {between[8:]}"
         number = int(number)
         if not param.min <= number <= param.max:
             return None, between
         return number, None
     if param.type == "float":
         if isinstance(value, bool):
-            return None, f"must be a number {between[5:]}"
+            return None, f"must be a number {between[8:]}"
         try:
             number = float(value.strip() if isinstance(value, str) else value)
         except (TypeError, ValueError):
-            return None, f"must be a number {between[5:]}"
+            return None, f"must be a number {between[8:]}"
         if not math.isfinite(number) or not param.min <= number <= param.max:
             return None, between
         return number, None
