@@ -128,9 +128,12 @@ def finetune_launch(
     hp, hp_errors = validate_hyperparameters(hyperparameters or {}, preset=preset)
     errors.update({f"hyperparameters.{field}": message for field, message in hp_errors.items()})
     if base is not None and "max_length" not in hp_errors and hp.get("max_length", 0) > base.context_length:
-        errors["hyperparameters.max_length"] = (
-            f"must be at most {base.context_length}, the longest input {base.name} can read"
-        )
+        if (hyperparameters or {}).get("max_length") in (None, ""):
+            hp["max_length"] = base.context_length  # the preset's default does not fit this model: use all it reads
+        else:
+            errors["hyperparameters.max_length"] = (
+                f"must be at most {base.context_length}, the longest input {base.name} can read"
+            )
     versions, version_error = versions_usable_by(user=user, version_ids=version_ids)
     if version_error:
         errors["datanet_versions"] = version_error
