@@ -28,7 +28,8 @@ Public API
   Attributes: `model`, `tokenizer`, `context_length`, `eos_token_ids`, `device`, `dtype`, `peft_model`.
 - `AdapterCache(warm, *, max_adapters=8, max_bytes=None)`: LRU of adapters keyed by folder (resolved path),
   `ensure(folder) -> adapter name`, `acquire(folder)` / `release(name)` (pinned adapters are never evicted),
-  `keys()` (least recently used first), `nbytes`, counters `loads`, `hits`, `evictions`, `load_seconds`.
+  `clear()` (evict all unpinned), `keys()` (least recently used first), `nbytes`, counters `loads`, `hits`,
+  `evictions`, `load_seconds`, `evict_seconds`.
   Loads and evictions (`delete_adapter`) are logged on logger `modelfactory.serving.adapters` with timings.
 - `Engine(warm, adapters=None, *, max_new_tokens_cap=1024, lora_mode="gathered")`:
   `prepare(request) -> Prepared` (validation only), `generate(requests) -> list[GenerationResult]` (synchronous,

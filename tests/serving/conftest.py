@@ -61,5 +61,4 @@ def adapters(warm):
 
     cache = AdapterCache(warm, max_adapters=8)
     yield cache
-    for entry in list(cache._entries.values()):
-        cache._evict(entry)
+    cache.clear()

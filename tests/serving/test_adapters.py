@@ -26,8 +26,7 @@ def test_lru_eviction_order_and_capacity(warm, adapter_dirs, caplog):
         assert sum(m.startswith("adapter loaded: ") and m.endswith(" ms") for m in messages) == 4
         assert any(m.startswith(f"adapter evicted: {key(adapter_dirs['qv4'])} ") for m in messages)
     finally:
-        for entry in list(cache._entries.values()):
-            cache._evict(entry)
+        cache.clear()
 
 
 def test_byte_capacity_and_pinned_adapters_are_not_evicted(warm, adapter_dirs):
@@ -48,8 +47,7 @@ def test_byte_capacity_and_pinned_adapters_are_not_evicted(warm, adapter_dirs):
         with pytest.raises(ValueError, match="is not pinned"):
             cache.release(pinned)
     finally:
-        for entry in list(cache._entries.values()):
-            cache._evict(entry)
+        cache.clear()
 
 
 def test_generation_after_eviction_and_reload_is_unchanged(warm, adapter_dirs):
@@ -63,8 +61,7 @@ def test_generation_after_eviction_and_reload_is_unchanged(warm, adapter_dirs):
         assert engine.generate([request()])[0].token_ids == first
         assert cache.loads == 3
     finally:
-        for entry in list(cache._entries.values()):
-            cache._evict(entry)
+        cache.clear()
 
 
 def test_bad_adapter_files_are_clear_errors_and_leave_nothing_behind(warm, adapters, adapter_dirs, tmp_path):
@@ -86,10 +83,41 @@ def test_bad_adapter_files_are_clear_errors_and_leave_nothing_behind(warm, adapt
     shutil.copytree(adapter_dirs["qv8"], wrong_shape)
     config = (wrong_shape / "adapter_config.json").read_text().replace('"r": 8', '"r": 5')
     (wrong_shape / "adapter_config.json").write_text(config)
-    with pytest.raises(AdapterLoadError, match="does not fit this base model"):
+    good = adapters.ensure(adapter_dirs["qv8"])  # wraps q_proj/v_proj, so the next load takes the direct path
+    with pytest.raises(AdapterLoadError) as info:
         adapters.ensure(wrong_shape)
+    assert info.value.code == "adapter_mismatch"
+    assert str(info.value) == (
+        f"{wrong_shape}: base_model.model.model.layers.0.self_attn.q_proj has LoRA shapes (8, 64) and (64, 8); "
+        "this base model with r=5 needs (5, 64) and (64, 5)."
+    )
 
-    assert len(adapters) == 0
-    assert adapters.loads == 0
-    names = set(warm.peft_model.peft_config) if warm.peft_model is not None else set()
-    assert names == set()
+    assert adapters.keys() == [key(adapter_dirs["qv8"])]
+    assert adapters.loads == 1
+    assert set(warm.peft_model.peft_config) == {good}  # the failed adapter left nothing in the model
+    layers = [m for m in warm.peft_model.modules() if hasattr(m, "lora_A")]
+    assert all(set(m.lora_A) <= {good} and set(m.scaling) <= {good} for m in layers)
+
+
+def test_direct_load_gives_the_same_outputs_as_peft_from_pretrained(warm, adapters, adapter_dirs, tiny_base, caplog):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from modelfactory.serving.lora import LoraRunner
+
+    caplog.set_level(logging.INFO, logger="modelfactory.serving.adapters")
+    adapters.ensure(adapter_dirs["all8"])  # peft inject: wraps every linear layer
+    runner = LoraRunner(warm, adapters, mode="switch")
+    ids = torch.tensor([[5, 17, 42, 99, 7, 250]])
+    for name in ["qv8", "mlp2", "qv4"]:
+        loaded = adapters.ensure(adapter_dirs[name])
+        with torch.inference_mode():
+            ours = runner.forward([loaded], input_ids=ids).logits
+        reference_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter_dirs[name])
+        with torch.inference_mode():
+            reference = reference_model.eval()(input_ids=ids).logits
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("adapter loaded")]
+    # the first load wraps the layers (unless an earlier test did); the next three reuse them
+    assert [", direct)" in m for m in messages[1:]] == [True, True, True]
