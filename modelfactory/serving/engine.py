@@ -211,6 +211,8 @@ class Engine:
     def admit(self, prepared: list[Prepared]) -> tuple[Finished, list[tuple[Prepared, Exception]]]:
         """Prefills new requests and adds them to the running batch. Returns the requests already finished (cancelled
         before starting, or done after one token) and those whose adapter failed to load (with the error)."""
+        if self._rows and not self.can_join:
+            raise RuntimeError("This model's cache cannot take new rows mid-batch; admit only when idle.")
         finished: Finished = []
         failed: list[tuple[Prepared, Exception]] = []
         rows: list[_Row] = []
@@ -229,8 +231,6 @@ class Engine:
             rows.append(_Row(item, name, IncrementalDecoder(self.warm.tokenizer), generator))
         if not rows:
             return finished, failed
-        if self._rows and not self.can_join:
-            raise RuntimeError("This model's cache cannot take new rows mid-batch; admit only when idle.")
         try:
             cache, mask, positions, logits = self._prefill(rows)
         except BaseException:
