@@ -110,7 +110,7 @@ class AttributionIndex:
         phi = np.asarray(phi, dtype=np.float32)
         out = np.empty_like(phi)
         for (start, stop), inverse in zip(self.bounds, self.fisher_inverse, strict=True):
-            out[..., start:stop] = phi[..., start:stop] @ inverse  # symmetric
+            out[..., start:stop] = _matmul(phi[..., start:stop], inverse)  # symmetric
         return out
 
     def scores(self, phi_q: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
@@ -121,8 +121,8 @@ class AttributionIndex:
         if phi_q.shape[-1] != self.k:
             raise EngineError(f"Query features have {phi_q.shape[-1]} dimensions; this index has {self.k}.")
         if method == "fisher":
-            return self.precondition(phi_q) @ self.features32().T
-        raw = phi_q @ self.features32().T
+            return _matmul(self.precondition(phi_q), self.features32().T)
+        raw = _matmul(phi_q, self.features32().T)
         if method == "dot":
             return raw
         q_norm = np.linalg.norm(phi_q, axis=-1, keepdims=True)
@@ -216,6 +216,11 @@ class AttributionIndex:
         )
 
 
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Through torch, which honours torch.set_num_threads (NumPy's BLAS would start its own threads)."""
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
 def _check_same_model(model: nn.Module, matrices: Sequence[LoraMatrix]) -> None:
     found = [m for m, _ in lora_modules(model)]
     if [(m.name, m.shape) for m in found] != [(m.name, m.shape) for m in matrices]:
@@ -230,12 +235,13 @@ def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> 
     inverses, damping = [], []
     start = 0
     for width in widths:
-        block = features[:, start : start + width].astype(np.float64)
+        block = torch.from_numpy(np.ascontiguousarray(features[:, start : start + width], dtype=np.float64))
         start += width
         fisher = block.T @ block / n
-        trace = float(np.trace(fisher))
+        trace = float(torch.trace(fisher))
         lam = kappa * trace / width if trace > 0 else 1.0
-        inverses.append(np.linalg.inv(fisher + lam * np.eye(width)).astype(np.float32))
+        eye = torch.eye(width, dtype=torch.float64)
+        inverses.append(torch.linalg.inv(fisher + lam * eye).numpy().astype(np.float32))
         damping.append(lam)
     return inverses, np.asarray(damping, dtype=np.float64)
 
@@ -259,7 +265,7 @@ def calibrate_null(index: AttributionIndex, queries: int = NULL_QUERIES) -> dict
     than this is noise; see `combine.gradient_credit`."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([index.seed, 1])))
     signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(queries, index.size))
-    null_phi = signs @ index.features32() / np.float32(np.sqrt(max(1, index.size)))
+    null_phi = _matmul(signs, index.features32()) / np.float32(np.sqrt(max(1, index.size)))
     result = {}
     for method in SCORE_METHODS:
         scores = index.scores(null_phi, method)
