@@ -121,12 +121,17 @@ class AttributionIndex:
         if phi_q.shape[-1] != self.k:
             raise EngineError(f"Query features have {phi_q.shape[-1]} dimensions; this index has {self.k}.")
         if method == "fisher":
-            return _matmul(self.precondition(phi_q), self.features32().T)
-        raw = _matmul(phi_q, self.features32().T)
+            return self._against_rows(self.precondition(phi_q))
+        raw = self._against_rows(phi_q)
         if method == "dot":
             return raw
         q_norm = np.linalg.norm(phi_q, axis=-1, keepdims=True)
         return raw / np.maximum(q_norm * self.norms(), 1e-30)
+
+    def _against_rows(self, phi: np.ndarray) -> np.ndarray:
+        """phi (k,) or (q, k) against every row -> (N,) or (q, N), without copying the (N, k) features."""
+        out = _matmul(self.features32(), np.atleast_2d(phi).T).T
+        return out[0] if phi.ndim == 1 else out
 
     # -- damping ----------------------------------------------------------------------------------------------------
     def with_damping(self, kappa: float) -> AttributionIndex:
