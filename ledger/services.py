@@ -93,7 +93,7 @@ class PolicyOutOfBounds(LedgerError, ValueError):
 @dataclass
 class _Plan:
     kind: str
-    legs: dict[int, int]  # account id -> signed micro-units (merged; zero legs dropped)
+    legs: list[tuple[int, int]]  # (account id, signed micro-units), no zero legs, credits first
     locked: dict[int, tuple[int, bool]]  # account id -> (balance, allow_negative), read under FOR UPDATE
     memo: str = ""
     metadata: dict = field(default_factory=dict)
@@ -193,29 +193,37 @@ def _lock_accounts(
     return locked, by_user, by_role
 
 
-def _merge(legs: Iterable[tuple[int, int]]) -> dict[int, int]:
-    merged: dict[int, int] = {}
+def _legs(legs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Validated legs, zero legs dropped, sorted. One account may appear twice (a payer who is also the model's
+    owner pays the fee and receives the owner's part: two postings, as in any double-entry book)."""
+    result = []
     for account, amount in legs:
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise InvalidRequest("Amounts are whole micro-units (int).")
-        merged[account] = merged.get(account, 0) + amount
-    return {account: amount for account, amount in sorted(merged.items()) if amount != 0}
+        if amount != 0:
+            result.append((int(account), amount))
+    # Credits before debits: applied in this order, no account passes below its final balance on the way (the
+    # CHECK constraint on balances is checked row by row).
+    return sorted(result, key=lambda leg: (leg[1] < 0, leg[0], leg[1]))
 
 
 def _write(*, key: str, request_hash: str, plan: _Plan) -> Transaction:
     legs = plan.legs
-    if sum(legs.values()) != 0:
-        raise InvalidRequest(f"The legs of a transaction must sum to zero, not {sum(legs.values())}.")
+    if sum(amount for _, amount in legs) != 0:
+        raise InvalidRequest(f"The legs of a transaction must sum to zero, not {sum(a for _, a in legs)}.")
     if len(legs) < 2:
-        raise InvalidRequest("A transaction moves credit between at least two different accounts.")
+        raise InvalidRequest("A transaction needs at least two non-zero legs.")
     metadata = jsonable(plan.metadata)
     status = Transaction.Status.POSTED
-    for account, amount in legs.items():
+    net: dict[int, int] = {}
+    for account, amount in legs:
+        net[account] = net.get(account, 0) + amount
+    for account, amount in sorted(net.items()):
         balance, allow_negative = plan.locked[account]
         if amount < 0 and not allow_negative and balance + amount < 0:
             status = Transaction.Status.REJECTED
             metadata = {**metadata, "rejected": {"account_id": account, "balance": balance, "needed": -amount}}
-            legs = {}
+            legs = []
             break
     created_at = timezone.now()
     memo = plan.memo[:500]
@@ -227,7 +235,7 @@ def _write(*, key: str, request_hash: str, plan: _Plan) -> Transaction:
         metadata=metadata,
         request_hash=request_hash,
         created_at=created_at.isoformat(),
-        postings=list(legs.items()),
+        postings=legs,
     )
     fields = dict(
         idempotency_key=key,
@@ -256,13 +264,15 @@ WITH head AS (
   RETURNING id, seq, prev_hash, hash
 ), postings AS (
   INSERT INTO ledger_posting (transaction_id, account_id, amount)
-  SELECT tx.id, leg.account_id, leg.amount FROM tx, unnest(%s::bigint[], %s::bigint[]) AS leg(account_id, amount)
+  SELECT tx.id, leg.account_id, leg.amount
+    FROM tx, unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS leg(account_id, amount, n)
+   ORDER BY leg.n
 )
 SELECT id, seq, prev_hash, hash FROM tx
 """
 
 
-def _write_postgresql(*, fields: dict, content: bytes, legs: dict[int, int]) -> Transaction:
+def _write_postgresql(*, fields: dict, content: bytes, legs: list[tuple[int, int]]) -> Transaction:
     params = [
         content,
         fields["idempotency_key"],
@@ -272,8 +282,8 @@ def _write_postgresql(*, fields: dict, content: bytes, legs: dict[int, int]) -> 
         json.dumps(fields["metadata"]),
         fields["request_hash"],
         fields["created_at"],
-        list(legs.keys()),
-        list(legs.values()),
+        [account for account, _ in legs],
+        [amount for _, amount in legs],
     ]
     with connection.cursor() as cursor:
         cursor.execute(_PG_WRITE, params)
@@ -289,13 +299,17 @@ def _write_postgresql(*, fields: dict, content: bytes, legs: dict[int, int]) -> 
     return Transaction(id=pk, seq=seq, prev_hash=prev_hash, hash=digest, **fields)
 
 
-def _write_portable(*, fields: dict, content: bytes, legs: dict[int, int]) -> Transaction:
+def _write_portable(*, fields: dict, content: bytes, legs: list[tuple[int, int]]) -> Transaction:
     head, _ = ChainHead.objects.select_for_update().get_or_create(pk=1)
     digest = chain_hash(head.hash, content)
     tx = Transaction.objects.create(seq=head.seq + 1, prev_hash=head.hash, hash=digest, **fields)
-    Posting.objects.bulk_create([Posting(transaction=tx, account_id=a, amount=m) for a, m in legs.items()])
-    for account, amount in legs.items():
-        Account.objects.filter(pk=account).update(balance=F("balance") + amount)
+    Posting.objects.bulk_create([Posting(transaction=tx, account_id=a, amount=m) for a, m in legs])
+    net: dict[int, int] = {}
+    for account, amount in legs:
+        net[account] = net.get(account, 0) + amount
+    for account, amount in net.items():
+        if amount:
+            Account.objects.filter(pk=account).update(balance=F("balance") + amount)
     ChainHead.objects.filter(pk=1).update(seq=tx.seq, prev_hash=head.hash, hash=digest)
     return tx
 
@@ -331,12 +345,14 @@ def transfer(
     if kind not in Transaction.Kind.values:
         raise InvalidRequest(f"Unknown transaction kind {kind!r}.")
     legs = [(int(a), m) for a, m in legs]
-    merged = _merge(legs)
+    merged = _legs(legs)
+    if len({account for account, _ in merged}) < 2:
+        raise InvalidRequest("A transfer moves credit between at least two different accounts.")
     metadata = dict(metadata or {})
     request_hash = request_fingerprint("transfer", kind=kind, legs=sorted(legs), memo=memo, metadata=metadata)
 
     def build() -> _Plan:
-        locked, _, _ = _lock_accounts(ids=merged.keys())
+        locked, _, _ = _lock_accounts(ids=[account for account, _ in merged])
         return _Plan(kind=kind, legs=merged, locked=locked, memo=memo, metadata=metadata)
 
     return _commit(key=key, request_hash=request_hash, build=build)
@@ -349,8 +365,8 @@ def _issue(*, key: str, kind: str, user_id: int, amount_micro: int, memo: str, m
 
     def build() -> _Plan:
         locked, by_user, by_role = _lock_accounts(users=[user_id], system=[issuance])
-        legs = {by_role[issuance]: -amount, by_user[user_id]: amount}
-        return _Plan(kind=kind, legs=dict(sorted(legs.items())), locked=locked, memo=memo, metadata=metadata)
+        legs = _legs([(by_role[issuance], -amount), (by_user[user_id], amount)])
+        return _Plan(kind=kind, legs=legs, locked=locked, memo=memo, metadata=metadata)
 
     return _commit(key=key, request_hash=request_hash, build=build)
 
@@ -407,7 +423,7 @@ def hold_create(
 
         return _Plan(
             kind=Transaction.Kind.HOLD,
-            legs=_merge([(payer, -amount), (clearing_id, amount)]),
+            legs=_legs([(payer, -amount), (clearing_id, amount)]),
             locked=locked,
             memo=memo or "Fee reserved",
             metadata={**metadata, "hold_key": key},
@@ -431,7 +447,7 @@ def hold_release(*, hold_key: str, memo: str = "") -> Transaction:
 
         return _Plan(
             kind=Transaction.Kind.HOLD_RELEASE,
-            legs=_merge([(hold.clearing_id, -hold.amount), (hold.payer_id, hold.amount)]),
+            legs=_legs([(hold.clearing_id, -hold.amount), (hold.payer_id, hold.amount)]),
             locked=locked,
             memo=memo or "Fee reservation released",
             metadata={"hold_key": hold_key},
@@ -551,7 +567,7 @@ def settlement_post(
 
         return _Plan(
             kind=Transaction.Kind.SETTLEMENT,
-            legs=_merge(legs),
+            legs=_legs(legs),
             locked=locked,
             memo=memo or "Inference fee",
             metadata=meta,
@@ -584,7 +600,7 @@ def withdrawal_request(*, user, amount_micro: int, key: str | None = None) -> Wi
 
         return _Plan(
             kind=Transaction.Kind.WITHDRAWAL_REQUEST,
-            legs=_merge([(wallet, -amount), (by_role[pending], amount)]),
+            legs=_legs([(wallet, -amount), (by_role[pending], amount)]),
             locked=locked,
             memo="Withdrawal requested",
             after=after,
@@ -619,7 +635,7 @@ def _withdrawal_close(*, withdrawal_id: int, staff_user, complete: bool, reason:
 
         return _Plan(
             kind=Transaction.Kind.WITHDRAWAL_COMPLETE if complete else Transaction.Kind.WITHDRAWAL_CANCEL,
-            legs=_merge([(by_role[pending], -withdrawal.amount), (target, withdrawal.amount)]),
+            legs=_legs([(by_role[pending], -withdrawal.amount), (target, withdrawal.amount)]),
             locked=locked,
             memo=reason or ("Withdrawal paid out" if complete else "Withdrawal cancelled"),
             metadata={"withdrawal_id": withdrawal.pk, "decided_by": staff_user.pk},
