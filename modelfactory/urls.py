@@ -19,6 +19,7 @@ router.register("models", TrainedModelViewSet, basename="trained-model")
 api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("", include(router.urls)),
+    path("ledger/", include("ledger.api_urls")),
 ]
 
 urlpatterns = [
@@ -28,6 +29,7 @@ urlpatterns = [
     path("", include("modelfactory.page_urls")),
     path("admin/", admin.site.urls),
     path("datanets/", include("datanets.urls")),
+    path("wallet/", include("ledger.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
