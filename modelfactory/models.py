@@ -188,3 +188,55 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.slug} v{self.number}"
+
+
+class Inference(models.Model):
+    """One answer a model gave: who asked, which exact model version answered, what was asked and answered (text
+    and token ids, which attribution needs), the tokens counted, and the fee reserved (a ledger hold) and owed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Generating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Source(models.TextChoices):
+        API = "api", "REST API"
+        OPENAI = "openai", "OpenAI-compatible API"
+        PLAYGROUND = "playground", "Playground"
+
+    caller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="inferences")
+    model = models.ForeignKey(TrainedModel, on_delete=models.PROTECT, related_name="inferences")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="inferences")
+    source = models.CharField(max_length=12, choices=Source.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    messages = models.JSONField(
+        help_text="The conversation as sent: [{role, content}] (a prompt becomes one user turn)."
+    )
+    parameters = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p as used.")
+    prompt_token_ids = models.JSONField(default=list)
+    output = models.TextField(blank=True)
+    output_token_ids = models.JSONField(default=list)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=12, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    price_per_1k_tokens = models.BigIntegerField(help_text="The model's price when the call was made (micro-credits).")
+    fee_reserved_micro = models.BigIntegerField(default=0, help_text="Held from the caller before generating.")
+    fee_micro = models.BigIntegerField(default=0, help_text="Owed for the tokens actually delivered.")
+    hold_key = models.CharField(max_length=200, blank=True, help_text="The ledger hold that reserves the fee.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(fee_micro__gte=0), name="inference_fee_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(fee_micro__lte=models.F("fee_reserved_micro")), name="inference_fee_within_hold"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"inference {self.pk} of {self.model_id} ({self.status})"
