@@ -359,6 +359,8 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         )
         return FineTuneJob.objects.get(pk=job_id)
 
+    stage_errors = _run_post_training_stages(job_id=job_id, result=result)
+
     with transaction.atomic():
         job = FineTuneJob.objects.select_for_update().get(pk=job_id)
         trained = trained_model_create_from_job(job=job, result=result)
@@ -366,13 +368,38 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         job.status = FineTuneJob.Status.SUCCEEDED
         job.metrics = result.metrics
         job.samples = result.samples
-        job.report = result.report
+        job.report = {**result.report, "stage_errors": stage_errors} if stage_errors else result.report
         job.progress = 1.0
         job.phase = "done"
         job.finished_at = timezone.now()
-        job.message = _success_message(result.metrics, stopped=stopped, slug=trained.slug)
+        job.message = _success_message(result.metrics, stopped=stopped, slug=trained.slug) + "".join(
+            f" Note: {error}" for error in stage_errors.values()
+        )
         job.save()
     return job
+
+
+def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
+    """Runs the stages other apps registered (modelfactory.hooks), each as a phase with its own progress. A stage
+    that fails does not throw the trained adapter away: its error is kept and shown with the result."""
+    from modelfactory.hooks import post_training_stages
+
+    errors: dict[str, str] = {}
+    for stage in post_training_stages:
+        FineTuneJob.objects.filter(pk=job_id).update(phase=stage.name, message=stage.label, heartbeat_at=timezone.now())
+        FineTuneEvent.objects.create(job_id=job_id, kind=FineTuneEvent.Kind.PHASE, data={"phase": stage.name})
+
+        def on_progress(done: int, total: int, stage=stage) -> None:
+            FineTuneJob.objects.filter(pk=job_id).update(
+                message=f"{stage.label} ({done} of {total})", heartbeat_at=timezone.now()
+            )
+
+        try:
+            stage.run(job=FineTuneJob.objects.get(pk=job_id), result=result, on_progress=on_progress)
+        except Exception as exc:
+            logger.exception("post-training stage %s of job %s failed", stage.name, job_id)
+            errors[stage.name] = f"{stage.label} did not finish ({exc.__class__.__name__}: {exc})."
+    return errors
 
 
 def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str) -> str:
