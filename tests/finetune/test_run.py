@@ -141,3 +141,33 @@ def test_dead_worker_is_resumed_once_then_failed(job, enqueued, settings, django
 
 def test_workdir_is_under_media(job, settings):
     assert job.workdir == Path(settings.MEDIA_ROOT) / "finetunes" / str(job.pk)
+
+
+def test_post_training_stages_run_as_phases_and_a_failure_keeps_the_model(job, monkeypatch):
+    from modelfactory import hooks
+
+    seen = []
+
+    def good(*, job, result, on_progress):
+        on_progress(1, 2)
+        seen.append((job.pk, result.adapter_dir.name))
+
+    def bad(*, job, result, on_progress):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(
+        hooks,
+        "post_training_stages",
+        [
+            hooks.PostTrainingStage("indexing", "Building the index", good),
+            hooks.PostTrainingStage("extra", "Extra", bad),
+        ],
+    )
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert seen == [(job.pk, "adapter")]
+    assert done.status == "succeeded"
+    assert done.report["stage_errors"] == {"extra": "Extra did not finish (OSError: disk full)."}
+    assert done.message.endswith(" Note: Extra did not finish (OSError: disk full).")
+    phases = [e.data["phase"] for e in done.events.filter(kind="phase")]
+    assert phases[-2:] == ["indexing", "extra"]
+    assert TrainedModel.objects.count() == 1
