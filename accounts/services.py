@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken
+from ledger.services import grant_signup_credit
 
 TOKEN_PREFIX = "mf_"  # noqa: S105 (a key prefix, not a secret)
 
@@ -24,6 +25,9 @@ def hash_key(key: str) -> str:
 @transaction.atomic
 def user_signup(*, username: str, email: str, password: str):
     user = get_user_model().objects.create_user(username=username, email=email, password=password)
+    # In the same transaction as the user: there is never a user without the welcome credit, nor a grant
+    # for a sign-up that rolled back. (The grant is keyed by user id, so it can never be paid twice.)
+    grant_signup_credit(user=user)
     return user
 
 

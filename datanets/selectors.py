@@ -218,3 +218,13 @@ def version_contributor_row_counts(*, version_id: int) -> dict[int, int]:
         .annotate(n=Count("id"))
         .order_by()
     )
+
+
+def version_list_usable(*, user) -> QuerySet[DatanetVersion]:
+    """Every version `user` may train on (same rule as version_get_usable), newest datanets first."""
+    visible = Datanet.objects.filter(_visible_q(user)).values("pk")
+    return (
+        DatanetVersion.objects.filter(datanet__in=visible)
+        .select_related("datanet")
+        .order_by("datanet__name", "-number")
+    )

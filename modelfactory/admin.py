@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from modelfactory.models import BaseModel
+from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
 
 
 @admin.register(BaseModel)
@@ -9,3 +9,42 @@ class BaseModelAdmin(admin.ModelAdmin):
     list_filter = ["is_default", "is_active"]
     search_fields = ["name", "slug", "path"]
     readonly_fields = ["parameters", "context_length", "architecture", "created_at"]
+
+
+class FineTuneEventInline(admin.TabularInline):
+    model = FineTuneEvent
+    extra = 0
+    can_delete = False
+    fields = ["kind", "step", "loss", "eval_loss", "lr", "tokens_per_s", "eta_s", "memory_bytes", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(FineTuneJob)
+class FineTuneJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "owner", "base_model", "status", "progress", "worker", "created_at", "finished_at"]
+    list_filter = ["status", "preset", "base_model"]
+    search_fields = ["name", "owner__username"]
+    readonly_fields = [f.name for f in FineTuneJob._meta.fields if f.name not in ("name",)]
+    inlines = [FineTuneEventInline]
+
+
+class ModelVersionInline(admin.TabularInline):
+    model = ModelVersion
+    extra = 0
+    can_delete = False
+    fields = ["number", "job", "artifact_hash", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TrainedModel)
+class TrainedModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "owner", "status", "visibility", "price_per_1k_tokens", "created_at"]
+    list_filter = ["status", "visibility"]
+    search_fields = ["name", "slug", "owner__username"]
+    inlines = [ModelVersionInline]

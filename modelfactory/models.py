@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from django.conf import settings
 from django.db import models
 
 
@@ -34,3 +37,206 @@ class BaseModel(models.Model):
         if self.parameters >= 1_000_000_000:
             return f"{self.parameters / 1e9:.1f}B"
         return f"{self.parameters / 1e6:.0f}M"
+
+
+class FineTuneJob(models.Model):
+    """One fine-tuning run. State lives here (not in Celery): queued -> running -> succeeded | failed | cancelled."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting in line"
+        RUNNING = "running", "Training"
+        SUCCEEDED = "succeeded", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Control(models.TextChoices):
+        NONE = "", "None"
+        STOP = "stop", "Stop and keep the adapter"
+        CANCEL = "cancel", "Cancel and discard"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="finetune_jobs")
+    name = models.CharField(max_length=200)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
+    datanet_versions = models.ManyToManyField("datanets.DatanetVersion", related_name="finetune_jobs")
+    preset = models.CharField(max_length=20)
+    hyperparameters = models.JSONField(default=dict, help_text="Every setting, preset applied and validated.")
+    idempotency_key = models.CharField(max_length=64, help_text="Same key, same owner: the same job.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    control = models.CharField(max_length=8, choices=Control.choices, default=Control.NONE, blank=True)
+    phase = models.CharField(max_length=20, blank=True)
+    progress = models.FloatField(default=0.0)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True, help_text="What happened, in plain words.")
+    estimate = models.JSONField(default=dict, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    samples = models.JSONField(default=list, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "idempotency_key"], name="finetune_job_idempotency"),
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0) & models.Q(progress__lte=1), name="progress_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def workdir(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / "finetunes" / str(self.pk)
+
+
+class FineTuneEvent(models.Model):
+    """Append-only progress log of a job: one row per training step, evaluation or phase change."""
+
+    class Kind(models.TextChoices):
+        PHASE = "phase"
+        TRAIN = "train"
+        EVAL = "eval"
+        MESSAGE = "message"
+
+    job = models.ForeignKey(FineTuneJob, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    step = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)
+    lr = models.FloatField(null=True, blank=True)
+    tokens_per_s = models.FloatField(null=True, blank=True)
+    eta_s = models.FloatField(null=True, blank=True)
+    memory_bytes = models.BigIntegerField(null=True, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "id"])]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.kind} step {self.step}"
+
+
+class TrainedModel(models.Model):
+    """A fine-tuned model people can publish and call. Its versions are immutable; the slug never silently
+    points at other weights: each inference records the version it used."""
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", "Private (only you)"
+        PUBLIC = "public", "Public"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        PUBLISHED = "published", "Published"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="trained_models")
+    slug = models.SlugField(max_length=120, unique=True)
+    name = models.CharField(max_length=200)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="trained_models")
+    visibility = models.CharField(max_length=8, choices=Visibility.choices, default=Visibility.PRIVATE)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    price_per_1k_tokens = models.BigIntegerField(
+        default=0, help_text="Price per 1,000 tokens in micro-credits (1 credit = 1,000,000)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(price_per_1k_tokens__gte=0), name="price_not_negative")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def latest_version(self):
+        return self.versions.order_by("-number").first()
+
+
+class ModelVersion(models.Model):
+    """The exact weights a trained model answers with: one job's adapter, hashed, never changed."""
+
+    model = models.ForeignKey(TrainedModel, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    job = models.OneToOneField(FineTuneJob, on_delete=models.PROTECT, related_name="model_version")
+    adapter_path = models.CharField(max_length=1000)
+    zip_path = models.CharField(max_length=1000)
+    artifact_hash = models.CharField(max_length=64)
+    model_card = models.TextField()
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-number"]
+        constraints = [models.UniqueConstraint(fields=["model", "number"], name="model_version_number")]
+
+    def __str__(self) -> str:
+        return f"{self.model.slug} v{self.number}"
+
+
+class Inference(models.Model):
+    """One answer a model gave: who asked, which exact model version answered, what was asked and answered (text
+    and token ids, which attribution needs), the tokens counted, and the fee reserved (a ledger hold) and owed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Generating"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Source(models.TextChoices):
+        API = "api", "REST API"
+        OPENAI = "openai", "OpenAI-compatible API"
+        PLAYGROUND = "playground", "Playground"
+
+    caller = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="inferences")
+    model = models.ForeignKey(TrainedModel, on_delete=models.PROTECT, related_name="inferences")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="inferences")
+    source = models.CharField(max_length=12, choices=Source.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    messages = models.JSONField(
+        help_text="The conversation as sent: [{role, content}] (a prompt becomes one user turn)."
+    )
+    parameters = models.JSONField(default=dict, help_text="max_new_tokens, temperature, top_p as used.")
+    prompt_token_ids = models.JSONField(default=list)
+    output = models.TextField(blank=True)
+    output_token_ids = models.JSONField(default=list)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    finish_reason = models.CharField(max_length=12, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    price_per_1k_tokens = models.BigIntegerField(help_text="The model's price when the call was made (micro-credits).")
+    fee_reserved_micro = models.BigIntegerField(default=0, help_text="Held from the caller before generating.")
+    fee_micro = models.BigIntegerField(default=0, help_text="Owed for the tokens actually delivered.")
+    hold_key = models.CharField(max_length=200, blank=True, help_text="The ledger hold that reserves the fee.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(fee_micro__gte=0), name="inference_fee_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(fee_micro__lte=models.F("fee_reserved_micro")), name="inference_fee_within_hold"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"inference {self.pk} of {self.model_id} ({self.status})"

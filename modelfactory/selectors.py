@@ -1,7 +1,161 @@
-from django.db.models import QuerySet
+"""Model factory reads, each scoped to what the caller may see."""
 
-from modelfactory.models import BaseModel
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from django.db.models import Q, QuerySet
+
+from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
 
 
 def base_model_list() -> QuerySet[BaseModel]:
     return BaseModel.objects.filter(is_active=True)
+
+
+def base_model_default() -> BaseModel | None:
+    return base_model_list().order_by("-is_default", "parameters").first()
+
+
+def versions_usable_by(*, user, version_ids: list[int]) -> tuple[list, str]:
+    """(versions in the given order, error message or ""). A user may train on public datanets' versions and on
+    private ones they own or curate."""
+    from datanets.selectors import VersionNotUsable, version_get_usable
+
+    if not version_ids:
+        return [], "Choose at least one datanet version."
+    versions = []
+    for version_id in dict.fromkeys(version_ids):
+        try:
+            versions.append(version_get_usable(user=user, version_id=int(version_id)))
+        except VersionNotUsable as exc:
+            return [], str(exc)
+    return versions, ""
+
+
+def finetune_rows(*, versions) -> tuple[list[dict], int]:
+    """Training rows of the given versions as plain dicts for the training core, and the number of contributors.
+    A row frozen in two chosen versions is trained on once."""
+    from datanets.selectors import version_records
+
+    rows: dict[int, dict] = {}
+    contributors: set[int] = set()
+    for version in versions:
+        for record in version_records(version_id=version.pk):
+            rows.setdefault(record.record_id, {"id": record.record_id, "kind": record.kind, "content": record.content})
+            contributors.add(record.contributor_id)
+    return [rows[key] for key in sorted(rows)], len(contributors)
+
+
+def job_list_for(*, user) -> QuerySet[FineTuneJob]:
+    return FineTuneJob.objects.filter(owner=user).select_related("base_model")
+
+
+def job_get_for(*, user, job_id: int) -> FineTuneJob:
+    """Raises FineTuneJob.DoesNotExist for jobs the user may not see (owners and staff only)."""
+    jobs = FineTuneJob.objects.select_related("base_model", "owner")
+    if not user.is_staff:
+        jobs = jobs.filter(owner=user)
+    return jobs.get(pk=job_id)
+
+
+def job_queue_position(*, job: FineTuneJob) -> int | None:
+    """1 = next to start. None once the job has left the queue."""
+    if job.status != FineTuneJob.Status.QUEUED:
+        return None
+    ahead = FineTuneJob.objects.filter(status=FineTuneJob.Status.QUEUED).filter(
+        Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+    )
+    return ahead.count() + 1
+
+
+def job_chart_points(*, job: FineTuneJob, after_id: int = 0) -> dict:
+    """Loss and eval-loss points for the live chart (only those after `after_id`, for incremental polling)."""
+    events = job.events.filter(id__gt=after_id, kind__in=["train", "eval"]).values_list(
+        "id", "kind", "step", "loss", "eval_loss"
+    )
+    points = {"train": [], "eval": [], "last_id": after_id}
+    for event_id, kind, step, loss, eval_loss in events:
+        if kind == "train" and loss is not None:
+            points["train"].append({"x": step, "y": loss})
+        elif kind == "eval" and eval_loss is not None:
+            points["eval"].append({"x": step, "y": eval_loss})
+        points["last_id"] = event_id
+    return points
+
+
+def job_latest_train_event(*, job: FineTuneJob):
+    return job.events.filter(kind="train").order_by("-id").first()
+
+
+def trained_models_visible(*, user) -> QuerySet[TrainedModel]:
+    models = TrainedModel.objects.select_related("owner", "base_model")
+    if user.is_authenticated and user.is_staff:
+        return models
+    public = Q(visibility=TrainedModel.Visibility.PUBLIC, status=TrainedModel.Status.PUBLISHED)
+    if user.is_authenticated:
+        return models.filter(public | Q(owner=user))
+    return models.filter(public)
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def wizard_preview(*, base: BaseModel, versions, max_length: int, limit: int = 3) -> dict:
+    """Step 3: a few real rows rendered through the base model's chat template (trained-on part marked), and how
+    many rows are too long for `max_length`."""
+    from modelfactory.training.data import build_examples, preview_rows
+
+    rows, _ = finetune_rows(versions=versions)
+    tokenizer = _tokenizer(base.path)
+    _, report = build_examples(tokenizer, rows, max_length=max_length)
+    return {
+        "previews": preview_rows(tokenizer, rows, max_length=max_length, limit=limit),
+        "report": report.as_dict(),
+        "max_length": max_length,
+    }
+
+
+def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict:
+    """Step 5: tokens, steps, time and memory for these settings on this worker's hardware."""
+    import json
+
+    import torch
+
+    from modelfactory.training.data import build_examples
+    from modelfactory.training.estimate import estimate_run
+    from modelfactory.training.finetune import split_rows
+
+    rows, contributors = finetune_rows(versions=versions)
+    tokenizer = _tokenizer(base.path)
+    examples, report = build_examples(tokenizer, rows, max_length=int(hyperparameters["max_length"]))
+    train_ids, eval_ids = split_rows(
+        [e.row_id for e in examples], eval_split=float(hyperparameters["eval_split"]), seed=int(hyperparameters["seed"])
+    )
+    train_examples = [e for e in examples if e.row_id in train_ids]
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    config = json.loads((Path(base.path) / "config.json").read_text())
+    estimate = estimate_run(
+        [e.n_tokens for e in train_examples],
+        hyperparameters,
+        device_type=device_type,
+        parameters=base.parameters,
+        model_config=config,
+        answer_tokens=sum(e.n_answer_tokens for e in train_examples),
+    )
+    return {
+        **estimate.as_dict(),
+        "device": "a GPU" if device_type == "cuda" else "this server's CPU",
+        "train_rows": len(train_examples),
+        "eval_rows": len(eval_ids),
+        "contributors": contributors,
+        "report": report.as_dict(),
+    }

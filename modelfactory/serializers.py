@@ -1,9 +1,73 @@
 from rest_framework import serializers
 
-from modelfactory.models import BaseModel
+from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
+from modelfactory.training.presets import PRESETS
 
 
 class BaseModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = BaseModel
         fields = ["slug", "name", "parameters", "context_length", "architecture", "licence", "is_default"]
+
+
+class FineTuneCreateSerializer(serializers.Serializer):
+    base_model = serializers.SlugField(help_text="Slug of a base model (GET /api/v1/base-models/).")
+    datanet_versions = serializers.ListField(child=serializers.IntegerField(min_value=1), allow_empty=False)
+    preset = serializers.ChoiceField(choices=list(PRESETS), default="balanced")
+    hyperparameters = serializers.DictField(required=False, default=dict, help_text="Overrides on top of the preset.")
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    idempotency_key = serializers.CharField(
+        required=False,
+        max_length=64,
+        help_text="Send the same key again (or the Idempotency-Key header) to get the same job instead of a new one.",
+    )
+
+
+class FineTuneJobSerializer(serializers.ModelSerializer):
+    base_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    datanet_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    model = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField()
+
+    class Meta:
+        model = FineTuneJob
+        fields = [
+            "id", "name", "status", "phase", "progress", "step", "total_steps", "message", "base_model",
+            "datanet_versions", "preset", "hyperparameters", "metrics", "samples", "queue_position", "model",
+            "created_at", "started_at", "finished_at",
+        ]  # fmt: skip
+
+    def get_model(self, job) -> str | None:
+        version = getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None
+        return version.model.slug if version else None
+
+    def get_queue_position(self, job) -> int | None:
+        from modelfactory.selectors import job_queue_position
+
+        return job_queue_position(job=job)
+
+
+class FineTuneControlSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(
+        choices=["cancel", "stop"], default="cancel", help_text="stop = keep the adapter so far; cancel = discard."
+    )
+
+
+class TrainedModelSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    base_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    version = serializers.SerializerMethodField()
+    metrics = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainedModel
+        fields = ["slug", "name", "owner", "base_model", "visibility", "status", "price_per_1k_tokens", "version",
+                  "metrics", "created_at"]  # fmt: skip
+
+    def get_version(self, model) -> int | None:
+        version = model.latest_version
+        return version.number if version else None
+
+    def get_metrics(self, model) -> dict:
+        version = model.latest_version
+        return version.metrics if version else {}

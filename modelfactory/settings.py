@@ -72,6 +72,8 @@ TEMPLATES = [
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
+            # {% partialdef %} everywhere without {% load partials %} (Django 6 has it built in; see README "Stack").
+            "builtins": ["template_partials.templatetags.partials"],
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
@@ -150,6 +152,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MF_BASE_MODEL_DIR = Path(env.str("MF_BASE_MODEL_DIR", str(VAR_DIR / "models")))
 # Datanet token counts use this model folder's tokenizer.json (the default base model); without it, an estimate.
 MF_TOKEN_COUNT_MODEL_DIR = Path(env.str("MF_TOKEN_COUNT_MODEL_DIR", str(MF_BASE_MODEL_DIR / "smollm2-135m-instruct")))
+# Where training runs: "auto" picks CUDA when the worker has it.
+MF_TRAINING_DEVICE = env.str("MF_TRAINING_DEVICE", "auto")
+if MF_TRAINING_DEVICE != "auto" and MF_TRAINING_DEVICE != "cpu" and not MF_TRAINING_DEVICE.startswith("cuda"):
+    raise EnvError("MF_TRAINING_DEVICE", MF_TRAINING_DEVICE, "auto, cpu, cuda or cuda:N")
+# A running job whose heartbeat is older than this is considered orphaned (its worker died).
+MF_JOB_HEARTBEAT_SECONDS = env.int("MF_JOB_HEARTBEAT_SECONDS", 15, min_value=1)
+MF_JOB_STALE_SECONDS = env.int("MF_JOB_STALE_SECONDS", 120, min_value=5)
+MF_JOB_MAX_ATTEMPTS = env.int("MF_JOB_MAX_ATTEMPTS", 2, min_value=1, max_value=10)
 
 # --- Celery -----------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.url(
@@ -256,3 +266,16 @@ MF_INGEST_MAX_UNPACKED_BYTES = env.int("MF_INGEST_MAX_UNPACKED_BYTES", 64 * 1024
 MF_INGEST_TIME_LIMIT_SECONDS = env.int("MF_INGEST_TIME_LIMIT_SECONDS", 3600, min_value=60)
 # An ingest whose progress has not moved for this long (or whose worker's heartbeat is gone) is marked failed.
 MF_INGEST_STALE_SECONDS = env.int("MF_INGEST_STALE_SECONDS", 300, min_value=10)
+# --- Ledger -----------------------------------------------------------------------------------------------------
+# Credit is counted in micro-units: 1 credit = 1,000,000.
+MF_SIGNUP_GRANT_MICRO = env.int("MF_SIGNUP_GRANT_MICRO", 10_000_000, min_value=0)
+MF_LEDGER_WITHDRAWAL_MIN_MICRO = env.int("MF_LEDGER_WITHDRAWAL_MIN_MICRO", 5_000_000, min_value=1)
+# Platform revenue and fees clearing are split over this many rows so concurrent settlements do not queue on one.
+MF_LEDGER_SHARDS = env.int("MF_LEDGER_SHARDS", 16, min_value=1, max_value=1024)
+# A Merkle checkpoint is queued every N transactions (0: only by `manage.py ledger_checkpoint` / `ledger_verify`).
+MF_LEDGER_CHECKPOINT_EVERY = env.int("MF_LEDGER_CHECKPOINT_EVERY", 1000, min_value=0)
+# Bounds operators put on a model's fee split, in basis points (10,000 = 100%).
+MF_LEDGER_OWNER_BP_MAX = env.int("MF_LEDGER_OWNER_BP_MAX", 5_000, min_value=0, max_value=10_000)
+MF_LEDGER_CONTRIBUTORS_BP_MIN = env.int("MF_LEDGER_CONTRIBUTORS_BP_MIN", 5_000, min_value=0, max_value=10_000)
+MF_LEDGER_PLATFORM_BP_MIN = env.int("MF_LEDGER_PLATFORM_BP_MIN", 500, min_value=0, max_value=10_000)
+MF_LEDGER_PLATFORM_BP_MAX = env.int("MF_LEDGER_PLATFORM_BP_MAX", 2_000, min_value=0, max_value=10_000)

@@ -7,24 +7,29 @@ from accounts.api import TokenObtainView
 from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
-from modelfactory.api import BaseModelViewSet
+from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
 
 router = DefaultRouter()
 router.register("base-models", BaseModelViewSet, basename="base-model")
 router.register("datanets", DatanetViewSet, basename="datanet")
 router.register("contributions", ContributionViewSet, basename="contribution")
+router.register("finetunes", FineTuneViewSet, basename="finetune")
+router.register("models", TrainedModelViewSet, basename="trained-model")
 
 api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("", include(router.urls)),
+    path("ledger/", include("ledger.api_urls")),
 ]
 
 urlpatterns = [
     path("", core_views.home, name="home"),
     path("healthz", core_views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
+    path("", include("modelfactory.page_urls")),
     path("admin/", admin.site.urls),
     path("datanets/", include("datanets.urls")),
+    path("wallet/", include("ledger.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

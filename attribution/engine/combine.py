@@ -1,0 +1,202 @@
+"""Proof of Attribution for one answer: gradient influence and verbatim spans combined into contributor shares.
+
+The rule, version "poa-1" (METHOD_VERSION; change the version whenever any step below changes):
+
+1. Gradient credit. tau_i = score of every indexed row (default method "fisher": block-diagonal damped Fisher per
+   LoRA matrix). Positive influence only, above a per-query noise floor: floor = max(0, median(tau) + z_floor *
+   1.4826 * MAD(tau)) over all rows (the bulk of rows are unrelated to any one answer, so their spread is the
+   noise); a row's credit is max(tau_i - floor, 0).
+2. Unattributed share for weak totals. The above-floor mass M (in units of the robust scale) is compared with
+   M_null, the mean mass that unrelated queries get (calibrated when the index is built, see
+   `index.calibrate_null`). The attributed fraction is a = clip(1 - M_null / M, 0, 1): an answer whose credit is
+   no stronger than an unrelated query's is unattributed. Contributor c gets a * credit_c / sum(credit).
+3. Span credit. Maximal verbatim spans of >= min_span answer tokens (see spans.py); each answer token covered by a
+   span is credited to the longest covering span with weight -log p_unigram(token); a span's weight is split
+   equally over the distinct contributors having a row that contains it (and within a contributor equally over
+   those rows). Span shares are normalised to 1 over contributors.
+4. Mix. With f = fraction of answer tokens covered verbatim: share_c = f * span_c + (1 - f) * gradient_c, and
+   unattributed = (1 - f) * (1 - a). Shares plus unattributed sum to 1.
+
+`AttributionResult.params` stores the method version and every parameter (index seed, k, widths, kappa, z_floor,
+score method, min_span, top_k), so a result can be recomputed from the same model, rows and index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from torch import nn
+
+from attribution.engine.index import DEFAULT_METHOD, AttributionIndex, above_floor
+from attribution.engine.lora import EngineError
+from attribution.engine.spans import DEFAULT_MIN_SPAN, SpanIndex, SpanMatch
+
+METHOD_VERSION = "poa-1"
+DEFAULT_TOP_K = 10
+MAX_ROWS_PER_SPAN = 20  # rows listed per span in the result (credit still goes to every containing row)
+
+
+class RowOwner(NamedTuple):
+    contributor_id: Hashable
+    contribution_id: Hashable | None = None
+
+
+def owner_of(row_meta: Mapping, row_id: int) -> RowOwner:
+    """row_meta values are a RowOwner, a (contributor_id, contribution_id) pair or a bare contributor id."""
+    try:
+        value = row_meta[row_id]
+    except KeyError:
+        raise EngineError(f"Row {row_id} is in the index but not in row_meta (its contributor is unknown).") from None
+    if isinstance(value, RowOwner):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        return RowOwner(*value)
+    return RowOwner(value)
+
+
+@dataclass
+class AttributionResult:
+    method_version: str
+    contributor_shares: dict  # contributor_id -> share; with `unattributed` sums to 1
+    unattributed: float
+    top_rows: list[tuple[int, float]]  # (row_id, tau) by decreasing tau, positive only
+    spans: list[tuple[int, int, int]]  # (start, end, row_id) in answer token positions
+    contribution_shares: dict = field(default_factory=dict)  # contribution_id -> share, when row_meta names them
+    span_coverage: float = 0.0  # f: fraction of answer tokens covered verbatim
+    gradient_attributed: float = 0.0  # a: attributed fraction of the gradient part
+    params: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (ids become strings as JSON object keys)."""
+        data = asdict(self)
+        data["contributor_shares"] = {str(k): v for k, v in self.contributor_shares.items()}
+        data["contribution_shares"] = {str(k): v for k, v in self.contribution_shares.items()}
+        data["top_rows"] = [[int(r), float(s)] for r, s in self.top_rows]
+        data["spans"] = [[int(a), int(b), int(r)] for a, b, r in self.spans]
+        return data
+
+
+def gradient_credit(index: AttributionIndex, scores: np.ndarray, method: str) -> tuple[np.ndarray, float]:
+    """Per-row credit (rule steps 1-2) and the attributed fraction a."""
+    credit, mass = above_floor(scores, index.z_floor)
+    if mass <= 0 or credit.sum() <= 0:
+        return credit, 0.0
+    null = index.null_mass.get(method)
+    if null is None:
+        raise EngineError(f"The index has no noise calibration for score method {method!r}.")
+    return credit, float(np.clip(1.0 - null / mass, 0.0, 1.0))
+
+
+def span_credit(match: SpanMatch, row_meta: Mapping) -> tuple[dict, dict[int, float]]:
+    """Rule step 3: contributor -> span share (sums to 1 when there are spans) and row_id -> credit."""
+    by_contributor: dict = {}
+    by_row: dict[int, float] = {}
+    for span_no, span in enumerate(match.spans):
+        weight = float(match.token_weight[match.token_span == span_no].sum())
+        if weight <= 0:
+            continue
+        rows_of: dict = {}
+        for row_id in span.row_ids:
+            rows_of.setdefault(owner_of(row_meta, row_id).contributor_id, []).append(row_id)
+        for contributor, rows in rows_of.items():
+            part = weight / len(rows_of)
+            by_contributor[contributor] = by_contributor.get(contributor, 0.0) + part
+            for row_id in rows:
+                by_row[row_id] = by_row.get(row_id, 0.0) + part / len(rows)
+    total = sum(by_contributor.values())
+    if total > 0:
+        by_contributor = {c: v / total for c, v in by_contributor.items()}
+    return by_contributor, by_row
+
+
+def attribute(
+    index: AttributionIndex,
+    span_index: SpanIndex | None,
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    answer_ids: Sequence[int],
+    row_meta: Mapping,
+    *,
+    method: str = DEFAULT_METHOD,
+    min_span: int = DEFAULT_MIN_SPAN,
+    top_k: int = DEFAULT_TOP_K,
+) -> AttributionResult:
+    """Attribute one generated answer (rule "poa-1" above). row_meta: row_id -> contributor id, or RowOwner."""
+    phi_q = index.query_features(model, prompt_ids, answer_ids)
+    return attribute_features(
+        index, span_index, phi_q, answer_ids, row_meta, method=method, min_span=min_span, top_k=top_k
+    )
+
+
+def attribute_features(
+    index: AttributionIndex,
+    span_index: SpanIndex | None,
+    phi_q: np.ndarray,
+    answer_ids: Sequence[int],
+    row_meta: Mapping,
+    *,
+    method: str = DEFAULT_METHOD,
+    min_span: int = DEFAULT_MIN_SPAN,
+    top_k: int = DEFAULT_TOP_K,
+) -> AttributionResult:
+    """`attribute` after the forward+backward: the scoring, aggregation and span part alone."""
+    scores = index.scores(phi_q, method)
+    credit, attributed = gradient_credit(index, scores, method)
+
+    gradient_contributors: dict = {}
+    gradient_contributions: dict = {}
+    total_credit = float(credit.sum())
+    if total_credit > 0 and attributed > 0:
+        for row in np.flatnonzero(credit):
+            part = attributed * float(credit[row]) / total_credit
+            owner = owner_of(row_meta, int(index.row_ids[row]))
+            gradient_contributors[owner.contributor_id] = gradient_contributors.get(owner.contributor_id, 0.0) + part
+            if owner.contribution_id is not None:
+                key = owner.contribution_id
+                gradient_contributions[key] = gradient_contributions.get(key, 0.0) + part
+
+    spans: list[tuple[int, int, int]] = []
+    coverage = 0.0
+    span_contributors: dict = {}
+    span_contributions: dict = {}
+    if span_index is not None and len(answer_ids):
+        match = span_index.match(answer_ids, min_span)
+        coverage = match.coverage
+        span_contributors, span_rows = span_credit(match, row_meta)
+        row_total = sum(span_rows.values())
+        for row_id, value in span_rows.items():
+            contribution = owner_of(row_meta, row_id).contribution_id
+            if contribution is not None and row_total > 0:
+                span_contributions[contribution] = span_contributions.get(contribution, 0.0) + value / row_total
+        for span in match.spans:
+            spans.extend((span.start, span.end, row_id) for row_id in span.row_ids[:MAX_ROWS_PER_SPAN])
+
+    def mix(span_part: dict, gradient_part: dict) -> dict:
+        keys = list(dict.fromkeys([*span_part, *gradient_part]))
+        mixed = {key: coverage * span_part.get(key, 0.0) + (1 - coverage) * gradient_part.get(key, 0.0) for key in keys}
+        return {key: value for key, value in sorted(mixed.items(), key=lambda kv: -kv[1]) if value > 0}
+
+    contributor_shares = mix(span_contributors, gradient_contributors)
+    unattributed = max(0.0, 1.0 - sum(contributor_shares.values()))
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    top_rows = [(int(index.row_ids[i]), float(scores[i])) for i in order if scores[i] > 0]
+    return AttributionResult(
+        method_version=METHOD_VERSION,
+        contributor_shares=contributor_shares,
+        unattributed=unattributed,
+        top_rows=top_rows,
+        spans=spans,
+        contribution_shares=mix(span_contributions, gradient_contributions),
+        span_coverage=coverage,
+        gradient_attributed=attributed,
+        params={
+            "method_version": METHOD_VERSION,
+            "score_method": method,
+            "min_span": min_span,
+            "top_k": top_k,
+            "index": index.params(),
+        },
+    )

@@ -1,0 +1,218 @@
+"""Training throughput: our LoRA loop (modelfactory.training.loop) vs a plain Hugging Face Trainer + peft.
+
+Same base model, same examples (synthetic Q&A rows of 64-400 tokens, built here), same LoRA settings and LoRA
+init, same number of examples, max length, effective batch, optimizer settings and schedule. Both measured in this
+run; tokens/s counts real (non-padding) tokens over training wall time. Both final eval losses are the
+token-weighted answer-token loss on the same held-out rows, computed by the same function.
+
+    python bench/bench_training.py                        # CPU, SmolLM2-135M-Instruct
+    python bench/bench_training.py --device cuda --examples 2000 --batch-size 16
+    python bench/bench_training.py --device cuda --synthetic-config 1b   # random-init ~1B Llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+from modelfactory.training.data import build_examples  # noqa: E402
+from modelfactory.training.evaluate import eval_loss  # noqa: E402
+from modelfactory.training.loop import load_model_for_training, train  # noqa: E402
+from modelfactory.training.presets import validate_hyperparameters  # noqa: E402
+
+DEFAULT_MODEL = Path(os.environ.get("MF_BENCH_MODEL_DIR", "/work/main/var/models/smollm2-135m-instruct"))
+LOCAL_MODEL = HERE.parent / "var" / "models" / "smollm2-135m-instruct"
+SYNTHETIC = {
+    # Llama-3.2-1B-like shape: ~1.2B parameters
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "head_dim": 64},
+}  # fmt: skip
+
+PLANTS = ["basil", "tomato", "lavender", "fern", "cactus", "orchid", "mint", "rosemary", "pepper", "lettuce"]
+SOILS = ["sandy", "loamy", "chalky", "peaty", "clay", "silty"]
+CARE = ["water it in the morning", "keep it out of frost", "feed it every two weeks", "prune the dead leaves",
+        "turn the pot weekly", "mulch the roots in autumn", "check the leaves for aphids"]  # fmt: skip
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    """Garden Q&A with consistent facts per plant (learnable), answers of varied length."""
+    rng = random.Random(seed)
+    facts = {p: (SOILS[i % len(SOILS)], 3 + i % 6, CARE[i % len(CARE)]) for i, p in enumerate(PLANTS)}
+    rows = []
+    for i in range(n):
+        plant = rng.choice(PLANTS)
+        soil, hours, care = facts[plant]
+        sentences = [
+            f"The {plant} grows best in {soil} soil.",
+            f"It needs about {hours} hours of direct sun each day.",
+            f"To keep it healthy, {care}.",
+        ]
+        extra = rng.randint(0, 9)
+        for j in range(extra):
+            other = PLANTS[(PLANTS.index(plant) + j + 1) % len(PLANTS)]
+            o_soil, o_hours, o_care = facts[other]
+            sentences.append(
+                f"Compared with the {other}, which likes {o_soil} soil and {o_hours} hours of sun, the {plant} "
+                f"is {'easier' if hours < o_hours else 'harder'} to grow indoors; for the {other}, {o_care}."
+            )
+        question = f"How do I grow {plant} in my garden?"
+        if rng.random() < 0.5:
+            question += " " + " ".join(rng.choice(["I am a beginner.", "My garden faces north.", "I live in a city."]))
+        rows.append(
+            {"id": i, "kind": "instruction", "content": {"instruction": question, "output": " ".join(sentences)}}
+        )
+    return rows
+
+
+def model_dir(args, workdir: Path) -> Path:
+    source = Path(args.model_dir) if args.model_dir else (DEFAULT_MODEL if DEFAULT_MODEL.exists() else LOCAL_MODEL)
+    if not source.exists() and not args.model_dir:
+        from modelfactory.training.model_files import convert_gguf, find_default_gguf
+
+        convert_gguf(find_default_gguf(), LOCAL_MODEL)
+    if not args.synthetic_config:
+        return source
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    shape = SYNTHETIC.get(args.synthetic_config) or json.loads(Path(args.synthetic_config).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
+    torch.manual_seed(0)
+    target = workdir / "synthetic"
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def run_ours(folder, hp, train_examples, eval_examples, device):
+    model, tokenizer = load_model_for_training(folder, hp, device=device)
+    result = train(model, train_examples, hp, device=device, pad_id=tokenizer.pad_token_id)
+    loss, _ = eval_loss(model, eval_examples, device=device, pad_id=tokenizer.pad_token_id)
+    del model
+    return {"tokens": result.tokens, "seconds": result.seconds, "eval_loss": loss, "train_loss": result.train_loss}
+
+
+def run_trainer(folder, hp, train_examples, eval_examples, device, workdir):
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    model, tokenizer = load_model_for_training(folder, hp, device=device)  # same base, LoRA config and init
+    dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_examples]
+    args = TrainingArguments(
+        output_dir=str(workdir / "trainer"),
+        per_device_train_batch_size=int(hp["batch_size"]),
+        gradient_accumulation_steps=int(hp["grad_accum"]),
+        num_train_epochs=int(hp["epochs"]),
+        learning_rate=float(hp["learning_rate"]),
+        lr_scheduler_type=hp["scheduler"],
+        warmup_steps=float(hp["warmup_ratio"]),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=int(hp["seed"]),
+        use_cpu=device.type == "cpu",
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    output = trainer.train()
+    tokens = sum(e.n_tokens for e in train_examples) * int(hp["epochs"])
+    loss, _ = eval_loss(model, eval_examples, device=device, pad_id=tokenizer.pad_token_id)
+    seconds = output.metrics["train_runtime"]
+    del trainer, model
+    return {"tokens": tokens, "seconds": seconds, "eval_loss": loss, "train_loss": output.training_loss}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model-dir", default=None)
+    parser.add_argument("--synthetic-config", default=None, help="'1b' or a JSON file of LlamaConfig fields")
+    parser.add_argument("--examples", type=int, default=24, help="training examples (CPU default sized for ~8 min)")
+    parser.add_argument("--eval-examples", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=448)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU here")
+        return 2
+    hp, errors = validate_hyperparameters(
+        {"batch_size": args.batch_size, "grad_accum": args.grad_accum, "epochs": args.epochs,
+         "max_length": args.max_length, "learning_rate": args.learning_rate, "rank": 16, "alpha": 32,
+         "target_modules": "attention", "dropout": 0.05, "scheduler": "cosine", "warmup_ratio": 0.05, "seed": 1},
+    )  # fmt: skip
+    assert not errors, errors
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        folder = model_dir(args, workdir)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        rows = synthetic_rows(args.examples + args.eval_examples, seed=0)
+        examples, report = build_examples(tokenizer, rows, max_length=args.max_length)
+        train_examples, eval_examples = examples[: args.examples], examples[args.examples :]
+        lengths = sorted(e.n_tokens for e in examples)
+        print(
+            f"model {folder.name} on {device.type} ({torch.get_num_threads()} threads); {len(train_examples)} train "
+            f"/ {len(eval_examples)} eval examples, {lengths[0]}-{lengths[-1]} tokens (median "
+            f"{lengths[len(lengths) // 2]}), {len(report.too_long)} dropped as too long",
+            flush=True,
+        )
+        started = time.perf_counter()
+        baseline = run_trainer(folder, hp, train_examples, eval_examples, device, workdir)
+        print(
+            f"HF Trainer: {baseline['tokens'] / baseline['seconds']:.1f} tokens/s, "
+            f"eval loss {baseline['eval_loss']:.4f}"
+        )
+        ours = run_ours(folder, hp, train_examples, eval_examples, device)
+        print(f"our loop:   {ours['tokens'] / ours['seconds']:.1f} tokens/s, eval loss {ours['eval_loss']:.4f}")
+        total = time.perf_counter() - started
+    ratio = (ours["tokens"] / ours["seconds"]) / (baseline["tokens"] / baseline["seconds"])
+    results = {
+        "device": device.type,
+        "model": folder.name if not args.synthetic_config else f"synthetic-{args.synthetic_config}",
+        "train_examples": len(train_examples),
+        "tokens": ours["tokens"],
+        "trainer_tokens_per_s": round(baseline["tokens"] / baseline["seconds"], 2),
+        "ours_tokens_per_s": round(ours["tokens"] / ours["seconds"], 2),
+        "trainer_eval_loss": round(baseline["eval_loss"], 4),
+        "ours_eval_loss": round(ours["eval_loss"], 4),
+        "trainer_train_loss": round(baseline["train_loss"], 4),
+        "ours_train_loss": round(ours["train_loss"], 4),
+        "bench_seconds": round(total, 1),
+        "speedup": round(ratio, 3),
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    name = "training" if device.type == "cpu" and not args.synthetic_config else f"training_{device.type}"
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"eval loss: ours {ours['eval_loss']:.4f} vs Trainer {baseline['eval_loss']:.4f}")
+    print(f"speedup (our tokens/s / Trainer tokens/s): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""REST endpoints under /api/v1/ledger/, each scoped to the caller."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, generics, status
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from ledger import selectors, services
+from ledger.models import Transaction
+from ledger.serializers import (
+    BalanceSerializer,
+    ProofSerializer,
+    StatementLineSerializer,
+    WithdrawalCreateSerializer,
+    WithdrawalSerializer,
+)
+
+
+class LedgerApiError(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, error: services.LedgerError, status_code: int = 400):
+        self.status_code = status_code
+        super().__init__(detail=str(error), code=error.code)
+
+
+class BalanceView(APIView):
+    """The caller's wallet: balance (including withdrawals waiting for payout) and what is available now."""
+
+    @extend_schema(responses=BalanceSerializer)
+    def get(self, request):
+        return Response(BalanceSerializer(selectors.wallet_summary(user=request.user)).data)
+
+
+class TransactionListView(generics.ListAPIView):
+    """The caller's statement, newest first, with the balance after each line. Filters: kind, from, to (dates)."""
+
+    serializer_class = StatementLineSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("kind", str, enum=Transaction.Kind.values),
+            OpenApiParameter("from", str, description="YYYY-MM-DD"),
+            OpenApiParameter("to", str, description="YYYY-MM-DD"),
+        ]
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        from ledger.forms import StatementFilterForm
+
+        form = StatementFilterForm(self.request.query_params)
+        if not form.is_valid():
+            raise exceptions.ValidationError(form.errors)
+        return selectors.statement(user=self.request.user, **form.filters())
+
+
+class ProofView(APIView):
+    """Inclusion proof of one of the caller's transactions: its canonical content and hash-chain link, and a Merkle
+    path to a checkpoint root once one covers it."""
+
+    @extend_schema(responses=ProofSerializer)
+    def get(self, request, tx_id: int):
+        try:
+            proof = selectors.transaction_proof(user=request.user, tx_id=tx_id)
+        except Transaction.DoesNotExist:
+            raise exceptions.NotFound("You have no transaction with that id.") from None
+        return Response(ProofSerializer(proof).data)
+
+
+class WithdrawalListCreateView(generics.ListCreateAPIView):
+    """The caller's withdrawals; POST {amount} requests one (send an Idempotency-Key header to retry safely)."""
+
+    serializer_class = WithdrawalSerializer
+    throttle_scope = "writes"
+
+    def get_throttles(self):
+        return [ScopedRateThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    def get_queryset(self):
+        return selectors.withdrawals_for(user=self.request.user)
+
+    @extend_schema(
+        request=WithdrawalCreateSerializer,
+        responses={201: WithdrawalSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+    )
+    def post(self, request, *args, **kwargs):
+        serializer = WithdrawalCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or None
+        try:
+            withdrawal = services.withdrawal_request(
+                user=request.user, amount_micro=serializer.validated_data["amount"], key=key
+            )
+        except services.IdempotencyConflict as exc:
+            raise LedgerApiError(exc, status.HTTP_409_CONFLICT) from None
+        except (services.InsufficientFunds, services.InvalidRequest) as exc:
+            raise LedgerApiError(exc) from None
+        return Response(WithdrawalSerializer(withdrawal).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,110 @@
+"""Exact fee splits: integer micro-units, largest remainder, deterministic order. The parts always sum to the fee."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
+
+BASIS_POINTS = 10_000
+
+
+class SplitError(ValueError):
+    """Inputs that cannot be split: negative or empty shares, a policy that does not add up."""
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    """Who gets what of a fee, in basis points (1/100 of a percent); the three parts add up to 10,000."""
+
+    owner_bp: int = 2_000
+    contributors_bp: int = 7_000
+    platform_bp: int = 1_000
+    version: str = "default-2025-1"
+
+    def __post_init__(self) -> None:
+        parts = (self.owner_bp, self.contributors_bp, self.platform_bp)
+        if any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in parts):
+            raise SplitError("Policy parts must be whole, non-negative basis points.")
+        if sum(parts) != BASIS_POINTS:
+            raise SplitError(f"Policy parts add up to {sum(parts)} basis points, not {BASIS_POINTS}.")
+        if not self.version:
+            raise SplitError("A policy needs a version so the split can be recomputed later.")
+
+    def as_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "owner_bp": self.owner_bp,
+            "contributors_bp": self.contributors_bp,
+            "platform_bp": self.platform_bp,
+        }
+
+
+def to_fraction(value: Fraction | Decimal | int | float | str) -> Fraction:
+    """Exact value of a share. Floats go through their shortest decimal form (0.1 -> 1/10, not 2**-55 multiples)."""
+    if isinstance(value, bool):
+        raise SplitError("A share cannot be a boolean.")
+    if isinstance(value, float):
+        value = repr(value)
+    try:
+        result = Fraction(value)
+    except (ValueError, ZeroDivisionError, TypeError):
+        raise SplitError(f"{value!r} is not a number.") from None
+    return result
+
+
+def allocate(total: int, weights: Sequence[tuple[Hashable, Fraction]]) -> list[tuple[Hashable, int]]:
+    """Divides `total` micro-units in proportion to `weights` by largest remainder.
+
+    Everyone first gets floor(total * weight / sum); the micro-units left over go one each to the largest
+    remainders; ties go to the earlier entry in `weights` (callers pass a fixed order, e.g. by user id)."""
+    if total < 0:
+        raise SplitError("Cannot split a negative amount.")
+    if not weights:
+        raise SplitError("Nothing to split between.")
+    if any(w < 0 for _, w in weights):
+        raise SplitError("Shares cannot be negative.")
+    weight_sum = sum((w for _, w in weights), Fraction(0))
+    if weight_sum == 0:
+        raise SplitError("Shares add up to zero.")
+    exact = [(key, Fraction(total) * w / weight_sum) for key, w in weights]
+    floors = [int(value) for _, value in exact]  # int() truncates; values are non-negative
+    left = total - sum(floors)
+    order = sorted(range(len(exact)), key=lambda i: (-(exact[i][1] - floors[i]), i))
+    for i in order[:left]:
+        floors[i] += 1
+    return [(key, amount) for (key, _), amount in zip(exact, floors, strict=True)]
+
+
+@dataclass(frozen=True)
+class Split:
+    owner: int
+    contributors: dict[int, int]  # user id -> micro-units, ascending user id
+    platform: int
+    contributors_to_owner: int  # the contributors' part when there were no contributors to give it to
+
+
+def split_fee(fee: int, policy: SplitPolicy, shares: Mapping[int, Fraction] | None) -> Split:
+    """Owner / contributors / platform by the policy (largest remainder over the three parts, in that order),
+    then the contributors' part by share (largest remainder, ties to the lower user id)."""
+    if fee < 0:
+        raise SplitError("A fee cannot be negative.")
+    owner, contributors_part, platform = (
+        amount
+        for _, amount in allocate(
+            fee,
+            [
+                ("owner", Fraction(policy.owner_bp)),
+                ("contributors", Fraction(policy.contributors_bp)),
+                ("platform", Fraction(policy.platform_bp)),
+            ],
+        )
+    )
+    shares = {uid: share for uid, share in (shares or {}).items() if share != 0}
+    if any(share < 0 for share in shares.values()):
+        raise SplitError("Shares cannot be negative.")
+    if not shares:
+        return Split(owner=owner, contributors={}, platform=platform, contributors_to_owner=contributors_part)
+    parts = allocate(contributors_part, [(uid, shares[uid]) for uid in sorted(shares)])
+    return Split(owner=owner, contributors=dict(parts), platform=platform, contributors_to_owner=0)

@@ -1,0 +1,130 @@
+"""Ledger reads, each scoped to the user who asks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta
+
+from django.db.models import F, QuerySet, Sum, Window
+from django.utils import timezone
+
+from ledger.calc.canonical import transaction_content
+from ledger.calc.merkle import inclusion_proof
+from ledger.models import CURRENCY, Account, Checkpoint, Posting, Transaction, Withdrawal
+
+
+def wallet_summary(*, user) -> dict:
+    """available: what the user can spend or withdraw now; balance: that plus withdrawals waiting for payout."""
+    available = Account.objects.filter(owner=user).values_list("balance", flat=True).first() or 0
+    pending = (
+        Withdrawal.objects.filter(user=user, status=Withdrawal.Status.REQUESTED).aggregate(t=Sum("amount"))["t"] or 0
+    )
+    return {"currency": CURRENCY, "balance": available + pending, "available": available, "pending": pending}
+
+
+def statement(
+    *, user, kind: str | None = None, date_from: date | None = None, date_to: date | None = None
+) -> QuerySet[Posting]:
+    """The user's postings, newest first, each with the wallet balance right after it (`running_balance`, computed
+    over all of the user's postings before filtering, so filters never change it)."""
+    rows = (
+        Posting.objects.filter(account__owner=user)
+        .select_related("transaction")
+        .annotate(running_balance=Window(Sum("amount"), order_by=[F("transaction__seq").asc(), F("id").asc()]))
+    )
+    if kind:
+        rows = rows.filter(transaction__kind=kind)
+    tz = timezone.get_current_timezone()
+    if date_from:
+        rows = rows.filter(transaction__created_at__gte=datetime.combine(date_from, time.min, tzinfo=tz))
+    if date_to:
+        rows = rows.filter(
+            transaction__created_at__lt=datetime.combine(date_to + timedelta(days=1), time.min, tzinfo=tz)
+        )
+    return rows.order_by("-transaction__seq", "-id")
+
+
+def _labels(metadata: dict, user_id: int) -> tuple[str, str]:
+    model = str(metadata.get("model") or "unlabelled")
+    datanets = metadata.get("datanets")
+    if isinstance(datanets, dict) and str(user_id) in datanets:
+        datanet = str(datanets[str(user_id)])
+    else:
+        datanet = str(metadata.get("datanet") or "unlabelled")
+    return model, datanet
+
+
+def earnings(*, user, days: int = 30) -> dict:
+    """Settlement income over the last `days`: totals by model, by datanet, and per day (micro-units).
+
+    The ledger knows nothing of models or datanets: settlement callers put labels in the transaction metadata
+    ("model", and "datanet" or "datanets": {user id: label})."""
+    since = timezone.now() - timedelta(days=days)
+    rows = Posting.objects.filter(
+        account__owner=user,
+        amount__gt=0,
+        transaction__kind=Transaction.Kind.SETTLEMENT,
+        transaction__created_at__gte=since,
+    ).values_list("amount", "transaction__metadata", "transaction__created_at")
+    by_model: dict[str, int] = defaultdict(int)
+    by_datanet: dict[str, int] = defaultdict(int)
+    by_day: dict[str, int] = defaultdict(int)
+    for amount, metadata, created_at in rows:
+        payer = (metadata.get("settlement") or {}).get("payer_user_id")
+        if payer == user.pk and (metadata.get("settlement") or {}).get("owner_user_id") != user.pk:
+            continue
+        model, datanet = _labels(metadata, user.pk)
+        by_model[model] += amount
+        by_datanet[datanet] += amount
+        by_day[timezone.localtime(created_at).date().isoformat()] += amount
+    ordered = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
+    return {"by_model": ordered(by_model), "by_datanet": ordered(by_datanet), "by_day": dict(sorted(by_day.items()))}
+
+
+def withdrawals_for(*, user) -> QuerySet[Withdrawal]:
+    return Withdrawal.objects.filter(user=user).order_by("-id")
+
+
+def transaction_for(*, user, tx_id: int) -> Transaction:
+    """A transaction the user took part in (staff: any). Raises Transaction.DoesNotExist otherwise."""
+    if user.is_staff:
+        return Transaction.objects.get(pk=tx_id)
+    return Transaction.objects.filter(pk=tx_id, postings__account__owner=user).distinct().get()
+
+
+def transaction_proof(*, user, tx_id: int) -> dict:
+    """Everything needed to check one transaction independently: its canonical content (hash = SHA-256(prev_hash
+    bytes || content)), and, once checkpointed, a Merkle inclusion proof to the checkpoint's root (RFC 6962)."""
+    tx = transaction_for(user=user, tx_id=tx_id)
+    postings = list(Posting.objects.filter(transaction=tx).values_list("account_id", "amount"))
+    content = transaction_content(
+        key=tx.idempotency_key,
+        kind=tx.kind,
+        status=tx.status,
+        memo=tx.memo,
+        metadata=tx.metadata,
+        request_hash=tx.request_hash,
+        created_at=tx.created_at.isoformat(),
+        postings=postings,
+    )
+    checkpoint = Checkpoint.objects.filter(first_seq__lte=tx.seq, last_seq__gte=tx.seq).first()
+    proof = None
+    if checkpoint is not None:
+        hashes = list(
+            Transaction.objects.filter(seq__gte=checkpoint.first_seq, seq__lte=checkpoint.last_seq)
+            .order_by("seq")
+            .values_list("hash", flat=True)
+        )
+        proof = inclusion_proof(hashes, tx.seq - checkpoint.first_seq)
+    return {
+        "transaction_id": tx.pk,
+        "seq": tx.seq,
+        "hash": tx.hash,
+        "prev_hash": tx.prev_hash,
+        "content": content.decode(),
+        "hash_algorithm": "sha256(bytes.fromhex(prev_hash) + content.encode('utf-8'))",
+        "checkpoint": checkpoint,
+        "leaf_index": tx.seq - checkpoint.first_seq if checkpoint else None,
+        "merkle_proof": proof,
+        "merkle_algorithm": "RFC 6962: leaf = sha256(0x00 || hash), node = sha256(0x01 || left || right)",
+    }

@@ -1,0 +1,83 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from ledger.calc.money import AmountError, format_credits, parse_credits
+from ledger.models import Checkpoint, Posting, Withdrawal
+
+
+@extend_schema_field({"type": "string", "pattern": r"^-?\d+\.\d{6}$", "example": "12.500000"})
+class CreditsField(serializers.Field):
+    """Micro-units inside, a decimal string of credits with 6 places outside ("12.500000")."""
+
+    default_error_messages = {"invalid": "{message}"}
+
+    def to_representation(self, value):
+        return format_credits(value)
+
+    def to_internal_value(self, data):
+        try:
+            return parse_credits(data)
+        except AmountError as exc:
+            self.fail("invalid", message=str(exc))
+
+
+class BalanceSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    balance = CreditsField(help_text="Credits in the wallet plus withdrawals waiting for payout.")
+    available = CreditsField(help_text="Credits that can be spent or withdrawn now.")
+
+
+class StatementLineSerializer(serializers.ModelSerializer):
+    transaction_id = serializers.IntegerField(source="transaction.id")
+    seq = serializers.IntegerField(source="transaction.seq")
+    kind = serializers.CharField(source="transaction.kind")
+    memo = serializers.CharField(source="transaction.memo")
+    created_at = serializers.DateTimeField(source="transaction.created_at")
+    hash = serializers.CharField(source="transaction.hash")
+    amount = CreditsField()
+    running_balance = CreditsField()
+    model = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Posting
+        fields = ["transaction_id", "seq", "kind", "memo", "amount", "running_balance", "model", "created_at", "hash"]
+
+    def get_model(self, posting) -> str | None:
+        return posting.transaction.metadata.get("model")
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Checkpoint
+        fields = ["id", "first_seq", "last_seq", "tx_count", "merkle_root", "last_hash", "created_at"]
+
+
+class ProofStepSerializer(serializers.Serializer):
+    side = serializers.ChoiceField(choices=["left", "right"])
+    hash = serializers.CharField()
+
+
+class ProofSerializer(serializers.Serializer):
+    transaction_id = serializers.IntegerField()
+    seq = serializers.IntegerField()
+    hash = serializers.CharField()
+    prev_hash = serializers.CharField()
+    content = serializers.CharField(help_text="Canonical JSON of the transaction and its postings.")
+    hash_algorithm = serializers.CharField()
+    checkpoint = CheckpointSerializer(allow_null=True, help_text="Null until the next checkpoint covers it.")
+    leaf_index = serializers.IntegerField(allow_null=True)
+    merkle_proof = ProofStepSerializer(many=True, allow_null=True)
+    merkle_algorithm = serializers.CharField()
+
+
+class WithdrawalSerializer(serializers.ModelSerializer):
+    amount = CreditsField()
+
+    class Meta:
+        model = Withdrawal
+        fields = ["id", "amount", "status", "reason", "created_at", "closed_at"]
+        read_only_fields = ["id", "status", "reason", "created_at", "closed_at"]
+
+
+class WithdrawalCreateSerializer(serializers.Serializer):
+    amount = CreditsField(help_text='Credits to withdraw, as a decimal string such as "12.50".')

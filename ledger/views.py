@@ -1,0 +1,88 @@
+"""Wallet pages: balance, statement with running balance and filters, earnings charts, CSV export, withdrawals."""
+
+import csv
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from ledger import selectors, services
+from ledger.calc.money import format_credits
+from ledger.forms import StatementFilterForm, WithdrawalForm
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value) -> str:
+    """Spreadsheets run cells starting with = + - @ as formulas; a leading apostrophe makes them plain text."""
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _statement(request):
+    form = StatementFilterForm(request.GET or None)
+    filters = form.filters() if form.is_valid() else {}
+    return form, selectors.statement(user=request.user, **filters)
+
+
+@login_required
+def wallet(request):
+    form, rows = _statement(request)
+    page = Paginator(rows, 25).get_page(request.GET.get("page"))
+    context = {
+        "summary": selectors.wallet_summary(user=request.user),
+        "filter_form": form,
+        "page": page,
+        "withdrawal_form": WithdrawalForm(),
+        "withdrawals": selectors.withdrawals_for(user=request.user)[:10],
+        "earnings": selectors.earnings(user=request.user),
+        "query": request.GET.copy().urlencode() if request.GET else "",
+    }
+    template = "ledger/wallet.html#statement" if request.htmx else "ledger/wallet.html"
+    response = render(request, template, context)
+    response["Vary"] = "HX-Request"
+    return response
+
+
+@login_required
+def statement_csv(request):
+    _, rows = _statement(request)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="statement.csv"'
+    writer = csv.writer(response)
+    writer.writerow(["date", "transaction", "kind", "description", "model", "amount", "balance after"])
+    for posting in rows.iterator(chunk_size=1000):
+        tx = posting.transaction
+        writer.writerow(
+            [
+                tx.created_at.isoformat(),
+                tx.pk,
+                tx.kind,
+                csv_safe(tx.memo),
+                csv_safe(tx.metadata.get("model", "")),
+                format_credits(posting.amount),  # numbers stay numbers: a sign here is not a formula
+                format_credits(posting.running_balance),
+            ]
+        )
+    return response
+
+
+@login_required
+@require_POST
+def withdrawal_create(request):
+    form = WithdrawalForm(request.POST)
+    if form.is_valid():
+        try:
+            services.withdrawal_request(
+                user=request.user, amount_micro=form.cleaned_data["amount"], key=request.POST.get("nonce") or None
+            )
+        except (services.InsufficientFunds, services.InvalidRequest, services.IdempotencyConflict) as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Withdrawal requested. We will pay it out shortly.")
+    else:
+        messages.error(request, " ".join(form.errors["amount"]))
+    return redirect("ledger:wallet")

@@ -1,0 +1,45 @@
+"""Wizard forms. Field ranges and help text come from the training core's hyperparameter spec."""
+
+from __future__ import annotations
+
+from django import forms
+
+from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, TARGET_GROUPS
+
+
+def _field_for(name: str, param) -> forms.Field:
+    common = {"label": param.label, "help_text": param.help, "required": False}
+    if param.type == "int":
+        return forms.IntegerField(min_value=param.min, max_value=param.max, **common)
+    if param.type == "float":
+        return forms.FloatField(min_value=param.min, max_value=param.max, **common)
+    if param.type == "choice":
+        return forms.ChoiceField(choices=[(c, c) for c in param.choices], **common)
+    choices = [(group, f"{group.replace('_', ' ')}: {', '.join(TARGET_GROUPS[group])}") for group in TARGET_GROUPS]
+    return forms.ChoiceField(choices=choices, **common)
+
+
+class PresetForm(forms.Form):
+    """Step 4: a preset, and the Advanced panel (blank = the preset's value)."""
+
+    preset = forms.ChoiceField(
+        choices=[(key, preset.label) for key, preset in PRESETS.items()], widget=forms.RadioSelect, initial="balanced"
+    )
+    name = forms.CharField(
+        max_length=200, required=False, label="Model name", help_text="Leave empty for a name made from your choices."
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, param in HYPERPARAMETERS.items():
+            self.fields[f"hp_{name}"] = _field_for(name, param)
+
+    def hyperparameters(self) -> dict:
+        return {
+            name: self.cleaned_data[f"hp_{name}"]
+            for name in HYPERPARAMETERS
+            if self.cleaned_data.get(f"hp_{name}") not in (None, "")
+        }
+
+    def advanced_fields(self):
+        return [self[f"hp_{name}"] for name in HYPERPARAMETERS]

@@ -1,0 +1,36 @@
+"""Extension points, so that apps "above" modelfactory (attribution) can plug in without modelfactory importing
+them (see DESIGN.md: datanets <- modelfactory <- attribution -> ledger).
+
+- Post-training stages run inside the training job, after the adapter is saved and before the job is marked
+  succeeded, with their own progress phase on the job page (e.g. building the attribution index).
+- Inference-completed handlers run inside the transaction that completes an inference; they should only enqueue
+  work with transaction.on_commit.
+
+Apps register in their AppConfig.ready()."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PostTrainingStage:
+    name: str  # shown as the job's phase, e.g. "indexing"
+    label: str  # plain words for the job page
+    run: Callable[..., Any]  # run(*, job, result, on_progress: Callable[[int, int], None]) -> None
+
+
+post_training_stages: list[PostTrainingStage] = []
+inference_completed_handlers: list[Callable[..., None]] = []  # handler(*, inference) -> None
+
+
+def register_post_training_stage(stage: PostTrainingStage) -> None:
+    if all(existing.name != stage.name for existing in post_training_stages):
+        post_training_stages.append(stage)
+
+
+def register_inference_completed(handler: Callable[..., None]) -> None:
+    if handler not in inference_completed_handlers:
+        inference_completed_handlers.append(handler)

@@ -1,0 +1,140 @@
+"""Before launch: optimizer steps, tokens, time and peak memory of a run, for the wizard's review step.
+
+Time comes from a training throughput in tokens/s. Best is `measure_tokens_per_s`: a short timed
+forward/backward of the actual model with its LoRA adapter on the worker (method "measured"). Without it we use
+FLOP rates (method "constant"): LoRA training costs about 4 x parameters FLOPs per token (forward 2N, backward
+through the frozen weights 2N; no weight gradients). CPU_FLOPS was measured on our 2-core AMD EPYC CPU worker with
+SmolLM2-135M (bench/bench_training.py, our loop: ~1.9k tokens/s x 4 x 135M); CUDA_FLOPS is an assumption (an
+H100-class GPU at ~25% of its bf16 peak for these small models), not a measurement.
+
+Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the
+largest micro-batch (per token and layer about 34 x hidden x bytes/2, Korthikanti et al. 2022, with fused
+attention) + output logits on answer tokens + a fixed framework overhead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CPU_FLOPS = 1.0e9
+CUDA_FLOPS = 2.0e14
+CPU_OVERHEAD_BYTES = 450 * 2**20  # torch + transformers in a worker process
+CUDA_OVERHEAD_BYTES = 600 * 2**20  # CUDA context and allocator slack
+
+
+@dataclass(frozen=True)
+class Estimate:
+    steps: int
+    tokens: int  # tokens processed over all epochs (no padding)
+    seconds: float
+    peak_memory_bytes: int
+    tokens_per_s: float
+    method: str  # "measured" | "constant"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lora_parameters(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
+    """LoRA parameter count for a Llama-style config (A: in x r, B: r x out per adapted layer)."""
+    hidden = int(config.get("hidden_size", 0))
+    inter = int(config.get("intermediate_size", 4 * hidden))
+    heads = int(config.get("num_attention_heads", 1))
+    kv = int(config.get("num_key_value_heads", heads))
+    head_dim = int(config.get("head_dim") or hidden // max(1, heads))
+    shapes = {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv * head_dim),
+        "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+    per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes)
+    return per_layer * int(config.get("num_hidden_layers", 0))
+
+
+def estimate_run(
+    token_counts: list[int],
+    hp: dict[str, Any],
+    *,
+    device_type: str,
+    parameters: int,
+    model_config: dict[str, Any],
+    answer_tokens: int | None = None,
+    tokens_per_s: float | None = None,
+) -> Estimate:
+    """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
+    `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput when there is one."""
+    from modelfactory.training.loop import plan_steps
+    from modelfactory.training.presets import resolve_target_modules
+
+    _, steps = plan_steps(len(token_counts), hp)
+    tokens = sum(token_counts) * int(hp["epochs"])
+    if tokens_per_s:
+        method, rate = "measured", float(tokens_per_s)
+    else:
+        flops = CUDA_FLOPS if device_type == "cuda" else CPU_FLOPS
+        method, rate = "constant", flops / (4.0 * max(1, parameters))
+    cuda = device_type == "cuda"
+    weight_bytes = 0.55 if hp.get("quantization") == "4bit" else (2 if cuda else 4)
+    act_bytes = 2 if cuda else 4
+    hidden = int(model_config.get("hidden_size", 0))
+    layers = int(model_config.get("num_hidden_layers", 0))
+    vocab = int(model_config.get("vocab_size", 0))
+    lora = lora_parameters(model_config, rank=int(hp["rank"]), targets=resolve_target_modules(hp["target_modules"]))
+    longest = max(token_counts, default=0)
+    batch_tokens = int(hp["batch_size"]) * longest
+    answer_share = (answer_tokens / max(1, sum(token_counts))) if answer_tokens is not None else 1.0
+    memory = (
+        parameters * weight_bytes
+        + lora * 4 * 4  # weights, gradients, AdamW's two moments, fp32
+        + batch_tokens * layers * hidden * 34 * act_bytes / 2
+        + batch_tokens * answer_share * vocab * 4 * 3  # logits, softmax, their gradient (fp32)
+        + (CUDA_OVERHEAD_BYTES if cuda else CPU_OVERHEAD_BYTES)
+    )
+    return Estimate(
+        steps=steps,
+        tokens=tokens,
+        seconds=tokens / rate,
+        peak_memory_bytes=int(math.ceil(memory)),
+        tokens_per_s=rate,
+        method=method,
+    )
+
+
+def measure_tokens_per_s(model, *, device, seq_len: int, batch_size: int, repeats: int = 2) -> float:
+    """Training tokens/s of `model` (with its LoRA adapter) from timed forward/backward passes on random tokens.
+
+    One untimed warm-up pass first; gradients are discarded. Half the positions count as answer tokens."""
+    import torch
+
+    from modelfactory.training.data import IGNORE_INDEX
+    from modelfactory.training.loop import answer_loss_sum, autocast
+
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device)
+    labels = ids.clone()
+    labels[:, : seq_len // 2] = IGNORE_INDEX
+    was_training = model.training
+    model.train()
+    elapsed = 0.0
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast(device):
+            loss, count = answer_loss_sum(model, ids, labels)
+        (loss / count).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            elapsed += time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return batch_size * seq_len * repeats / elapsed

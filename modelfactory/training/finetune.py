@@ -1,0 +1,220 @@
+"""The one entry point the fine-tuning task calls: rows + settings in, adapter + metrics + samples out."""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelfactory.training.data import BuildReport, Example, build_examples
+from modelfactory.training.loop import (
+    Cancelled,
+    ControlCallback,
+    EventCallback,
+    TrainingError,
+    is_out_of_memory,
+    load_model_for_training,
+    out_of_memory_message,
+    pick_device,
+    release_memory,
+    train,
+)
+from modelfactory.training.presets import DEFAULT_PRESET, validate_hyperparameters
+
+ADAPTER_DIR = "adapter"
+ZIP_NAME = "adapter.zip"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class FinetuneSpec:
+    base_model_dir: Path
+    rows: list[dict[str, Any]]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # overrides on top of the preset
+    preset: str = DEFAULT_PRESET
+    base_model_name: str = "base-model"  # written into adapter_config.json and the model card
+    model_name: str = "Fine-tuned model"
+    datanet_versions: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "version", "manifest_hash"}]
+    contributors: int = 0
+    sample_prompts: int = 5
+    max_new_tokens: int = 96
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    checkpoint_every: int = 50  # optimizer steps; 0 = never
+
+
+@dataclass
+class FinetuneResult:
+    adapter_dir: Path
+    zip_path: Path
+    artifact_hash: str
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]]
+    hyperparameters: dict[str, Any]
+    rows_used: int
+    rows_dropped: int
+    train_row_ids: list[int]
+    eval_row_ids: list[int]
+    report: dict[str, Any]
+    stopped_early: bool
+    model_card: str
+
+
+def split_rows(row_ids: list[int], *, eval_split: float, seed: int) -> tuple[set[int], set[int]]:
+    """(train ids, eval ids): a seeded shuffle of the sorted row ids; at least one row on each side when the split
+    is above zero and there are two rows or more."""
+    ids = sorted(set(row_ids))
+    random.Random(seed).shuffle(ids)
+    n_eval = 0
+    if eval_split > 0 and len(ids) >= 2:
+        n_eval = min(len(ids) - 1, max(1, round(len(ids) * eval_split)))
+    return set(ids[n_eval:]), set(ids[:n_eval])
+
+
+def no_examples_message(report: BuildReport, max_length: int) -> str:
+    if report.rows_total == 0:
+        return "The chosen datanet versions have no rows to train on."
+    parts = [f"None of the {report.rows_total} rows can be trained on:"]
+    if report.too_long:
+        parts.append(
+            f"{len(report.too_long)} are longer than the maximum length of {max_length} tokens (raise it, or "
+            f"shorten those rows)"
+        )
+    if report.no_answer:
+        parts.append(f"{len(report.no_answer)} have no answer to learn")
+    if report.invalid:
+        parts.append(f"{len(report.invalid)} could not be read ({next(iter(report.invalid.values()))})")
+    return parts[0] + " " + "; ".join(parts[1:]) + "."
+
+
+def run_finetune(
+    spec: FinetuneSpec,
+    *,
+    workdir: Path,
+    on_event: EventCallback | None = None,
+    control: ControlCallback | None = None,
+    resume: bool = False,
+) -> FinetuneResult:
+    """Validates the settings, builds examples, splits off the held-out rows, trains, evaluates base vs tuned and
+    writes `workdir/adapter/` (adapter files + README.md model card) and `workdir/adapter.zip`.
+
+    Raises TrainingError (plain-language message: bad settings, no usable rows, missing model files, out of
+    memory, diverged loss) or Cancelled (nothing kept: the workdir's adapter and checkpoints are removed). With
+    `resume=True` training continues from `workdir/checkpoints/` when a checkpoint is there."""
+    from modelfactory.training.artifacts import artifact_hash, build_zip, model_card, save_adapter, write_model_card
+    from modelfactory.training.evaluate import compare_base_and_tuned
+    from modelfactory.training.model_files import ModelFilesError
+
+    emit = on_event or (lambda event: None)
+    hp, errors = validate_hyperparameters(spec.hyperparameters, preset=spec.preset)
+    if errors:
+        raise TrainingError("Some settings are not valid: " + "; ".join(f"{k} {v}" for k, v in errors.items()) + ".")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    device = pick_device(spec.device)
+    model = None
+    try:
+        emit({"type": "phase", "phase": "loading"})
+        try:
+            model, tokenizer = load_model_for_training(Path(spec.base_model_dir), hp, device=device)
+        except ModelFilesError as exc:
+            raise TrainingError(f"The base model cannot be loaded: {exc}") from None
+        examples, report = build_examples(tokenizer, spec.rows, max_length=int(hp["max_length"]))
+        if not examples:
+            raise TrainingError(no_examples_message(report, int(hp["max_length"])))
+        train_ids, eval_ids = split_rows(
+            [e.row_id for e in examples], eval_split=float(hp["eval_split"]), seed=int(hp["seed"])
+        )
+        train_examples: list[Example] = [e for e in examples if e.row_id in train_ids]
+        eval_examples = [e for e in examples if e.row_id in eval_ids]
+        eval_rows = sorted((r for r in spec.rows if int(r["id"]) in eval_ids), key=lambda r: int(r["id"]))
+        emit({"type": "phase", "phase": "training", "rows_used": report.rows_used, "rows_dropped": report.dropped})
+        result = train(
+            model,
+            train_examples,
+            hp,
+            device=device,
+            pad_id=tokenizer.pad_token_id,
+            eval_examples=eval_examples,
+            on_event=on_event,
+            control=control,
+            checkpoint_dir=workdir / CHECKPOINT_DIR,
+            checkpoint_every=spec.checkpoint_every,
+            resume=resume,
+        )
+        emit({"type": "phase", "phase": "evaluating"})
+        comparison = compare_base_and_tuned(
+            model,
+            tokenizer,
+            eval_examples,
+            eval_rows,
+            device=device,
+            sample_prompts=spec.sample_prompts,
+            max_new_tokens=spec.max_new_tokens,
+            batch_size=int(hp["batch_size"]),
+        )
+        emit({"type": "phase", "phase": "saving"})
+        adapter_dir = save_adapter(model, workdir / ADAPTER_DIR, base_model_name=spec.base_model_name)
+        digest = artifact_hash(adapter_dir)
+        metrics = {
+            "base_eval_loss": comparison["base_eval_loss"],
+            "eval_loss": comparison["eval_loss"],
+            "base_perplexity": comparison["base_perplexity"],
+            "perplexity": comparison["perplexity"],
+            "eval_tokens": comparison["eval_tokens"],
+            "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
+            "tokens": result.tokens,
+            "steps": result.steps,
+            "total_steps": result.total_steps,
+            "train_seconds": result.seconds,
+            "seconds": time.perf_counter() - started,
+        }
+        card = model_card(
+            name=spec.model_name,
+            base_model=spec.base_model_name,
+            datanet_versions=spec.datanet_versions,
+            hyperparameters=hp,
+            metrics=metrics,
+            contributors=spec.contributors,
+            artifact_sha256=digest,
+            rows_used=len(train_examples) + len(eval_examples),
+            rows_dropped=report.dropped,
+        )
+        write_model_card(adapter_dir, card)
+        zip_path = build_zip(adapter_dir, workdir / ZIP_NAME)
+        shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+        return FinetuneResult(
+            adapter_dir=adapter_dir,
+            zip_path=zip_path,
+            artifact_hash=digest,
+            metrics=metrics,
+            samples=comparison["samples"],
+            hyperparameters=hp,
+            rows_used=report.rows_used,
+            rows_dropped=report.dropped,
+            train_row_ids=sorted(train_ids),
+            eval_row_ids=sorted(eval_ids),
+            report=report.as_dict(),
+            stopped_early=result.stopped_early,
+            model_card=card,
+        )
+    except Cancelled:
+        shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(workdir / ADAPTER_DIR, ignore_errors=True)
+        raise
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        del exc
+        raise TrainingError(
+            out_of_memory_message(hp, rows=int(hp["batch_size"]), width=int(hp["max_length"]), device=device)
+        ) from None
+    finally:
+        del model
+        gc.collect()
+        release_memory(device)

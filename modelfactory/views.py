@@ -1,0 +1,242 @@
+"""Pages: the fine-tuning wizard, job list and live job page, trained models. Thin: parse, call, render."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from modelfactory import selectors, services
+from modelfactory.forms import PresetForm
+from modelfactory.models import FineTuneJob, TrainedModel
+from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, validate_hyperparameters
+
+STEPS = ["Base model", "Data", "Examples", "Settings", "Review"]
+SESSION_KEY = "finetune_wizard"
+
+
+def _new_state(request) -> dict:
+    default = selectors.base_model_default()
+    return {
+        "step": 1,
+        "reached": 1,
+        "base_model": default.slug if default else "",
+        "versions": [],
+        "preset": "balanced",
+        "advanced": {},
+        "name": "",
+        "key": uuid.uuid4().hex,
+    }
+
+
+def _render_wizard(request, state: dict, context: dict | None = None, status: int = 200):
+    context = {**(context or {}), "state": state, "steps": STEPS}
+    step = state["step"]
+    base = selectors.base_model_list().filter(slug=state["base_model"]).first()
+    versions, version_error = selectors.versions_usable_by(user=request.user, version_ids=state["versions"])
+    context.update(base=base, chosen_versions=versions)
+    if step == 1:
+        context["base_models"] = selectors.base_model_list()
+    elif step == 2:
+        from datanets.selectors import version_list_usable
+
+        context["versions"] = version_list_usable(user=request.user)
+    elif step == 3 and base and versions:
+        hp, _ = validate_hyperparameters(state["advanced"], preset=state["preset"])
+        context["preview"] = selectors.wizard_preview(base=base, versions=versions, max_length=int(hp["max_length"]))
+    elif step == 4:
+        context.setdefault(
+            "form",
+            PresetForm(
+                initial={
+                    "preset": state["preset"],
+                    "name": state["name"],
+                    **{f"hp_{k}": v for k, v in state["advanced"].items()},
+                }
+            ),
+        )
+        context["presets"] = PRESETS
+    elif step == 5 and base and versions:
+        hp, errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
+        context["hyperparameters"] = [(HYPERPARAMETERS[k].label, v) for k, v in hp.items() if k in HYPERPARAMETERS]
+        if not errors:
+            context["estimate"] = selectors.wizard_estimate(base=base, versions=versions, hyperparameters=hp)
+    template = "modelfactory/wizard.html#wizard" if request.htmx else "modelfactory/wizard.html"
+    return render(request, template, context, status=status)
+
+
+@login_required
+def wizard(request):
+    state = request.session.get(SESSION_KEY) or _new_state(request)
+    if request.method == "GET":
+        if request.GET.get("restart"):
+            state = _new_state(request)
+        elif "step" in request.GET:
+            state["step"] = max(1, min(int(request.GET["step"] or 1), state["reached"]))
+        request.session[SESSION_KEY] = state
+        return _render_wizard(request, state)
+
+    action = request.POST.get("action", "next")
+    step = state["step"]
+    context: dict = {}
+    error = ""
+    if step == 1:
+        slug = request.POST.get("base_model", "")
+        if selectors.base_model_list().filter(slug=slug).exists():
+            state["base_model"] = slug
+        elif action == "next":
+            error = "Choose a base model to start from."
+    elif step == 2:
+        state["versions"] = [int(v) for v in request.POST.getlist("versions") if v.isdigit()]
+        if action == "next":
+            _, error = selectors.versions_usable_by(user=request.user, version_ids=state["versions"])
+    elif step == 4:
+        form = PresetForm(request.POST)
+        if form.is_valid():
+            state["preset"] = form.cleaned_data["preset"]
+            state["name"] = form.cleaned_data["name"]
+            state["advanced"] = form.hyperparameters()
+            _, hp_errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
+            for field, message in hp_errors.items():
+                form.add_error(f"hp_{field}" if f"hp_{field}" in form.fields else None, f"{field} {message}")
+        if not form.is_valid() and action == "next":
+            context["form"] = form
+            error = "Some settings need a change: see the messages below."
+        elif not form.is_valid():
+            context["form"] = form
+    elif step == 5 and action == "launch":
+        return _launch(request, state)
+
+    if error:
+        context["error"] = error
+        request.session[SESSION_KEY] = state
+        return _render_wizard(request, state, context, status=422 if not request.htmx else 200)
+    if action == "back":
+        state["step"] = max(1, step - 1)
+    elif action == "next":
+        state["step"] = min(len(STEPS), step + 1)
+        state["reached"] = max(state["reached"], state["step"])
+    request.session[SESSION_KEY] = state
+    return _render_wizard(request, state, context)
+
+
+def _launch(request, state: dict):
+    try:
+        job, created = services.finetune_launch(
+            user=request.user,
+            base_model_slug=state["base_model"],
+            version_ids=state["versions"],
+            preset=state["preset"],
+            hyperparameters=state["advanced"],
+            name=state["name"],
+            idempotency_key=state["key"],
+        )
+    except services.LaunchError as exc:
+        return _render_wizard(request, state, {"launch_errors": exc.errors})
+    request.session.pop(SESSION_KEY, None)
+    if job.status == FineTuneJob.Status.FAILED:
+        messages.error(request, job.message)
+    elif created:
+        messages.success(request, "Training job launched. You can close this page: it keeps running.")
+    url = reverse("modelfactory:job", args=[job.pk])
+    if request.htmx:
+        from django_htmx.http import HttpResponseClientRedirect
+
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+@login_required
+def train(request):
+    services.finetune_reap_stale()
+    jobs = selectors.job_list_for(user=request.user)
+    return render(request, "modelfactory/train.html", {"jobs": jobs})
+
+
+def _job_context(request, job: FineTuneJob) -> dict:
+    return {
+        "job": job,
+        "queue_position": selectors.job_queue_position(job=job),
+        "latest": selectors.job_latest_train_event(job=job),
+        "chart": selectors.job_chart_points(job=job),
+        "model_version": getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None,
+    }
+
+
+@login_required
+def job_detail(request, job_id: int):
+    services.finetune_reap_stale()
+    try:
+        job = selectors.job_get_for(user=request.user, job_id=job_id)
+    except FineTuneJob.DoesNotExist:
+        raise Http404("No such training job.") from None
+    context = _job_context(request, job)
+    if request.htmx and request.GET.get("partial") == "progress":
+        response = render(request, "modelfactory/job_detail.html#progress", context)
+        if not job.is_active:
+            stop = HttpResponseStopPolling(response.content)
+            stop["HX-Refresh"] = "true"  # one last full render: eval results, samples, download
+            return stop
+        return response
+    return render(request, "modelfactory/job_detail.html", context)
+
+
+@login_required
+def job_chart(request, job_id: int):
+    try:
+        job = selectors.job_get_for(user=request.user, job_id=job_id)
+    except FineTuneJob.DoesNotExist:
+        raise Http404("No such training job.") from None
+    after = int(request.GET.get("after", "0") or 0)
+    return JsonResponse({**selectors.job_chart_points(job=job, after_id=after), "active": job.is_active})
+
+
+@login_required
+@require_POST
+def job_control(request, job_id: int):
+    try:
+        job = services.finetune_control(user=request.user, job_id=job_id, mode=request.POST.get("mode", ""))
+    except FineTuneJob.DoesNotExist:
+        raise Http404("No such training job.") from None
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, job.message)
+    return redirect("modelfactory:job", job_id=job_id)
+
+
+def models_list(request):
+    models = selectors.trained_models_visible(user=request.user)
+    return render(request, "modelfactory/models.html", {"models": models})
+
+
+def _model_or_404(request, slug: str) -> TrainedModel:
+    model = selectors.trained_models_visible(user=request.user).filter(slug=slug).first()
+    if model is None:
+        raise Http404("No such model.")
+    return model
+
+
+def model_detail(request, slug: str):
+    model = _model_or_404(request, slug)
+    version = model.latest_version
+    return render(request, "modelfactory/model_detail.html", {"model": model, "version": version})
+
+
+@login_required
+def model_download(request, slug: str):
+    model = _model_or_404(request, slug)
+    if model.owner_id != request.user.pk and not request.user.is_staff:
+        raise Http404("Only the owner can download the adapter.")
+    version = model.latest_version
+    if version is None or not Path(version.zip_path).exists():
+        raise Http404("The adapter file is missing.")
+    name = f"{model.slug}-v{version.number}-adapter.zip"
+    return FileResponse(open(version.zip_path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115

@@ -1,0 +1,69 @@
+import pytest
+
+from modelfactory.models import FineTuneJob
+from tests.finetune.conftest import FAST
+
+pytestmark = pytest.mark.django_db
+
+
+def body(version, **extra):
+    return {"base_model": "tiny-base", "datanet_versions": [version.pk], "preset": "quick", "hyperparameters": FAST,
+            **extra}  # fmt: skip
+
+
+def test_launch_follow_and_cancel(api_client, cast, tiny_base, version, enqueued, django_capture_on_commit_callbacks):
+    api_client.force_authenticate(cast.owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post("/api/v1/finetunes/", body(version, name="API job"), format="json")
+    assert response.status_code == 201
+    job = response.json()
+    assert (job["status"], job["name"], job["queue_position"], job["model"]) == ("queued", "API job", 1, None)
+    assert job["datanet_versions"] == [version.pk]
+    assert enqueued == [(job["id"], False)]
+
+    detail = api_client.get(f"/api/v1/finetunes/{job['id']}/").json()
+    assert detail["progress"] == 0.0 and detail["metrics"] == {}
+
+    response = api_client.post(f"/api/v1/finetunes/{job['id']}/cancel/", {}, format="json")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    response = api_client.post(f"/api/v1/finetunes/{job['id']}/cancel/", {"mode": "stop"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"status": ["This job has already ended (cancelled)."]}
+
+
+def test_idempotency_key_header_returns_the_same_job(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    again = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert FineTuneJob.objects.count() == 1
+
+
+def test_bad_launch_names_each_field_and_creates_nothing(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.post(
+        "/api/v1/finetunes/", body(version, hyperparameters={"epochs": 99, "max_length": 1000}), format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "hyperparameters.epochs": "must be between 1 and 20",
+        "hyperparameters.max_length": "must be at most 256, the longest input Tiny base can read",
+    }
+    response = api_client.post("/api/v1/finetunes/", {"datanet_versions": []}, format="json")
+    assert response.json()["error"]["details"] == {
+        "base_model": ["This field is required."],
+        "datanet_versions": ["This list may not be empty."],
+    }
+    assert FineTuneJob.objects.count() == 0
+
+
+def test_jobs_are_private_to_their_owner(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    job_id = api_client.post("/api/v1/finetunes/", body(version), format="json").json()["id"]
+    api_client.force_authenticate(cast.outsider)
+    assert api_client.get("/api/v1/finetunes/").json()["count"] == 0
+    assert api_client.get(f"/api/v1/finetunes/{job_id}/").status_code == 404
+    assert api_client.post(f"/api/v1/finetunes/{job_id}/cancel/", {}, format="json").status_code == 404
+    assert FineTuneJob.objects.get().status == "queued"

@@ -1,0 +1,114 @@
+import pytest
+from django.test import TestCase
+from django.urls import reverse
+
+from modelfactory import services
+from modelfactory.models import FineTuneJob
+
+pytestmark = pytest.mark.django_db
+WIZARD = "/train/new/"
+
+
+def post(client, **data):
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return client.post(WIZARD, data)
+
+
+def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, version, enqueued):
+    client.force_login(cast.owner)
+    page = client.get(WIZARD + "?restart=1").content.decode()
+    assert "1. Which base model do you start from?" in page
+    assert "Tiny base" in page and "(recommended)" in page
+
+    page = post(client, action="next", base_model="tiny-base").content.decode()
+    assert "2. Which data does it learn from?" in page and "Zorb facts" in page
+
+    page = post(client, action="next", versions=[str(version.pk)]).content.decode()
+    assert "3. How your rows become training examples" in page
+    assert "<mark>" in page  # the trained-on answer is highlighted
+    assert "rows will be used" in page
+
+    page = post(client, action="next").content.decode()
+    assert "4. How thoroughly should it train?" in page and "Quick" in page and "Advanced settings" in page
+
+    form = {"action": "next", "preset": "quick", "name": "Wizard model", "hp_max_length": "192", "hp_epochs": "2"}
+    page = post(client, **form).content.decode()
+    assert "5. Review and launch" in page
+    assert "Estimated time" in page and "Estimated memory" in page
+
+    response = post(client, action="launch")
+    job = FineTuneJob.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("modelfactory:job", args=[job.pk])
+    assert (job.name, job.preset, job.hyperparameters["epochs"], job.hyperparameters["max_length"]) == (
+        "Wizard model",
+        "quick",
+        2,
+        192,
+    )
+    assert enqueued == [(job.pk, False)]
+    # A second click on Launch (the wizard state is gone) does not create another job.
+    post(client, action="launch")
+    assert FineTuneJob.objects.count() == 1
+
+
+def test_back_keeps_what_was_entered(client, cast, tiny_base, version):
+    client.force_login(cast.owner)
+    client.get(WIZARD + "?restart=1")
+    post(client, action="next", base_model="tiny-base")
+    post(client, action="next", versions=[str(version.pk)])
+    post(client, action="next")
+    post(client, action="back", preset="thorough", name="Kept", hp_rank="12")
+    page = client.get(WIZARD + "?step=4").content.decode()
+    assert 'value="Kept"' in page and 'value="12"' in page
+    assert '<input type="radio" name="preset" value="thorough" id="id_preset_2" required checked>' in page
+
+
+def test_out_of_range_setting_is_shown_next_to_the_field(client, cast, tiny_base, version):
+    client.force_login(cast.owner)
+    client.get(WIZARD + "?restart=1")
+    post(client, action="next", base_model="tiny-base")
+    post(client, action="next", versions=[str(version.pk)])
+    post(client, action="next")
+    response = post(client, action="next", preset="quick", hp_rank="999")
+    page = response.content.decode()
+    assert response.status_code == 422
+    assert "Some settings need a change" in page
+    assert "Ensure this value is less than or equal to 256." in page
+    assert FineTuneJob.objects.count() == 0
+
+
+def test_step_two_requires_a_version(client, cast, tiny_base, version):
+    client.force_login(cast.owner)
+    client.get(WIZARD + "?restart=1")
+    post(client, action="next", base_model="tiny-base")
+    page = post(client, action="next").content.decode()
+    assert "Choose at least one datanet version." in page
+
+
+def test_job_page_progress_partial_and_download(client, cast, tiny_base, version):
+    from tests.finetune.conftest import FAST, launch_job
+
+    client.force_login(cast.owner)
+    job, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                        hyperparameters=FAST, name="Page job", idempotency_key="p")  # fmt: skip
+    page = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert "Waiting in line" in page and "number 1 in line" in page
+    assert 'hx-trigger="every 2s"' in page
+
+    services.finetune_run(job_id=job.pk, hostname="w")
+    partial = client.get(f"/train/jobs/{job.pk}/?partial=progress", HTTP_HX_REQUEST="true")
+    assert partial.status_code == 286  # htmx stops polling
+    page = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert "Finished" in page and "Held-out questions, answered by both" in page
+    chart = client.get(f"/train/jobs/{job.pk}/chart/").json()
+    assert len(chart["train"]) == FineTuneJob.objects.get().total_steps and chart["active"] is False
+
+    download = client.get("/models/page-job/download/")
+    assert download.status_code == 200
+    assert download["Content-Disposition"] == 'attachment; filename="page-job-v1-adapter.zip"'
+
+    client.force_login(cast.outsider)
+    assert client.get(f"/train/jobs/{job.pk}/").status_code == 404
+    assert client.get("/models/page-job/").status_code == 404  # a private draft
+    assert client.get("/models/page-job/download/").status_code == 404

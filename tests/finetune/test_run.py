@@ -1,0 +1,173 @@
+"""The worker side on a tiny model: claim, train, evaluate, store; stop/cancel; dead workers."""
+
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from modelfactory import services
+from modelfactory.models import FineTuneJob, ModelVersion, TrainedModel
+from tests.finetune.conftest import FAST, launch_job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def job(cast, tiny_base, version):
+    job, _ = launch_job(
+        cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+        hyperparameters=FAST, name="Zorb expert", idempotency_key="run",
+    )  # fmt: skip
+    return job
+
+
+def test_a_job_runs_to_a_published_adapter(job):
+    done = services.finetune_run(job_id=job.pk, hostname="test-worker")
+    assert done.status == FineTuneJob.Status.SUCCEEDED, done.message
+    assert done.progress == 1.0
+    assert done.attempts == 1
+    assert done.worker == "test-worker"
+    metrics = done.metrics
+    assert metrics["eval_loss"] < metrics["base_eval_loss"]
+    assert done.message == (
+        "Training finished. On held-out rows the fine-tuned model's loss is "
+        f"{metrics['eval_loss']:.3f}, better than the base model's {metrics['base_eval_loss']:.3f}."
+    )
+    assert len(done.samples) == 2  # 20% of 10 rows held out
+    assert {"prompt", "base", "tuned", "reference"} <= set(done.samples[0])
+
+    kinds = list(done.events.values_list("kind", flat=True))
+    assert kinds.count("train") == done.total_steps == metrics["steps"]
+    assert "eval" in kinds
+    phases = [e.data["phase"] for e in done.events.filter(kind="phase")]
+    assert phases == ["queued", "loading", "training", "evaluating", "saving"]
+
+    model = TrainedModel.objects.get()
+    version = ModelVersion.objects.get()
+    assert (model.slug, model.owner, model.status, model.visibility) == ("zorb-expert", job.owner, "draft", "private")
+    assert (version.number, version.job_id) == (1, job.pk)
+    assert "Zorb facts" in version.model_card and version.artifact_hash in version.model_card
+    with zipfile.ZipFile(version.zip_path) as archive:
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(archive.namelist())
+
+
+def test_a_job_is_claimed_once(job):
+    services.finetune_run(job_id=job.pk, hostname="first")
+    assert services.finetune_run(job_id=job.pk, hostname="second") is None
+    assert FineTuneJob.objects.get().worker == "first"
+
+
+def test_stop_keeps_the_adapter(job):
+    FineTuneJob.objects.filter(pk=job.pk).update(control="stop")
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert done.status == FineTuneJob.Status.SUCCEEDED
+    assert done.message.startswith("Stopped early as you asked; the adapter trained so far was kept.")
+    assert done.metrics["steps"] < done.metrics["total_steps"]
+    assert TrainedModel.objects.count() == 1
+
+
+def test_cancel_discards_everything(job):
+    FineTuneJob.objects.filter(pk=job.pk).update(control="cancel")
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert done.status == FineTuneJob.Status.CANCELLED
+    assert done.message == "Cancelled: nothing was kept."
+    assert not done.workdir.exists()
+    assert TrainedModel.objects.count() == 0
+
+
+def test_control_of_a_queued_job_ends_it_at_once(cast, job):
+    cancelled = services.finetune_control(user=cast.owner, job_id=job.pk, mode="cancel")
+    assert cancelled.status == FineTuneJob.Status.CANCELLED
+    assert services.finetune_run(job_id=job.pk, hostname="w") is None  # the queued task finds nothing to do
+    with pytest.raises(services.JobStateError, match="This job has already ended"):
+        services.finetune_control(user=cast.owner, job_id=job.pk, mode="stop")
+
+
+def test_only_the_owner_controls_a_job(cast, job):
+    with pytest.raises(FineTuneJob.DoesNotExist):
+        services.finetune_control(user=cast.outsider, job_id=job.pk, mode="cancel")
+    assert FineTuneJob.objects.get().status == FineTuneJob.Status.QUEUED
+
+
+def test_training_error_is_shown_in_plain_words(job, monkeypatch):
+    from modelfactory.training import finetune
+
+    def boom(*args, **kwargs):
+        raise finetune.TrainingError("Out of memory: lower the batch size.")
+
+    monkeypatch.setattr(finetune, "run_finetune", boom)
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert (done.status, done.message) == ("failed", "Out of memory: lower the batch size.")
+    assert done.finished_at is not None
+
+
+def test_unexpected_error_fails_the_job_and_is_logged(job, monkeypatch, caplog):
+    from modelfactory.training import finetune
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(finetune, "run_finetune", boom)
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert done.status == "failed"
+    assert done.message.startswith("Training stopped because of an unexpected error on our side.")
+    assert "fine-tune job" in caplog.text and "disk on fire" in caplog.text
+
+
+def test_dead_worker_is_resumed_once_then_failed(job, enqueued, settings, django_capture_on_commit_callbacks):
+    old = timezone.now() - timedelta(seconds=settings.MF_JOB_STALE_SECONDS + 5)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=old, attempts=1, worker="dead")
+    enqueued.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.finetune_reap_stale() == [job.pk]
+    assert enqueued == [(job.pk, True)]
+    job.refresh_from_db()
+    assert job.status == "running"
+    assert job.message == "The training worker stopped; resuming from the last checkpoint."
+
+    # The redelivered task takes the stale job over and finishes it, from the checkpoint if there is one.
+    FineTuneJob.objects.filter(pk=job.pk).update(heartbeat_at=old)
+    done = services.finetune_run(job_id=job.pk, hostname="rescuer", resume=True)
+    assert (done.status, done.worker, done.attempts) == ("succeeded", "rescuer", 2)
+
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=old, attempts=2)
+    services.finetune_reap_stale()
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.message.startswith("The training worker stopped unexpectedly several times")
+
+
+def test_workdir_is_under_media(job, settings):
+    assert job.workdir == Path(settings.MEDIA_ROOT) / "finetunes" / str(job.pk)
+
+
+def test_post_training_stages_run_as_phases_and_a_failure_keeps_the_model(job, monkeypatch):
+    from modelfactory import hooks
+
+    seen = []
+
+    def good(*, job, result, on_progress):
+        on_progress(1, 2)
+        seen.append((job.pk, result.adapter_dir.name))
+
+    def bad(*, job, result, on_progress):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(
+        hooks,
+        "post_training_stages",
+        [
+            hooks.PostTrainingStage("indexing", "Building the index", good),
+            hooks.PostTrainingStage("extra", "Extra", bad),
+        ],
+    )
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert seen == [(job.pk, "adapter")]
+    assert done.status == "succeeded"
+    assert done.report["stage_errors"] == {"extra": "Extra did not finish (OSError: disk full)."}
+    assert done.message.endswith(" Note: Extra did not finish (OSError: disk full).")
+    phases = [e.data["phase"] for e in done.events.filter(kind="phase")]
+    assert phases[-2:] == ["indexing", "extra"]
+    assert TrainedModel.objects.count() == 1

@@ -1,0 +1,177 @@
+"""The ledger's REST endpoints and wallet pages: shapes, scoping, errors, CSV safety."""
+
+import csv
+import io
+
+import pytest
+from django.urls import reverse
+
+from ledger.calc.canonical import chain_hash
+from ledger.calc.merkle import verify_inclusion
+from ledger.models import Withdrawal
+from ledger.services import checkpoint_create, settlement_post
+from ledger.views import csv_safe
+from tests.ledger.conftest import CREDIT, snapshot, wallet_balance
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def settled(cast, fund):
+    fund(cast.outsider, 10)
+    return settlement_post(
+        key="inference:1",
+        payer_user_id=cast.outsider.pk,
+        fee_micro=2 * CREDIT,
+        owner_user_id=cast.owner.pk,
+        contributor_shares={cast.teammate.pk: 1},
+        metadata={"model": "=cmd|' /C calc'!A0", "datanet": "laws"},
+        memo="-2+3",
+    )
+
+
+def test_balance_shape(api_client, cast, settled):
+    api_client.force_authenticate(cast.owner)
+    assert api_client.get("/api/v1/ledger/balance/").json() == {
+        "currency": "CRD",
+        "balance": "0.400000",
+        "available": "0.400000",
+    }
+
+
+def test_transactions_are_the_callers_only(api_client, cast, settled):
+    api_client.force_authenticate(cast.teammate)
+    body = api_client.get("/api/v1/ledger/transactions/").json()
+    assert body["count"] == 1
+    line = body["results"][0]
+    assert (line["transaction_id"], line["kind"], line["amount"], line["running_balance"]) == (
+        settled.pk,
+        "settlement",
+        "1.400000",
+        "1.400000",
+    )
+    api_client.force_authenticate(cast.staff)
+    assert api_client.get("/api/v1/ledger/transactions/").json()["count"] == 0
+
+
+def test_transactions_filter_errors_are_in_the_error_shape(api_client, cast):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.get("/api/v1/ledger/transactions/?kind=nope")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid"
+
+
+def test_proof_verifies_and_is_scoped(api_client, cast, settled):
+    checkpoint = checkpoint_create()
+    api_client.force_authenticate(cast.teammate)
+    proof = api_client.get(f"/api/v1/ledger/proofs/{settled.pk}/").json()
+    assert chain_hash(proof["prev_hash"], proof["content"].encode()) == proof["hash"] == settled.hash
+    assert proof["checkpoint"]["merkle_root"] == checkpoint.merkle_root
+    assert verify_inclusion(proof["hash"], proof["merkle_proof"], checkpoint.merkle_root)
+    api_client.force_authenticate(cast.staff.__class__.objects.create(username="stranger"))
+    response = api_client.get(f"/api/v1/ledger/proofs/{settled.pk}/")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_proof_before_checkpoint_says_so(api_client, cast, settled):
+    api_client.force_authenticate(cast.owner)
+    proof = api_client.get(f"/api/v1/ledger/proofs/{settled.pk}/").json()
+    assert proof["checkpoint"] is None and proof["merkle_proof"] is None
+
+
+def test_withdrawal_api(api_client, cast, settled, settings):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
+    api_client.force_authenticate(cast.outsider)
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "2.5"}, HTTP_IDEMPOTENCY_KEY="k1")
+    assert response.status_code == 201, response.json()
+    assert response.json()["amount"] == "2.500000" and response.json()["status"] == "requested"
+    again = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "2.5"}, HTTP_IDEMPOTENCY_KEY="k1")
+    assert again.json()["id"] == response.json()["id"]
+    assert Withdrawal.objects.count() == 1
+    assert wallet_balance(cast.outsider) == 8 * CREDIT - 2_500_000
+
+
+@pytest.mark.parametrize(
+    ("amount", "code", "status"),
+    [("100", "insufficient_funds", 400), ("0.5", "invalid", 400), ("1.0000001", "invalid", 400), ("x", "invalid", 400)],
+)
+def test_withdrawal_api_errors(api_client, cast, settled, settings, amount, code, status):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
+    api_client.force_authenticate(cast.outsider)
+    before = Withdrawal.objects.count(), wallet_balance(cast.outsider)
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": amount})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert (Withdrawal.objects.count(), wallet_balance(cast.outsider)) == before
+
+
+def test_idempotency_conflict_is_409(api_client, cast, settled, settings):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
+    api_client.force_authenticate(cast.outsider)
+    api_client.post("/api/v1/ledger/withdrawals/", {"amount": "2"}, HTTP_IDEMPOTENCY_KEY="k")
+    before = snapshot()
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "3"}, HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert snapshot() == before
+
+
+def test_anonymous_is_refused(api_client):
+    assert api_client.get("/api/v1/ledger/balance/").status_code == 401
+
+
+def test_wallet_page(client, cast, settled):
+    client.force_login(cast.teammate)
+    response = client.get(reverse("ledger:wallet"))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "1.400000" in body and "earnings-data" in body and "laws" in body
+
+
+def test_wallet_page_filters_and_partial(client, cast, settled):
+    client.force_login(cast.outsider)
+    response = client.get(reverse("ledger:wallet") + "?kind=grant", HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert body.lstrip().startswith('<div id="statement"')
+    assert "Credit grant" in body and "Inference fee settled" not in body
+
+
+def test_wallet_needs_login(client):
+    assert client.get(reverse("ledger:wallet")).status_code == 302
+
+
+def test_csv_export_neutralises_formulas(client, cast, settled):
+    client.force_login(cast.teammate)
+    response = client.get(reverse("ledger:statement_csv"))
+    rows = list(csv.reader(io.StringIO(response.content.decode())))
+    assert rows[0] == ["date", "transaction", "kind", "description", "model", "amount", "balance after"]
+    assert rows[1][3:] == ["'-2+3", "'=cmd|' /C calc'!A0", "1.400000", "1.400000"]
+
+
+def test_csv_safe():
+    assert [csv_safe(v) for v in ["=1+1", "+1", "@x", "plain", "-3"]] == ["'=1+1", "'+1", "'@x", "plain", "'-3"]
+
+
+def test_withdrawal_form(client, cast, settled, settings):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
+    client.force_login(cast.outsider)
+    client.post(reverse("ledger:withdrawal_create"), {"amount": "3", "nonce": "n1"})
+    assert Withdrawal.objects.get().amount == 3 * CREDIT
+    response = client.post(reverse("ledger:withdrawal_create"), {"amount": "999", "nonce": "n2"}, follow=True)
+    assert "Not enough credit" in response.content.decode()
+    assert Withdrawal.objects.count() == 1
+
+
+def test_admin_grant_and_withdrawal_actions(client, cast, settings):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
+    client.force_login(cast.staff)
+    client.post(reverse("admin:ledger_grant"), {"username": "owner", "amount": "5", "memo": "launch"})
+    assert wallet_balance(cast.owner) == 5 * CREDIT
+    from ledger.services import withdrawal_request
+
+    w = withdrawal_request(user=cast.owner, amount_micro=2 * CREDIT)
+    client.post(reverse("admin:ledger_withdrawal_changelist"), {"action": "complete", "_selected_action": [w.pk]})
+    assert Withdrawal.objects.get(pk=w.pk).status == "completed"
+    assert client.get(reverse("admin:ledger_transaction_changelist")).status_code == 200
+    assert client.get(reverse("admin:ledger_posting_changelist")).status_code == 200

@@ -1,0 +1,74 @@
+import pytest
+
+from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, preset_values, validate_hyperparameters
+
+
+def test_every_field_has_help_and_a_valid_default():
+    for key, param in HYPERPARAMETERS.items():
+        assert param.help and param.label, key
+        clean, errors = validate_hyperparameters({key: param.default})
+        assert errors == {}, key
+        assert clean[key] == param.default
+
+
+def test_presets_fill_every_field_and_differ():
+    for name, preset in PRESETS.items():
+        values = preset_values(name)
+        assert set(values) == set(HYPERPARAMETERS)
+        assert values["alpha"] == 2 * values["rank"]
+        assert 1e-4 <= values["learning_rate"] <= 2e-4
+        assert 0.05 <= values["eval_split"] <= 0.1
+        assert preset.why
+    assert [preset_values(n)["epochs"] for n in ("quick", "balanced", "thorough")] == [1, 2, 3]
+
+
+def test_overrides_are_cleaned_and_typed():
+    clean, errors = validate_hyperparameters(
+        {"rank": "8", "learning_rate": "0.0001", "target_modules": "q_proj, v_proj", "epochs": 3.0, "dropout": None},
+        preset="quick",
+    )
+    assert errors == {}
+    assert (clean["rank"], clean["learning_rate"], clean["epochs"]) == (8, 0.0001, 3)
+    assert clean["target_modules"] == ["q_proj", "v_proj"]
+    assert clean["dropout"] == HYPERPARAMETERS["dropout"].default
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("rank", 0, "must be between 1 and 256"),
+        ("rank", 2.5, "must be a whole number between 1 and 256"),
+        ("rank", True, "must be a whole number between 1 and 256"),
+        ("alpha", 1000, "must be between 1 and 512"),
+        ("dropout", 0.9, "must be between 0 and 0.5"),
+        ("learning_rate", 1.0, "must be between 1e-06 and 0.01"),
+        ("learning_rate", "fast", "must be a number between 1e-06 and 0.01"),
+        ("learning_rate", float("nan"), "must be between 1e-06 and 0.01"),
+        ("epochs", 21, "must be between 1 and 20"),
+        ("batch_size", -1, "must be between 1 and 256"),
+        ("grad_accum", 0, "must be between 1 and 128"),
+        ("max_length", 16, "must be between 32 and 32768"),
+        ("scheduler", "step", "must be one of: cosine, linear, constant"),
+        ("warmup_ratio", 0.7, "must be between 0 and 0.5"),
+        ("seed", -3, "must be between 0 and 2147483647"),
+        ("eval_split", 0.6, "must be between 0 and 0.5"),
+        ("quantization", "8bit", "must be one of: none, 4bit"),
+        (
+            "target_modules",
+            ["q_proj", "bad name!"],
+            "must be attention or all_linear, or a list of layer names such as q_proj, v_proj",
+        ),
+        ("target_modules", [], "must be attention or all_linear, or a list of layer names such as q_proj, v_proj"),
+        ("colour", "red", "is not a setting we know"),
+    ],
+)
+def test_each_bad_field_says_its_allowed_range(field, value, message):
+    clean, errors = validate_hyperparameters({field: value, "rank": 8} if field != "rank" else {field: value})
+    assert errors == {field: message}
+
+
+def test_unknown_preset():
+    assert validate_hyperparameters({}, preset="turbo") == (
+        {},
+        {"preset": "Unknown preset 'turbo': choose one of quick, balanced, thorough"},
+    )
