@@ -4,7 +4,8 @@ Time comes from a training throughput in tokens/s. Best is `measure_tokens_per_s
 forward/backward of the actual model with its LoRA adapter on the worker (method "measured"). Without it we use
 FLOP rates (method "constant"): LoRA training costs about 4 x parameters FLOPs per token (forward 2N, backward
 through the frozen weights 2N; no weight gradients). CPU_FLOPS was measured on our 2-core AMD EPYC CPU worker with
-SmolLM2-135M (bench/bench_training.py, our loop: ~1.9k tokens/s x 4 x 135M); CUDA_FLOPS is an assumption (an
+SmolLM2-135M (bench/bench_training.py, our loop: 23.8 tokens/s x 4 x 135M, with the 2 cores shared by other
+jobs, so it is pessimistic); CUDA_FLOPS is an assumption (an
 H100-class GPU at ~25% of its bf16 peak for these small models), not a measurement.
 
 Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the
@@ -19,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CPU_FLOPS = 1.0e9
+CPU_FLOPS = 1.3e10
 CUDA_FLOPS = 2.0e14
 CPU_OVERHEAD_BYTES = 450 * 2**20  # torch + transformers in a worker process
 CUDA_OVERHEAD_BYTES = 600 * 2**20  # CUDA context and allocator slack

@@ -358,14 +358,15 @@ def train(
 
     step, losses, step_tokens, eval_losses, tokens_total = 0, [], [], [], 0
     resumed_from = 0
+    state = None
     if resume and checkpoint_dir is not None:
         state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-        if state is not None:
-            step, losses, step_tokens = state["step"], state["losses"], state["step_tokens"]
-            eval_losses, tokens_total = [tuple(x) for x in state["eval_losses"]], state["tokens"]
-            resumed_from = step
+    if state is not None:
+        step, losses, step_tokens = state["step"], state["losses"], state["step_tokens"]
+        eval_losses, tokens_total = [tuple(x) for x in state["eval_losses"]], state["tokens"]
+        resumed_from = step
     else:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # dropout draws from here; a checkpoint restores its own generator state
 
     def run_eval(epoch: float) -> None:
         if eval_examples:

@@ -180,3 +180,11 @@ def test_only_lora_parameters_train(tiny_dir, examples):
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed and all("lora_" in n for n in changed)
     assert any("lora_B" in n for n in changed)
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tiny_dir, examples, tmp_path):
+    hp = hyperparameters(dropout=0.1)
+    plain, _ = run(tiny_dir, examples, hp)
+    resumed, _ = run(tiny_dir, examples, hp, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.resumed_from == 0
+    assert resumed.losses == plain.losses
