@@ -58,12 +58,12 @@ def test_malformed_json_is_a_400_in_the_error_shape(api_client):
 
 @override_settings(DEBUG=True)
 def test_unexpected_exception_is_a_json_500(api_client, cast, monkeypatch):
-    from modelfactory import api
+    from modelfactory import selectors
 
     def boom():
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(api, "base_model_list", boom)
+    monkeypatch.setattr(selectors, "base_model_list", boom)
     api_client.raise_request_exception = False
     api_client.force_authenticate(cast.owner)
     response = api_client.get("/api/v1/base-models/")
