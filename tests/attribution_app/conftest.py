@@ -87,12 +87,14 @@ class Planted:
         self.owner, self.people, self.datanet, self.version = owner, people, datanet, version
         self.job, self.model_version, self.rows = job, model_version, rows
 
-    def example(self, question: str):
-        """(prompt ids, answer ids, answer text) exactly as training tokenised that row."""
+    def example(self, question: str, answer: str | None = None):
+        """(prompt ids, answer ids, answer text) tokenised exactly as training tokenises a row (the answer defaults
+        to the planted row's)."""
         from modelfactory.selectors import _tokenizer
         from modelfactory.training.data import build_example
 
-        answer = dict(q_a for part in self.rows.values() for q_a in part)[question]
+        if answer is None:
+            answer = dict(q_a for part in self.rows.values() for q_a in part)[question]
         tokenizer = _tokenizer(self.job.base_model.path)
         example = build_example(tokenizer, {"id": 0, "kind": "instruction",
                                             "content": {"instruction": question, "output": answer}})  # fmt: skip
@@ -143,11 +145,9 @@ def make_inference(cast):
     completed the way the serving code does (inference-completed hooks inside its transaction)."""
 
     def _make(planted: Planted, question: str, *, caller=None, fee: int = CREDIT, reserved: int = 2 * CREDIT,
-              hold: bool = True, answer=None) -> Inference:  # fmt: skip
+              hold: bool = True, answer: str | None = None) -> Inference:  # fmt: skip
         caller = caller or cast.outsider
-        prompt_ids, answer_ids, text = planted.example(question)
-        if answer is not None:
-            answer_ids, text = answer
+        prompt_ids, answer_ids, text = planted.example(question, answer)
         if hold:
             ledger.credit_grant(user_id=caller.pk, amount_micro=reserved, granted_by=cast.staff, memo="test")
         model = planted.model_version.model
@@ -158,7 +158,7 @@ def make_inference(cast):
         )  # fmt: skip
         if hold:
             ledger.hold_create(key=f"inference:{inference.pk}", payer_user_id=caller.pk, amount_micro=reserved)
-        with transaction.atomic():
+        with TestCase.captureOnCommitCallbacks(execute=True), transaction.atomic():
             Inference.objects.filter(pk=inference.pk).update(
                 status=Inference.Status.COMPLETED, output=text, output_token_ids=answer_ids,
                 prompt_tokens=len(prompt_ids), completion_tokens=len(answer_ids), finish_reason="stop",
