@@ -56,7 +56,10 @@ def test_a_pending_attribution_says_so(planted, make_inference, cast, client):
     client.force_login(cast.teammate)
     body = client.get(f"/api/v1/inferences/{inference.pk}/attribution/").json()
     assert (body["status"], body["contributors"], body["rows"], body["settlement"]["status"]) == (
-        "pending", [], [], "pending"
+        "pending",
+        [],
+        [],
+        "pending",
     )
     page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
     assert "We are still working out which training rows shaped this answer" in page
