@@ -141,6 +141,7 @@ def model_summary(*, model) -> dict:
 
 def contributor_summary(*, user) -> dict:
     """'Your data was used in N answers of M models', per model, and earnings from the ledger."""
+    from datanets.models import Datanet
     from ledger.selectors import earnings
 
     shares = AttributionShare.objects.filter(contributor=user, share__gt=0)
@@ -155,6 +156,12 @@ def contributor_summary(*, user) -> dict:
         "per_model": per_model,
         "paid": AttributionShare.objects.filter(contributor=user).aggregate(t=Sum("amount_micro"))["t"] or 0,
         "earnings": earnings(user=user, days=365),
+        "datanets": list(
+            Datanet.objects.filter(Q(owner=user) | Q(curators=user) | Q(records__contributor=user))
+            .distinct()
+            .order_by("name")
+            .values("slug", "name")
+        ),
     }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from attribution import runtime
@@ -201,7 +201,7 @@ def _compute(inference) -> dict:
     if not inference.output_token_ids or not inference.prompt_token_ids:
         raise engine.EngineError("The answer has no token ids to attribute.")
     entry = runtime.loaded(
-        key=(index_row.pk, index_row.folder),
+        key=(index_row.pk, index_row.folder, index_row.build_seconds),  # a rebuilt index is reloaded
         base_dir=version.job.base_model.path,
         adapter_dir=version.adapter_path,
         folder=index_row.folder,
@@ -311,7 +311,7 @@ def attribution_run(*, inference_id: int, final_attempt: bool = False) -> Attrib
         return None
     attribution, _ = Attribution.objects.get_or_create(inference=inference)
     if not attribution.is_finished:
-        Attribution.objects.filter(pk=attribution.pk).update(attempts=attribution.attempts + 1)
+        Attribution.objects.filter(pk=attribution.pk).update(attempts=F("attempts") + 1)
         try:
             fields = _compute(inference)
         except Exception as exc:

@@ -76,6 +76,7 @@ def test_model_contributor_and_index_pages(answered, planted, cast, client):
     assert "Your data was used in <strong>1</strong> answer of <strong>1</strong> model" in page
     paid = Attribution.objects.get().shares.get(contributor=alice).amount_micro
     assert paid > 0 and f"{paid / 1_000_000:.6f}" in page
+    assert f'<a href="{reverse("attribution:datanet", args=[planted.datanet.slug])}">Codes</a>' in page
     # alice is neither the caller nor the owner: the answer itself stays hidden from her.
     assert reverse("attribution:inference", args=[answered.pk]) not in page
     client.force_login(UserFactory())
