@@ -323,7 +323,9 @@ def attribution_run(*, inference_id: int, final_attempt: bool = False) -> Attrib
                 ).update(status=Attribution.Status.FAILED, error=error)
                 raise AttributionRetry(error) from exc
             attribution = _store(
-                attribution_id=attribution.pk, fields={"error": error}, status=Attribution.Status.FALLBACK
+                attribution_id=attribution.pk,
+                fields={"error": error, "unattributed": 1.0},
+                status=Attribution.Status.FALLBACK,
             )
         else:
             attribution = _store(

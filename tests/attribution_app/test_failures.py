@@ -39,6 +39,7 @@ def test_engine_failures_are_retried_then_settled_by_row_share(planted, make_inf
     assert attribution.status == "fallback" and attribution.attempts == retries + 1
     assert attribution.error == "RuntimeError: index file unreadable"
     assert attribution.contributor_shares == {} and attribution.settlement_status == "settled"
+    assert attribution.unattributed == 1.0 and attribution.settlement_rule == "settle-1"
 
     # Row share of the training data: alice gave 17 rows, bob and carol 16 each (49 in all).
     alice, bob, carol = (planted.people[n] for n in ("alice", "bob", "carol"))
