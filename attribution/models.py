@@ -1,1 +1,130 @@
-from django.db import models  # noqa: F401  (models arrive with the attribution issue)
+"""Proof of Attribution records: the index a training job built, the curators' data valuation, and one attribution
+(with its settlement) per answer."""
+
+from django.conf import settings
+from django.db import models
+
+
+class ModelIndex(models.Model):
+    """The attribution index of one training job: projected gradients of its training rows and a span index,
+    stored under the job's workdir. Built once, at the end of training, by the "indexing" stage."""
+
+    job = models.OneToOneField("modelfactory.FineTuneJob", on_delete=models.CASCADE, related_name="attribution_index")
+    folder = models.CharField(max_length=1000)
+    index_path = models.CharField(max_length=1000)
+    spans_path = models.CharField(max_length=1000)
+    owners_path = models.CharField(max_length=1000, help_text="Row id -> contributor and contribution (JSON).")
+    method_version = models.CharField(max_length=20)
+    params = models.JSONField(
+        default=dict, help_text="Seed, projection, k per LoRA matrix, damping: what a recomputation needs."
+    )
+    k = models.PositiveIntegerField()
+    seed = models.BigIntegerField()
+    rows = models.PositiveIntegerField(help_text="Training rows indexed (the held-out rows are not).")
+    bytes = models.BigIntegerField(help_text="Size of the index files on disk.")
+    build_seconds = models.FloatField()
+    valuation = models.JSONField(default=dict, blank=True, help_text="Data valuation run: version, method, rule.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"attribution index of job {self.job_id} ({self.rows} rows)"
+
+
+class ContributionValue(models.Model):
+    """Data valuation: a contribution's influence on the job's held-out eval loss (negative = made it worse)."""
+
+    index = models.ForeignKey(ModelIndex, on_delete=models.CASCADE, related_name="values")
+    contribution = models.ForeignKey("datanets.Contribution", on_delete=models.CASCADE, related_name="values")
+    contributor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    datanet = models.ForeignKey("datanets.Datanet", on_delete=models.CASCADE, related_name="contribution_values")
+    value = models.FloatField(help_text="Sum of its rows' influence on the eval set (> 0 helped, < 0 hurt).")
+    rows = models.PositiveIntegerField()
+    z = models.FloatField(help_text="How far below the typical row it lies, in noise units.")
+    harmful = models.BooleanField(default=False, help_text="Strongly harmful: flagged for the curators' review.")
+
+    class Meta:
+        ordering = ["z", "id"]
+        constraints = [models.UniqueConstraint(fields=["index", "contribution"], name="contribution_value_once")]
+
+    def __str__(self) -> str:
+        return f"contribution {self.contribution_id} value {self.value:.4g}"
+
+
+class Attribution(models.Model):
+    """Which contributors and rows shaped one answer, and how its fee was settled."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Being computed"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed (retrying)"
+        FALLBACK = "fallback", "Fell back to row shares"
+
+    class Settlement(models.TextChoices):
+        PENDING = "pending", "Not settled yet"
+        SETTLED = "settled", "Settled"
+        SKIPPED = "skipped", "Nothing to settle"
+        FAILED = "failed", "Settlement refused"
+
+    FINISHED = (Status.DONE, Status.FALLBACK)
+
+    inference = models.OneToOneField("modelfactory.Inference", on_delete=models.CASCADE, related_name="attribution")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    method_version = models.CharField(max_length=20, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    contributor_shares = models.JSONField(default=dict, blank=True, help_text="{user id: share} from the engine.")
+    contribution_shares = models.JSONField(default=dict, blank=True, help_text="{contribution id: share}.")
+    unattributed = models.FloatField(default=0.0, help_text="Share the evidence could not pin on anyone.")
+    span_coverage = models.FloatField(default=0.0)
+    gradient_attributed = models.FloatField(default=0.0)
+    top_rows = models.JSONField(default=list, blank=True, help_text="[{record_id, contributor_id, score}]")
+    spans = models.JSONField(default=list, blank=True, help_text="[{start, end, record_id, char_start, char_end}]")
+    settlement_rule = models.CharField(max_length=20, blank=True)
+    settlement_shares = models.JSONField(default=dict, blank=True, help_text="{user id: share} sent to the ledger.")
+    settlement_status = models.CharField(max_length=10, choices=Settlement.choices, default=Settlement.PENDING)
+    settlement_note = models.TextField(blank=True)
+    settlement_tx = models.ForeignKey(
+        "ledger.Transaction", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    compute_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(unattributed__gte=0) & models.Q(unattributed__lte=1.000001),
+                name="attribution_unattributed_0_1",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"attribution of inference {self.inference_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class AttributionShare(models.Model):
+    """One contributor's share of one answer (denormalised for the per-model and per-contributor pages)."""
+
+    attribution = models.ForeignKey(Attribution, on_delete=models.CASCADE, related_name="shares")
+    contributor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    model = models.ForeignKey("modelfactory.TrainedModel", on_delete=models.CASCADE, related_name="+")
+    share = models.FloatField(help_text="Attribution share (engine), 0..1.")
+    settled_share = models.FloatField(help_text="Share of the contributors' part sent to settlement, 0..1.")
+    amount_micro = models.BigIntegerField(default=0, help_text="Paid to this contributor for this answer.")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-share", "contributor_id"]
+        constraints = [models.UniqueConstraint(fields=["attribution", "contributor"], name="attribution_share_once")]
+
+    def __str__(self) -> str:
+        return f"{self.contributor_id}: {self.share:.3f}"

@@ -283,3 +283,12 @@ MF_LEDGER_OWNER_BP_MAX = env.int("MF_LEDGER_OWNER_BP_MAX", 5_000, min_value=0, m
 MF_LEDGER_CONTRIBUTORS_BP_MIN = env.int("MF_LEDGER_CONTRIBUTORS_BP_MIN", 5_000, min_value=0, max_value=10_000)
 MF_LEDGER_PLATFORM_BP_MIN = env.int("MF_LEDGER_PLATFORM_BP_MIN", 500, min_value=0, max_value=10_000)
 MF_LEDGER_PLATFORM_BP_MAX = env.int("MF_LEDGER_PLATFORM_BP_MAX", 2_000, min_value=0, max_value=10_000)
+
+# Proof of Attribution: projected gradient size per training row, retries of a failed attribution before its fee is
+# settled by row share, the age after which the sweep re-enqueues an unfinished attribution, models kept warm per
+# worker process.
+MF_ATTRIBUTION_K = env.int("MF_ATTRIBUTION_K", 4096, min_value=64, max_value=65536)
+MF_ATTRIBUTION_MAX_RETRIES = env.int("MF_ATTRIBUTION_MAX_RETRIES", 3, min_value=0, max_value=20)
+MF_ATTRIBUTION_RETRY_BACKOFF_MAX = env.int("MF_ATTRIBUTION_RETRY_BACKOFF_MAX", 600, min_value=1)
+MF_ATTRIBUTION_SWEEP_MINUTES = env.int("MF_ATTRIBUTION_SWEEP_MINUTES", 15, min_value=1)
+MF_ATTRIBUTION_CACHE_SIZE = env.int("MF_ATTRIBUTION_CACHE_SIZE", 2, min_value=1, max_value=64)

@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TokenObtainView
+from attribution.api import InferenceAttributionView
 from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
@@ -20,6 +21,9 @@ api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("", include(router.urls)),
     path("ledger/", include("ledger.api_urls")),
+    path(
+        "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
+    ),
 ]
 
 urlpatterns = [
@@ -30,6 +34,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("datanets/", include("datanets.urls")),
     path("wallet/", include("ledger.urls")),
+    path("attribution/", include("attribution.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

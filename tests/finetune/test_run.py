@@ -42,7 +42,7 @@ def test_a_job_runs_to_a_published_adapter(job):
     assert kinds.count("train") == done.total_steps == metrics["steps"]
     assert "eval" in kinds
     phases = [e.data["phase"] for e in done.events.filter(kind="phase")]
-    assert phases == ["queued", "loading", "training", "evaluating", "saving"]
+    assert phases == ["queued", "loading", "training", "evaluating", "saving", "indexing"]  # indexing: attribution
 
     model = TrainedModel.objects.get()
     version = ModelVersion.objects.get()

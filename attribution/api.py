@@ -1,0 +1,52 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from attribution import selectors
+from attribution.models import Attribution
+from attribution.serializers import AttributionSerializer
+from ledger.calc.money import format_credits
+
+
+def attribution_payload(attribution: Attribution) -> dict:
+    detail = selectors.attribution_detail(attribution=attribution)
+    return {
+        "inference_id": attribution.inference_id,
+        "status": attribution.status,
+        "method_version": attribution.method_version,
+        "unattributed": attribution.unattributed,
+        "span_coverage": attribution.span_coverage,
+        "settlement": {
+            "status": attribution.settlement_status,
+            "note": attribution.settlement_note,
+            "transaction_id": attribution.settlement_tx_id,
+            "rule": attribution.settlement_rule,
+        },
+        "contributors": [
+            {
+                "username": c["username"],
+                "share": c["share"],
+                "settled_share": c["settled_share"],
+                "amount": format_credits(c["amount"]) if c["amount"] is not None else None,
+            }
+            for c in detail["contributors"]
+        ],
+        "rows": detail["rows"],
+        "spans": [
+            {k: span[k] for k in ("start", "end", "record_id", "char_start", "char_end")} for span in detail["spans"]
+        ],
+    }
+
+
+class InferenceAttributionView(APIView):
+    """Which contributors and training rows shaped one answer, and what each was paid. Visible to the caller, the
+    model's owner and staff."""
+
+    @extend_schema(responses={200: AttributionSerializer}, operation_id="inference_attribution")
+    def get(self, request, inference_id: int):
+        try:
+            attribution = selectors.attribution_get_for(user=request.user, inference_id=inference_id)
+        except Attribution.DoesNotExist:
+            raise exceptions.NotFound("There is no attribution for this answer that you may see.") from None
+        return Response(AttributionSerializer(attribution_payload(attribution)).data)

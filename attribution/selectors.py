@@ -1,0 +1,195 @@
+"""Attribution reads, each scoped to who may see it.
+
+- One answer's attribution: its caller, the model's owner and staff (anyone else gets DoesNotExist -> 404).
+- A model's summary: the models the user may see (modelfactory.selectors.trained_models_visible).
+- A contributor's summary: their own.
+- A datanet's summary: whoever may see the datanet; the data valuation flags only its curators.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
+
+from attribution.models import Attribution, AttributionShare, ContributionValue
+
+
+def attribution_get_for(*, user, inference_id: int) -> Attribution:
+    """Raises Attribution.DoesNotExist when there is none yet or the user may not see it."""
+    from modelfactory.models import Inference
+
+    inferences = Inference.objects.filter(pk=inference_id)
+    if not user.is_staff:
+        inferences = inferences.filter(Q(caller=user) | Q(model__owner=user))
+    inference = inferences.select_related("model", "caller").first()
+    if inference is None:
+        raise Attribution.DoesNotExist
+    return Attribution.objects.select_related("inference__model__owner", "inference__caller", "settlement_tx").get(
+        inference=inference
+    )
+
+
+def attribution_detail(*, attribution: Attribution, top: int = 10) -> dict:
+    """Everything the answer page and the API show: contributors with shares and amounts, the top rows with their
+    text and owner, the spans, and the answer cut into plain and highlighted pieces."""
+    from accounts.models import User
+    from datanets.models import Record
+
+    shares = list(attribution.shares.select_related("contributor").order_by("-share", "-settled_share", "contributor"))
+    settled = attribution.settlement_status == Attribution.Settlement.SETTLED
+    contributors = [
+        {
+            "username": s.contributor.username,
+            "user_id": s.contributor_id,
+            "share": s.share,
+            "settled_share": s.settled_share,
+            "amount": s.amount_micro if settled else None,
+        }
+        for s in shares
+    ]
+    record_ids = [r["record_id"] for r in attribution.top_rows[:top]] + [s["record_id"] for s in attribution.spans]
+    records = {r.pk: r for r in Record.objects.filter(pk__in=record_ids)}
+    users = dict(User.objects.filter(pk__in=[r.contributor_id for r in records.values()]).values_list("pk", "username"))
+    rows = []
+    for row in attribution.top_rows[:top]:
+        record = records.get(row["record_id"])
+        rows.append(
+            {
+                "record_id": row["record_id"],
+                "contributor": users.get(record.contributor_id, "") if record else "",
+                "score": row["score"],
+                "text": record.text if record else "",
+            }
+        )
+    split = {}
+    if settled and attribution.settlement_tx is not None:
+        split = (attribution.settlement_tx.metadata.get("settlement") or {}).get("split", {})
+    return {
+        "contributors": contributors,
+        "rows": rows,
+        "spans": [
+            {**span, "contributor": users.get(getattr(records.get(span["record_id"]), "contributor_id", None), "")}
+            for span in attribution.spans
+        ],
+        "pieces": answer_pieces(attribution.inference.output, attribution.spans),
+        "owner_amount": split.get("owner") if settled else None,
+        "platform_amount": split.get("platform") if settled else None,
+    }
+
+
+def answer_pieces(text: str, spans: list[dict]) -> list[dict]:
+    """The answer as consecutive pieces {text, highlighted, record_ids}, for highlighting the verbatim spans."""
+    marks: dict[int, set[int]] = defaultdict(set)
+    for span in spans:
+        start, end = span.get("char_start"), span.get("char_end")
+        if start is None or end is None:
+            continue
+        for position in range(max(0, start), min(len(text), end)):
+            marks[position].add(span["record_id"])
+    pieces: list[dict] = []
+    for position, char in enumerate(text):
+        ids = sorted(marks.get(position, ()))
+        if pieces and pieces[-1]["record_ids"] == ids:
+            pieces[-1]["text"] += char
+        else:
+            pieces.append({"text": char, "highlighted": bool(ids), "record_ids": ids})
+    return pieces
+
+
+def attributions_visible(*, user) -> QuerySet[Attribution]:
+    """The answers the user asked or that their models gave (staff: all), newest first."""
+    rows = Attribution.objects.select_related("inference__model", "inference__caller")
+    if not user.is_staff:
+        rows = rows.filter(Q(inference__caller=user) | Q(inference__model__owner=user))
+    return rows.order_by("-created_at", "-id")
+
+
+def model_summary(*, model) -> dict:
+    """Contributors' share over all of a model's attributed answers, and per day (for the chart)."""
+    shares = AttributionShare.objects.filter(model=model)
+    answers = Attribution.objects.filter(inference__model=model, status__in=Attribution.FINISHED).count()
+    totals = list(
+        shares.values("contributor__username")
+        .annotate(share=Sum("share"), settled=Sum("settled_share"), amount=Sum("amount_micro"), answers=Count("id"))
+        .order_by("-share", "contributor__username")
+    )
+    for row in totals:
+        row["mean_share"] = row["share"] / answers if answers else 0.0
+    per_day = (
+        shares.annotate(day=TruncDate("created_at"))
+        .values("day", "contributor__username")
+        .annotate(share=Sum("share"))
+        .order_by("day", "contributor__username")
+    )
+    days = sorted({str(row["day"]) for row in per_day})
+    series: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in per_day:
+        series[row["contributor__username"]][str(row["day"])] = row["share"]
+    return {
+        "answers": answers,
+        "contributors": totals,
+        "chart": {
+            "labels": days,
+            "datasets": [
+                {"label": name, "data": [values.get(day, 0.0) for day in days]} for name, values in series.items()
+            ],
+        },
+    }
+
+
+def contributor_summary(*, user) -> dict:
+    """'Your data was used in N answers of M models', per model, and earnings from the ledger."""
+    from datanets.models import Datanet
+    from ledger.selectors import earnings
+
+    shares = AttributionShare.objects.filter(contributor=user, share__gt=0)
+    per_model = list(
+        shares.values("model__slug", "model__name")
+        .annotate(answers=Count("id"), share=Sum("share"), amount=Sum("amount_micro"))
+        .order_by("-answers", "model__slug")
+    )
+    return {
+        "answers": shares.values("attribution").distinct().count(),
+        "models": len(per_model),
+        "per_model": per_model,
+        "paid": AttributionShare.objects.filter(contributor=user).aggregate(t=Sum("amount_micro"))["t"] or 0,
+        "earnings": earnings(user=user, days=365),
+        "datanets": list(
+            Datanet.objects.filter(Q(owner=user) | Q(curators=user) | Q(records__contributor=user))
+            .distinct()
+            .order_by("name")
+            .values("slug", "name")
+        ),
+    }
+
+
+def datanet_summary(*, datanet, user) -> dict:
+    """Answers and shares per contributor of this datanet's rows; data valuation (curators only)."""
+    from datanets.selectors import datanet_can_curate
+
+    user_ids = set(datanet.records.values_list("contributor_id", flat=True).distinct())
+    job_ids = datanet.versions.values("finetune_jobs")
+    shares = AttributionShare.objects.filter(
+        contributor_id__in=user_ids, attribution__inference__model_version__job__in=job_ids
+    )
+    per_contributor = list(
+        shares.values("contributor__username")
+        .annotate(answers=Count("id"), share=Sum("share"), amount=Sum("amount_micro"))
+        .order_by("-share", "contributor__username")
+    )
+    curator = datanet_can_curate(user=user, datanet=datanet)
+    values = []
+    if curator:
+        values = list(
+            ContributionValue.objects.filter(datanet=datanet)
+            .select_related("contribution", "contributor", "index__job")
+            .order_by("z", "id")
+        )
+    return {
+        "per_contributor": per_contributor,
+        "values": values,
+        "harmful": [v for v in values if v.harmful],
+        "curator": curator,
+    }

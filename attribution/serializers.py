@@ -1,0 +1,37 @@
+from rest_framework import serializers
+
+
+class ContributorShareSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    share = serializers.FloatField(help_text="Share of the answer attributed to this contributor (0..1).")
+    settled_share = serializers.FloatField(help_text="Share of the contributors' part of the fee paid to them.")
+    amount = serializers.CharField(
+        allow_null=True, help_text="Credits paid for this answer (decimal string, 6 places); null until settled."
+    )
+
+
+class AttributedRowSerializer(serializers.Serializer):
+    record_id = serializers.IntegerField()
+    contributor = serializers.CharField()
+    score = serializers.FloatField(help_text="Influence on this answer (> 0: made it more likely).")
+    text = serializers.CharField()
+
+
+class SpanSerializer(serializers.Serializer):
+    start = serializers.IntegerField(help_text="First answer token of the verbatim span.")
+    end = serializers.IntegerField(help_text="One past the last answer token.")
+    record_id = serializers.IntegerField()
+    char_start = serializers.IntegerField(allow_null=True, help_text="Character offset in the answer text.")
+    char_end = serializers.IntegerField(allow_null=True)
+
+
+class AttributionSerializer(serializers.Serializer):
+    inference_id = serializers.IntegerField()
+    status = serializers.CharField(help_text="pending, done, failed (retrying) or fallback (settled by row share).")
+    method_version = serializers.CharField()
+    unattributed = serializers.FloatField()
+    span_coverage = serializers.FloatField()
+    settlement = serializers.DictField(help_text="{status, note, transaction_id, rule}")
+    contributors = ContributorShareSerializer(many=True)
+    rows = AttributedRowSerializer(many=True)
+    spans = SpanSerializer(many=True)

@@ -1,0 +1,52 @@
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import render
+
+from attribution import selectors
+from attribution.models import Attribution
+
+
+@login_required
+def index(request):
+    """Your data's use, and the answers you asked or your models gave."""
+    page = Paginator(selectors.attributions_visible(user=request.user), 25).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "attribution/index.html",
+        {"summary": selectors.contributor_summary(user=request.user), "page": page},
+    )
+
+
+@login_required
+def inference(request, inference_id: int):
+    try:
+        attribution = selectors.attribution_get_for(user=request.user, inference_id=inference_id)
+    except Attribution.DoesNotExist:
+        raise Http404("There is no attribution for this answer that you may see.") from None
+    detail = selectors.attribution_detail(attribution=attribution)
+    return render(request, "attribution/inference.html", {"attribution": attribution, "d": detail})
+
+
+@login_required
+def model(request, slug: str):
+    from modelfactory.selectors import trained_models_visible
+
+    trained = trained_models_visible(user=request.user).filter(slug=slug).first()
+    if trained is None:
+        raise Http404("No such model.")
+    summary = selectors.model_summary(model=trained)
+    return render(request, "attribution/model.html", {"model": trained, "s": summary})
+
+
+@login_required
+def datanet(request, slug: str):
+    from datanets.models import Datanet
+    from datanets.selectors import datanet_get_visible
+
+    try:
+        found = datanet_get_visible(user=request.user, slug=slug)
+    except Datanet.DoesNotExist:
+        raise Http404("No such datanet.") from None
+    summary = selectors.datanet_summary(datanet=found, user=request.user)
+    return render(request, "attribution/datanet.html", {"datanet": found, "s": summary})

@@ -1,0 +1,71 @@
+"""The "indexing" post-training stage on a real tiny job."""
+
+from pathlib import Path
+
+import pytest
+
+from attribution import runtime
+from attribution.engine import METHOD_VERSION, AttributionIndex, SpanIndex
+from attribution.models import ContributionValue, ModelIndex
+from datanets.models import Contribution
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_training_job_builds_and_records_the_index(planted):
+    job = planted.job
+    phases = [e.data["phase"] for e in job.events.filter(kind="phase")]
+    assert phases == ["queued", "loading", "training", "evaluating", "saving", "indexing"]
+    assert "stage_errors" not in job.report
+
+    record = ModelIndex.objects.get(job=job)
+    index = AttributionIndex.load(record.index_path)
+    owners = runtime.read_owners(record.owners_path)
+    rows_total = sum(len(part) for part in planted.rows.values())
+    held_out = round(rows_total * 0.1)
+    assert record.rows == index.size == len(owners) == rows_total - held_out
+    assert set(index.row_ids.tolist()) == set(owners)
+    assert (record.k, record.seed, record.method_version) == (
+        index.k,
+        planted.job.hyperparameters["seed"],
+        METHOD_VERSION,
+    )
+    assert record.params == index.params()
+    assert Path(record.folder) == job.workdir / "attribution"
+    assert record.bytes == sum(p.stat().st_size for p in Path(record.folder).iterdir())
+    assert record.build_seconds > 0
+    assert SpanIndex.load(record.spans_path) is not None
+    users = {u.pk for u in planted.people.values()}
+    assert {owner.contributor_id for owner in owners.values()} == users
+    contributions = dict(Contribution.objects.values_list("pk", "contributor_id"))
+    assert all(contributions[o.contribution_id] == o.contributor_id for o in owners.values())
+    assert job.message.startswith("Training finished.")
+
+
+def test_data_valuation_is_stored_per_contribution(planted):
+    record = ModelIndex.objects.get(job=planted.job)
+    values = list(ContributionValue.objects.filter(index=record))
+    assert {v.contributor_id for v in values} == {u.pk for u in planted.people.values()}
+    assert all(v.datanet_id == planted.datanet.pk for v in values)
+    assert sum(v.rows for v in values) == record.rows
+    assert record.valuation["version"] == "poa-val-1"
+    assert record.valuation["eval_rows"] == sum(len(p) for p in planted.rows.values()) - record.rows
+    assert [v.z for v in values] == sorted(v.z for v in values)
+    for v in values:
+        assert v.harmful == (v.value < 0 and v.z <= -record.valuation["harmful_z"])
+
+
+def test_a_failing_index_stage_keeps_the_model_and_says_why(cast, pretrained_dir, monkeypatch, planted_factory):
+    from attribution import engine
+
+    def boom(*args, **kwargs):
+        raise engine.EngineError("No training rows to index.")
+
+    monkeypatch.setattr(engine, "build_index", boom)
+    planted = planted_factory()
+    assert planted.job.status == "succeeded"
+    assert not ModelIndex.objects.exists()
+    assert planted.job.report["stage_errors"] == {
+        "indexing": "Building the attribution index over the training rows did not finish "
+        "(EngineError: No training rows to index.)."
+    }

@@ -1,0 +1,104 @@
+"""Who may see what: the answer page and API, the per-model, per-contributor and per-datanet pages, the admin."""
+
+import pytest
+from django.urls import reverse
+
+from attribution.models import Attribution, ContributionValue, ModelIndex
+from attribution.tasks import inference_attribute_task
+from tests.attribution_app.conftest import LONG_ANSWER, LONG_QUESTION
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def answered(planted, make_inference, cast):
+    inference = make_inference(planted, LONG_QUESTION, caller=cast.teammate)
+    inference_attribute_task.apply(args=[inference.pk])
+    return inference
+
+
+@pytest.mark.parametrize("who", ["teammate", "owner", "staff"])
+def test_caller_owner_and_staff_see_the_attribution(answered, cast, client, who):
+    client.force_login(getattr(cast, who))
+    body = client.get(f"/api/v1/inferences/{answered.pk}/attribution/").json()
+    assert body["inference_id"] == answered.pk and body["status"] == "done"
+    assert [c["username"] for c in body["contributors"]][0] == "alice"
+    page = client.get(reverse("attribution:inference", args=[answered.pk]))
+    assert page.status_code == 200 and LONG_ANSWER in page.content.decode()
+
+
+def test_anyone_else_gets_404(answered, cast, client):
+    client.force_login(cast.outsider)
+    response = client.get(f"/api/v1/inferences/{answered.pk}/attribution/")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert client.get(reverse("attribution:inference", args=[answered.pk])).status_code == 404
+    assert client.get(f"/api/v1/inferences/{answered.pk + 100}/attribution/").status_code == 404
+    client.logout()
+    assert client.get(f"/api/v1/inferences/{answered.pk}/attribution/").status_code in (401, 403)
+    assert client.get(reverse("attribution:inference", args=[answered.pk])).status_code == 302
+
+
+def test_row_text_is_escaped(planted, make_inference, cast, client):
+    from datanets.models import Record
+
+    Record.objects.filter(content__output=LONG_ANSWER).update(text="<script>alert(1)</script>")
+    inference = make_inference(planted, LONG_QUESTION, caller=cast.teammate)
+    inference_attribute_task.apply(args=[inference.pk])
+    client.force_login(cast.teammate)
+    page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_pending_attribution_says_so(planted, make_inference, cast, client):
+    inference = make_inference(planted, LONG_QUESTION, caller=cast.teammate)
+    client.force_login(cast.teammate)
+    body = client.get(f"/api/v1/inferences/{inference.pk}/attribution/").json()
+    assert (body["status"], body["contributors"], body["rows"], body["settlement"]["status"]) == (
+        "pending",
+        [],
+        [],
+        "pending",
+    )
+    page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
+    assert "We are still working out which training rows shaped this answer" in page
+
+
+def test_model_contributor_and_index_pages(answered, planted, cast, client):
+    alice = planted.people["alice"]
+    model = answered.model
+    client.force_login(cast.owner)
+    page = client.get(reverse("attribution:model", args=[model.slug])).content.decode()
+    assert "Over 1 attributed answer" in page and "alice" in page and 'id="attribution-chart"' in page
+    client.force_login(alice)
+    page = client.get(reverse("attribution:index")).content.decode()
+    assert "Your data was used in <strong>1</strong> answer of <strong>1</strong> model" in page
+    paid = Attribution.objects.get().shares.get(contributor=alice).amount_micro
+    assert paid > 0 and f"{paid / 1_000_000:.6f}" in page
+    assert f'<a href="{reverse("attribution:datanet", args=[planted.datanet.slug])}">Codes</a>' in page
+    # alice is neither the caller nor the owner: the answer itself stays hidden from her.
+    assert reverse("attribution:inference", args=[answered.pk]) not in page
+    client.force_login(UserFactory())
+    assert client.get(reverse("attribution:model", args=[model.slug])).status_code == 404  # a private model
+
+
+def test_datanet_page_shows_the_valuation_to_curators_only(planted, cast, client):
+    index = ModelIndex.objects.get()
+    value = ContributionValue.objects.filter(index=index).first()
+    ContributionValue.objects.filter(pk=value.pk).update(harmful=True)
+    url = reverse("attribution:datanet", args=[planted.datanet.slug])
+    client.force_login(cast.owner)
+    page = client.get(url).content.decode()
+    assert "1 contribution flagged for review." in page and "Review: made the model worse" in page
+    client.force_login(cast.outsider)
+    page = client.get(url).content.decode()
+    assert "Which contributions help the models" not in page and "flagged" not in page
+
+
+def test_admin_lists_every_model(answered, cast, client):
+    client.force_login(cast.staff)
+    for name in ("modelindex", "contributionvalue", "attribution", "attributionshare"):
+        assert client.get(reverse(f"admin:attribution_{name}_changelist")).status_code == 200
+    attribution = Attribution.objects.get()
+    assert client.get(reverse("admin:attribution_attribution_change", args=[attribution.pk])).status_code == 200
