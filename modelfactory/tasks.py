@@ -11,3 +11,20 @@ def finetune_run_task(job_id: int, resume: bool = False) -> str:
 
     job = finetune_run(job_id=job_id, hostname=socket.gethostname(), resume=resume)
     return job.status if job is not None else "not-claimed"
+
+
+@shared_task(name="modelfactory.tasks.inference_generate_task", time_limit=900, soft_time_limit=880)
+def inference_generate_task(inference_id: int) -> str:
+    """Runs on the `inference` queue (thread pool: concurrent requests share the process's batcher). Not retried:
+    the web process fails the inference and releases its hold when no answer comes."""
+    from modelfactory.services import inference_generate
+
+    return inference_generate(inference_id=inference_id)
+
+
+@shared_task(name="modelfactory.tasks.inference_base_task", time_limit=900, soft_time_limit=880)
+def inference_base_task(**job) -> None:
+    """The playground's free base-model comparison."""
+    from modelfactory.services import base_generate
+
+    base_generate(**job)
