@@ -9,6 +9,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from core.api import error_body
 from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob, Inference
+from modelfactory.selectors import base_model_list
 from modelfactory.serializers import (
     BaseModelSerializer,
     FineTuneControlSerializer,
@@ -28,7 +29,7 @@ class BaseModelViewSet(viewsets.ReadOnlyModelViewSet):
     lookup_field = "slug"
 
     def get_queryset(self):
-        return selectors.base_model_list()
+        return base_model_list()
 
 
 class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -37,6 +38,8 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     serializer_class = FineTuneJobSerializer
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no user, no side effects
+            return FineTuneJob.objects.none()
         services.finetune_reap_stale()
         return selectors.job_list_for(user=self.request.user).prefetch_related("datanet_versions")
 

@@ -226,6 +226,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "DatanetVisibilityEnum": "datanets.models.Datanet.Visibility",
+        "TrainedModelVisibilityEnum": "modelfactory.models.TrainedModel.Visibility",
+    },
 }
 
 # --- Security ---------------------------------------------------------------------------------------------------
