@@ -703,6 +703,7 @@ def inference_start(
         )
     if not inference_worker_alive():
         raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
+    inference_reap_stale()
 
     price = model.price_per_1k_tokens
     reserved = fee_for_tokens(price_per_1k_tokens=price, tokens=len(prompt_ids) + max_new_tokens)
@@ -926,6 +927,22 @@ def inference_fail(*, inference_id: int, error: str) -> Inference | None:
         if inference.hold_key:
             hold_release(hold_key=inference.hold_key, memo="Answer failed: fee reservation released")
     return inference
+
+
+def inference_reap_stale() -> list[int]:
+    """Fails (and releases the holds of) inferences left pending long after any answer could still come, e.g. when
+    both the web process and the worker died. Cheap: one indexed query, normally empty."""
+    from modelfactory.models import Inference
+
+    limit = settings.MF_INFERENCE_TIMEOUT_SECONDS + settings.MF_STREAM_ACK_SECONDS + 60
+    stale = Inference.objects.filter(
+        status=Inference.Status.PENDING, created_at__lt=timezone.now() - timedelta(seconds=limit)
+    ).values_list("pk", flat=True)
+    reaped = []
+    for inference_id in list(stale[:100]):
+        if inference_fail(inference_id=inference_id, error="No answer came in time; the reservation was released."):
+            reaped.append(inference_id)
+    return reaped
 
 
 def inference_events(*, channel: str, inference_id: int | None = None):

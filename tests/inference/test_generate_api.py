@@ -158,3 +158,20 @@ def test_generation_error_fails_and_releases(api_client, cast, served, monkeypat
     assert message == "The model server failed while answering; nothing was charged. Try again."
     assert Inference.objects.get().status == Inference.Status.FAILED
     assert Hold.objects.get().status == Hold.Status.RELEASED and balance(cast.outsider) == CREDIT
+
+
+def test_inferences_left_pending_are_reaped_and_their_holds_released(api_client, cast, served, settings, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from modelfactory import services
+
+    monkeypatch.setattr(services, "_dispatch", lambda inference_id: None)
+    inference = services.inference_start(user=cast.outsider, slug="zorb-expert", source="api", prompt="Hi",
+                                         max_new_tokens=4)  # fmt: skip
+    assert services.inference_reap_stale() == []  # still within its time
+    Inference.objects.filter(pk=inference.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.inference_reap_stale() == [inference.pk]
+    assert Inference.objects.get().status == Inference.Status.FAILED
+    assert Hold.objects.get().status == Hold.Status.RELEASED and balance(cast.outsider) == CREDIT

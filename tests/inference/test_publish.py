@@ -87,3 +87,13 @@ def test_the_page_shows_no_publish_form_to_others(client, cast, tiny_dirs):
     page = client.get(f"/models/{model.slug}/").content.decode()
     assert "Publish this model" not in page and "Unpublish" not in page
     assert f"/models/{model.slug}/playground/" in page
+
+
+def test_admin_pages(client, cast, tiny_dirs):
+    make_model(owner=cast.owner, tiny_dirs=tiny_dirs)
+    ServingPolicy.current()
+    client.force_login(cast.staff)
+    assert client.get("/admin/modelfactory/inference/").status_code == 200
+    assert client.get("/admin/modelfactory/inference/add/").status_code == 403  # answers are records, read-only
+    assert client.get("/admin/modelfactory/servingpolicy/1/change/").status_code == 200
+    assert client.get("/admin/modelfactory/servingpolicy/add/").status_code == 403  # one row only
