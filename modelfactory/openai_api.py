@@ -5,6 +5,7 @@ official `openai` client works against us. Thin: parse, call the inference servi
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from django.http import JsonResponse, StreamingHttpResponse
@@ -16,6 +17,8 @@ from rest_framework.views import APIView
 
 from modelfactory import selectors, services
 from modelfactory.models import Inference, TrainedModel
+
+logger = logging.getLogger(__name__)
 
 TYPES = {
     400: "invalid_request_error",
@@ -47,7 +50,8 @@ def openai_exception_handler(exc, context):
             str(exc.detail),
         )
     else:
-        return None
+        logger.exception("unhandled error on %s", context["request"].path)
+        status, code, message = 500, "server_error", "Something went wrong on our side; it has been logged."
     response = Response(openai_error(message, status=status, code=code), status=status)
     if status == 401:
         response["WWW-Authenticate"] = "Bearer"

@@ -750,7 +750,9 @@ def inference_start(
 
 
 def _channel(inference_id: int) -> str:
-    return f"inference-{inference_id}"
+    """Unique even if ids are reused (a fresh database next to an old cache): the row's creation time is part."""
+    created = Inference.objects.filter(pk=inference_id).values_list("created_at", flat=True).first()
+    return f"inference-{inference_id}-{int(created.timestamp() * 1_000_000) if created else 0}"
 
 
 def _dispatch(inference_id: int) -> None:

@@ -111,6 +111,17 @@ else:
             "LOCATION": CACHE_URL.removeprefix("file://"),
         }
     }
+# Inference streams (worker -> web text deltas): their own space, so that culling one never drops the other's keys.
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES["streams"] = {**CACHES["default"], "KEY_PREFIX": "streams"}
+elif CACHE_URL.startswith("locmem://"):
+    CACHES["streams"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "streams"}
+else:
+    CACHES["streams"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": CACHE_URL.removeprefix("file://").rstrip("/") + "-streams",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
 
 # --- Auth -------------------------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

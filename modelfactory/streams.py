@@ -11,10 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from django.core.cache import cache
+from django.core.cache import caches
 
-TTL_SECONDS = 3600
+TTL_SECONDS = 900  # a channel nobody reads to the end (a dead web process) expires; normally the reader deletes it
 POLL_SECONDS = 0.02
+
+
+def _cache():
+    return caches["streams"]
 
 
 def _key(channel: str, part: str | int) -> str:
@@ -29,12 +33,12 @@ class Publisher:
         self.seq = 0
 
     def publish(self, event: dict) -> None:
-        cache.set(_key(self.channel, self.seq), event, TTL_SECONDS)
+        _cache().set(_key(self.channel, self.seq), event, TTL_SECONDS)
         self.seq += 1
 
     def ack(self) -> dict | None:
         """The reader's acknowledgement, if any: {"delivered": deltas sent to the client, "cancelled": bool}."""
-        return cache.get(_key(self.channel, "ack"))
+        return _cache().get(_key(self.channel, "ack"))
 
     def wait_ack(self, timeout: float) -> dict | None:
         deadline = time.monotonic() + timeout
@@ -54,13 +58,13 @@ class ChannelTimeout(Exception):
 
 
 def read(channel: str, *, start_timeout: float, timeout: float) -> Iterator[dict]:
-    """Yields events until `done` or `error` (included). Raises ChannelTimeout if the worker does not start within
-    `start_timeout` seconds or the whole answer takes longer than `timeout`."""
+    """Yields events until `done` or `error` (included; the channel's keys are deleted then). Raises ChannelTimeout
+    if the worker does not start within `start_timeout` seconds or the whole answer takes longer than `timeout`."""
     seq = 0
     began = time.monotonic()
     started = False
     while True:
-        event = cache.get(_key(channel, seq))
+        event = _cache().get(_key(channel, seq))
         if event is None:
             waited = time.monotonic() - began
             if waited > timeout or (not started and waited > start_timeout):
@@ -69,11 +73,13 @@ def read(channel: str, *, start_timeout: float, timeout: float) -> Iterator[dict
             continue
         seq += 1
         started = True
-        yield event
         if event["type"] in ("done", "error"):
+            _cache().delete_many([_key(channel, n) for n in range(seq)] + [_key(channel, "ack")])
+            yield event
             return
+        yield event
 
 
 def acknowledge(channel: str, *, delivered: int, cancelled: bool) -> None:
     """The reader's end: tells the worker how many deltas reached the client (and whether it went away)."""
-    cache.set(_key(channel, "ack"), {"delivered": delivered, "cancelled": cancelled}, TTL_SECONDS)
+    _cache().set(_key(channel, "ack"), {"delivered": delivered, "cancelled": cancelled}, TTL_SECONDS)

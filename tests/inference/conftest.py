@@ -17,6 +17,15 @@ CREDIT = 5_000_000
 
 
 @pytest.fixture(autouse=True)
+def _clear_streams():
+    from django.core.cache import caches
+
+    caches["streams"].clear()
+    yield
+    caches["streams"].clear()
+
+
+@pytest.fixture(autouse=True)
 def _serving_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

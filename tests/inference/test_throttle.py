@@ -33,3 +33,19 @@ def test_openai_path_is_throttled_in_openai_shape(api_client, cast):
     assert response.status_code == 429
     assert response.json()["error"]["type"] == "rate_limit_exceeded"
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_unexpected_error_on_the_openai_path_is_a_500_in_openai_shape(api_client, cast, monkeypatch):
+    from modelfactory import services
+
+    def boom(**kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(services, "inference_start", boom)
+    api_client.raise_request_exception = False
+    api_client.force_authenticate(cast.outsider)
+    body = {"model": "x", "messages": [{"role": "user", "content": "Hi"}]}
+    response = api_client.post("/v1/chat/completions", body, format="json")
+    assert response.status_code == 500
+    assert response.json() == {"error": {"message": "Something went wrong on our side; it has been logged.",
+                                         "type": "server_error", "param": None, "code": "server_error"}}  # fmt: skip
