@@ -858,13 +858,18 @@ def inference_generate(*, inference_id: int) -> str:
             token_ids = token_ids[: serving_runtime.delivered_prefix(batcher, token_ids, text)]
         if ack is not None and ack["cancelled"]:
             finish_reason = FINISH_CANCELLED
-    done = inference_complete(
-        inference_id=inference_id,
-        output=text,
-        output_token_ids=token_ids,
-        finish_reason=finish_reason,
-        latency_ms=latency_ms,
-    )
+    try:
+        done = inference_complete(
+            inference_id=inference_id,
+            output=text,
+            output_token_ids=token_ids,
+            finish_reason=finish_reason,
+            latency_ms=latency_ms,
+        )
+    except Exception:  # the database is unusable: the web side fails the inference when its wait times out
+        logger.exception("could not record inference %s", inference_id)
+        publisher.publish({"type": "error", "code": "generation_failed", "message": _generation_error_message(None)[1]})
+        return Inference.Status.PENDING
     if done is None:
         return Inference.objects.get(pk=inference_id).status
     publisher.publish(
@@ -879,6 +884,27 @@ def inference_generate(*, inference_id: int) -> str:
     return done.status
 
 
+def _retry_transient(function):
+    """Runs a whole durable transaction again after a transient database error (a deadlock, a serialization
+    failure, SQLite's "locked"); the functions retried only change rows still pending, so a retry is safe."""
+    import random
+
+    from django.db import OperationalError
+
+    def run(**kwargs):
+        for attempt in range(1, 6):
+            try:
+                return function(**kwargs)
+            except OperationalError:
+                if attempt == 5:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * attempt)  # noqa: S311 (jitter, not security)
+
+    run.__doc__ = function.__doc__
+    return run
+
+
+@_retry_transient
 def inference_complete(
     *, inference_id: int, output: str, output_token_ids: list[int], finish_reason: str, latency_ms: int
 ) -> Inference | None:
@@ -911,6 +937,7 @@ def inference_complete(
     return inference
 
 
+@_retry_transient
 def inference_fail(*, inference_id: int, error: str) -> Inference | None:
     """Marks a pending inference failed and gives its hold back in full. None if it was no longer pending."""
     from ledger.services import hold_release
@@ -954,11 +981,14 @@ def inference_events(*, channel: str, inference_id: int | None = None):
     from modelfactory import streams
 
     try:
-        yield from streams.read(
+        for event in streams.read(
             channel,
             start_timeout=settings.MF_INFERENCE_START_TIMEOUT_SECONDS,
             timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
-        )
+        ):
+            if event["type"] == "error" and inference_id is not None:
+                inference_fail(inference_id=inference_id, error=event["message"])  # no-op if the worker did it
+            yield event
     except streams.ChannelTimeout as exc:
         code, message = ("timeout", _generation_error_message(TimeoutError())[1]) if exc.started else (
             "server_unreachable", UNREACHABLE)  # fmt: skip
