@@ -1,8 +1,6 @@
 """Requests for different adapters of one base model, arriving together, share the worker process's single warm
 model, adapter cache and batcher: they are admitted as one batch (one prefill, shared decode steps)."""
 
-import time
-
 import pytest
 
 from ledger.services import credit_grant
@@ -26,12 +24,16 @@ def test_two_adapters_in_one_batch(cast, settings, monkeypatch, tmp_path):
     settings.MF_BATCH_WINDOW_MS = 1000
     settings.MF_INFERENCE_TIMEOUT_SECONDS = 15  # both requests arrive well within the window
 
+    dispatch, queued = services._dispatch, []
+    monkeypatch.setattr(services, "_dispatch", queued.append)
     started = [
         services.inference_start(
             user=cast.outsider, slug=slug, source="api", prompt="Hello", max_new_tokens=4, temperature=0.0
-        )  # fmt: skip
+        )
         for slug in ("first-model", "second-model")
     ]
+    for inference_id in queued:  # both arrive at the worker together
+        dispatch(inference_id)
     done = [services.inference_wait(inference=inference) for inference in started]
     assert [d.status for d in done] == [Inference.Status.COMPLETED] * 2
     (batcher,) = serving_runtime._batchers.values()
@@ -41,4 +43,3 @@ def test_two_adapters_in_one_batch(cast, settings, monkeypatch, tmp_path):
         assert sorted(batcher.engine.adapters.keys()) == sorted([str(first.resolve()), str(second.resolve())])
     finally:
         batcher.close()
-    time.sleep(0)

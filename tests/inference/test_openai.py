@@ -23,7 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def client(live_server, cast, served):
     _, key = api_token_create(user=cast.outsider, name="openai")
-    return openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=60)
+    with openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=60) as client:
+        yield client  # closed while the server runs: no idle keep-alive connection outlives the test
 
 
 def test_chat_completion(client, served):
@@ -68,8 +69,10 @@ def test_errors_in_openai_shape(client, live_server):
             model="zorb-expert", messages=[{"role": "user", "content": "Hi"}], temperature=-1
         )
     assert caught.value.body["param"] == "temperature"
-    bad_key = openai.OpenAI(api_key="wrong", base_url=f"{live_server.url}/v1", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with (
+        openai.OpenAI(api_key="wrong", base_url=f"{live_server.url}/v1", max_retries=0) as bad_key,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
         bad_key.models.list()
     assert caught.value.code == "invalid_api_key"
     assert Inference.objects.count() == 0
@@ -93,12 +96,15 @@ def test_malformed_json_and_unknown_route(live_server, cast, served):
     response = conn.getresponse()
     assert response.status == 404
     assert json.loads(response.read())["error"]["code"] == "unknown_url"
+    conn.close()
 
 
 def test_insufficient_credit_is_insufficient_quota(live_server, cast, served):
     _, key = api_token_create(user=cast.teammate, name="poor")
-    poor = openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0)
-    with pytest.raises(openai.APIStatusError) as caught:
+    with (
+        openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0) as poor,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
         poor.chat.completions.create(model="zorb-expert", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
     assert caught.value.status_code == 402
     assert caught.value.code == "insufficient_quota"
