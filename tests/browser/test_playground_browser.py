@@ -4,8 +4,8 @@ import pytest
 from playwright.sync_api import expect
 
 from modelfactory.models import Inference
-from tests.browser.conftest import browser, page, pytest_runtest_makereport  # noqa: F401 (fixtures, hook)
 from tests.factories import PASSWORD
+from tests.inference.conftest import _clear_streams, _serving_settings, served, tiny_dirs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
