@@ -866,7 +866,7 @@ def inference_generate(*, inference_id: int) -> str:
             finish_reason=finish_reason,
             latency_ms=latency_ms,
         )
-    except Exception:  # the database is unusable: the web side fails the inference when its wait times out
+    except Exception:  # the database is unusable: inference_reap_stale fails it and releases the hold later
         logger.exception("could not record inference %s", inference_id)
         publisher.publish({"type": "error", "code": "generation_failed", "message": _generation_error_message(None)[1]})
         return Inference.Status.PENDING
@@ -981,14 +981,13 @@ def inference_events(*, channel: str, inference_id: int | None = None):
     from modelfactory import streams
 
     try:
-        for event in streams.read(
+        # An `error` event comes after the worker failed the inference (or, if its database writes failed, the
+        # inference stays pending until inference_reap_stale releases it).
+        yield from streams.read(
             channel,
             start_timeout=settings.MF_INFERENCE_START_TIMEOUT_SECONDS,
             timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
-        ):
-            if event["type"] == "error" and inference_id is not None:
-                inference_fail(inference_id=inference_id, error=event["message"])  # no-op if the worker did it
-            yield event
+        )
     except streams.ChannelTimeout as exc:
         code, message = ("timeout", _generation_error_message(TimeoutError())[1]) if exc.started else (
             "server_unreachable", UNREACHABLE)  # fmt: skip
