@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.models import (
+    BaseModel,
+    FineTuneEvent,
+    FineTuneJob,
+    Inference,
+    ModelVersion,
+    ServingPolicy,
+    TrainedModel,
+)
 
 
 @admin.register(BaseModel)
@@ -48,3 +56,41 @@ class TrainedModelAdmin(admin.ModelAdmin):
     list_filter = ["status", "visibility"]
     search_fields = ["name", "slug", "owner__username"]
     inlines = [ModelVersionInline]
+
+
+@admin.register(ServingPolicy)
+class ServingPolicyAdmin(admin.ModelAdmin):
+    """Price bounds and answer-length cap for every published model (one row)."""
+
+    list_display = ["__str__", "min_price_per_1k_tokens", "max_price_per_1k_tokens", "max_new_tokens_cap",
+                    "default_max_new_tokens", "updated_at"]  # fmt: skip
+
+    def has_add_permission(self, request):
+        return not ServingPolicy.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Inference)
+class InferenceAdmin(admin.ModelAdmin):
+    """Read-only: answers are records of what was asked, answered and owed."""
+
+    list_display = ["id", "model", "model_version", "caller", "source", "status", "prompt_tokens",
+                    "completion_tokens", "fee_micro", "finish_reason", "latency_ms", "created_at"]  # fmt: skip
+    list_filter = ["status", "source", "finish_reason"]
+    search_fields = ["model__slug", "caller__username", "hold_key"]
+    list_select_related = ["model", "model_version__model", "caller"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Inference._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -4,14 +4,19 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 
+from core.api import error_body
 from modelfactory import selectors, services
-from modelfactory.models import FineTuneJob
+from modelfactory.models import FineTuneJob, Inference
 from modelfactory.serializers import (
     BaseModelSerializer,
     FineTuneControlSerializer,
     FineTuneCreateSerializer,
     FineTuneJobSerializer,
+    GenerateRequestSerializer,
+    GenerateResponseSerializer,
+    PublishSerializer,
     TrainedModelSerializer,
 )
 
@@ -79,3 +84,77 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
     def get_queryset(self):
         return selectors.trained_models_visible(user=self.request.user).prefetch_related("versions")
+
+    def get_throttles(self):
+        if self.action in ("generate", "publish", "unpublish"):
+            self.throttle_scope = "generate" if self.action == "generate" else "writes"
+            return [ScopedRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(request=PublishSerializer, responses={200: TrainedModelSerializer})
+    @action(detail=True, methods=["post"])
+    def publish(self, request, slug=None):
+        """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens."""
+        data = PublishSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        micro = int(data.validated_data["price_per_1k_tokens"] * 1_000_000)
+        try:
+            model = services.trained_model_publish(
+                user=request.user, slug=slug, price_per_1k_tokens=micro, visibility=data.validated_data["visibility"]
+            )
+        except services.ServingRefused as exc:
+            return _refused(exc)
+        return Response(TrainedModelSerializer(model).data)
+
+    @extend_schema(request=None, responses={200: TrainedModelSerializer})
+    @action(detail=True, methods=["post"])
+    def unpublish(self, request, slug=None):
+        """Back to draft: only you can call it."""
+        try:
+            model = services.trained_model_unpublish(user=request.user, slug=slug)
+        except services.ServingRefused as exc:
+            return _refused(exc)
+        return Response(TrainedModelSerializer(model).data)
+
+    @extend_schema(request=GenerateRequestSerializer, responses={200: GenerateResponseSerializer})
+    @action(detail=True, methods=["post"])
+    def generate(self, request, slug=None):
+        """Ask the model. The most the answer can cost is held first (402 without enough credit); the fee is for
+        the prompt and the answer's tokens. 503 when the model server is not reachable (nothing charged)."""
+        data = GenerateRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        try:
+            inference = services.inference_start(
+                user=request.user,
+                slug=slug,
+                source=Inference.Source.API,
+                messages=[dict(m) for m in values["messages"]] if "messages" in values else None,
+                prompt=values.get("prompt"),
+                max_new_tokens=values.get("max_new_tokens"),
+                temperature=values["temperature"],
+                top_p=values["top_p"],
+            )
+            inference = services.inference_wait(inference=inference)
+        except services.ServingRefused as exc:
+            return _refused(exc)
+        return Response(GenerateResponseSerializer(generate_payload(inference)).data)
+
+
+def generate_payload(inference) -> dict:
+    from ledger.calc.money import format_credits
+
+    return {
+        "inference_id": inference.pk,
+        "model": inference.model.slug,
+        "model_version": inference.model_version.number,
+        "output": inference.output,
+        "finish_reason": inference.finish_reason,
+        "usage": {"prompt_tokens": inference.prompt_tokens, "completion_tokens": inference.completion_tokens},
+        "fee": format_credits(inference.fee_micro),
+        "fee_reserved": format_credits(inference.fee_reserved_micro),
+    }
+
+
+def _refused(exc):
+    return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)

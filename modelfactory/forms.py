@@ -43,3 +43,17 @@ class PresetForm(forms.Form):
 
     def advanced_fields(self):
         return [self[f"hp_{name}"] for name in HYPERPARAMETERS]
+
+
+class PublishForm(forms.Form):
+    price = forms.DecimalField(
+        label="Price per 1,000 tokens (credits)",
+        min_value=0,
+        max_digits=18,
+        decimal_places=6,
+        initial="0.002",
+        help_text="Callers pay this for every 1,000 tokens of question and answer.",
+    )
+    visibility = forms.ChoiceField(
+        choices=[("public", "Public (anyone can use it)"), ("private", "Private (only you)")], initial="public"
+    )

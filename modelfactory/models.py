@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from pathlib import Path
 
 from django.conf import settings
@@ -240,3 +242,40 @@ class Inference(models.Model):
 
     def __str__(self) -> str:
         return f"inference {self.pk} of {self.model_id} ({self.status})"
+
+
+class ServingPolicy(models.Model):
+    """Operators' limits on serving, edited in the admin (one row; `ServingPolicy.current()` creates it with the
+    defaults on first use)."""
+
+    min_price_per_1k_tokens = models.BigIntegerField(
+        default=0, help_text="Lowest price a builder may set, in micro-credits per 1,000 tokens."
+    )
+    max_price_per_1k_tokens = models.BigIntegerField(
+        default=1_000_000, help_text="Highest price a builder may set, in micro-credits per 1,000 tokens."
+    )
+    max_new_tokens_cap = models.PositiveIntegerField(default=1024, help_text="Longest answer a caller may ask for.")
+    default_max_new_tokens = models.PositiveIntegerField(
+        default=256, help_text="Answer length when the caller does not say (capped by the context length)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "serving policy"
+        verbose_name_plural = "serving policy"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(min_price_per_1k_tokens__gte=0), name="serving_min_price_ge_0"),
+            models.CheckConstraint(
+                condition=models.Q(max_price_per_1k_tokens__gte=models.F("min_price_per_1k_tokens")),
+                name="serving_max_price_ge_min",
+            ),
+            models.CheckConstraint(condition=models.Q(max_new_tokens_cap__gte=1), name="serving_cap_ge_1"),
+        ]
+
+    def __str__(self) -> str:
+        return "Serving policy"
+
+    @classmethod
+    def current(cls) -> ServingPolicy:
+        policy, _ = cls.objects.get_or_create(pk=1)
+        return policy

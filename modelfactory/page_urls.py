@@ -12,4 +12,11 @@ urlpatterns = [
     path("models/", views.models_list, name="models"),
     path("models/<slug:slug>/", views.model_detail, name="model"),
     path("models/<slug:slug>/download/", views.model_download, name="model_download"),
+    path("models/<slug:slug>/publish/", views.model_publish, name="model_publish"),
+    path("models/<slug:slug>/unpublish/", views.model_unpublish, name="model_unpublish"),
+    path("models/<slug:slug>/playground/", views.playground, name="playground"),
+    path("models/<slug:slug>/playground/start/", views.playground_start, name="playground_start"),
+    path("models/<slug:slug>/playground/stream/<int:inference_id>/", views.playground_stream, name="playground_stream"),
+    path("models/<slug:slug>/playground/answer/<int:inference_id>/", views.playground_answer, name="playground_answer"),
+    path("models/<slug:slug>/playground/base/<str:channel>/", views.playground_base, name="playground_base"),
 ]

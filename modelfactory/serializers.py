@@ -71,3 +71,43 @@ class TrainedModelSerializer(serializers.ModelSerializer):
     def get_metrics(self, model) -> dict:
         version = model.latest_version
         return version.metrics if version else {}
+
+
+class PublishSerializer(serializers.Serializer):
+    price_per_1k_tokens = serializers.DecimalField(
+        max_digits=18,
+        decimal_places=6,
+        min_value=0,
+        help_text="Price per 1,000 tokens (prompt + answer) in credits, as a decimal string with up to 6 places, "
+        'e.g. "0.002000". Operators set the allowed range.',
+    )
+    visibility = serializers.ChoiceField(choices=TrainedModel.Visibility.choices, default="public")
+
+
+class ChatMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class GenerateRequestSerializer(serializers.Serializer):
+    messages = ChatMessageSerializer(many=True, required=False, help_text="A conversation; or send `prompt`.")
+    prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    max_new_tokens = serializers.IntegerField(required=False, help_text="Longest answer in tokens (operators cap it).")
+    temperature = serializers.FloatField(required=False, default=0.0, help_text="0 = always the likeliest word.")
+    top_p = serializers.FloatField(required=False, allow_null=True, default=None)
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+
+
+class GenerateResponseSerializer(serializers.Serializer):
+    inference_id = serializers.IntegerField()
+    model = serializers.CharField()
+    model_version = serializers.IntegerField(help_text="The exact version that answered.")
+    output = serializers.CharField()
+    finish_reason = serializers.CharField()
+    usage = UsageSerializer()
+    fee = serializers.CharField(help_text="Credits owed for this answer, decimal string with 6 places.")
+    fee_reserved = serializers.CharField(help_text="Credits held before generating (the most it could cost).")

@@ -17,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
-from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, Inference, ModelVersion, TrainedModel
 from modelfactory.training import model_files
 
 logger = logging.getLogger(__name__)
@@ -461,3 +461,615 @@ def finetune_reap_stale() -> list[int]:
                 "Launch it again; if it keeps happening, lower the batch size or max length.",
             )
     return [job_id for job_id, _ in stale]
+
+
+# --- Publishing and inference -------------------------------------------------------------------------------------
+#
+# Who pays what, and when:
+# - A caller pays for the tokens of its own prompt plus the tokens of the answer that reached it, at the model's
+#   price when the call was made: fee = ceil(price_per_1k_tokens * (prompt_tokens + completion_tokens) / 1000)
+#   micro-credits. Before generating, the most the call can cost (the answer at max_new_tokens) is held from the
+#   caller's wallet in the transaction that creates the Inference row; a caller who cannot cover it gets nothing.
+# - Owners pay for their own models like anyone else (the fee goes mostly back to them at settlement) and may also
+#   call their draft (unpublished) models, e.g. in the playground; other people call only published public models.
+# - A failed generation, a worker that never answers, or a timeout: the Inference is failed and the hold released
+#   in full. Nothing is owed.
+# - A streaming client that goes away mid-answer: generation stops, and the fee covers only the fewest tokens whose
+#   text reached the client's connection; the Inference is completed with finish_reason "cancelled" so that
+#   attribution settles the delivered part. If the web process dies without saying what it delivered, the tokens
+#   the worker generated are billed.
+# - The playground's base-model comparison is free, not recorded as an Inference and not attributed.
+# - Settlement (hold -> owner, contributors, platform; the unused rest back to the caller) is done by the
+#   inference-completed handlers (the attribution app), not here.
+
+
+class ServingRefused(Exception):
+    """The call was refused before or while generating; nothing is owed. `status` is the HTTP status to answer
+    with, `code` a short machine-readable name, `param` the request field at fault (if any)."""
+
+    def __init__(self, message: str, *, code: str, status: int = 400, param: str | None = None, details=None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.param = param
+        self.details = details or {}
+
+
+def _credits(micro: int) -> str:
+    from ledger.calc.money import format_credits
+
+    return format_credits(micro)
+
+
+def fee_for_tokens(*, price_per_1k_tokens: int, tokens: int) -> int:
+    """Micro-credits for `tokens` tokens, rounded up to the micro-credit."""
+    return -(-price_per_1k_tokens * tokens // 1000)
+
+
+def _owned_model(*, user, slug: str) -> TrainedModel:
+    model = TrainedModel.objects.filter(slug=slug).first()
+    if model is None or not (model.owner_id == user.pk or user.is_staff):
+        raise ServingRefused(f"You have no model called “{slug}”.", code="not_found", status=404)
+    return model
+
+
+def trained_model_publish(*, user, slug: str, price_per_1k_tokens: int, visibility: str) -> TrainedModel:
+    """Publishes the model's latest version at a price (micro-credits per 1,000 tokens) within the operators'
+    bounds. Publishing again changes price and visibility; calls already made keep the price they were made at."""
+    from modelfactory.models import ServingPolicy
+
+    model = _owned_model(user=user, slug=slug)
+    if model.latest_version is None:
+        raise ServingRefused("This model has no trained version yet, so it cannot be published.", code="no_version")
+    policy = ServingPolicy.current()
+    if not policy.min_price_per_1k_tokens <= price_per_1k_tokens <= policy.max_price_per_1k_tokens:
+        raise ServingRefused(
+            f"The price must be between {_credits(policy.min_price_per_1k_tokens)} and "
+            f"{_credits(policy.max_price_per_1k_tokens)} credits per 1,000 tokens "
+            f"(you asked for {_credits(price_per_1k_tokens)}).",
+            code="price_out_of_bounds",
+            param="price_per_1k_tokens",
+        )
+    if visibility not in TrainedModel.Visibility.values:
+        raise ServingRefused(
+            f"Visibility must be one of {', '.join(TrainedModel.Visibility.values)} (got “{visibility}”).",
+            code="invalid_visibility",
+            param="visibility",
+        )
+    with transaction.atomic(durable=True):
+        model = TrainedModel.objects.select_for_update().get(pk=model.pk)
+        model.price_per_1k_tokens = price_per_1k_tokens
+        model.visibility = visibility
+        if model.status != TrainedModel.Status.PUBLISHED:
+            model.status = TrainedModel.Status.PUBLISHED
+            model.published_at = timezone.now()
+        model.save(update_fields=["price_per_1k_tokens", "visibility", "status", "published_at"])
+    return model
+
+
+def trained_model_unpublish(*, user, slug: str) -> TrainedModel:
+    """Back to draft: only the owner can call it now. Past inferences are kept."""
+    model = _owned_model(user=user, slug=slug)
+    with transaction.atomic(durable=True):
+        TrainedModel.objects.filter(pk=model.pk).update(status=TrainedModel.Status.DRAFT)
+    model.refresh_from_db()
+    return model
+
+
+_tokenizer_lock = threading.Lock()
+
+
+def _count_prompt_tokens(*, base: BaseModel, messages: list[dict]) -> list[int]:
+    """The prompt's token ids exactly as the inference worker builds them (chat template, assistant turn open)."""
+    from modelfactory.selectors import _tokenizer
+
+    with _tokenizer_lock:
+        tokenizer = _tokenizer(base.path)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _clean_messages(*, messages, prompt) -> list[dict]:
+    from modelfactory.serving.engine import ROLES
+
+    if messages is not None and prompt is not None:
+        raise ServingRefused("Send either messages or prompt, not both.", code="invalid_request", param="messages")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise ServingRefused("The prompt must be text.", code="invalid_request", param="prompt")
+        messages = [{"role": "user", "content": prompt}]
+    if not messages:
+        raise ServingRefused(
+            "The prompt is empty: send a prompt or at least one message.", code="empty_prompt", param="messages"
+        )
+    if not isinstance(messages, list):
+        raise ServingRefused("messages must be a list of {role, content}.", code="invalid_messages", param="messages")
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise ServingRefused(
+                f"Message {index} must be an object with a text content.", code="invalid_messages", param="messages"
+            )
+        if message.get("role") not in ROLES:
+            raise ServingRefused(
+                f"Message {index} has role “{message.get('role')}”; use one of {', '.join(ROLES)}.",
+                code="invalid_messages",
+                param="messages",
+            )
+        clean.append({"role": message["role"], "content": message["content"]})
+    if not any(message["content"].strip() for message in clean):
+        raise ServingRefused("The prompt is empty: every message is blank.", code="empty_prompt", param="messages")
+    return clean
+
+
+def _is_number(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def inference_worker_alive() -> bool:
+    """Whether a live worker listens on the inference queue (or generation runs in-process, in tests)."""
+    from core.models import WorkerHeartbeat
+
+    if settings.MF_INFERENCE_INLINE:
+        return True
+    fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
+    return any("inference" in w.queues for w in WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after))
+
+
+UNREACHABLE = (
+    "The model server is not reachable right now, so nothing was generated and nothing was charged. "
+    "Try again in a minute."
+)
+
+
+def model_servable(*, user, slug: str) -> TrainedModel:
+    """A model the user may call: published and public, or their own (drafts included)."""
+    model = TrainedModel.objects.select_related("base_model").filter(slug=slug).first()
+    public = model is not None and model.status == TrainedModel.Status.PUBLISHED
+    public = public and model.visibility == TrainedModel.Visibility.PUBLIC
+    if model is None or not (public or model.owner_id == user.pk):
+        raise ServingRefused(f"There is no published model called “{slug}”.", code="model_not_found", status=404)
+    return model
+
+
+def inference_start(
+    *,
+    user,
+    slug: str,
+    source: str,
+    messages: list[dict] | None = None,
+    prompt: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    stream: bool = False,
+) -> Inference:
+    """Validates the call, counts the prompt's tokens, and in one transaction creates the pending Inference and
+    holds the most it can cost; the worker is handed the job when that transaction commits. Raises ServingRefused
+    (nothing created, nothing held)."""
+    from ledger.services import InsufficientFunds, hold_create
+    from modelfactory.models import Inference, ServingPolicy
+
+    model = model_servable(user=user, slug=slug)
+    version = model.latest_version
+    if version is None:
+        raise ServingRefused("This model has no trained version to answer with.", code="model_not_found", status=404)
+    clean = _clean_messages(messages=messages, prompt=prompt)
+    if temperature is None:
+        temperature = 0.0
+    if not _is_number(temperature) or temperature < 0:
+        raise ServingRefused(
+            f"temperature must be a number of 0 or more; 0 always picks the likeliest word (got {temperature!r}).",
+            code="invalid_temperature",
+            param="temperature",
+        )
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise ServingRefused(
+            f"top_p must be above 0 and at most 1 (got {top_p!r}).", code="invalid_top_p", param="top_p"
+        )
+    policy = ServingPolicy.current()
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or not 1 <= max_new_tokens <= policy.max_new_tokens_cap
+    ):
+        raise ServingRefused(
+            f"max_new_tokens must be a whole number from 1 to {policy.max_new_tokens_cap} (got {max_new_tokens!r}).",
+            code="invalid_max_new_tokens",
+            param="max_new_tokens",
+        )
+    base = model.base_model
+    prompt_ids = _count_prompt_tokens(base=base, messages=clean)
+    context = base.context_length
+    if len(prompt_ids) >= context:
+        raise ServingRefused(
+            f"The prompt is {len(prompt_ids)} tokens long; this model reads at most {context} tokens. "
+            "Shorten it or start a new conversation.",
+            code="prompt_too_long",
+            param="messages",
+        )
+    if max_new_tokens is None:
+        max_new_tokens = min(policy.default_max_new_tokens, policy.max_new_tokens_cap, context - len(prompt_ids))
+    elif len(prompt_ids) + max_new_tokens > context:
+        raise ServingRefused(
+            f"The prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) is "
+            f"{len(prompt_ids) + max_new_tokens} tokens, over this model's context length of {context}: ask for at "
+            f"most {context - len(prompt_ids)} new tokens or shorten the prompt.",
+            code="prompt_too_long",
+            param="max_new_tokens",
+        )
+    if not inference_worker_alive():
+        raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
+    inference_reap_stale()
+
+    price = model.price_per_1k_tokens
+    reserved = fee_for_tokens(price_per_1k_tokens=price, tokens=len(prompt_ids) + max_new_tokens)
+    try:
+        with transaction.atomic(durable=True):
+            inference = Inference.objects.create(
+                caller=user,
+                model=model,
+                model_version=version,
+                source=source,
+                messages=clean,
+                parameters={
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": float(temperature),
+                    "top_p": top_p,
+                    "stream": stream,
+                },  # fmt: skip
+                prompt_token_ids=prompt_ids,
+                prompt_tokens=len(prompt_ids),
+                price_per_1k_tokens=price,
+                fee_reserved_micro=reserved,
+            )
+            if reserved > 0:
+                inference.hold_key = f"inference:{inference.pk}"
+                hold_create(
+                    key=inference.hold_key,
+                    payer_user_id=user.pk,
+                    amount_micro=reserved,
+                    memo=f"Fee reserved for an answer from {model.slug}",
+                    metadata={"inference_id": inference.pk, "model": model.slug},
+                )
+                inference.save(update_fields=["hold_key"])
+            transaction.on_commit(lambda: _dispatch(inference.pk))
+    except InsufficientFunds as exc:
+        raise ServingRefused(
+            f"Not enough credit: this answer can cost up to {_credits(reserved)} credits ({len(prompt_ids)} prompt "
+            f"tokens + up to {max_new_tokens} answer tokens at {_credits(price)} credits per 1,000 tokens), and you "
+            f"have {_credits(exc.balance)} available. Add credit or ask for a shorter answer.",
+            code="insufficient_credit",
+            status=402,
+            details={"needed": _credits(reserved), "available": _credits(exc.balance)},
+        ) from None
+    return inference
+
+
+def _channel(inference_id: int) -> str:
+    """Unique even if ids are reused (a fresh database next to an old cache): the row's creation time is part."""
+    created = Inference.objects.filter(pk=inference_id).values_list("created_at", flat=True).first()
+    return f"inference-{inference_id}-{int(created.timestamp() * 1_000_000) if created else 0}"
+
+
+def _dispatch(inference_id: int) -> None:
+    """Hands the inference to the inference queue (or, in tests, to a thread of this process running the same
+    function the task runs). A broker that is down fails the inference at once, releasing its hold."""
+    from modelfactory import streams
+
+    if settings.MF_INFERENCE_INLINE:
+        _run_inline(inference_generate, inference_id=inference_id)
+        return
+    from modelfactory.tasks import inference_generate_task
+
+    try:
+        inference_generate_task.apply_async(args=[inference_id], retry=False)
+    except Exception as exc:
+        logger.warning("could not enqueue inference %s: %s", inference_id, exc)
+        inference_fail(inference_id=inference_id, error=f"queue unreachable: {exc.__class__.__name__}")
+        streams.Publisher(_channel(inference_id)).publish(
+            {"type": "error", "code": "server_unreachable", "message": UNREACHABLE}
+        )
+
+
+def _run_inline(function, **kwargs) -> None:
+    from django.db import connection
+
+    def run():
+        try:
+            function(**kwargs)
+        finally:
+            connection.close()
+
+    threading.Thread(target=run, name="inline-inference", daemon=True).start()
+
+
+def _generation_error_message(exc: BaseException) -> tuple[str, str]:
+    from modelfactory.serving import ServingError
+
+    if isinstance(exc, ServingError):
+        return exc.code, exc.message
+    if isinstance(exc, TimeoutError):
+        return "timeout", "The model took too long to answer; nothing was charged. Try a shorter answer."
+    return "generation_failed", "The model server failed while answering; nothing was charged. Try again."
+
+
+def inference_generate(*, inference_id: int) -> str:
+    """The inference worker's job (the Celery task calls this; tests call it in a thread): generates with the
+    warm base model and the version's adapter, publishes text deltas to the stream channel, and completes or fails
+    the inference. Returns the final status."""
+    from modelfactory import serving_runtime, streams
+    from modelfactory.models import Inference
+    from modelfactory.serving import FINISH_CANCELLED, GenerationRequest
+
+    inference = Inference.objects.select_related("model_version", "model__base_model").get(pk=inference_id)
+    if inference.status != Inference.Status.PENDING:
+        return inference.status  # the web process gave up on it (timeout): nothing to do
+    publisher = streams.Publisher(_channel(inference_id))
+    publisher.publish({"type": "started"})
+    params = inference.parameters
+    stream = bool(params.get("stream"))
+    deltas: list[str] = []
+    last_check = [time.monotonic()]
+
+    class ClientGone(Exception):
+        pass
+
+    def on_delta(text: str) -> None:
+        deltas.append(text)
+        publisher.publish({"type": "delta", "text": text})
+        now = time.monotonic()
+        if stream and now - last_check[0] >= 0.05:
+            last_check[0] = now
+            ack = publisher.ack()
+            if ack is not None and ack["cancelled"]:
+                raise ClientGone
+
+    began = time.monotonic()
+    try:
+        batcher = serving_runtime.batcher_for(inference.model.base_model.path)
+        result = batcher.generate(
+            GenerationRequest(
+                prompt=inference.messages,
+                adapter=inference.model_version.adapter_path,
+                max_new_tokens=int(params["max_new_tokens"]),
+                temperature=float(params.get("temperature") or 0.0),
+                top_p=params.get("top_p"),
+                on_delta=on_delta,
+            ),
+            timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
+        )
+    except Exception as exc:
+        logger.exception("inference %s failed", inference_id)
+        code, message = _generation_error_message(exc)
+        inference_fail(inference_id=inference_id, error=message)
+        publisher.publish({"type": "error", "code": code, "message": message})
+        return Inference.Status.FAILED
+    latency_ms = int((time.monotonic() - began) * 1000)
+    text, token_ids, finish_reason = result.text, list(result.token_ids), result.finish_reason
+    if stream:
+        publisher.publish({"type": "end", "finish_reason": finish_reason})
+        ack = publisher.ack() or publisher.wait_ack(settings.MF_STREAM_ACK_SECONDS)
+        if ack is not None and ack["delivered"] < len(deltas):
+            text = "".join(deltas[: ack["delivered"]])
+            token_ids = token_ids[: serving_runtime.delivered_prefix(batcher, token_ids, text)]
+        if ack is not None and ack["cancelled"]:
+            finish_reason = FINISH_CANCELLED
+    try:
+        done = inference_complete(
+            inference_id=inference_id,
+            output=text,
+            output_token_ids=token_ids,
+            finish_reason=finish_reason,
+            latency_ms=latency_ms,
+        )
+    except Exception:  # the database is unusable: inference_reap_stale fails it and releases the hold later
+        logger.exception("could not record inference %s", inference_id)
+        publisher.publish({"type": "error", "code": "generation_failed", "message": _generation_error_message(None)[1]})
+        return Inference.Status.PENDING
+    if done is None:
+        return Inference.objects.get(pk=inference_id).status
+    publisher.publish(
+        {
+            "type": "done",
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "finish_reason": done.finish_reason,
+            "fee_micro": done.fee_micro,
+        }  # fmt: skip
+    )
+    return done.status
+
+
+def _retry_transient(function):
+    """Runs a whole durable transaction again after a transient database error (a deadlock, a serialization
+    failure, SQLite's "locked"); the functions retried only change rows still pending, so a retry is safe."""
+    import random
+
+    from django.db import OperationalError
+
+    def run(**kwargs):
+        for attempt in range(1, 6):
+            try:
+                return function(**kwargs)
+            except OperationalError:
+                if attempt == 5:
+                    raise
+                time.sleep(random.uniform(0.005, 0.02) * attempt)  # noqa: S311 (jitter, not security)
+
+    run.__doc__ = function.__doc__
+    return run
+
+
+@_retry_transient
+def inference_complete(
+    *, inference_id: int, output: str, output_token_ids: list[int], finish_reason: str, latency_ms: int
+) -> Inference | None:
+    """Records the answer and the fee owed for the prompt and the delivered tokens (never above the hold), and
+    runs the inference-completed handlers in the same transaction. None if the inference was no longer pending
+    (the web process had given up on it and released the hold)."""
+    from modelfactory import hooks
+    from modelfactory.models import Inference
+
+    with transaction.atomic(durable=True):
+        inference = Inference.objects.select_for_update().filter(pk=inference_id, status=Inference.Status.PENDING)
+        inference = inference.first()
+        if inference is None:
+            return None
+        inference.output = output
+        inference.output_token_ids = list(output_token_ids)
+        inference.completion_tokens = len(output_token_ids)
+        inference.finish_reason = finish_reason
+        inference.latency_ms = latency_ms
+        owed = fee_for_tokens(
+            price_per_1k_tokens=inference.price_per_1k_tokens,
+            tokens=inference.prompt_tokens + inference.completion_tokens,
+        )
+        inference.fee_micro = min(owed, inference.fee_reserved_micro)
+        inference.status = Inference.Status.COMPLETED
+        inference.completed_at = timezone.now()
+        inference.save()
+        for handler in hooks.inference_completed_handlers:
+            handler(inference=inference)
+    return inference
+
+
+@_retry_transient
+def inference_fail(*, inference_id: int, error: str) -> Inference | None:
+    """Marks a pending inference failed and gives its hold back in full. None if it was no longer pending."""
+    from ledger.services import hold_release
+    from modelfactory.models import Inference
+
+    with transaction.atomic(durable=True):
+        inference = Inference.objects.select_for_update().filter(pk=inference_id, status=Inference.Status.PENDING)
+        inference = inference.first()
+        if inference is None:
+            return None
+        inference.status = Inference.Status.FAILED
+        inference.error = error
+        inference.fee_micro = 0
+        inference.completed_at = timezone.now()
+        inference.save(update_fields=["status", "error", "fee_micro", "completed_at"])
+        if inference.hold_key:
+            hold_release(hold_key=inference.hold_key, memo="Answer failed: fee reservation released")
+    return inference
+
+
+def inference_reap_stale() -> list[int]:
+    """Fails (and releases the holds of) inferences left pending long after any answer could still come, e.g. when
+    both the web process and the worker died. Cheap: one indexed query, normally empty."""
+    from modelfactory.models import Inference
+
+    limit = settings.MF_INFERENCE_TIMEOUT_SECONDS + settings.MF_STREAM_ACK_SECONDS + 60
+    stale = Inference.objects.filter(
+        status=Inference.Status.PENDING, created_at__lt=timezone.now() - timedelta(seconds=limit)
+    ).values_list("pk", flat=True)
+    reaped = []
+    for inference_id in list(stale[:100]):
+        if inference_fail(inference_id=inference_id, error="No answer came in time; the reservation was released."):
+            reaped.append(inference_id)
+    return reaped
+
+
+def inference_events(*, channel: str, inference_id: int | None = None):
+    """The web side: yields the worker's events for one answer, ending with `done` or `error`. If no worker picks
+    the job up (or it stops answering) within the timeouts, the inference is failed (hold released) and an
+    `error` event with code server_unreachable / timeout ends the stream."""
+    from modelfactory import streams
+
+    try:
+        # An `error` event comes after the worker failed the inference (or, if its database writes failed, the
+        # inference stays pending until inference_reap_stale releases it).
+        yield from streams.read(
+            channel,
+            start_timeout=settings.MF_INFERENCE_START_TIMEOUT_SECONDS,
+            timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
+        )
+    except streams.ChannelTimeout as exc:
+        code, message = ("timeout", _generation_error_message(TimeoutError())[1]) if exc.started else (
+            "server_unreachable", UNREACHABLE)  # fmt: skip
+        if inference_id is not None:
+            inference_fail(inference_id=inference_id, error=message)
+        yield {"type": "error", "code": code, "message": message}
+
+
+def inference_stream_ack(*, inference_id: int, delivered: int, cancelled: bool) -> None:
+    """The web side tells the worker how many text deltas reached the client (see the billing rule above)."""
+    from modelfactory import streams
+
+    streams.acknowledge(_channel(inference_id), delivered=delivered, cancelled=cancelled)
+
+
+ERROR_STATUS = {"server_unreachable": 503, "timeout": 504, "generation_failed": 500}
+
+
+def inference_wait(*, inference: Inference) -> Inference:
+    """Waits for a non-streamed answer; returns the completed Inference or raises ServingRefused."""
+    from modelfactory.models import Inference
+
+    for event in inference_events(channel=_channel(inference.pk), inference_id=inference.pk):
+        if event["type"] == "error":
+            raise ServingRefused(event["message"], code=event["code"], status=ERROR_STATUS.get(event["code"], 400))
+    return Inference.objects.select_related("model", "model_version").get(pk=inference.pk)
+
+
+def inference_channel(inference_id: int) -> str:
+    return _channel(inference_id)
+
+
+def base_compare_start(*, user, slug: str, messages: list[dict], max_new_tokens: int, temperature: float) -> str:
+    """Playground: the same question to the base model alone, free and not recorded. Returns the channel id."""
+    import uuid
+
+    model = model_servable(user=user, slug=slug)
+    if not inference_worker_alive():
+        raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
+    channel = f"base-{uuid.uuid4().hex}"
+    job = {"channel": channel, "base_path": model.base_model.path, "messages": messages,
+           "max_new_tokens": max_new_tokens, "temperature": temperature}  # fmt: skip
+    if settings.MF_INFERENCE_INLINE:
+        _run_inline(base_generate, **job)
+    else:
+        from modelfactory.tasks import inference_base_task
+
+        try:
+            inference_base_task.apply_async(kwargs=job, retry=False)
+        except Exception as exc:
+            raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503) from exc
+    return channel
+
+
+def base_generate(*, channel: str, base_path: str, messages: list[dict], max_new_tokens: int, temperature: float):
+    """Worker side of the base-model comparison (no adapter, nothing recorded)."""
+    from modelfactory import serving_runtime, streams
+    from modelfactory.serving import GenerationRequest
+
+    publisher = streams.Publisher(channel)
+    publisher.publish({"type": "started"})
+    try:
+        result = serving_runtime.batcher_for(base_path).generate(
+            GenerationRequest(
+                prompt=messages,
+                adapter=None,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                on_delta=lambda text: publisher.publish({"type": "delta", "text": text}),
+            ),
+            timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
+        )
+    except Exception as exc:
+        code, message = _generation_error_message(exc)
+        publisher.publish({"type": "error", "code": code, "message": message})
+        return
+    publisher.publish(
+        {
+            "type": "done",
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "finish_reason": result.finish_reason,
+            "fee_micro": 0,
+        }  # fmt: skip
+    )

@@ -111,6 +111,17 @@ else:
             "LOCATION": CACHE_URL.removeprefix("file://"),
         }
     }
+# Inference streams (worker -> web text deltas): their own space, so that culling one never drops the other's keys.
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES["streams"] = {**CACHES["default"], "KEY_PREFIX": "streams"}
+elif CACHE_URL.startswith("locmem://"):
+    CACHES["streams"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "streams"}
+else:
+    CACHES["streams"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": CACHE_URL.removeprefix("file://").rstrip("/") + "-streams",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    }
 
 # --- Auth -------------------------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -292,3 +303,17 @@ MF_ATTRIBUTION_MAX_RETRIES = env.int("MF_ATTRIBUTION_MAX_RETRIES", 3, min_value=
 MF_ATTRIBUTION_RETRY_BACKOFF_MAX = env.int("MF_ATTRIBUTION_RETRY_BACKOFF_MAX", 600, min_value=1)
 MF_ATTRIBUTION_SWEEP_MINUTES = env.int("MF_ATTRIBUTION_SWEEP_MINUTES", 15, min_value=1)
 MF_ATTRIBUTION_CACHE_SIZE = env.int("MF_ATTRIBUTION_CACHE_SIZE", 2, min_value=1, max_value=64)
+# --- Serving (inference worker) ---------------------------------------------------------------------------------
+# Adapters kept loaded per inference worker process (LRU), and how long the batcher collects requests.
+MF_ADAPTER_CACHE_SIZE = env.int("MF_ADAPTER_CACHE_SIZE", 16, min_value=1, max_value=1024)
+MF_BATCH_WINDOW_MS = env.int("MF_BATCH_WINDOW_MS", 10, min_value=0, max_value=1000)
+MF_INFERENCE_DEVICE = env.str("MF_INFERENCE_DEVICE", "auto")
+if MF_INFERENCE_DEVICE != "auto" and MF_INFERENCE_DEVICE != "cpu" and not MF_INFERENCE_DEVICE.startswith("cuda"):
+    raise EnvError("MF_INFERENCE_DEVICE", MF_INFERENCE_DEVICE, "auto, cpu, cuda or cuda:N")
+# Tests only: generate in a thread of the web process instead of on the inference queue (same service functions).
+MF_INFERENCE_INLINE = env.bool("MF_INFERENCE_INLINE", False)
+# How long the web process waits for a worker to start answering, and for a whole answer.
+MF_INFERENCE_START_TIMEOUT_SECONDS = env.int("MF_INFERENCE_START_TIMEOUT_SECONDS", 30, min_value=1)
+MF_INFERENCE_TIMEOUT_SECONDS = env.int("MF_INFERENCE_TIMEOUT_SECONDS", 300, min_value=1)
+# After a streamed answer ends, how long the worker waits for the web process to say how much reached the client.
+MF_STREAM_ACK_SECONDS = env.int("MF_STREAM_ACK_SECONDS", 10, min_value=1)

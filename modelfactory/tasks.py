@@ -11,3 +11,21 @@ def finetune_run_task(job_id: int, resume: bool = False) -> str:
 
     job = finetune_run(job_id=job_id, hostname=socket.gethostname(), resume=resume)
     return job.status if job is not None else "not-claimed"
+
+
+@shared_task(name="modelfactory.tasks.inference_generate_task")
+def inference_generate_task(inference_id: int) -> str:
+    """Runs on the `inference` queue (thread pool: concurrent requests share the process's batcher; Celery's time
+    limits do not apply to threads, so the wait is bounded by MF_INFERENCE_TIMEOUT_SECONDS in the service). Not
+    retried: the web process fails the inference and releases its hold when no answer comes."""
+    from modelfactory.services import inference_generate
+
+    return inference_generate(inference_id=inference_id)
+
+
+@shared_task(name="modelfactory.tasks.inference_base_task")
+def inference_base_task(**job) -> None:
+    """The playground's free base-model comparison."""
+    from modelfactory.services import base_generate
+
+    base_generate(**job)

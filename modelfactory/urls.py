@@ -9,6 +9,7 @@ from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
 from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
+from modelfactory.openai_api import ChatCompletionsView, ModelListView, openai_not_found
 
 router = DefaultRouter()
 router.register("base-models", BaseModelViewSet, basename="base-model")
@@ -40,6 +41,10 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # Unknown API routes answer in the API's JSON error shape, even with DEBUG on.
     re_path(r"^api/", api_not_found),
+    # OpenAI-compatible API: answers and errors in OpenAI's shapes.
+    path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
+    path("v1/models", ModelListView.as_view(), name="openai-models"),
+    re_path(r"^v1/", openai_not_found),
 ]
 
 admin.site.site_header = "ModelFactory operations"

@@ -227,7 +227,9 @@ def _model_or_404(request, slug: str) -> TrainedModel:
 def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
-    return render(request, "modelfactory/model_detail.html", {"model": model, "version": version})
+    price_credits = f"{model.price_per_1k_tokens / 1_000_000:.6f}" if model.price_per_1k_tokens else "0.002000"
+    context = {"model": model, "version": version, "price_credits": price_credits}
+    return render(request, "modelfactory/model_detail.html", context)
 
 
 @login_required
@@ -240,3 +242,147 @@ def model_download(request, slug: str):
         raise Http404("The adapter file is missing.")
     name = f"{model.slug}-v{version.number}-adapter.zip"
     return FileResponse(open(version.zip_path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
+
+
+# --- Publishing and the playground ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def model_publish(request, slug: str):
+    from modelfactory.forms import PublishForm
+
+    form = PublishForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a price of 0 or more credits, with at most 6 decimal places.")
+        return redirect("modelfactory:model", slug=slug)
+    try:
+        model = services.trained_model_publish(
+            user=request.user,
+            slug=slug,
+            price_per_1k_tokens=int(form.cleaned_data["price"] * 1_000_000),
+            visibility=form.cleaned_data["visibility"],
+        )
+    except services.ServingRefused as exc:
+        messages.error(request, exc.message)
+        return redirect("modelfactory:model", slug=slug)
+    messages.success(request, f"{model.name} is published. Anyone allowed can now chat with it and call it.")
+    return redirect("modelfactory:model", slug=slug)
+
+
+@login_required
+@require_POST
+def model_unpublish(request, slug: str):
+    try:
+        model = services.trained_model_unpublish(user=request.user, slug=slug)
+    except services.ServingRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{model.name} is no longer published; only you can use it now.")
+    return redirect("modelfactory:model", slug=slug)
+
+
+@login_required
+def playground(request, slug: str):
+    from modelfactory.models import ServingPolicy
+
+    try:
+        model = services.model_servable(user=request.user, slug=slug)
+    except services.ServingRefused as exc:
+        raise Http404(exc.message) from None
+    context = {"model": model, "version": model.latest_version, "policy": ServingPolicy.current()}
+    return render(request, "modelfactory/playground.html", context)
+
+
+def _json_error(exc) -> JsonResponse:
+    from core.api import error_body
+
+    return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+
+
+@login_required
+@require_POST
+def playground_start(request, slug: str):
+    """JSON in ({messages, temperature, max_new_tokens, compare}); JSON out: where to stream the answer(s) from."""
+    import json
+
+    from modelfactory.models import Inference
+
+    try:
+        data = json.loads(request.body or b"{}")
+        temperature = float(data.get("temperature", 0.7))
+        max_new_tokens = int(data.get("max_new_tokens", 128))
+    except (ValueError, TypeError):
+        return JsonResponse({"error": {"code": "invalid", "message": "The request could not be read."}}, status=400)
+    try:
+        inference = services.inference_start(
+            user=request.user, slug=slug, source=Inference.Source.PLAYGROUND, messages=data.get("messages"),
+            max_new_tokens=max_new_tokens, temperature=temperature, stream=True,
+        )  # fmt: skip
+        base_channel = None
+        if data.get("compare"):
+            base_channel = services.base_compare_start(
+                user=request.user, slug=slug, messages=inference.messages,
+                max_new_tokens=inference.parameters["max_new_tokens"], temperature=temperature,
+            )  # fmt: skip
+            request.session.setdefault("playground_channels", [])
+            request.session["playground_channels"] = [*request.session["playground_channels"][-19:], base_channel]
+    except services.ServingRefused as exc:
+        return _json_error(exc)
+    payload = {
+        "inference_id": inference.pk,
+        "stream_url": reverse("modelfactory:playground_stream", args=[slug, inference.pk]),
+        "answer_url": reverse("modelfactory:playground_answer", args=[slug, inference.pk]),
+        "base_stream_url": reverse("modelfactory:playground_base", args=[slug, base_channel]) if base_channel else None,
+    }
+    return JsonResponse(payload)
+
+
+def _sse_page(events):
+    import json
+
+    from django.http import StreamingHttpResponse
+
+    response = StreamingHttpResponse((f"data: {json.dumps(e)}\n\n" for e in events), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+def _own_inference(request, inference_id: int):
+    from modelfactory.models import Inference
+
+    inference = Inference.objects.select_related("model", "model_version").filter(pk=inference_id).first()
+    if inference is None or inference.caller_id != request.user.pk:
+        raise Http404("No such answer.")
+    return inference
+
+
+@login_required
+def playground_stream(request, slug: str, inference_id: int):
+    from modelfactory.openai_api import relay
+
+    inference = _own_inference(request, inference_id)
+
+    def on_done(event):
+        yield {"type": "done", **event}
+
+    events = relay(
+        inference,
+        on_delta=lambda text: {"type": "delta", "text": text},
+        on_done=on_done,
+        on_error=lambda event: event,
+    )
+    return _sse_page(events)
+
+
+@login_required
+def playground_base(request, slug: str, channel: str):
+    if channel not in request.session.get("playground_channels", []):
+        raise Http404("No such answer.")
+    return _sse_page(services.inference_events(channel=channel))
+
+
+@login_required
+def playground_answer(request, slug: str, inference_id: int):
+    inference = _own_inference(request, inference_id)
+    return render(request, "modelfactory/_answer_footer.html", {"inference": inference})

@@ -1,0 +1,242 @@
+"""OpenAI-compatible endpoints under /v1/: chat completions (plain and streamed as server-sent events) and the model
+list. Requests and answers follow OpenAI's shapes, errors too ({"error": {message, type, param, code}}), so the
+official `openai` client works against us. Thin: parse, call the inference services, render."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from django.http import JsonResponse, StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from modelfactory import selectors, services
+from modelfactory.models import Inference, TrainedModel
+
+logger = logging.getLogger(__name__)
+
+TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def openai_error(message: str, *, status: int, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+def openai_exception_handler(exc, context):
+    if isinstance(exc, exceptions.ParseError):
+        status, code, message = 400, "invalid_json", f"We could not parse the JSON body of your request. {exc.detail}"
+    elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        status, code = 401, "invalid_api_key"
+        message = f"{exc.detail} Send your API key as `Authorization: Bearer <key>`."
+    elif isinstance(exc, exceptions.Throttled):
+        status, code = 429, "rate_limit_exceeded"
+        message = f"Too many requests; try again in {int(exc.wait or 1)} seconds."
+    elif isinstance(exc, exceptions.APIException):
+        status, code, message = (
+            exc.status_code,
+            exc.get_codes() if isinstance(exc.get_codes(), str) else None,
+            str(exc.detail),
+        )
+    else:
+        logger.exception("unhandled error on %s", context["request"].path)
+        status, code, message = 500, "server_error", "Something went wrong on our side; it has been logged."
+    response = Response(openai_error(message, status=status, code=code), status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+class OpenAIView(APIView):
+    def get_exception_handler(self):
+        return openai_exception_handler
+
+
+def _refused(exc: services.ServingRefused) -> JsonResponse:
+    code = "insufficient_quota" if exc.code == "insufficient_credit" else exc.code
+    param = {"max_new_tokens": "max_tokens"}.get(exc.param, exc.param)
+    return JsonResponse(openai_error(exc.message, status=exc.status, code=code, param=param), status=exc.status)
+
+
+def _invalid(message: str, param: str) -> JsonResponse:
+    return JsonResponse(openai_error(message, status=400, code="invalid_value", param=param), status=400)
+
+
+def _messages(raw) -> list[dict] | None:
+    """OpenAI messages; a content given as a list of parts keeps its text parts."""
+    if not isinstance(raw, list):
+        return None
+    messages = []
+    for message in raw:
+        if not isinstance(message, dict):
+            return None
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        role = "system" if message.get("role") == "developer" else message.get("role")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _completion_id(inference: Inference) -> str:
+    return f"chatcmpl-{inference.pk}"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+class ChatCompletionsView(OpenAIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "generate"
+
+    @extend_schema(exclude=True)
+    def post(self, request):
+        data = request.data
+        if not isinstance(data, dict):
+            return _invalid("The request body must be a JSON object.", "body")
+        slug = data.get("model")
+        if not isinstance(slug, str) or not slug:
+            return _invalid("`model` is required: the slug of a published model (GET /v1/models).", "model")
+        messages = _messages(data.get("messages"))
+        if messages is None:
+            return _invalid("`messages` must be a list of {role, content}.", "messages")
+        if data.get("n") not in (None, 1):
+            return _invalid("Only n=1 is supported.", "n")
+        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+        stream = bool(data.get("stream"))
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage")) if stream else False
+        try:
+            inference = services.inference_start(
+                user=request.user,
+                slug=slug,
+                source=Inference.Source.OPENAI,
+                messages=messages,
+                max_new_tokens=max_tokens,
+                temperature=data.get("temperature", 1.0),
+                top_p=data.get("top_p"),
+                stream=stream,
+            )
+            if stream:
+                return _sse_response(_stream_chunks(inference, include_usage=include_usage))
+            inference = services.inference_wait(inference=inference)
+        except services.ServingRefused as exc:
+            return _refused(exc)
+        return JsonResponse(
+            {
+                "id": _completion_id(inference),
+                "object": "chat.completion",
+                "created": int(inference.created_at.timestamp()),
+                "model": inference.model.slug,
+                "system_fingerprint": f"{inference.model.slug}-v{inference.model_version.number}",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": inference.output, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": _finish(inference.finish_reason),
+                    }
+                ],
+                "usage": _usage(inference.prompt_tokens, inference.completion_tokens),
+            }
+        )
+
+
+def _sse_response(chunks) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(chunks, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _sse(data) -> str:
+    return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
+
+
+def relay(inference: Inference, *, on_delta, on_done, on_error):
+    """Relays the worker's events for a streamed inference as SSE chunks (made by the callbacks) and tells the
+    worker how many deltas reached the client: all of them at the end, or those before a disconnect (the server
+    closes this generator at the `yield` whose write failed)."""
+    delivered = 0
+    finished = False
+    try:
+        channel = services.inference_channel(inference.pk)
+        for event in services.inference_events(channel=channel, inference_id=inference.pk):
+            kind = event["type"]
+            if kind == "delta":
+                yield on_delta(event["text"])
+                delivered += 1
+            elif kind == "end":
+                services.inference_stream_ack(inference_id=inference.pk, delivered=delivered, cancelled=False)
+            elif kind == "done":
+                finished = True
+                yield from on_done(event)
+            elif kind == "error":
+                finished = True
+                yield on_error(event)
+    finally:
+        if not finished:
+            services.inference_stream_ack(inference_id=inference.pk, delivered=delivered, cancelled=True)
+
+
+def _stream_chunks(inference: Inference, *, include_usage: bool):
+    created = int(time.time())
+    base = {"id": _completion_id(inference), "object": "chat.completion.chunk", "created": created,
+            "model": inference.model.slug}  # fmt: skip
+
+    def chunk(delta: dict, finish_reason=None) -> str:
+        return _sse(
+            {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        )
+
+    def on_done(event):
+        yield chunk({}, _finish(event["finish_reason"]))
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(event["prompt_tokens"], event["completion_tokens"])})
+        yield _sse("[DONE]")
+
+    def on_error(event):
+        status = services.ERROR_STATUS.get(event["code"], 400)
+        return _sse(openai_error(event["message"], status=status, code=event["code"]))
+
+    yield chunk({"role": "assistant", "content": ""})
+    yield from relay(inference, on_delta=lambda text: chunk({"content": text}), on_done=on_done, on_error=on_error)
+
+
+class ModelListView(OpenAIView):
+    @extend_schema(exclude=True)
+    def get(self, request):
+        models = selectors.trained_models_visible(user=request.user).filter(status=TrainedModel.Status.PUBLISHED)
+        if not request.user.is_staff:
+            models = models.filter(visibility=TrainedModel.Visibility.PUBLIC) | models.filter(owner=request.user)
+        data = [
+            {
+                "id": m.slug,
+                "object": "model",
+                "created": int((m.published_at or m.created_at).timestamp()),
+                "owned_by": m.owner.username,
+            }  # fmt: skip
+            for m in models
+        ]
+        return JsonResponse({"object": "list", "data": data})
+
+
+def openai_not_found(request, *args, **kwargs) -> JsonResponse:
+    message = f"Unknown request URL: {request.method} {request.path}. See /v1/chat/completions and /v1/models."
+    return JsonResponse(openai_error(message, status=404, code="unknown_url"), status=404)

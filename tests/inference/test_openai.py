@@ -1,0 +1,166 @@
+"""The real `openai` client against the live test server: chat completion, streaming, errors; and a client that
+disconnects mid-stream pays only for what it received."""
+
+import http.client
+import json
+import socket
+import threading
+import time
+from urllib.parse import urlparse
+
+import openai
+import pytest
+
+from accounts.services import api_token_create
+from ledger.models import Hold
+from modelfactory.models import Inference
+from modelfactory.services import fee_for_tokens
+from tests.inference.conftest import PRICE
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def client(live_server, cast, served):
+    _, key = api_token_create(user=cast.outsider, name="openai")
+    with openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0, timeout=60) as client:
+        yield client  # closed while the server runs: no idle keep-alive connection outlives the test
+
+
+def test_chat_completion(client, served):
+    answer = client.chat.completions.create(
+        model="zorb-expert", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8, temperature=0
+    )
+    inference = Inference.objects.get()
+    assert answer.id == f"chatcmpl-{inference.pk}"
+    assert answer.model == "zorb-expert"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == inference.output
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens == inference.prompt_tokens
+    assert answer.usage.completion_tokens == inference.completion_tokens
+    assert answer.usage.total_tokens == inference.prompt_tokens + inference.completion_tokens
+    assert inference.source == Inference.Source.OPENAI
+
+
+def test_streaming_with_usage(client):
+    stream = client.chat.completions.create(
+        model="zorb-expert", messages=[{"role": "user", "content": "Hello"}], max_tokens=10, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    inference = Inference.objects.get()
+    assert inference.status == Inference.Status.COMPLETED
+    assert text == inference.output
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == inference.completion_tokens
+    assert inference.finish_reason in ("stop", "length")
+
+
+def test_errors_in_openai_shape(client, live_server):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.code == "model_not_found"
+    assert caught.value.body["message"] == "There is no published model called “no-such-model”."
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="zorb-expert", messages=[{"role": "user", "content": "Hi"}], temperature=-1
+        )
+    assert caught.value.body["param"] == "temperature"
+    with (
+        openai.OpenAI(api_key="wrong", base_url=f"{live_server.url}/v1", max_retries=0) as bad_key,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
+        bad_key.models.list()
+    assert caught.value.code == "invalid_api_key"
+    assert Inference.objects.count() == 0
+
+
+def test_model_list(client):
+    assert [m.id for m in client.models.list()] == ["zorb-expert"]
+
+
+def test_malformed_json_and_unknown_route(live_server, cast, served):
+    _, key = api_token_create(user=cast.outsider, name="raw")
+    url = urlparse(live_server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", body="{not json", headers=headers)
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    assert response.status == 400
+    assert body["error"]["code"] == "invalid_json" and body["error"]["type"] == "invalid_request_error"
+    conn.request("GET", "/v1/engines", headers=headers)
+    response = conn.getresponse()
+    assert response.status == 404
+    assert json.loads(response.read())["error"]["code"] == "unknown_url"
+    conn.close()
+
+
+def test_insufficient_credit_is_insufficient_quota(live_server, cast, served):
+    _, key = api_token_create(user=cast.teammate, name="poor")
+    with (
+        openai.OpenAI(api_key=key, base_url=f"{live_server.url}/v1", max_retries=0) as poor,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        poor.chat.completions.create(model="zorb-expert", messages=[{"role": "user", "content": "Hi"}], max_tokens=5)
+    assert caught.value.status_code == 402
+    assert caught.value.code == "insufficient_quota"
+
+
+def test_disconnect_mid_stream_pays_only_for_delivered_tokens(live_server, cast, served, monkeypatch):
+    """The worker is slowed down so that the answer is still being generated when the client hangs up."""
+    from modelfactory.serving import engine as engine_module
+
+    real_step = engine_module.Engine.step
+
+    def slow_step(self):
+        time.sleep(0.05)
+        return real_step(self)
+
+    monkeypatch.setattr(engine_module.Engine, "step", slow_step)
+    _, key = api_token_create(user=cast.outsider, name="raw")
+    url = urlparse(live_server.url)
+    before = set(threading.enumerate())
+    body = json.dumps({"model": "zorb-expert", "messages": [{"role": "user", "content": "Tell me a long story"}],
+                       "max_tokens": 60, "temperature": 0, "stream": True}).encode()  # fmt: skip
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.sendall(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    received = ""
+    events = 0
+    while events < 4:  # the role chunk, then three text deltas
+        line = reader.readline().decode()
+        if line.startswith("data: "):
+            chunk = json.loads(line[6:])
+            received += chunk["choices"][0]["delta"].get("content") or ""
+            events += 1
+    reader.close()
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+    deadline = time.monotonic() + 30
+    while Inference.objects.get().status == Inference.Status.PENDING and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for thread in set(threading.enumerate()) - before:  # this request's thread and its generation thread end
+        if "process_request_thread" in thread.name or thread.name == "inline-inference":
+            thread.join(timeout=30)
+            assert not thread.is_alive(), thread.name
+    inference = Inference.objects.get()
+    assert inference.status == Inference.Status.COMPLETED  # nothing left pending
+    assert inference.finish_reason == "cancelled"
+    assert inference.output.startswith(received)
+    assert 3 <= inference.completion_tokens < 60
+    assert len(inference.output_token_ids) == inference.completion_tokens
+    assert inference.fee_micro == fee_for_tokens(
+        price_per_1k_tokens=PRICE, tokens=inference.prompt_tokens + inference.completion_tokens
+    )
+    assert inference.fee_micro < inference.fee_reserved_micro
+    assert Hold.objects.get().amount == inference.fee_reserved_micro
