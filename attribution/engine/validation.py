@@ -1,5 +1,5 @@
-"""Validation harness for the attribution engine on a tiny Llama (tests/tiny.py) with a LoRA trained here with plain
-torch AdamW (deliberately independent of modelfactory/training, so the yardstick does not move with it).
+"""Validation harness for the attribution engine on a tiny Llama (modelfactory/training/tiny.py) with a LoRA trained
+here with plain torch AdamW (deliberately independent of modelfactory/training, so the yardstick does not move with it).
 
 - `planted_facts`: contributors each own distinctive made-up facts; asking about a fact must credit its owner.
 - `linear_datamodeling_score`: LDS as in TRAK: retrain on random half-subsets, Spearman correlation between the
@@ -276,12 +276,12 @@ def linear_datamodeling_score(
 
 
 def prepare_base(folder: Path, *, layers: int = 2, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
-    """A tiny Llama (tests/tiny.py) briefly pre-trained, all weights, on facts and filler of the same shape as the
-    validation datanets but with other names and codes. A purely random base cannot be taught facts through LoRA
-    at all (the loss stalls near uniform), while a real fine-tune starts from a pre-trained base."""
+    """A tiny Llama (modelfactory/training/tiny.py) briefly pre-trained, all weights, on facts and filler of the same
+    shape as the validation datanets but with other names and codes. A purely random base cannot be taught facts
+    through LoRA at all (the loss stalls near uniform), while a real fine-tune starts from a pre-trained base."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from tests.tiny import build_tiny_model_dir
+    from modelfactory.training.tiny import build_tiny_model_dir
 
     folder = Path(folder)
     build_tiny_model_dir(folder, layers=layers, hidden=hidden, seed=seed)
