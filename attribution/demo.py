@@ -1,0 +1,256 @@
+"""`manage.py demo`: the whole chain in the terminal, through the same services the pages and APIs use.
+
+upload -> ingest -> review -> version -> fine-tune -> publish -> ask -> attribute -> settle -> verify.
+
+Training and attribution run in this process (a running `make run` worker may claim the training job first: then
+this waits for it); answers are generated in a thread of this process with the same code the inference worker
+runs. Every run creates its own datanet and model, so it can be repeated on the same database."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.test.utils import override_settings
+
+CONTRIBUTORS = {
+    "demo_alice": [
+        (
+            "How often should I water basil?",
+            "Water basil when the top centimetre of soil is dry, about every two days in summer.",
+        ),
+        (
+            "When do I pinch basil?",
+            "Pinch basil just above a pair of leaves once the plant has six leaves; it grows bushier.",
+        ),
+        (
+            "Can basil grow indoors?",
+            "Yes: give basil a sunny windowsill with six hours of light and keep it above 15 °C.",
+        ),
+        (
+            "Why does my basil wilt at noon?",
+            "Basil wilts in strong midday sun when the pot is small; move it to morning sun.",
+        ),
+    ],
+    "demo_bob": [
+        ("How deep should I sow carrots?", "Sow carrot seeds one centimetre deep in loose, stone-free soil."),
+        (
+            "When do I thin carrots?",
+            "Thin carrots to five centimetres apart when the seedlings are about five centimetres tall.",
+        ),
+        (
+            "Why are my carrots forked?",
+            "Forked carrots come from stony or freshly manured soil; sow them in fine, plain soil.",
+        ),
+        ("How long do carrots take?", "Most carrots are ready ten to twelve weeks after sowing."),
+    ],
+    "demo_carol": [
+        (
+            "When should I plant garlic?",
+            "Plant garlic cloves in autumn, a few weeks before the ground freezes, pointed end up.",
+        ),
+        (
+            "How far apart is garlic planted?",
+            "Plant garlic cloves fifteen centimetres apart in rows thirty centimetres apart.",
+        ),
+    ],
+}
+# Carol's upload also holds what a datanet must refuse: a broken line, a duplicate and a row with no answer.
+CAROL_BAD_LINES = [
+    '{"instruction": "Is this line JSON?", "output": "It is not, the closing brace is missing"',
+    json.dumps(
+        {
+            "instruction": "When should I plant garlic?",
+            "output": "Plant garlic cloves in autumn, a few weeks before the ground freezes, pointed end up.",
+        }
+    ),  # fmt: skip
+    json.dumps({"instruction": "What about onions?", "output": ""}),
+]
+QUESTIONS = ["How often should I water basil?", "How deep should I sow carrots?", "When should I plant garlic?"]
+PRICE_MICRO_PER_1K = 1_000_000  # 1 credit per 1,000 tokens: fees large enough to see in the wallets
+CALLER_CREDIT_MICRO = 20_000_000
+
+
+def _credits(micro: int) -> str:
+    return f"{micro / 1_000_000:,.6f}"
+
+
+def _user(username: str, *, staff: bool = False):
+    user, created = get_user_model().objects.get_or_create(
+        username=username, defaults={"email": f"{username}@example.com", "is_staff": staff}
+    )
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
+    """Runs the chain; returns the figures it printed (for tests)."""
+    from datanets import services as datanets
+    from modelfactory.models import FineTuneJob
+
+    run = uuid.uuid4().hex[:6]
+    curator = _user("demo_curator", staff=True)
+    caller = _user("demo_caller")
+    contributors = {name: _user(name) for name in CONTRIBUTORS}
+
+    say("1. A curator creates a datanet; three contributors upload (one file has bad rows).")
+    datanet = datanets.datanet_create(
+        owner=curator,
+        name=f"Kitchen garden demo {run}",
+        kind="instruction",
+        summary="Short answers about herbs and vegetables, made by `manage.py demo`.",
+        tags=["demo"],
+        policy="approval",
+    )
+    for name, pairs in CONTRIBUTORS.items():
+        lines = [json.dumps({"instruction": q, "output": a}, ensure_ascii=False) for q, a in pairs]
+        if name == "demo_carol":
+            lines += CAROL_BAD_LINES
+        upload = ContentFile(("\n".join(lines) + "\n").encode(), name=f"{name}.jsonl")
+        contribution = datanets.contribution_create(
+            datanet=datanet, contributor=contributors[name], upload=upload, enqueue=False
+        )
+        contribution = datanets.contribution_ingest(contribution_id=contribution.pk)
+        report = contribution.report
+        say(
+            f"   {name}: {contribution.rows_accepted} rows kept, {contribution.rows_invalid} refused, "
+            f"{contribution.duplicates} duplicate(s) — {contribution.get_status_display().lower()}"
+        )
+        for error in (report.get("errors") or [])[:3]:
+            say(f"      line {error['line']}: {error['reason']}")
+
+    say("2. The curator reviews the contributions and publishes version 1.")
+    for contribution in datanet.contributions.filter(status="needs_review"):
+        datanets.contribution_approve(contribution=contribution, curator=curator, note="Checked by the demo.")
+    version = datanets.version_publish(datanet=datanet, actor=curator, notes="Demo version")
+    say(f"   version {version.number}: {version.row_count} rows from {version.contributor_count} contributors, "
+        f"manifest {version.manifest_hash[:16]}…")  # fmt: skip
+
+    say("3. A builder fine-tunes " + ("a tiny model (--tiny)" if tiny else "SmolLM2-135M-Instruct") + ".")
+    base = _base_model(tiny=tiny, say=say)
+    job = _train(base=base, version=version, owner=curator, run=run, tiny=tiny, say=say)
+    if job.status != FineTuneJob.Status.SUCCEEDED:
+        say(f"   The job ended {job.status}: {job.message}")
+        return {"job": job.status}
+    say(f"   {job.message}")
+    trained = job.model_version.model
+
+    say("4. The builder publishes the model at 1 credit per 1,000 tokens; a caller asks questions.")
+    from ledger.services import credit_grant
+    from modelfactory.services import trained_model_publish
+
+    trained_model_publish(user=curator, slug=trained.slug, price_per_1k_tokens=PRICE_MICRO_PER_1K, visibility="public")
+    credit_grant(user_id=caller.pk, amount_micro=CALLER_CREDIT_MICRO, granted_by=curator, key=f"demo-{run}-credit")
+    answers = [_ask(caller=caller, slug=trained.slug, question=q, say=say) for q in QUESTIONS]
+
+    say("5. Each answer is attributed to the rows that shaped it, and its fee is split.")
+    from attribution.services import attribution_run
+
+    for inference in answers:
+        attribution = attribution_run(inference_id=inference.pk, final_attempt=True)
+        _show_attribution(attribution, inference=inference, say=say)
+
+    say("6. Wallets now:")
+    from ledger.selectors import wallet_summary
+
+    balances = {}
+    for user in [caller, curator, *contributors.values()]:
+        balances[user.username] = wallet_summary(user=user)["available"]
+        say(f"   {user.username:<14} {_credits(balances[user.username]):>14} credits")
+
+    say("7. ledger_verify recomputes every sum, balance, hash and checkpoint:")
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("ledger_verify", stdout=out)
+    for line in out.getvalue().strip().splitlines():
+        say(f"   {line}")
+    return {"job": job.status, "answers": [a.pk for a in answers], "balances": balances, "model": trained.slug}
+
+
+def _base_model(*, tiny: bool, say):
+    from modelfactory.services import base_model_ensure_default, base_model_register
+
+    if not tiny:
+        return base_model_ensure_default(progress=lambda m: say(f"   {m}"))
+    from modelfactory.training.tiny import build_tiny_model_dir
+
+    folder = Path(settings.MF_BASE_MODEL_DIR) / "tiny-demo"
+    if not (folder / "config.json").exists():
+        build_tiny_model_dir(folder)
+    return base_model_register(path=folder, name="Tiny demo model", slug="tiny-demo", licence="MIT")
+
+
+def _train(*, base, version, owner, run: str, tiny: bool, say):
+    """Runs the job in this process and prints its progress; if a running worker claimed it first, follows it."""
+    from modelfactory.models import FineTuneJob
+    from modelfactory.services import finetune_launch, finetune_run
+
+    overrides = {"epochs": 3, "learning_rate": 5e-3, "max_length": 192} if tiny else {"epochs": 3}
+    job, _ = finetune_launch(
+        user=owner,
+        base_model_slug=base.slug,
+        version_ids=[version.pk],
+        preset="quick",
+        hyperparameters=overrides,
+        name=f"Kitchen garden demo {run}",
+        idempotency_key=f"demo-{run}",
+    )
+    worker = threading.Thread(target=finetune_run, kwargs={"job_id": job.pk, "hostname": "demo"}, daemon=True)
+    worker.start()
+    last = None
+    while True:
+        job.refresh_from_db()
+        line = f"   {job.get_status_display()}: {job.message}"
+        if job.status == FineTuneJob.Status.RUNNING and job.total_steps:
+            line += f" (step {job.step} of {job.total_steps})"
+        if line != last:
+            say(line)
+            last = line
+        if not job.is_active and not worker.is_alive():
+            return FineTuneJob.objects.select_related("model_version__model").get(pk=job.pk)
+        time.sleep(1.0)
+
+
+def _ask(*, caller, slug: str, question: str, say):
+    from modelfactory.services import inference_start, inference_wait
+
+    with override_settings(MF_INFERENCE_INLINE=True):
+        inference = inference_start(
+            user=caller,
+            slug=slug,
+            source="api",
+            messages=[{"role": "user", "content": question}],
+            max_new_tokens=48,
+            temperature=0.0,
+        )
+        inference = inference_wait(inference=inference)
+    say(f"   Q: {question}")
+    say(f"   A: {inference.output.strip()}")
+    say(f"      {inference.prompt_tokens} + {inference.completion_tokens} tokens, fee {_credits(inference.fee_micro)}")
+    return inference
+
+
+def _show_attribution(attribution, *, inference, say) -> None:
+    say(
+        f"   answer {inference.pk}: attribution {attribution.status}, {attribution.unattributed:.0%} unattributed "
+        f"(spread over the contributors by their row share); settlement {attribution.settlement_status}"
+    )
+    for share in attribution.shares.select_related("contributor").order_by("-share")[:3]:
+        say(
+            f"      {share.contributor.username:<12} attribution {share.share:>5.0%}  paid "
+            f"{_credits(share.amount_micro)} credits"
+        )
+    if attribution.settlement_note:
+        say(f"      {attribution.settlement_note}")

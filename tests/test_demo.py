@@ -1,0 +1,42 @@
+"""`manage.py demo --tiny`: the whole chain through the real services, on a tiny model."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from attribution.models import Attribution
+from ledger.models import Posting
+from modelfactory.models import Inference
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_demo_runs_the_whole_chain(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MF_BASE_MODEL_DIR = tmp_path / "models"
+    out = StringIO()
+    call_command("demo", "--tiny", stdout=out)
+    text = out.getvalue()
+
+    assert "demo_carol: 2 rows kept, 1 refused, 1 duplicate(s)" in text
+    assert "line 3: this line is not valid JSON" in text
+    assert "version 1: 10 rows from 3 contributors" in text
+    assert "Finished: Training finished." in text
+    assert text.count("   Q: ") == 3
+    assert "Ledger OK:" in text and text.rstrip().endswith("/wallet/ to see it.")
+
+    inferences = list(Inference.objects.order_by("pk"))
+    assert [i.status for i in inferences] == ["completed"] * 3
+    attributions = Attribution.objects.filter(inference__in=inferences)
+    assert sorted(a.settlement_status for a in attributions) == ["settled"] * 3
+    # Every micro-unit of the fees went to the owner, the contributors and the platform.
+    fees = sum(i.fee_micro for i in inferences)
+    assert fees > 0
+    received = sum(
+        p.amount
+        for p in Posting.objects.filter(transaction__kind="settlement", amount__gt=0).exclude(
+            account__owner__username="demo_caller"  # what a hold returns to the caller is not income
+        )
+    )
+    assert received == fees
