@@ -198,7 +198,9 @@ def _train(*, base, version, owner, run: str, tiny: bool, say):
     from modelfactory.services import finetune_launch, finetune_run
 
     # Ten rows: several passes at a brisk rate so the model visibly learns them (and attribution has signal).
-    overrides = {"epochs": 3, "learning_rate": 5e-3, "max_length": 192} if tiny else {"epochs": 8, "learning_rate": 1e-3}
+    overrides = (
+        {"epochs": 3, "learning_rate": 5e-3, "max_length": 192} if tiny else {"epochs": 8, "learning_rate": 1e-3}
+    )
     job, _ = finetune_launch(
         user=owner,
         base_model_slug=base.slug,
