@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import TestCase
+from django.db import transaction
+from django.test import TestCase, override_settings
 
 from accounts.services import api_token_create
 from datanets import services as datanet_services
@@ -102,3 +104,30 @@ def build_world(cast: SimpleNamespace, folder: Path, monkeypatch) -> World:
         proof_tx=proof_tx,
         api_key=key,
     )
+
+
+def module_world(django_db_blocker, tmp_path_factory):
+    """Generator for a module-scoped fixture: the cast (same user names as the `cast` fixture, whose get_or_create
+    then returns these users) and their world, built once inside a transaction rolled back at the module's end.
+    Each test's own changes are rolled back to a savepoint by the `db` fixture, so no test sees another's."""
+    from tests.factories import PASSWORD, UserFactory
+
+    folder = tmp_path_factory.mktemp("world")
+    with (
+        django_db_blocker.unblock(),
+        override_settings(MEDIA_ROOT=folder / "media"),
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        atomic = transaction.atomic()
+        atomic._from_testcase = True  # like TestCase.setUpClass: the services' durable atomics nest inside it
+        atomic.__enter__()
+        try:
+            cast = SimpleNamespace(
+                owner=UserFactory(username="owner"), teammate=UserFactory(username="teammate"),
+                outsider=UserFactory(username="outsider"),
+                staff=UserFactory(username="staff", is_staff=True, is_superuser=True), password=PASSWORD,
+            )  # fmt: skip
+            yield build_world(cast, folder, mp)
+        finally:
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
