@@ -57,6 +57,10 @@ class TransactionListView(generics.ListAPIView):
             raise exceptions.ValidationError(form.errors)
         return selectors.statement(user=self.request.user, **form.filters())
 
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        return None if page is None else selectors.statement_running_balances(page)
+
 
 class ProofView(APIView):
     """Inclusion proof of one of the caller's transactions: its canonical content and hash-chain link, and a Merkle

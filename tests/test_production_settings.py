@@ -86,3 +86,12 @@ def test_report_only_mode_sends_the_policy_without_enforcing_it(production_env):
     headers = json.loads(result.stdout.strip().splitlines()[-1])["headers"]
     assert "Content-Security-Policy" not in headers
     assert headers["Content-Security-Policy-Report-Only"].startswith("default-src 'self'; script-src 'self';")
+
+
+def test_collectstatic_succeeds_with_the_production_storage(production_env, tmp_path):
+    """The manifest storage rewrites references inside CSS/JS and refuses a file that names a missing one (a
+    vendored source map comment did); production serves only what this collected."""
+    result = run([sys.executable, "manage.py", "collectstatic", "--no-input"], production_env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "var" / "staticfiles" / "staticfiles.json").read_text())
+    assert {"js/app.js", "js/wallet.js", "css/swagger.css", "vendor/chart-4.6.1.umd.min.js"} <= set(manifest["paths"])
