@@ -43,3 +43,18 @@ def test_every_operation_documents_its_errors_in_the_error_shape(client):
     assert set(schema["paths"]["/api/v1/datanets/{slug}/contributions/"]["post"]["responses"]) == {
         "201", "400", "401", "403", "404", "409", "413", "429",
     }  # fmt: skip
+
+
+def test_a_nul_character_in_a_query_or_path_is_a_clear_400_not_a_database_error(cast, client):
+    _, key = api_token_create(user=cast.owner, name="t")
+    api = APIClient(HTTP_AUTHORIZATION=f"Token {key}")
+    response = api.get("/api/v1/datanets/", {"q": "a\x00b"})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"code": "invalid", "message": "The address contains a NUL character, which is never valid here.",
+                  "details": {}}
+    }  # fmt: skip
+    assert api.get("/api/v1/datanets/a%00b/").status_code == 400
+    page = client.get("/datanets/", {"q": "\x00"})
+    assert page.status_code == 400
+    assert page.content == b"The address contains a NUL character, which is never valid here."
