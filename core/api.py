@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 from django.http import JsonResponse
-from rest_framework import exceptions, status
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.views import exception_handler
 
@@ -59,5 +61,23 @@ class Pagination(PageNumberPagination):
     max_page_size = 200
 
 
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape, for schema annotations of statuses a view adds (core/schema.py adds the common ones)."""
+
+    error = ErrorBodySerializer()
+
+
+def error_responses(**descriptions: str) -> dict[int, OpenApiResponse]:
+    """`responses` entries for extend_schema: error_responses(_409="Already exists.") -> {409: ...}."""
+    return {int(k.lstrip("_")): OpenApiResponse(ErrorSerializer, description=v) for k, v in descriptions.items()}
+
+
+@csrf_exempt  # it changes nothing; without this a POST to an unknown API path got Django's HTML CSRF page
 def api_not_found(request, *args, **kwargs) -> JsonResponse:
     return error_response("not_found", f"No API endpoint at {request.path}.", status.HTTP_404_NOT_FOUND)

@@ -8,6 +8,7 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
+from core.api import error_responses
 from datanets import selectors, services
 from datanets.models import Contribution, Datanet, Record
 from datanets.serializers import (
@@ -80,7 +81,10 @@ class DatanetViewSet(
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=DatanetCreateSerializer, responses={201: DatanetSerializer})
+    @extend_schema(
+        request=DatanetCreateSerializer,
+        responses={201: DatanetSerializer, **error_responses(_409="The address (slug) is taken.")},
+    )
     def create(self, request, *args, **kwargs):
         data = DatanetCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -101,7 +105,13 @@ class DatanetViewSet(
             raise refused(exc) from None
         return Response(DatanetSerializer(datanet).data)
 
-    @extend_schema(request=ContributionUploadSerializer, responses={201: ContributionSerializer})
+    @extend_schema(
+        request=ContributionUploadSerializer,
+        responses={
+            201: ContributionSerializer,
+            **error_responses(_409="The same file is already in this datanet.", _413="The file is too large."),
+        },
+    )
     @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
     def contributions(self, request, slug=None):
         """Upload a file (multipart field `file`). The ingest runs in the background: poll the contribution."""
@@ -162,6 +172,7 @@ class DatanetViewSet(
 class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """A contribution, seen by its contributor and the datanet's curators."""
 
+    lookup_value_regex = r"\d+"  # ids are numbers; anything else is the API's JSON 404, not a 500
     serializer_class = ContributionSerializer
     queryset = Contribution.objects.none()
 

@@ -94,11 +94,17 @@ def datanet_create(request):
 def datanet_detail(request, slug):
     datanet = _datanet(request, slug)
     q = request.GET.get("q", "").strip()
-    page = Paginator(selectors.record_list(datanet=datanet, q=q), PAGE_SIZE).get_page(request.GET.get("page"))
+    paginator = Paginator(selectors.record_list(datanet=datanet, q=q), PAGE_SIZE)
+    stats = None
+    if not request.htmx:
+        stats = selectors.datanet_stats(datanet=datanet)
+        if not q:  # the stats counted the accepted rows already: no second COUNT over them for the pages
+            paginator.count = stats["rows"]
+    page = paginator.get_page(request.GET.get("page"))
     context = {**_base(request, datanet, "rows"), "page": page, "q": q}
     if request.htmx:
         return render(request, "datanets/detail.html#rows", context)
-    context["stats"] = selectors.datanet_stats(datanet=datanet)
+    context["stats"] = stats
     context["latest"] = selectors.version_list(datanet=datanet).first()
     return render(request, "datanets/detail.html", context)
 

@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from core.api import error_responses
 from ledger import selectors, services
 from ledger.models import Transaction
 from ledger.serializers import (
@@ -56,6 +57,10 @@ class TransactionListView(generics.ListAPIView):
             raise exceptions.ValidationError(form.errors)
         return selectors.statement(user=self.request.user, **form.filters())
 
+    def paginate_queryset(self, queryset):
+        page = super().paginate_queryset(queryset)
+        return None if page is None else selectors.statement_running_balances(page)
+
 
 class ProofView(APIView):
     """Inclusion proof of one of the caller's transactions: its canonical content and hash-chain link, and a Merkle
@@ -84,7 +89,10 @@ class WithdrawalListCreateView(generics.ListCreateAPIView):
 
     @extend_schema(
         request=WithdrawalCreateSerializer,
-        responses={201: WithdrawalSerializer},
+        responses={
+            201: WithdrawalSerializer,
+            **error_responses(_409="The Idempotency-Key was used before with a different request."),
+        },
         parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
     )
     def post(self, request, *args, **kwargs):

@@ -32,6 +32,7 @@ def _statement(request):
 def wallet(request):
     form, rows = _statement(request)
     page = Paginator(rows, 25).get_page(request.GET.get("page"))
+    page.object_list = selectors.statement_running_balances(page.object_list)
     context = {
         "summary": selectors.wallet_summary(user=request.user),
         "filter_form": form,
@@ -54,7 +55,7 @@ def statement_csv(request):
     response["Content-Disposition"] = 'attachment; filename="statement.csv"'
     writer = csv.writer(response)
     writer.writerow(["date", "transaction", "kind", "description", "model", "amount", "balance after"])
-    for posting in rows.iterator(chunk_size=1000):
+    for posting in selectors.statement_with_running_balances(rows).iterator(chunk_size=1000):
         tx = posting.transaction
         writer.writerow(
             [

@@ -34,6 +34,7 @@ class BaseModelViewSet(viewsets.ReadOnlyModelViewSet):
 class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Fine-tuning jobs: launch, follow, stop or cancel. Only the owner sees a job."""
 
+    lookup_value_regex = r"\d+"  # ids are numbers; anything else is the API's JSON 404, not a 500
     serializer_class = FineTuneJobSerializer
 
     def get_queryset(self):

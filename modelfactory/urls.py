@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TokenObtainView
@@ -38,7 +38,12 @@ urlpatterns = [
     path("attribution/", include("attribution.urls")),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file, so the page runs under script-src 'self'.
+    path(
+        "api/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="core/swagger_ui.html"),
+        name="api-docs",
+    ),
     # Unknown API routes answer in the API's JSON error shape, even with DEBUG on.
     re_path(r"^api/", api_not_found),
     # OpenAI-compatible API: answers and errors in OpenAI's shapes.
