@@ -2,8 +2,8 @@
 
 drf-spectacular documents only the success answer of each operation; clients (and the schema fuzz test,
 tests/test_schema_fuzz.py) need the errors too. Added to every operation, including ones added later, unless the
-view documents that status itself: 400 where it takes a body or query parameters, 401 and 403 where it needs
-authentication, 404 where it has path parameters or pages, and 429 (throttled) everywhere."""
+view documents that status itself: 400 where it takes a body or query parameters, 415 where it takes a body, 401
+and 403 where it needs authentication, 404 where it has path parameters or pages, and 429 (throttled) everywhere."""
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -27,6 +27,7 @@ DESCRIPTIONS = {
     "401": "No valid credentials (send `Authorization: Token <key>`).",
     "403": "Authenticated, but not allowed to do this.",
     "404": "No such object, or not visible to you.",
+    "415": "The body's Content-Type is not one this operation reads (send JSON, or multipart for uploads).",
     "429": "Too many requests; details.retry_after_seconds says when to retry.",
 }
 HTTP_METHODS = {"get", "put", "patch", "post", "delete", "head", "options", "trace"}
@@ -37,6 +38,8 @@ def _error_statuses(operation: dict, method: str) -> list[str]:
     statuses = []
     if "requestBody" in operation or method in {"post", "put", "patch"} or any(p["in"] == "query" for p in parameters):
         statuses.append("400")
+    if "requestBody" in operation:
+        statuses.append("415")
     if any(requirement for requirement in operation.get("security", [])):  # {} alone means "anonymous is fine"
         statuses += ["401", "403"]
     if any(p["in"] == "path" or (p["in"] == "query" and p["name"] == "page") for p in parameters):

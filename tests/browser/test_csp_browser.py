@@ -69,6 +69,10 @@ def test_main_pages_work_under_the_content_security_policy(owner_page, world):
         "/train/new/",
         "/models/",
         f"/models/{world.model.slug}/",
+        f"/models/{world.model.slug}/playground/",
+        "/attribution/",
+        f"/attribution/models/{world.model.slug}/",
+        f"/attribution/datanets/{world.datanet.slug}/",
         "/accounts/profile/",
         "/accounts/tokens/",
     ]:
