@@ -41,7 +41,7 @@ def test_every_operation_documents_its_errors_in_the_error_shape(client):
                     "$ref": "#/components/schemas/Error"
                 }, (method, path)
     assert set(schema["paths"]["/api/v1/datanets/{slug}/contributions/"]["post"]["responses"]) == {
-        "201", "400", "401", "403", "404", "409", "413", "429",
+        "201", "400", "401", "403", "404", "409", "413", "415", "429",
     }  # fmt: skip
 
 
