@@ -20,6 +20,8 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.test.utils import override_settings
 
+from ledger.calc.money import format_credits as _credits
+
 CONTRIBUTORS = {
     "demo_alice": [
         (
@@ -76,10 +78,6 @@ CAROL_BAD_LINES = [
 QUESTIONS = ["How often should I water basil?", "How deep should I sow carrots?", "When should I plant garlic?"]
 PRICE_MICRO_PER_1K = 1_000_000  # 1 credit per 1,000 tokens: fees large enough to see in the wallets
 CALLER_CREDIT_MICRO = 20_000_000
-
-
-def _credits(micro: int) -> str:
-    return f"{micro / 1_000_000:,.6f}"
 
 
 def _user(username: str, *, staff: bool = False):

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
 from core.api import error_body
+from ledger.calc.money import format_credits, parse_credits
 from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob, Inference
 from modelfactory.serializers import (
@@ -98,7 +99,7 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens."""
         data = PublishSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        micro = int(data.validated_data["price_per_1k_tokens"] * 1_000_000)
+        micro = parse_credits(data.validated_data["price_per_1k_tokens"])
         try:
             model = services.trained_model_publish(
                 user=request.user, slug=slug, price_per_1k_tokens=micro, visibility=data.validated_data["visibility"]
@@ -143,7 +144,6 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
 
 def generate_payload(inference) -> dict:
-    from ledger.calc.money import format_credits
 
     return {
         "inference_id": inference.pk,

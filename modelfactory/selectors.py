@@ -100,7 +100,8 @@ def trained_models_visible(*, user) -> QuerySet[TrainedModel]:
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def base_tokenizer(path: str):
+    """The base model's tokenizer, loaded once per process (shared by the wizard, serving and attribution)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -115,7 +116,7 @@ def wizard_preview(*, base: BaseModel, versions, max_length: int, limit: int = 3
     from modelfactory.training.data import build_examples, preview_rows
 
     rows, _ = finetune_rows(versions=versions)
-    tokenizer = _tokenizer(base.path)
+    tokenizer = base_tokenizer(base.path)
     _, report = build_examples(tokenizer, rows, max_length=max_length)
     return {
         "previews": preview_rows(tokenizer, rows, max_length=max_length, limit=limit),
@@ -135,7 +136,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
     from modelfactory.training.finetune import split_rows
 
     rows, contributors = finetune_rows(versions=versions)
-    tokenizer = _tokenizer(base.path)
+    tokenizer = base_tokenizer(base.path)
     examples, report = build_examples(tokenizer, rows, max_length=int(hyperparameters["max_length"]))
     train_ids, eval_ids = split_rows(
         [e.row_id for e in examples], eval_split=float(hyperparameters["eval_split"]), seed=int(hyperparameters["seed"])

@@ -17,6 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
+from ledger.calc.money import format_credits as _credits
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, Inference, ModelVersion, TrainedModel
 from modelfactory.training import model_files
 
@@ -496,12 +497,6 @@ class ServingRefused(Exception):
         self.details = details or {}
 
 
-def _credits(micro: int) -> str:
-    from ledger.calc.money import format_credits
-
-    return format_credits(micro)
-
-
 def fee_for_tokens(*, price_per_1k_tokens: int, tokens: int) -> int:
     """Micro-credits for `tokens` tokens, rounded up to the micro-credit."""
     return -(-price_per_1k_tokens * tokens // 1000)
@@ -562,10 +557,10 @@ _tokenizer_lock = threading.Lock()
 
 def _count_prompt_tokens(*, base: BaseModel, messages: list[dict]) -> list[int]:
     """The prompt's token ids exactly as the inference worker builds them (chat template, assistant turn open)."""
-    from modelfactory.selectors import _tokenizer
+    from modelfactory.selectors import base_tokenizer
 
     with _tokenizer_lock:
-        tokenizer = _tokenizer(base.path)
+        tokenizer = base_tokenizer(base.path)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from ledger.calc.money import format_credits, parse_credits
 from modelfactory import selectors, services
 from modelfactory.forms import PresetForm
 from modelfactory.models import FineTuneJob, TrainedModel
@@ -227,7 +228,7 @@ def _model_or_404(request, slug: str) -> TrainedModel:
 def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
-    price_credits = f"{model.price_per_1k_tokens / 1_000_000:.6f}" if model.price_per_1k_tokens else "0.002000"
+    price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
     context = {"model": model, "version": version, "price_credits": price_credits}
     return render(request, "modelfactory/model_detail.html", context)
 
@@ -260,7 +261,7 @@ def model_publish(request, slug: str):
         model = services.trained_model_publish(
             user=request.user,
             slug=slug,
-            price_per_1k_tokens=int(form.cleaned_data["price"] * 1_000_000),
+            price_per_1k_tokens=parse_credits(form.cleaned_data["price"]),
             visibility=form.cleaned_data["visibility"],
         )
     except services.ServingRefused as exc:

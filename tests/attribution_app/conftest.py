@@ -90,12 +90,12 @@ class Planted:
     def example(self, question: str, answer: str | None = None):
         """(prompt ids, answer ids, answer text) tokenised exactly as training tokenises a row (the answer defaults
         to the planted row's)."""
-        from modelfactory.selectors import _tokenizer
+        from modelfactory.selectors import base_tokenizer
         from modelfactory.training.data import build_example
 
         if answer is None:
             answer = dict(q_a for part in self.rows.values() for q_a in part)[question]
-        tokenizer = _tokenizer(self.job.base_model.path)
+        tokenizer = base_tokenizer(self.job.base_model.path)
         example = build_example(tokenizer, {"id": 0, "kind": "instruction",
                                             "content": {"instruction": question, "output": answer}})  # fmt: skip
         trained = [i for i, label in enumerate(example.labels) if label != -100]
