@@ -66,3 +66,32 @@ def transaction_content(
 def chain_hash(previous_hex: str, content: bytes) -> str:
     """hash_n = SHA-256(hash_{n-1} (32 raw bytes) || canonical JSON of transaction n)."""
     return hashlib.sha256(bytes.fromhex(previous_hex) + content).hexdigest()
+
+
+def transaction_content_parts(
+    *, key: str, kind: str, status: str, memo: str, metadata: dict, request_hash: str, created_at: str
+) -> tuple[bytes, bytes]:
+    """`transaction_content` split around its postings: head + postings JSON + tail == transaction_content(...).
+
+    The PostgreSQL settlement function (migrations/0003) learns the posting account ids only under its row locks,
+    so it writes the postings' JSON itself ('[[account,amount],...]', sorted, no spaces) between these two parts.
+    The top-level "postings" is the last occurrence of that key: only the request hash (hex) and the status (one
+    word) follow it in the sorted keys, while metadata, which may contain anything, comes before it."""
+    whole = transaction_content(
+        key=key,
+        kind=kind,
+        status=status,
+        memo=memo,
+        metadata=metadata,
+        request_hash=request_hash,
+        created_at=created_at,
+        postings=[],
+    )
+    marker = b'"postings":[]'
+    at = whole.rfind(marker)
+    return whole[: at + len(marker) - 2], whole[at + len(marker) :]
+
+
+def postings_json(postings: list[tuple[int, int]]) -> bytes:
+    """The postings part of `transaction_content` on its own (what the SQL side writes between the parts)."""
+    return canonical_json([[int(account), int(amount)] for account, amount in sorted(postings)])
