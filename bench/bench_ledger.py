@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 ADMIN_URL = os.environ.get("MF_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DB_NAME = os.environ.get("MF_BENCH_LEDGER_DB", "mf_ledger_bench")
 CLIENTS = 8
-SECONDS = float(os.environ.get("MF_BENCH_LEDGER_SECONDS", "8"))
+SECONDS = float(os.environ.get("MF_BENCH_LEDGER_SECONDS", "9"))
+ROUNDS = int(os.environ.get("MF_BENCH_LEDGER_ROUNDS", "3"))
 
 
 def _admin(sql: str) -> None:
@@ -60,7 +61,7 @@ def _admin(sql: str) -> None:
 
 
 def _settle_loop(
-    client: int, seconds: float, shards: int, fast: bool, hot_owner: bool, people: dict, start, counter
+    client: int, seconds: float, shards: int, fast: bool, hot_owner: bool, round_no: int, people: dict, start, counter
 ) -> None:
     from django.conf import settings
     from django.db import connection
@@ -69,7 +70,7 @@ def _settle_loop(
 
     settings.MF_LEDGER_SHARDS = shards
     settings.MF_LEDGER_FAST_SETTLEMENT = fast
-    rng = random.Random(client)
+    rng = random.Random(f"{client}:{round_no}")
     payer = people["payers"][client]
     start.wait()
     deadline = time.perf_counter() + seconds
@@ -77,7 +78,7 @@ def _settle_loop(
     while time.perf_counter() < deadline:
         contributors = rng.sample(people["contributors"], 3)
         settlement_post(
-            key=f"bench:{shards}:{fast}:{hot_owner}:{client}:{done}:{rng.random()}",
+            key=f"bench:{shards}:{fast}:{hot_owner}:{round_no}:{client}:{done}",
             payer_user_id=payer,
             fee_micro=rng.randint(1_000, 2_000_000),
             owner_user_id=people["owners"][0] if hot_owner else rng.choice(people["owners"]),
@@ -90,7 +91,7 @@ def _settle_loop(
     connection.close()
 
 
-def _phase(target, args_for, clients: int, seconds: float) -> float:
+def _phase(target, args_for, clients: int) -> tuple[int, float]:
     from django.db import connections
 
     connections.close_all()  # children open their own connections
@@ -106,7 +107,7 @@ def _phase(target, args_for, clients: int, seconds: float) -> float:
         p.join()
         if p.exitcode != 0:
             raise SystemExit(f"a benchmark client failed (exit {p.exitcode})")
-    return counter.value / (time.perf_counter() - began)
+    return counter.value, time.perf_counter() - began
 
 
 def main() -> int:
@@ -138,18 +139,31 @@ def main() -> int:
         for payer in people["payers"]:
             credit_grant(user_id=payer, amount_micro=10**15, granted_by=staff)
 
-        def settle(clients: int, *, shards=16, fast=True, hot_owner=False, seconds=SECONDS) -> float:
-            args = lambda i: (i, seconds, shards, fast, hot_owner, people)  # noqa: E731
-            return round(_phase(_settle_loop, args, clients, seconds), 1)
+        phases = {
+            "baseline_general_path_8_clients_per_s": dict(clients=CLIENTS, fast=False),
+            "fast_1_client_per_s": dict(clients=1),
+            "hot_platform_row_8_clients_per_s": dict(clients=CLIENTS, shards=1),
+            "hot_owner_row_8_clients_per_s": dict(clients=CLIENTS, hot_owner=True),
+            "sharded_8_clients_per_s": dict(clients=CLIENTS),
+        }
+        totals = {name: [0, 0.0] for name in phases}
 
-        results = {"postings_per_settlement": 6, "clients": CLIENTS, "seconds_per_phase": SECONDS}
+        def settle(clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False):
+            args = lambda i: (i, seconds, shards, fast, hot_owner, round_no, people)  # noqa: E731
+            return _phase(_settle_loop, args, clients)
+
+        results = {"postings_per_settlement": 6, "clients": CLIENTS, "seconds_per_phase": SECONDS, "rounds": ROUNDS}
         results["load_average_before"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        settle(2, seconds=2)  # warm-up: creates the owners', contributors' and platform shards' accounts
-        results["baseline_general_path_8_clients_per_s"] = settle(CLIENTS, fast=False)
-        results["fast_1_client_per_s"] = settle(1)
-        results["hot_platform_row_8_clients_per_s"] = settle(CLIENTS, shards=1)
-        results["hot_owner_row_8_clients_per_s"] = settle(CLIENTS, hot_owner=True)
-        results["sharded_8_clients_per_s"] = settle(CLIENTS)
+        settle(2, -1, 2.0)  # warm-up: creates the owners', contributors' and platform shards' accounts
+        # Phases take turns in short rounds, so a change in the machine's load weighs on all of them alike.
+        for round_no in range(ROUNDS):
+            for name, config in phases.items():
+                done, elapsed = settle(round_no=round_no, seconds=SECONDS / ROUNDS, **config)
+                totals[name][0] += done
+                totals[name][1] += elapsed
+            print(f"round {round_no + 1}/{ROUNDS} done", file=sys.stderr, flush=True)
+        for name, (done, elapsed) in totals.items():
+            results[name] = round(done / elapsed, 1)
         results["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report = ledger_verify()
         results["ledger_verify"] = f"clean: {report.transactions} transactions, {report.postings} postings"

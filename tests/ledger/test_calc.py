@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.calc.canonical import chain_hash, jsonable, transaction_content
+from ledger.calc.canonical import (
+    chain_hash,
+    jsonable,
+    postings_json,
+    transaction_content,
+    transaction_content_parts,
+)
 from ledger.calc.merkle import inclusion_proof, merkle_root, verify_inclusion
 from ledger.calc.money import AmountError, format_credits, parse_credits
 from ledger.calc.split import SplitError, SplitPolicy, allocate, split_fee
@@ -109,3 +115,22 @@ def test_every_leaf_has_a_proof_that_verifies(hashes, data):
     assert verify_inclusion(hashes[index], proof, root)
     forged = "ff" * 32 if hashes[index] != "ff" * 32 else "ee" * 32
     assert not verify_inclusion(forged, proof, root)
+
+
+@given(
+    postings=st.lists(
+        st.tuples(st.integers(1, 10**12), st.integers(-(10**15), 10**15).filter(bool)), min_size=0, max_size=8
+    ),
+    memo=st.text(max_size=20),
+    nested=st.booleans(),
+)
+def test_content_parts_around_the_postings_rebuild_the_hashed_content(postings, memo, nested):
+    """The PostgreSQL settlement function hashes head + its own postings JSON + tail; that must be byte for byte
+    what ledger_verify recomputes, even when the metadata itself holds a "postings" key."""
+    metadata = {"postings": [], "request_hash": "x", "status": "posted"} if nested else {"model": "m"}
+    common = dict(key="k", kind="settlement", memo=memo, metadata=metadata, request_hash="ab" * 32)
+    common |= dict(created_at="2026-01-02T03:04:05.000006+00:00")
+    head, tail = transaction_content_parts(status="posted", **common)
+    whole = transaction_content(status="posted", postings=postings, **common)
+    assert head + postings_json(postings) + tail == whole
+    assert postings_json([(12, -5), (3, 7), (12, -9)]) == b"[[3,7],[12,-9],[12,-5]]"
