@@ -2,10 +2,13 @@
 mf_ledger_bench, created and dropped here), each settlement paying 6 postings: payer, model owner, 3 contributors,
 platform. Clients are processes (each with its own Django and connection), so the client's GIL is not measured.
 
-Phases, all in this run (the machine is shared and noisy, so only ratios within one run mean much):
+Phases, all in this run (the machine is shared and noisy, so only ratios within one run mean much; the phases
+take turns in MF_BENCH_LEDGER_ROUNDS rounds of MF_BENCH_LEDGER_SECONDS / rounds each, so a change in the load
+weighs on all of them alike; the load average is printed before and after):
   baseline      8 clients, the general path (MF_LEDGER_FAST_SETTLEMENT=0): what settlement did before the
                 fast path: 5 round trips (BEGIN, key lookup, SELECT ... FOR UPDATE, one write statement, COMMIT)
-                with every row lock, the chain head's included, held until the commit's disk flush was done
+                with every row lock, the chain head's included, held until the commit's disk flush was done.
+                (It runs on the same database, so it has 0003's cheaper balance triggers too.)
   1 client      the fast path, one client
   hot platform  8 clients, fast path, MF_LEDGER_SHARDS=1: every settlement credits the same platform row
   hot owner     8 clients, fast path, every settlement pays the same model owner (one popular model)

@@ -109,7 +109,9 @@ class Transaction(models.Model):
 
 class Posting(models.Model):
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings")
+    # No index of its own: ledger_posting_acct_tx (account, transaction) serves lookups by account, and one index
+    # fewer is one write fewer per posting.
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="postings", db_index=False)
     amount = models.BigIntegerField(help_text="Signed micro-units: positive credits the account, negative debits it.")
 
     class Meta:

@@ -14,6 +14,10 @@
 On PostgreSQL steps 3-4 are one SQL statement (a data-modifying CTE), the database computes the chain hash with
 sha256() and its triggers keep balances and refuse unbalanced, updated or deleted rows (migrations/0002). On
 SQLite the same steps run through the ORM, and this module is what enforces the rules.
+
+Settlements, the hot path, take a shorter road on PostgreSQL (`_settlement_post_fast`, migrations/0003): steps
+1-4 in one call of the ledger_settlement_post function, with the locks released before the WAL flush and the
+flush awaited before we answer. Anything that is not the plain case falls back to `_commit`, unchanged.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from math import lcm
 
 BASIS_POINTS = 10_000
 
@@ -65,16 +66,23 @@ def allocate(total: int, weights: Sequence[tuple[Hashable, Fraction]]) -> list[t
         raise SplitError("Nothing to split between.")
     if any(w < 0 for _, w in weights):
         raise SplitError("Shares cannot be negative.")
-    weight_sum = sum((w for _, w in weights), Fraction(0))
+    # Integer arithmetic over a common denominator (exactly the same floors and remainder order as with Fractions,
+    # several times faster: this runs on every settlement).
+    denominator = lcm(*(w.denominator for _, w in weights))
+    scaled = [w.numerator * (denominator // w.denominator) for _, w in weights]
+    weight_sum = sum(scaled)
     if weight_sum == 0:
         raise SplitError("Shares add up to zero.")
-    exact = [(key, Fraction(total) * w / weight_sum) for key, w in weights]
-    floors = [int(value) for _, value in exact]  # int() truncates; values are non-negative
+    floors, remainders = [], []
+    for weight in scaled:
+        floor, remainder = divmod(total * weight, weight_sum)
+        floors.append(floor)
+        remainders.append(remainder)
     left = total - sum(floors)
-    order = sorted(range(len(exact)), key=lambda i: (-(exact[i][1] - floors[i]), i))
+    order = sorted(range(len(scaled)), key=lambda i: (-remainders[i], i))
     for i in order[:left]:
         floors[i] += 1
-    return [(key, amount) for (key, _), amount in zip(exact, floors, strict=True)]
+    return [(key, amount) for (key, _), amount in zip(weights, floors, strict=True)]
 
 
 @dataclass(frozen=True)

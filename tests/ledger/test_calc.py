@@ -134,3 +134,18 @@ def test_content_parts_around_the_postings_rebuild_the_hashed_content(postings, 
     whole = transaction_content(status="posted", postings=postings, **common)
     assert head + postings_json(postings) + tail == whole
     assert postings_json([(12, -5), (3, 7), (12, -9)]) == b"[[3,7],[12,-9],[12,-5]]"
+
+
+@given(
+    total=st.integers(0, 10**12),
+    weights=st.lists(st.fractions(min_value=0, max_value=1000, max_denominator=97), min_size=1, max_size=7),
+)
+def test_allocate_matches_the_exact_fraction_definition(total, weights):
+    """allocate works in integers over a common denominator; the answer must be the Fraction one exactly."""
+    if sum(weights) == 0:
+        return
+    exact = [Fraction(total) * w / sum(weights) for w in weights]
+    floors = [int(value) for value in exact]
+    for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))[: total - sum(floors)]:
+        floors[i] += 1
+    assert allocate(total, list(enumerate(weights))) == list(enumerate(floors))
