@@ -5,10 +5,11 @@ platform. Clients are processes (each with its own Django and connection), so th
 Phases, all in this run (the machine is shared and noisy, so only ratios within one run mean much; the phases
 take turns in MF_BENCH_LEDGER_ROUNDS rounds of MF_BENCH_LEDGER_SECONDS / rounds each, so a change in the load
 weighs on all of them alike; the load average is printed before and after):
-  baseline      8 clients, the general path (MF_LEDGER_FAST_SETTLEMENT=0): what settlement did before the
-                fast path: 5 round trips (BEGIN, key lookup, SELECT ... FOR UPDATE, one write statement, COMMIT)
-                with every row lock, the chain head's included, held until the commit's disk flush was done.
-                (It runs on the same database, so it has 0003's cheaper balance triggers too.)
+  baseline      8 clients, the general path without early lock release (MF_LEDGER_FAST_SETTLEMENT=0,
+                MF_LEDGER_EARLY_RELEASE=0): what settlement did before this change: 5 round trips (BEGIN, key
+                lookup, SELECT ... FOR UPDATE, one write statement, COMMIT) with every row lock, the chain head's
+                included, held until the commit's disk flush was done. (Same database, so it has 0003's cheaper
+                balance triggers too.)
   1 client      the fast path, one client
   hot platform  8 clients, fast path, MF_LEDGER_SHARDS=1: every settlement credits the same platform row
   hot owner     8 clients, fast path, every settlement pays the same model owner (one popular model)
@@ -73,6 +74,7 @@ def _settle_loop(
 
     settings.MF_LEDGER_SHARDS = shards
     settings.MF_LEDGER_FAST_SETTLEMENT = fast
+    settings.MF_LEDGER_EARLY_RELEASE = fast
     rng = random.Random(f"{client}:{round_no}")
     payer = people["payers"][client]
     start.wait()

@@ -147,13 +147,14 @@ def _check_key(key: str) -> None:
 def _commit(*, key: str, request_hash: str, build: Callable[[], _Plan]) -> Transaction:
     _check_key(key)
     outermost = not connection.in_atomic_block
+    early = outermost and _early_release_possible()
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with transaction.atomic(durable=outermost):
                 tx = _existing(key, request_hash)
                 if tx is None:
                     plan = build()
-                    tx = _write(key=key, request_hash=request_hash, plan=plan)
+                    tx = _write(key=key, request_hash=request_hash, plan=plan, early_release=early)
                     if tx.status == Transaction.Status.POSTED and plan.after is not None:
                         plan.after(tx)
             break
@@ -161,6 +162,8 @@ def _commit(*, key: str, request_hash: str, build: Callable[[], _Plan]) -> Trans
             if not (outermost and attempt < MAX_ATTEMPTS and _is_retryable(exc)):
                 raise
             time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 (jitter, not security)
+    if early:
+        _durable()
     if tx.status == Transaction.Status.REJECTED:
         raise InsufficientFunds(tx)
     _maybe_schedule_checkpoint(tx.seq)
@@ -223,7 +226,7 @@ def _legs(legs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return sorted(result, key=lambda leg: (leg[1] < 0, leg[0], leg[1]))
 
 
-def _write(*, key: str, request_hash: str, plan: _Plan) -> Transaction:
+def _write(*, key: str, request_hash: str, plan: _Plan, early_release: bool = False) -> Transaction:
     legs = plan.legs
     if sum(amount for _, amount in legs) != 0:
         raise InvalidRequest(f"The legs of a transaction must sum to zero, not {sum(a for _, a in legs)}.")
@@ -263,7 +266,7 @@ def _write(*, key: str, request_hash: str, plan: _Plan) -> Transaction:
         created_at=created_at,
     )
     if connection.vendor == "postgresql":
-        return _write_postgresql(fields=fields, content=content, legs=legs)
+        return _write_postgresql(fields=fields, content=content, legs=legs, early_release=early_release)
     return _write_portable(fields=fields, content=content, legs=legs)
 
 
@@ -284,11 +287,17 @@ WITH head AS (
     FROM tx, unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS leg(account_id, amount, n)
    ORDER BY leg.n
 )
-SELECT id, seq, prev_hash, hash FROM tx
+SELECT id, seq, prev_hash, hash
+  FROM tx, (SELECT CASE WHEN %s THEN set_config('synchronous_commit', 'off', true) END) AS early_release
 """
 
 
-def _write_postgresql(*, fields: dict, content: bytes, legs: list[tuple[int, int]]) -> Transaction:
+def _write_postgresql(
+    *, fields: dict, content: bytes, legs: list[tuple[int, int]], early_release: bool = False
+) -> Transaction:
+    """The chain step, the transaction and its postings in one statement. With `early_release` (the caller's
+    atomic block is the whole database transaction) the commit will not wait for the WAL flush, so the chain head
+    and the account rows are unlocked before the flush; the caller then waits for it with `_durable`."""
     params = [
         content,
         fields["idempotency_key"],
@@ -300,6 +309,7 @@ def _write_postgresql(*, fields: dict, content: bytes, legs: list[tuple[int, int
         fields["created_at"],
         [account for account, _ in legs],
         [amount for _, amount in legs],
+        early_release,
     ]
     with connection.cursor() as cursor:
         cursor.execute(_PG_WRITE, params)
@@ -635,6 +645,7 @@ def _settlement_post_fast(
     a caller's atomic block the caller's commit is an ordinary, flushing one."""
     _check_key(key)
     outermost = not connection.in_atomic_block
+    early = outermost and _early_release_possible()
     metadata = jsonable(metadata)
     memo = memo[:500]
     created_at = timezone.now()
@@ -662,7 +673,7 @@ def _settlement_post_fast(
         platform[1],
         hold_key,
         fee_micro,
-        outermost,
+        early,
     ]
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
@@ -676,7 +687,7 @@ def _settlement_post_fast(
             time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 (jitter, not security)
     if row is None:
         return None
-    if outermost:
+    if early:
         _durable()
     pk, seq, prev_hash, digest = row
     _maybe_schedule_checkpoint(seq)
@@ -696,6 +707,10 @@ def _settlement_post_fast(
 
 
 _PG_SETTLE = "SELECT * FROM ledger_settlement_post(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+
+def _early_release_possible() -> bool:
+    return connection.vendor == "postgresql" and settings.MF_LEDGER_EARLY_RELEASE
 
 
 def _durable() -> None:

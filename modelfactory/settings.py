@@ -312,6 +312,9 @@ MF_LEDGER_SHARDS = env.int("MF_LEDGER_SHARDS", 16, min_value=1, max_value=1024)
 # PostgreSQL: settle in one call of the ledger_settlement_post function (migrations/0003) with the locks released
 # before the disk flush; off: the general path for every settlement (the benchmark's baseline).
 MF_LEDGER_FAST_SETTLEMENT = env.bool("MF_LEDGER_FAST_SETTLEMENT", True)
+# PostgreSQL: a ledger write that is its own transaction commits without waiting for the WAL flush (its row locks,
+# the chain head's included, are released before the flush) and the service waits for the flush before answering.
+MF_LEDGER_EARLY_RELEASE = env.bool("MF_LEDGER_EARLY_RELEASE", True)
 # A Merkle checkpoint is queued every N transactions (0: only by `manage.py ledger_checkpoint` / `ledger_verify`).
 MF_LEDGER_CHECKPOINT_EVERY = env.int("MF_LEDGER_CHECKPOINT_EVERY", 1000, min_value=0)
 # Bounds operators put on a model's fee split, in basis points (10,000 = 100%).

@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from ledger.models import Account, Hold, Posting, Transaction
 from ledger.services import (
@@ -256,5 +257,54 @@ def test_in_its_own_transaction_it_releases_locks_early_and_waits_for_the_flush(
         cursor.execute("SHOW synchronous_commit")  # SET LOCAL ended with the function's transaction
         assert cursor.fetchone()[0] == "on"
     assert Transaction.objects.get(idempotency_key="early").hash == tx.hash
+    assert wallet_balance(payer) == 3 * CREDIT
+    ledger_verify()
+
+
+def test_the_general_path_can_release_its_locks_before_the_flush(people):
+    """_commit passes early_release when its atomic block is the whole transaction; the write statement then
+    turns synchronous_commit off for that transaction only."""
+    from ledger.services import _write_postgresql
+
+    payer, owner, _ = people
+    a, b = account_for_user(user_id=payer.pk), account_for_user(user_id=owner.pk)
+    fields = dict(
+        idempotency_key="by-hand-early",
+        kind="transfer",
+        status="posted",
+        memo="",
+        metadata={},
+        request_hash="",
+        created_at=timezone.now(),
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+        _write_postgresql(fields=fields, content=b"{}", legs=[(b.pk, 5), (a.pk, -5)], early_release=True)
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "off"
+        transaction.set_rollback(True)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_general_path_writes_wait_for_the_flush_unless_early_release_is_off(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    payer = UserFactory(username="hold-payer")
+    staff = UserFactory(username="hold-staff", is_staff=True)
+    from ledger.services import credit_grant
+
+    credit_grant(user_id=payer.pk, amount_micro=5 * CREDIT, granted_by=staff)
+    with CaptureQueriesContext(connection) as queries:
+        hold_create(key="h-early", payer_user_id=payer.pk, amount_micro=CREDIT)
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert "set_config('synchronous_commit', 'off', true)" in next(q for q in sql if "ledger_chainhead" in q)
+    assert "pg_logical_emit_message" in sql[-2]  # the flush wait, then the hold is read back
+    settings.MF_LEDGER_EARLY_RELEASE = False
+    with CaptureQueriesContext(connection) as queries:
+        hold_create(key="h-sync", payer_user_id=payer.pk, amount_micro=CREDIT)
+    assert not any("pg_logical_emit_message" in q["sql"] for q in queries.captured_queries)
     assert wallet_balance(payer) == 3 * CREDIT
     ledger_verify()
