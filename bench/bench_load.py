@@ -10,6 +10,8 @@ re-established and checked in SQL: every transaction sums to zero and every bala
 Transaction hashes are unique stand-ins (sha256 of the sequence number), not the chain a real ledger would have.
 The bench user owns the datanet and receives 100k of the postings (20k settlements with model/datanet labels).
 
+gunicorn runs with --preload (the app, URL configuration included, loaded before the workers fork), and every page
+gets WARMUP_SECONDS of 8 users before it is measured (not counted): steady-state latency, not cold workers.
 Each page gets PHASE_SECONDS of 50 users, each fetching the page in a loop with a think time of 0.5-1.5 s
 (users, not a flood), over persistent connections. Baseline in the same run: a static file through WhiteNoise.
 Per page: p50/p95 latency, requests/s, and the number of SQL queries of one request (CaptureQueriesContext).
@@ -39,6 +41,7 @@ DB_NAME = "mf_load_bench"
 DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 USERS = 50
 PHASE_SECONDS = float(os.environ.get("MF_BENCH_LOAD_SECONDS", "20"))
+WARMUP_SECONDS, WARMUP_USERS = 3.0, 8
 WORKERS = int(os.environ.get("MF_BENCH_LOAD_WORKERS", "4"))
 ROWS, CONTRIBUTIONS, TRANSACTIONS = 100_000, 100, 500_000
 VAR = Path(tempfile.mkdtemp(prefix="mf-load-bench-"))
@@ -244,14 +247,14 @@ def user_loop(port, path, cookie, deadline, latencies, errors, seed):
     conn.close()
 
 
-def run_phase(port: int, path: str, cookie: str) -> dict:
+def run_phase(port: int, path: str, cookie: str, users: int = USERS, seconds: float = PHASE_SECONDS) -> dict:
     latencies: list[float] = []
     errors: list[float] = []
     started = time.perf_counter()
-    deadline = started + PHASE_SECONDS
+    deadline = started + seconds
     threads = [
         threading.Thread(target=user_loop, args=(port, path, cookie, deadline, latencies, errors, i))
-        for i in range(USERS)
+        for i in range(users)
     ]
     for t in threads:
         t.start()
@@ -292,7 +295,7 @@ def main() -> int:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "modelfactory.wsgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
-             "--log-level", "warning", "--backlog", "256"],
+             "--log-level", "warning", "--backlog", "256", "--preload"],
             cwd=ROOT, env=ENV, start_new_session=True,
         )  # fmt: skip
         for _ in range(100):
@@ -305,7 +308,10 @@ def main() -> int:
         from django.contrib.staticfiles.storage import staticfiles_storage
 
         static_path = settings.STATIC_URL + staticfiles_storage.stored_name("favicon.svg")
-        results = {"baseline_static": run_phase(port, "/" + static_path.lstrip("/"), cookie)}
+        static_url = "/" + static_path.lstrip("/")
+        for path in [static_url, *paths.values()]:  # warm-up, not counted
+            run_phase(port, path, cookie, users=WARMUP_USERS, seconds=WARMUP_SECONDS)
+        results = {"baseline_static": run_phase(port, static_url, cookie)}
         for name, path in paths.items():
             results[name] = {**run_phase(port, path, cookie), "queries": queries[name]}
         results["data"] = {"rows": ROWS, "postings": world["postings"], "migrate_s": round(migrate_s, 1),

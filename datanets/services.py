@@ -440,6 +440,7 @@ def _finalise(contribution: Contribution, processor: RowProcessor, tokens: int, 
             staged.delete()
         else:
             staged.update(status=record_status)
+            _rows_changed(contribution.datanet_id)
         data = report.as_dict()
         data.update(tokens=tokens, tokens_estimated=estimated)
         Contribution.objects.filter(pk=contribution.pk).update(
@@ -494,6 +495,12 @@ def contribution_fail_stale(*, now=None) -> list[int]:
 # --- Review -------------------------------------------------------------------------------------------------------
 
 
+def _rows_changed(datanet_id: int) -> None:
+    """Marks the datanet's rows as changed (its `updated_at`), which is what keys the cached stats of its page
+    (selectors.datanet_stats). Every service that makes rows live, or stops them being live, calls it."""
+    Datanet.objects.filter(pk=datanet_id).update(updated_at=timezone.now())
+
+
 def _require_curator(user, datanet: Datanet) -> None:
     if not datanet_can_curate(user=user, datanet=datanet):
         raise NotAllowed("Only the datanet's owner and curators can review contributions.")
@@ -510,6 +517,7 @@ def contribution_approve(*, contribution: Contribution, curator, note: str = "")
         Record.objects.filter(contribution=contribution, status=Record.Status.PENDING).update(
             status=Record.Status.ACCEPTED
         )
+        _rows_changed(contribution.datanet_id)
     contribution.refresh_from_db()
     return contribution
 
@@ -526,6 +534,7 @@ def contribution_reject(*, contribution: Contribution, curator, reason: str) -> 
         if not updated:
             raise DatanetError("This contribution cannot be rejected in its current state.", code="not_reviewable")
         Record.objects.filter(contribution=contribution, status__in=Record.LIVE).update(status=Record.Status.REJECTED)
+        _rows_changed(contribution.datanet_id)
     contribution.refresh_from_db()
     return contribution
 
@@ -539,6 +548,7 @@ def record_drop(*, record: Record, curator, reason: str = "") -> Record:
         )
         if not updated:
             raise DatanetError("Only a row waiting for review or accepted can be dropped.", code="not_droppable")
+        _rows_changed(record.datanet_id)
     record.refresh_from_db()
     return record
 

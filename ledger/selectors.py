@@ -88,6 +88,29 @@ def statement_running_balances(rows) -> list[Posting]:
     return rows
 
 
+def _history_mark(user) -> int | None:
+    """The chain position (seq) of the newest transaction the user took part in: a key for caches of sums over their
+    history. Seq, not id: seq is assigned under the chain-head lock held until commit, so a transaction that commits
+    later always has a higher seq (ids are taken at insert and can commit out of order)."""
+    return (
+        Posting.objects.filter(account__owner=user)
+        .order_by("-transaction__seq")
+        .values_list("transaction__seq", flat=True)
+        .first()
+    )
+
+
+def statement_size(*, user) -> int:
+    """How many postings the user's whole (unfiltered) statement has, for its page numbers. Cached until the user's
+    next posting: counting 100k postings on every wallet view costs tens of milliseconds."""
+    key = f"ledger:statement-size:{user.pk}:{_history_mark(user)}"
+    size = cache.get(key)
+    if size is None:
+        size = statement(user=user).count()
+        cache.set(key, size, EARNINGS_CACHE_SECONDS)
+    return size
+
+
 def _labels(metadata: dict, user_id: int) -> tuple[str, str]:
     model = str(metadata.get("model") or "unlabelled")
     datanets = metadata.get("datanets")
@@ -103,15 +126,9 @@ def earnings(*, user, days: int = 30) -> dict:
 
     The ledger knows nothing of models or datanets: settlement callers put labels in the transaction metadata
     ("model", and "datanet" or "datanets": {user id: label})."""
-    # Cached until the user's next posting (its id is in the key) or the next day; the sums read every settlement
+    # Cached until the user's next posting (its seq is in the key) or the next day; the sums read every settlement
     # of the period, which is thousands of rows for a busy contributor.
-    latest = (
-        Posting.objects.filter(account__owner=user)
-        .order_by("-transaction_id")
-        .values_list("transaction_id", flat=True)
-        .first()
-    )
-    key = f"ledger:earnings:{user.pk}:{days}:{latest}:{timezone.localdate().isoformat()}"
+    key = f"ledger:earnings:{user.pk}:{days}:{_history_mark(user)}:{timezone.localdate().isoformat()}"
     cached = cache.get(key)
     if cached is None:
         cached = _earnings(user=user, days=days)

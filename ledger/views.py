@@ -25,13 +25,23 @@ def csv_safe(value) -> str:
 def _statement(request):
     form = StatementFilterForm(request.GET or None)
     filters = form.filters() if form.is_valid() else {}
-    return form, selectors.statement(user=request.user, **filters)
+    return form, selectors.statement(user=request.user, **filters), any(filters.values())
+
+
+def _without_page(params) -> str:
+    """The statement's filters as a query string, for the pager's links (so that "Older" keeps the filter)."""
+    params = params.copy()
+    params.pop("page", None)
+    return params.urlencode()
 
 
 @login_required
 def wallet(request):
-    form, rows = _statement(request)
-    page = Paginator(rows, 25).get_page(request.GET.get("page"))
+    form, rows, filtered = _statement(request)
+    paginator = Paginator(rows, 25)
+    if not filtered:
+        paginator.count = selectors.statement_size(user=request.user)
+    page = paginator.get_page(request.GET.get("page"))
     page.object_list = selectors.statement_running_balances(page.object_list)
     context = {
         "summary": selectors.wallet_summary(user=request.user),
@@ -41,6 +51,7 @@ def wallet(request):
         "withdrawals": selectors.withdrawals_for(user=request.user)[:10],
         "earnings": selectors.earnings(user=request.user),
         "query": request.GET.copy().urlencode() if request.GET else "",
+        "filters_query": _without_page(request.GET),
     }
     template = "ledger/wallet.html#statement" if request.htmx else "ledger/wallet.html"
     response = render(request, template, context)
@@ -50,7 +61,7 @@ def wallet(request):
 
 @login_required
 def statement_csv(request):
-    _, rows = _statement(request)
+    _, rows, _ = _statement(request)
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="statement.csv"'
     writer = csv.writer(response)

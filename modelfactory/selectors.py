@@ -160,3 +160,13 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         "contributors": contributors,
         "report": report.as_dict(),
     }
+
+
+def dashboard_jobs(*, user, limit: int = 5) -> list[FineTuneJob]:
+    """The user's latest training jobs (running ones show their progress on the dashboard)."""
+    return list(job_list_for(user=user)[:limit])
+
+
+def dashboard_models(*, user, limit: int = 5) -> list[TrainedModel]:
+    """The models the user owns, newest first."""
+    return list(TrainedModel.objects.filter(owner=user)[:limit])

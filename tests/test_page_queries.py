@@ -58,7 +58,7 @@ def grow(world, cast, n: int = 30) -> None:
 
 @pytest.mark.parametrize(
     ("path", "budget"),
-    [("/", 2), ("/datanets/{slug}/", 10), ("/wallet/", 11)],  # wallet: 10 once its earnings are cached
+    [("/", 8), ("/datanets/{slug}/", 10), ("/wallet/", 11)],  # wallet: 10 once its earnings are cached
 )
 def test_page_query_budget_does_not_grow_with_data(client, cast, world, path, budget, django_assert_max_num_queries):
     client.force_login(cast.owner)

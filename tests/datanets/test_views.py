@@ -162,3 +162,27 @@ def test_admin_pages_load(client, cast, datanet):
     for model in ("datanet", "contribution", "record", "datanetversion", "versionrecord", "tag"):
         assert client.get(f"/admin/datanets/{model}/").status_code == 200
     assert client.get(f"/admin/datanets/datanetversion/{datanet.versions.get().pk}/change/").status_code == 200
+
+
+def test_detail_page_stats_follow_every_change_of_live_rows_while_cached(client, cast, datanet):
+    """The stats are cached per datanet; each service that changes which rows are live must move the key."""
+    from datanets.selectors import datanet_stats
+
+    def stats():
+        datanet.refresh_from_db()
+        return {k: v for k, v in datanet_stats(datanet=datanet).items() if k in ("rows", "contributors", "pending")}
+
+    assert stats() == {"rows": 0, "contributors": 0, "pending": 0}
+    first = ingest(datanet, cast.teammate, "a.jsonl", jsonl(QA))
+    assert stats() == {"rows": 0, "contributors": 0, "pending": 4}
+    services.contribution_approve(contribution=first, curator=cast.owner)
+    assert stats() == {"rows": 4, "contributors": 1, "pending": 0}
+    second = ingest(datanet, cast.outsider, "b.jsonl", jsonl([{"instruction": "Rhubarb?", "output": "In spring."}]))
+    services.contribution_approve(contribution=second, curator=cast.owner)
+    assert stats() == {"rows": 5, "contributors": 2, "pending": 0}
+    services.record_drop(record=first.records.first(), curator=cast.owner)
+    assert stats() == {"rows": 4, "contributors": 2, "pending": 0}
+    services.contribution_reject(contribution=second, curator=cast.owner, reason="Off topic.")
+    assert stats() == {"rows": 3, "contributors": 1, "pending": 0}
+    page = client.get(f"/datanets/{datanet.slug}/").content.decode()
+    assert "<strong>3</strong><br>accepted rows" in page

@@ -137,6 +137,20 @@ def test_wallet_page_filters_and_partial(client, cast, settled):
     assert "Credit grant" in body and "Inference fee settled" not in body
 
 
+def test_wallet_page_count_follows_new_postings_while_cached(client, cast, fund):
+    """The unfiltered statement's size is cached per user until their next posting; the page count must follow."""
+    client.force_login(cast.teammate)
+    for _ in range(25):
+        fund(cast.teammate, 1)
+    assert 'class="pager"' not in client.get(reverse("ledger:wallet")).content.decode()  # 25 rows: one page
+    fund(cast.teammate, 1)
+    assert "Page 1 of 2</span>" in client.get(reverse("ledger:wallet")).content.decode()
+    filtered = client.get(reverse("ledger:wallet") + "?kind=settlement").content.decode()
+    assert 'class="pager"' not in filtered and "Nothing here yet." in filtered  # a filter counts afresh
+    grants = client.get(reverse("ledger:wallet") + "?kind=grant").content.decode()
+    assert 'href="?kind=grant&amp;page=2">Older</a>' in grants  # the pager keeps the filter
+
+
 def test_wallet_needs_login(client):
     assert client.get(reverse("ledger:wallet")).status_code == 302
 
