@@ -11,6 +11,8 @@ Celery worker processes (kombu's filesystem broker, or the Redis broker CELERY_B
 fresh database of its own (SQLite file, or PostgreSQL when DATABASE_URL names it). The `default` worker (ingest,
 attribution, settlement) and the `gpu` worker (training) are started only once the page shows the upload / the
 job waiting in its queue, so that waiting state is seen every time, not only when the machine happens to be slow.
+The loss chart is asserted empty while the job waits and, at the end, holding one point per training step and the
+held-out points; how many points arrived through the live polls in between depends on timing and is not asserted.
 
 Screenshots of every step are kept in test-artifacts/<test name>/ when the test fails, with the servers' logs."""
 
