@@ -25,7 +25,8 @@ def inference(request, inference_id: int):
     except Attribution.DoesNotExist:
         raise Http404("There is no attribution for this answer that you may see.") from None
     detail = selectors.attribution_detail(attribution=attribution)
-    return render(request, "attribution/inference.html", {"attribution": attribution, "d": detail})
+    template = "attribution/inference.html#detail" if request.htmx else "attribution/inference.html"
+    return render(request, template, {"attribution": attribution, "d": detail})
 
 
 @login_required

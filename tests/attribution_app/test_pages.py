@@ -61,8 +61,26 @@ def test_a_pending_attribution_says_so(planted, make_inference, cast, client):
         [],
         "pending",
     )
-    page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
+    url = reverse("attribution:inference", args=[inference.pk])
+    page = client.get(url).content.decode()
     assert "We are still working out which training rows shaped this answer" in page
+    assert "This page updates by itself." in page
+    # The page asks for its detail part again every 2 s (htmx), and gets only that part back.
+    poll = f'<div id="attribution-detail" hx-get="{url}" hx-trigger="every 2s" hx-swap="outerHTML">'
+    assert poll in page
+    part = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert part.lstrip().startswith(poll) and "<html" not in part
+
+
+def test_a_settled_attribution_stops_polling(answered, cast, client):
+    client.force_login(cast.teammate)
+    url = reverse("attribution:inference", args=[answered.pk])
+    attribution = Attribution.objects.get(inference=answered)
+    assert (attribution.status, attribution.settlement_status) == ("done", "settled")
+    page = client.get(url).content.decode()
+    assert '<div id="attribution-detail">' in page and "hx-trigger" not in page
+    part = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert part.lstrip().startswith('<div id="attribution-detail">') and "hx-trigger" not in part
 
 
 def test_model_contributor_and_index_pages(answered, planted, cast, client):

@@ -64,6 +64,7 @@ def test_upload_page_then_progress_polling_stops_with_286(client, cast, datanet)
     polling = client.get(f"/datanets/contributions/{c.pk}/", HTTP_HX_REQUEST="true")
     assert polling.status_code == 200
     assert 'hx-trigger="every 1s"' in polling.content.decode() and "<progress" in polling.content.decode()
+    assert "Uploaded</span>\n    — waiting for a worker to start checking it." in polling.content.decode()
     services.contribution_ingest(contribution_id=c.pk)
     done = client.get(f"/datanets/contributions/{c.pk}/", HTTP_HX_REQUEST="true")
     assert done.status_code == 286
@@ -108,6 +109,7 @@ def test_versions_page_publish_and_diff(client, cast, datanet):
     assert response.status_code == 302
     page = client.get(f"/datanets/{datanet.slug}/versions/1/").content.decode()
     assert "+4</span> rows" in page and datanet.versions.get().manifest_hash in page
+    assert "4 rows from 1 contributor, " in page
     again = client.post(f"/datanets/{datanet.slug}/versions/", {"notes": ""})
     assert again.status_code == 400 and "Nothing changed since version 1" in again.content.decode()
     assert client.get(f"/datanets/{datanet.slug}/contributors/").status_code == 200
