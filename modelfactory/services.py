@@ -337,6 +337,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         ],
         contributors=contributors,
         device=settings.MF_TRAINING_DEVICE,
+        checkpoint_every=settings.MF_JOB_CHECKPOINT_EVERY,
     )
     try:
         with _JobProgress(job) as progress:
@@ -373,9 +374,9 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         job.progress = 1.0
         job.phase = "done"
         job.finished_at = timezone.now()
-        job.message = _success_message(result.metrics, stopped=stopped, slug=trained.slug) + "".join(
-            f" Note: {error}" for error in stage_errors.values()
-        )
+        job.message = _success_message(
+            result.metrics, stopped=stopped, slug=trained.slug, resumed_from=result.resumed_from
+        ) + "".join(f" Note: {error}" for error in stage_errors.values())
         job.save()
     return job
 
@@ -403,9 +404,14 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
     return errors
 
 
-def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str) -> str:
+def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str, resumed_from: int = 0) -> str:
     base, tuned = metrics.get("base_eval_loss"), metrics.get("eval_loss")
     start = "Stopped early as you asked; the adapter trained so far was kept. " if stopped else "Training finished. "
+    if resumed_from:
+        start += (
+            f"The training worker stopped during the run; training resumed from the checkpoint at step "
+            f"{resumed_from} instead of starting over. "
+        )
     if base is not None and tuned is not None:
         verdict = "better than" if tuned < base else "not better than"
         return (
