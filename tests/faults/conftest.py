@@ -65,9 +65,8 @@ def _sqlite_template(tmp_path_factory):
 
 
 @pytest.fixture
-def shared_db(request, tmp_path, django_db_blocker) -> SharedDb:
+def shared_db(request, transactional_db, tmp_path, django_db_blocker) -> SharedDb:
     if settings.IS_POSTGRES:
-        request.getfixturevalue("transactional_db")
         s = connection.settings_dict
         auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
         yield SharedDb(url=f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}")
@@ -151,11 +150,10 @@ def start_worker(shared_db, fault_settings, tmp_path):
     """start_worker(queues, **env) -> a running Worker on the shared database (stopped at the end of the test)."""
     from modelfactory.celery import app
 
+    app.control.purge()  # messages other tests left in the suite's broker are not ours to run
     workers: list[Worker] = []
 
     def _start(queues: str, **extra_env: str) -> Worker:
-        if not workers:
-            app.control.purge()  # messages other tests left in the suite's broker are not ours to run
         env = {
             **os.environ,
             "DATABASE_URL": shared_db.url,
