@@ -30,10 +30,11 @@ from django.db import connection, connections
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 
-needs_postgresql = pytest.mark.skipif(
-    not settings.IS_POSTGRES,
-    reason="needs PostgreSQL (DATABASE_URL=postgres://…; CI sets it): row locks stop the worker at an exact point",
-)
+
+def needs_postgresql(why: str):
+    return pytest.mark.skipif(
+        not settings.IS_POSTGRES, reason=f"needs PostgreSQL (DATABASE_URL=postgres://…, as CI sets it): {why}"
+    )
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, every: float = 0.05):

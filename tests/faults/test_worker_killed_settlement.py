@@ -36,7 +36,7 @@ from tests.factories import UserFactory
 from tests.faults.conftest import needs_postgresql, wait_for
 from tests.tiny import build_tiny_model_dir
 
-pytestmark = needs_postgresql
+pytestmark = needs_postgresql("SQLite has no row locks to stop the worker between two of its statements")
 
 CREDIT = 1_000_000
 GRANT = 5 * CREDIT
