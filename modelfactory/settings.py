@@ -202,6 +202,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 # How long a worker may be silent before /healthz and the job watchdog consider it gone.
 MF_WORKER_HEARTBEAT_SECONDS = env.int("MF_WORKER_HEARTBEAT_SECONDS", 10, min_value=1)
 MF_WORKER_STALE_SECONDS = env.int("MF_WORKER_STALE_SECONDS", 45, min_value=2)
+# How often each worker runs the recovery sweeps (core.heartbeat.register_sweep) for work abandoned by dead workers.
+MF_WORKER_SWEEP_SECONDS = env.int("MF_WORKER_SWEEP_SECONDS", 60, min_value=1)
 
 # --- REST API ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -2,7 +2,8 @@
 a tiny model, after a checkpoint. The job's own heartbeat (MF_JOB_HEARTBEAT_SECONDS=1 in the worker) stops; once it
 is older than MF_JOB_STALE_SECONDS (5 s here) the job API notices, says so in plain words and queues the job again;
 a restarted worker resumes it from the checkpoint instead of starting over, and the finished job says that too.
-With MF_JOB_MAX_ATTEMPTS=1 the same death fails the job with a plain message instead."""
+With MF_JOB_MAX_ATTEMPTS=1 the same death fails the job with a plain message instead, found by another worker's
+recovery sweep with nobody looking."""
 
 import json
 
@@ -119,19 +120,25 @@ def test_killed_training_is_detected_queued_again_and_resumed_from_its_checkpoin
     assert steps[-1] == job.total_steps
 
 
-def test_killed_training_with_no_attempts_left_is_failed_plainly(launch, start_worker, fault_settings):
-    fault_settings.MF_JOB_MAX_ATTEMPTS = 1
-    worker = start_worker("gpu", MF_JOB_HEARTBEAT_SECONDS="1", MF_JOB_CHECKPOINT_EVERY=str(CHECKPOINT_EVERY))
+def test_killed_training_with_no_attempts_left_is_failed_by_another_workers_sweep(launch, start_worker):
+    """Nobody opens the job: another worker's recovery sweep (MF_WORKER_SWEEP_SECONDS=1) notices the dead job."""
+    env = {"MF_JOB_HEARTBEAT_SECONDS": "1", "MF_JOB_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
+           "MF_JOB_STALE_SECONDS": "5", "MF_JOB_MAX_ATTEMPTS": "1", "MF_WORKER_SWEEP_SECONDS": "1"}  # fmt: skip
+    worker = start_worker("gpu", **env)
     api, job_id = launch()
     _kill_after_a_checkpoint(worker, job_id)
+    start_worker("default", **env)  # any worker sweeps, whatever its queues
 
-    def failed():
-        body = api.get(f"/api/v1/finetunes/{job_id}/").json()
-        return body if body["status"] == "failed" else None
-
-    body = wait_for(failed, timeout=30, what="the dead worker's job to be failed", every=0.5)
-    assert body["message"] == (
+    job = wait_for(
+        lambda: FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.FAILED).first(),
+        timeout=30,
+        what="a live worker's sweep to fail the dead worker's job",
+        every=0.25,
+    )
+    assert job.message == (
         "The training worker stopped unexpectedly (1 time), so the job was ended. "
         "Launch it again; if it keeps happening, lower the batch size or max length."
     )
+    body = api.get(f"/api/v1/finetunes/{job_id}/").json()
+    assert (body["status"], body["message"]) == ("failed", job.message)
     assert body["finished_at"] is not None
