@@ -1,6 +1,7 @@
 """The worker killed during an ingest: a real Celery worker (solo pool, the `default` queue) is SIGKILLed while it
 streams an uploaded file. The upload is detected as abandoned from the worker's stale heartbeat the next time anyone
-looks at it, is marked failed with a plain message, keeps none of its rows, and "Try again" checks it in full."""
+looks at it (here: its API; workers' recovery sweeps do the same every MF_WORKER_SWEEP_SECONDS), is marked failed
+with a plain message, keeps none of its rows, and "Try again" checks it in full."""
 
 import json
 import random
