@@ -6,6 +6,7 @@ and a new launch is queued."""
 
 import contextlib
 import json
+import os
 import socket
 
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -32,13 +33,20 @@ def broker_down():
         app._pool = None
         app.amqp._producer_pool = None
 
+    dead = f"redis://127.0.0.1:{port}/7"
+    saved_env = os.environ.get("CELERY_BROKER_URL")  # Celery reads this variable before its settings
     reset_pools()
-    app.conf.broker_url, app.conf.broker_transport_options = f"redis://127.0.0.1:{port}/7", {}
+    os.environ["CELERY_BROKER_URL"] = dead
+    app.conf.broker_url, app.conf.broker_transport_options = dead, {}
     try:
         yield
     finally:
         reset_pools()
         app.conf.broker_url, app.conf.broker_transport_options = saved
+        if saved_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved_env
 
 
 def _rows(n: int, start: int = 0) -> bytes:
