@@ -7,6 +7,7 @@ class AttributionConfig(AppConfig):
 
     def ready(self) -> None:
         from attribution import services
+        from core.heartbeat import register_sweep
         from modelfactory.hooks import PostTrainingStage, register_inference_completed, register_post_training_stage
 
         register_post_training_stage(
@@ -17,3 +18,4 @@ class AttributionConfig(AppConfig):
             )
         )
         register_inference_completed(services.inference_completed)
+        register_sweep("attribution.services.attribution_sweep_pending")

@@ -1,18 +1,40 @@
-"""Worker liveness: a daemon thread in each Celery worker's main process upserts a WorkerHeartbeat row."""
+"""Worker liveness: a daemon thread in each Celery worker's main process upserts a WorkerHeartbeat row, and every
+MF_WORKER_SWEEP_SECONDS runs the recovery sweeps other apps registered (an upload whose worker died is failed, a
+training job whose worker died is queued again or failed, an answer whose settlement never finished is re-enqueued),
+so that work abandoned by a killed worker is recovered even when nobody opens its page. Sweeps are idempotent:
+several workers may run them at once."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 logger = logging.getLogger(__name__)
 _stop = threading.Event()
+_sweeps: list[str] = []
+
+
+def register_sweep(path: str) -> None:
+    """Called from an AppConfig.ready() with the dotted path of a function that takes no arguments; it runs in every
+    worker every MF_WORKER_SWEEP_SECONDS (imported there on first use, so web processes never load it)."""
+    if path not in _sweeps:
+        _sweeps.append(path)
+
+
+def run_sweeps() -> None:
+    for name in _sweeps:
+        try:
+            import_string(name)()
+        except Exception as exc:  # one failing sweep (a database restarting) never stops the others or the beat
+            logger.warning("recovery sweep %s failed (%s: %s)", name, exc.__class__.__name__, exc)
 
 
 def heartbeat_beat(*, hostname: str, queues: list[str], started_at) -> None:
@@ -26,10 +48,14 @@ def heartbeat_beat(*, hostname: str, queues: list[str], started_at) -> None:
 
 def _loop(hostname: str, queues: list[str]) -> None:
     started_at = timezone.now()
+    last_sweep = time.monotonic()  # the first sweep waits one interval: a dead worker's beat must go stale first
     while not _stop.is_set():
         try:
             close_old_connections()
             heartbeat_beat(hostname=hostname, queues=queues, started_at=started_at)
+            if time.monotonic() - last_sweep >= settings.MF_WORKER_SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                run_sweeps()
         except Exception as exc:  # the database may be restarting; keep beating
             logger.warning("worker heartbeat failed (%s: %s); retrying", exc.__class__.__name__, exc)
         finally:

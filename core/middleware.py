@@ -1,7 +1,8 @@
 import logging
 
 from django.conf import settings
-from django.http import HttpResponseBadRequest
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, HttpResponseBadRequest
 
 from core.api import error_response
 
@@ -27,10 +28,37 @@ class ApiErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
+        if isinstance(exception, OperationalError | InterfaceError):
+            return database_unavailable(request, exception)
         if not request.path.startswith(API_PREFIXES):
             return None
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response("server_error", "Something went wrong on our side; it has been logged.", 500)
+
+
+DATABASE_DOWN_MESSAGE = "The database cannot be reached right now; please try again in a minute."
+DATABASE_DOWN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Temporarily unavailable · ModelFactory</title></head>
+<body><h1>Temporarily unavailable</h1><p>{message}</p><p><a href="/">Home</a></p></body></html>
+"""
+
+
+def database_unavailable(request, exception) -> HttpResponse:
+    """A database that is down or restarting (connection refused or dropped): 503 with Retry-After, in the API's
+    error shape or as a plain page that needs no database (no template context, no user), never a traceback.
+    Django closes the broken connection at the end of the request (CONN_HEALTH_CHECKS), so the next request
+    reconnects by itself once the database is back."""
+    logger.error("database unavailable on %s %s: %s", request.method, request.path, exception)
+    if request.path.startswith(API_PREFIXES):
+        response = error_response("database_unavailable", DATABASE_DOWN_MESSAGE, 503)
+    else:
+        response = HttpResponse(
+            DATABASE_DOWN_PAGE.format(message=DATABASE_DOWN_MESSAGE),
+            status=503,
+            content_type="text/html; charset=utf-8",
+        )
+    response["Retry-After"] = "30"
+    return response
 
 
 class ContentSecurityPolicyMiddleware:

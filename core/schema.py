@@ -3,7 +3,8 @@
 drf-spectacular documents only the success answer of each operation; clients (and the schema fuzz test,
 tests/test_schema_fuzz.py) need the errors too. Added to every operation, including ones added later, unless the
 view documents that status itself: 400 where it takes a body or query parameters, 415 where it takes a body, 401
-and 403 where it needs authentication, 404 where it has path parameters or pages, and 429 (throttled) everywhere."""
+and 403 where it needs authentication, 404 where it has path parameters or pages, and 429 (throttled) and 503
+(the database is unreachable; core.middleware.database_unavailable) everywhere."""
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -29,6 +30,7 @@ DESCRIPTIONS = {
     "404": "No such object, or not visible to you.",
     "415": "The body's Content-Type is not one this operation reads (send JSON, or multipart for uploads).",
     "429": "Too many requests; details.retry_after_seconds says when to retry.",
+    "503": "The database cannot be reached right now (code database_unavailable); retry after Retry-After seconds.",
 }
 HTTP_METHODS = {"get", "put", "patch", "post", "delete", "head", "options", "trace"}
 
@@ -44,7 +46,7 @@ def _error_statuses(operation: dict, method: str) -> list[str]:
         statuses += ["401", "403"]
     if any(p["in"] == "path" or (p["in"] == "query" and p["name"] == "page") for p in parameters):
         statuses.append("404")
-    statuses.append("429")
+    statuses += ["429", "503"]
     return statuses
 
 

@@ -227,6 +227,8 @@ def contribution_create(
     except IntegrityError:  # the same file raced in from another request
         contribution.file.delete(save=False)
         raise DatanetError("This file is already being uploaded to this datanet.", code="duplicate_file") from None
+    if enqueue:
+        contribution.refresh_from_db()  # a broker that was down has failed it already (_enqueue_ingest)
     return contribution
 
 
@@ -238,10 +240,25 @@ def _same_file_message(earlier: Contribution, user) -> str:
     )
 
 
+QUEUE_DOWN_MESSAGE = (
+    "The job queue could not be reached, so checking this file did not start. Your file was kept: "
+    "press “Try again” in a minute, or ask an operator to check the broker (see /healthz)."
+)
+
+
 def _enqueue_ingest(contribution_id: int) -> None:
+    """Hands the ingest to the default queue. A broker that is down leaves the contribution failed with a plain
+    message (the stored file is kept, so "Try again" works once the broker is back): nothing says "waiting" while
+    no worker will ever see it."""
     from datanets.tasks import contribution_ingest_task
 
-    contribution_ingest_task.delay(contribution_id)
+    try:
+        contribution_ingest_task.apply_async(args=[contribution_id], retry=False)
+    except Exception as exc:
+        logger.warning("could not enqueue the ingest of contribution %s: %s", contribution_id, exc)
+        Contribution.objects.filter(pk=contribution_id, status=Contribution.Status.UPLOADED).update(
+            status=Contribution.Status.FAILED, message=QUEUE_DOWN_MESSAGE, finished_at=timezone.now()
+        )
 
 
 def contribution_retry(*, contribution: Contribution, actor, column_mapping: dict | None = None) -> Contribution:

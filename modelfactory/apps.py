@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class ModelFactoryConfig(AppConfig):
     name = "modelfactory"
     verbose_name = "Model factory"
+
+    def ready(self) -> None:
+        from core.heartbeat import register_sweep
+
+        register_sweep("modelfactory.services.finetune_reap_stale")

@@ -13,7 +13,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -217,7 +218,9 @@ def _claim(job_id: int, *, hostname: str) -> FineTuneJob | None:
         heartbeat_at=now,
         worker=hostname,
         attempts=F("attempts") + 1,
-        message="Training started.",
+        message=Case(
+            When(attempts__gt=0, then=Value("Resuming from the last checkpoint.")), default=Value("Training started.")
+        ),
     )
     if not updated:
         stale = now - timedelta(seconds=settings.MF_JOB_STALE_SECONDS)
@@ -337,6 +340,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         ],
         contributors=contributors,
         device=settings.MF_TRAINING_DEVICE,
+        checkpoint_every=settings.MF_JOB_CHECKPOINT_EVERY,
     )
     try:
         with _JobProgress(job) as progress:
@@ -373,9 +377,9 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         job.progress = 1.0
         job.phase = "done"
         job.finished_at = timezone.now()
-        job.message = _success_message(result.metrics, stopped=stopped, slug=trained.slug) + "".join(
-            f" Note: {error}" for error in stage_errors.values()
-        )
+        job.message = _success_message(
+            result.metrics, stopped=stopped, slug=trained.slug, resumed_from=result.resumed_from
+        ) + "".join(f" Note: {error}" for error in stage_errors.values())
         job.save()
     return job
 
@@ -403,9 +407,14 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
     return errors
 
 
-def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str) -> str:
+def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str, resumed_from: int = 0) -> str:
     base, tuned = metrics.get("base_eval_loss"), metrics.get("eval_loss")
     start = "Stopped early as you asked; the adapter trained so far was kept. " if stopped else "Training finished. "
+    if resumed_from:
+        start += (
+            f"The training worker stopped during the run; training resumed from the checkpoint at step "
+            f"{resumed_from} instead of starting over. "
+        )
     if base is not None and tuned is not None:
         verdict = "better than" if tuned < base else "not better than"
         return (
@@ -436,6 +445,11 @@ def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:
     return trained
 
 
+RESUME_QUEUED_MESSAGE = (
+    "The training worker stopped unexpectedly; the job is queued again and will resume from its last checkpoint."
+)
+
+
 def finetune_reap_stale() -> list[int]:
     """Finds running jobs whose worker stopped beating and either re-queues them to resume from their last
     checkpoint (first time) or fails them with a message (after that). Returns the affected job ids."""
@@ -447,10 +461,15 @@ def finetune_reap_stale() -> list[int]:
     )
     for job_id, attempts in stale:
         if attempts < settings.MF_JOB_MAX_ATTEMPTS:
+            # Back to the queue, so that the next free worker claims it at once (a job left "running" with a fresh
+            # heartbeat could not be claimed by an idle worker that picks the message up right away).
             updated = FineTuneJob.objects.filter(
                 pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before
             ).update(
-                heartbeat_at=timezone.now(), message="The training worker stopped; resuming from the last checkpoint."
+                status=FineTuneJob.Status.QUEUED,
+                heartbeat_at=timezone.now(),
+                worker="",
+                message=RESUME_QUEUED_MESSAGE,
             )
             if updated:
                 transaction.on_commit(lambda job_id=job_id: _enqueue(job_id, resume=True))
@@ -458,8 +477,8 @@ def finetune_reap_stale() -> list[int]:
             FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.RUNNING).update(
                 status=FineTuneJob.Status.FAILED,
                 finished_at=timezone.now(),
-                message="The training worker stopped unexpectedly several times, so the job was ended. "
-                "Launch it again; if it keeps happening, lower the batch size or max length.",
+                message=f"The training worker stopped unexpectedly ({attempts} {pluralize(attempts, 'time,times')}), "
+                "so the job was ended. Launch it again; if it keeps happening, lower the batch size or max length.",
             )
     return [job_id for job_id, _ in stale]
 

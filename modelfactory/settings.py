@@ -172,6 +172,8 @@ if MF_TRAINING_DEVICE != "auto" and MF_TRAINING_DEVICE != "cpu" and not MF_TRAIN
 MF_JOB_HEARTBEAT_SECONDS = env.int("MF_JOB_HEARTBEAT_SECONDS", 15, min_value=1)
 MF_JOB_STALE_SECONDS = env.int("MF_JOB_STALE_SECONDS", 120, min_value=5)
 MF_JOB_MAX_ATTEMPTS = env.int("MF_JOB_MAX_ATTEMPTS", 2, min_value=1, max_value=10)
+# A resumable checkpoint every N optimizer steps (0: none; a job whose worker died then starts over).
+MF_JOB_CHECKPOINT_EVERY = env.int("MF_JOB_CHECKPOINT_EVERY", 50, min_value=0)
 
 # --- Celery -----------------------------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.url(
@@ -200,6 +202,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 # How long a worker may be silent before /healthz and the job watchdog consider it gone.
 MF_WORKER_HEARTBEAT_SECONDS = env.int("MF_WORKER_HEARTBEAT_SECONDS", 10, min_value=1)
 MF_WORKER_STALE_SECONDS = env.int("MF_WORKER_STALE_SECONDS", 45, min_value=2)
+# How often each worker runs the recovery sweeps (core.heartbeat.register_sweep) for work abandoned by dead workers.
+MF_WORKER_SWEEP_SECONDS = env.int("MF_WORKER_SWEEP_SECONDS", 60, min_value=1)
 
 # --- REST API ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -36,12 +36,13 @@ def test_every_operation_documents_its_errors_in_the_error_shape(client):
         for method, operation in methods.items():
             responses = operation["responses"]
             assert "429" in responses, (method, path)
+            assert "503" in responses, (method, path)
             if "{" in path:
                 assert responses["404"]["content"]["application/json"]["schema"] == {
                     "$ref": "#/components/schemas/Error"
                 }, (method, path)
     assert set(schema["paths"]["/api/v1/datanets/{slug}/contributions/"]["post"]["responses"]) == {
-        "201", "400", "401", "403", "404", "409", "413", "415", "429",
+        "201", "400", "401", "403", "404", "409", "413", "415", "429", "503",
     }  # fmt: skip
 
 

@@ -62,6 +62,7 @@ class FinetuneResult:
     report: dict[str, Any]
     stopped_early: bool
     model_card: str
+    resumed_from: int = 0  # the checkpoint step training continued from (0: it ran from the start)
 
 
 def split_rows(row_ids: list[int], *, eval_split: float, seed: int) -> tuple[set[int], set[int]]:
@@ -202,6 +203,7 @@ def run_finetune(
             report=report.as_dict(),
             stopped_early=result.stopped_early,
             model_card=card,
+            resumed_from=result.resumed_from,
         )
     except Cancelled:
         shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)

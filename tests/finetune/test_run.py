@@ -124,11 +124,12 @@ def test_dead_worker_is_resumed_once_then_failed(job, enqueued, settings, django
         assert services.finetune_reap_stale() == [job.pk]
     assert enqueued == [(job.pk, True)]
     job.refresh_from_db()
-    assert job.status == "running"
-    assert job.message == "The training worker stopped; resuming from the last checkpoint."
+    assert job.status == "queued"
+    assert job.message == (
+        "The training worker stopped unexpectedly; the job is queued again and will resume from its last checkpoint."
+    )
 
-    # The redelivered task takes the stale job over and finishes it, from the checkpoint if there is one.
-    FineTuneJob.objects.filter(pk=job.pk).update(heartbeat_at=old)
+    # The re-queued task is claimed at once by the next free worker and finishes, from the checkpoint if any.
     done = services.finetune_run(job_id=job.pk, hostname="rescuer", resume=True)
     assert (done.status, done.worker, done.attempts) == ("succeeded", "rescuer", 2)
 
@@ -136,7 +137,7 @@ def test_dead_worker_is_resumed_once_then_failed(job, enqueued, settings, django
     services.finetune_reap_stale()
     job.refresh_from_db()
     assert job.status == "failed"
-    assert job.message.startswith("The training worker stopped unexpectedly several times")
+    assert job.message.startswith("The training worker stopped unexpectedly (2 times), so the job was ended.")
 
 
 def test_workdir_is_under_media(job, settings):
