@@ -19,7 +19,10 @@ multiprocessing: a Celery prefork worker is a daemon process and may not have mu
 torch.distributed process group (nccl on CUDA, gloo on CPU; rendezvous through a file in the run folder). The
 ranks talk to the launching process over an authenticated local connection: rank 0 sends events and its result,
 the launcher sends stop/cancel. If any rank fails, the others are terminated and the failure is raised in the
-launcher: TrainingError and Cancelled with their own message, anything else as DistributedError.
+launcher: TrainingError and Cancelled with their own message, anything else as DistributedError. A rank whose
+launcher dies exits within seconds (it watches its parent), so a killed worker leaves no orphan on a GPU; the job
+is then resumed from rank 0's last checkpoint like any other. Which GPUs a worker sees is CUDA_VISIBLE_DEVICES:
+to run one job per GPU instead, start one worker per GPU, each seeing one.
 
 Executed on CPU only (2 gloo processes, tests/training/test_distributed.py); the nccl / CUDA branch has not run
 yet. accelerate is not used for the launch: its launchers either block the caller (no progress relay, no
@@ -239,8 +242,22 @@ def _stop_processes(procs: list[subprocess.Popen], grace_s: float = 10.0) -> Non
 # ---------------------------------------------------------------- one rank (a subprocess)
 
 
+def _exit_with_parent(poll_s: float = 2.0) -> None:
+    """A rank whose launcher died (e.g. a killed Celery worker) must not keep a GPU busy as an orphan."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="mf-dist-parent-watch", daemon=True).start()
+
+
 def _rank_main(argv: list[str]) -> int:
     host, port, rank, world, device_type, rendezvous = argv
+    _exit_with_parent()
     rank_info = Rank(int(rank), int(world), device_type)
     conn = Client((host, int(port)), authkey=bytes.fromhex(os.environ[AUTHKEY_ENV]))
     conn.send(rank_info.rank)
