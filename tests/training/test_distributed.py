@@ -86,6 +86,28 @@ def test_progress_events_come_once_per_step(runs):
     assert all(math.isclose(x, y, rel_tol=1e-4) for x, y in zip(one_losses, two_losses, strict=True))
 
 
+class Crash(Exception):
+    pass
+
+
+def test_a_run_killed_mid_way_resumes_from_rank_0s_checkpoint(runs, tiny_dir, tmp_path):
+    full, full_events, _ = runs[2]
+
+    def crash_at_step_5(event):
+        if event["type"] == "train" and event["step"] == 5:
+            raise Crash  # as if the worker died: the launcher's processes are stopped where they are
+
+    with pytest.raises(Crash):
+        run_finetune(spec(tiny_dir, processes=2), workdir=tmp_path, on_event=crash_at_step_5)
+    assert (tmp_path / "checkpoints" / "checkpoint" / "state.pt").is_file()
+    events = []
+    resumed = run_finetune(spec(tiny_dir, processes=2), workdir=tmp_path, on_event=events.append, resume=True)
+    assert [e["step"] for e in events if e["type"] == "train"] == [5, 6, 7, 8]
+    expected = {e["step"]: e["loss"] for e in full_events if e["type"] == "train"}
+    assert all(math.isclose(e["loss"], expected[e["step"]], rel_tol=1e-4) for e in events if e["type"] == "train")
+    assert math.isclose(resumed.metrics["eval_loss"], full.metrics["eval_loss"], rel_tol=1e-4)
+
+
 def test_cancel_reaches_every_process_and_keeps_nothing(tiny_dir, tmp_path):
     seen = []
 
