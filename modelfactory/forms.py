@@ -29,10 +29,31 @@ class PresetForm(forms.Form):
         max_length=200, required=False, label="Model name", help_text="Leave empty for a name made from your choices."
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, capabilities=None, **kwargs):
+        """`capabilities` (training.devices.Capabilities): the training hardware; 4-bit (QLoRA) is offered only
+        where it can run, and refused with the reason if posted anyway. None: offer everything (no check)."""
         super().__init__(*args, **kwargs)
+        self.capabilities = capabilities
         for name, param in HYPERPARAMETERS.items():
             self.fields[f"hp_{name}"] = _field_for(name, param)
+        if capabilities is not None:
+            from modelfactory.training.devices import offered_quantizations
+
+            field = self.fields["hp_quantization"]
+            offered = offered_quantizations(capabilities)
+            field.widget.choices = [(c, c) for c in offered]
+            if "4bit" not in offered:
+                field.help_text += " Not offered here: the training worker has no CUDA GPU it can use for it."
+
+    def clean_hp_quantization(self):
+        value = self.cleaned_data.get("hp_quantization")
+        if self.capabilities is not None and value:
+            from modelfactory.selectors import quantization_problem
+
+            problem = quantization_problem(value, caps=self.capabilities)
+            if problem:
+                raise forms.ValidationError(problem)
+        return value
 
     def hyperparameters(self) -> dict:
         return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
@@ -125,13 +126,40 @@ def wizard_preview(*, base: BaseModel, versions, max_length: int, limit: int = 3
     }
 
 
+def training_capabilities():
+    """What the training hardware can do (devices.Capabilities), read in this process: like the estimate, this
+    assumes the web process runs on the same kind of machine as the gpu worker."""
+    from modelfactory.training.devices import detect_capabilities
+
+    return detect_capabilities()
+
+
+def training_plan(*, caps=None, quantization: str = "none"):
+    """(plan, caps) for a job on this hardware with MF_TRAINING_DEVICE. Raises devices.HardwareError."""
+    from modelfactory.training.devices import plan_hardware
+
+    caps = caps if caps is not None else training_capabilities()
+    return plan_hardware(caps, preference=settings.MF_TRAINING_DEVICE, quantization=quantization), caps
+
+
+def quantization_problem(quantization: str, *, caps=None) -> str | None:
+    """Why the 4-bit setting cannot run on the training hardware (MF_TRAINING_DEVICE included), or None."""
+    from modelfactory.training.devices import HardwareError
+
+    try:
+        training_plan(caps=caps, quantization=quantization)
+    except HardwareError as exc:
+        return str(exc)
+    return None
+
+
 def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict:
-    """Step 5: tokens, steps, time and memory for these settings on this worker's hardware."""
+    """Step 5: tokens, steps, time and memory for these settings on this worker's hardware (how many devices
+    included: time is divided among them, memory is per device)."""
     import json
 
-    import torch
-
     from modelfactory.training.data import build_examples
+    from modelfactory.training.devices import describe_hardware
     from modelfactory.training.estimate import estimate_run
     from modelfactory.training.finetune import split_rows
 
@@ -142,19 +170,20 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         [e.row_id for e in examples], eval_split=float(hyperparameters["eval_split"]), seed=int(hyperparameters["seed"])
     )
     train_examples = [e for e in examples if e.row_id in train_ids]
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    plan, caps = training_plan(quantization=hyperparameters.get("quantization", "none"))
     config = json.loads((Path(base.path) / "config.json").read_text())
     estimate = estimate_run(
         [e.n_tokens for e in train_examples],
         hyperparameters,
-        device_type=device_type,
+        device_type=plan.device_type,
         parameters=base.parameters,
         model_config=config,
         answer_tokens=sum(e.n_answer_tokens for e in train_examples),
+        devices=plan.world_size,
     )
     return {
         **estimate.as_dict(),
-        "device": "a GPU" if device_type == "cuda" else "this server's CPU",
+        "device": describe_hardware(plan, caps),
         "train_rows": len(train_examples),
         "eval_rows": len(eval_ids),
         "contributors": contributors,

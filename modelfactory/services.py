@@ -129,6 +129,12 @@ def finetune_launch(
         preset = "balanced"
     hp, hp_errors = validate_hyperparameters(hyperparameters or {}, preset=preset)
     errors.update({f"hyperparameters.{field}": message for field, message in hp_errors.items()})
+    if "quantization" not in hp_errors:
+        from modelfactory.selectors import quantization_problem
+
+        problem = quantization_problem(hp["quantization"])
+        if problem:
+            errors["hyperparameters.quantization"] = problem
     if base is not None and "max_length" not in hp_errors and hp.get("max_length", 0) > base.context_length:
         if (hyperparameters or {}).get("max_length") in (None, ""):
             hp["max_length"] = base.context_length  # the preset's default does not fit this model: use all it reads

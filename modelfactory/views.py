@@ -56,18 +56,22 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
         context.setdefault(
             "form",
             PresetForm(
+                capabilities=selectors.training_capabilities(),
                 initial={
                     "preset": state["preset"],
                     "name": state["name"],
                     **{f"hp_{k}": v for k, v in state["advanced"].items()},
-                }
+                },
             ),
         )
         context["presets"] = PRESETS
     elif step == 5 and base and versions:
         hp, errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
         context["hyperparameters"] = [(HYPERPARAMETERS[k].label, v) for k, v in hp.items() if k in HYPERPARAMETERS]
-        if not errors:
+        problem = selectors.quantization_problem(hp["quantization"]) if not errors else None
+        if problem:
+            context.setdefault("error", problem)
+        elif not errors:
             context["estimate"] = selectors.wizard_estimate(base=base, versions=versions, hyperparameters=hp)
     template = "modelfactory/wizard.html#wizard" if request.htmx else "modelfactory/wizard.html"
     return render(request, template, context, status=status)
@@ -99,7 +103,7 @@ def wizard(request):
         if action == "next":
             _, error = selectors.versions_usable_by(user=request.user, version_ids=state["versions"])
     elif step == 4:
-        form = PresetForm(request.POST)
+        form = PresetForm(request.POST, capabilities=selectors.training_capabilities())
         if form.is_valid():
             state["preset"] = form.cleaned_data["preset"]
             state["name"] = form.cleaned_data["name"]

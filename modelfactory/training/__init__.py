@@ -20,17 +20,30 @@ Wizard (steps 3-5)
         Example(row_id, input_ids, labels; n_tokens, n_answer_tokens); BuildReport(rows_total, rows_used,
         too_long: [row ids], no_answer: [row ids], invalid: {row id: why}, tokens, answer_tokens; .as_dict())
     estimate.estimate_run(token_counts, hp, *, device_type, parameters, model_config, answer_tokens=None,
-        tokens_per_s=None) -> Estimate(steps, tokens, seconds, peak_memory_bytes, tokens_per_s, method)
+        tokens_per_s=None, devices=1) -> Estimate(steps, tokens, seconds, peak_memory_bytes, tokens_per_s, method,
+        devices)      (time divided among data-parallel devices, memory per device)
     estimate.measure_tokens_per_s(model, *, device, seq_len, batch_size, repeats=2) -> float  (calibration on the
         actual model, e.g. loaded with loop.load_model_for_training; pass the result as tokens_per_s)
     The tokenizer comes from model_files.load_causal_lm(folder) or transformers.AutoTokenizer.from_pretrained.
 
+Hardware (devices.py, pure decisions on a Capabilities value; detect_capabilities() reads the machine)
+    Capabilities(cuda, device_count, bf16, bitsandbytes, device_names)
+    choose_precision(caps, device_type) -> "bf16" | "fp32"; quantization_problem(caps, "4bit") -> message | None;
+    offered_quantizations(caps) -> ("none",) or ("none", "4bit");
+    plan_hardware(caps, *, preference="auto", quantization="none", processes=0) -> HardwarePlan(device_type,
+        device_index, world_size, precision, quantization)   (HardwareError with a message for the user)
+    describe_hardware(plan, caps) -> "2 GPUs (NVIDIA H100, bf16)" | "this server's CPU"
+    Only the CPU branches have run on real hardware; CUDA/bf16/bitsandbytes are tested on fakes.
+
 Celery task (gpu queue)
-    finetune.run_finetune(spec: FinetuneSpec, *, workdir: Path, on_event=None, control=None, resume=False)
-        -> FinetuneResult
+    finetune.run_finetune(spec: FinetuneSpec, *, workdir: Path, on_event=None, control=None, resume=False,
+        capabilities=None) -> FinetuneResult
     FinetuneSpec(base_model_dir, rows, hyperparameters={}, preset="balanced", base_model_name="base-model",
         model_name="Fine-tuned model", datanet_versions=[{"name", "version", "manifest_hash"}], contributors=0,
-        sample_prompts=5, max_new_tokens=96, device="auto", checkpoint_every=50)
+        sample_prompts=5, max_new_tokens=96, device="auto", checkpoint_every=50, processes=0)
+        processes: 0 = one process per CUDA GPU the worker sees (1 on a CPU); N > 1 runs data-parallel in N
+        processes (distributed.py: same steps and results as one device, up to rounding, with dropout 0), e.g.
+        2 gloo CPU processes in tests. on_event / control are called in the caller's process either way.
     FinetuneResult(adapter_dir, zip_path, artifact_hash, metrics, samples, hyperparameters, rows_used,
         rows_dropped, train_row_ids, eval_row_ids, report, stopped_early, model_card)
         metrics: {base_eval_loss, eval_loss, base_perplexity, perplexity, eval_tokens, train_loss, tokens, steps,

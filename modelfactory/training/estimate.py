@@ -8,6 +8,10 @@ SmolLM2-135M (bench/bench_training.py, our loop: 23.8 tokens/s x 4 x 135M, with 
 jobs, so it is pessimistic); CUDA_FLOPS is an assumption (an
 H100-class GPU at ~25% of its bf16 peak for these small models), not a measurement.
 
+With several devices (data-parallel, distributed.py) the time is divided by the device count: linear scaling is
+an assumption, not a measurement (the all-reduce of the LoRA gradients is small, but it has not run on GPUs yet).
+Memory is per device: each device's micro-batches hold at most `batch_size` rows, as on one device.
+
 Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the
 largest micro-batch (per token and layer about 34 x hidden x bytes/2, Korthikanti et al. 2022, with fused
 attention) + output logits on answer tokens + a fixed framework overhead.
@@ -34,6 +38,7 @@ class Estimate:
     peak_memory_bytes: int
     tokens_per_s: float
     method: str  # "measured" | "constant"
+    devices: int = 1  # data-parallel devices the time assumes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,9 +73,11 @@ def estimate_run(
     model_config: dict[str, Any],
     answer_tokens: int | None = None,
     tokens_per_s: float | None = None,
+    devices: int = 1,
 ) -> Estimate:
     """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
-    `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput when there is one."""
+    `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput of one device when there is
+    one; `devices`: data-parallel devices (time / devices; memory is per device)."""
     from modelfactory.training.loop import plan_steps
     from modelfactory.training.presets import resolve_target_modules
 
@@ -81,6 +88,7 @@ def estimate_run(
     else:
         flops = CUDA_FLOPS if device_type == "cuda" else CPU_FLOPS
         method, rate = "constant", flops / (4.0 * max(1, parameters))
+    rate *= max(1, int(devices))
     cuda = device_type == "cuda"
     weight_bytes = 0.55 if hp.get("quantization") == "4bit" else (2 if cuda else 4)
     act_bytes = 2 if cuda else 4
@@ -105,6 +113,7 @@ def estimate_run(
         peak_memory_bytes=int(math.ceil(memory)),
         tokens_per_s=rate,
         method=method,
+        devices=max(1, int(devices)),
     )
 
 

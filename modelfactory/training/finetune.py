@@ -20,7 +20,6 @@ from modelfactory.training.loop import (
     is_out_of_memory,
     load_model_for_training,
     out_of_memory_message,
-    pick_device,
     release_memory,
     train,
 )
@@ -45,6 +44,7 @@ class FinetuneSpec:
     max_new_tokens: int = 96
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     checkpoint_every: int = 50  # optimizer steps; 0 = never
+    processes: int = 0  # data-parallel processes: 0 = one per GPU of the worker (1 on a CPU); N = exactly N
 
 
 @dataclass
@@ -99,25 +99,73 @@ def run_finetune(
     on_event: EventCallback | None = None,
     control: ControlCallback | None = None,
     resume: bool = False,
+    capabilities=None,
 ) -> FinetuneResult:
     """Validates the settings, builds examples, splits off the held-out rows, trains, evaluates base vs tuned and
     writes `workdir/adapter/` (adapter files + README.md model card) and `workdir/adapter.zip`.
 
     Raises TrainingError (plain-language message: bad settings, no usable rows, missing model files, out of
     memory, diverged loss) or Cancelled (nothing kept: the workdir's adapter and checkpoints are removed). With
-    `resume=True` training continues from `workdir/checkpoints/` when a checkpoint is there."""
+    `resume=True` training continues from `workdir/checkpoints/` when a checkpoint is there.
+
+    With several GPUs (or `spec.processes` > 1) the same steps run data-parallel in one process per device
+    (distributed.py); `on_event` and `control` are still called here, in the caller's thread. `capabilities`
+    (devices.Capabilities) replaces the detected hardware, for tests."""
+    from modelfactory.training import distributed
+    from modelfactory.training.devices import HardwareError, detect_capabilities, plan_hardware
+
+    hp, errors = validate_hyperparameters(spec.hyperparameters, preset=spec.preset)
+    if errors:
+        raise TrainingError("Some settings are not valid: " + "; ".join(f"{k} {v}" for k, v in errors.items()) + ".")
+    try:
+        plan = plan_hardware(
+            capabilities or detect_capabilities(),
+            preference=spec.device,
+            quantization=hp["quantization"],
+            processes=spec.processes,
+        )
+    except HardwareError as exc:
+        raise TrainingError(str(exc)) from None
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not plan.distributed:
+        import torch
+
+        device = torch.device(plan.device_type, plan.device_index) if plan.device_index is not None else None
+        return _finetune(
+            spec, hp, workdir=workdir, device=device or torch.device(plan.device_type), on_event=on_event,
+            control=control, resume=resume, rank=None,
+        )  # fmt: skip
+    try:
+        return distributed.launch(
+            "modelfactory.training.finetune:finetune_rank",
+            {"spec": spec, "hp": hp, "workdir": workdir, "resume": resume},
+            world_size=plan.world_size,
+            device_type=plan.device_type,
+            on_event=on_event,
+            control=control,
+        )
+    except Cancelled:
+        shutil.rmtree(workdir / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(workdir / ADAPTER_DIR, ignore_errors=True)
+        raise
+
+
+def finetune_rank(*, rank, payload: dict[str, Any], on_event=None, control=None) -> FinetuneResult | None:
+    """One process of a data-parallel run (called by distributed.launch): rank 0 returns the result."""
+    return _finetune(
+        payload["spec"], payload["hp"], workdir=payload["workdir"], device=rank.device(), on_event=on_event,
+        control=control, resume=payload["resume"], rank=rank,
+    )  # fmt: skip
+
+
+def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: bool, rank) -> FinetuneResult | None:
     from modelfactory.training.artifacts import artifact_hash, build_zip, model_card, save_adapter, write_model_card
     from modelfactory.training.evaluate import compare_base_and_tuned
     from modelfactory.training.model_files import ModelFilesError
 
     emit = on_event or (lambda event: None)
-    hp, errors = validate_hyperparameters(spec.hyperparameters, preset=spec.preset)
-    if errors:
-        raise TrainingError("Some settings are not valid: " + "; ".join(f"{k} {v}" for k, v in errors.items()) + ".")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    device = pick_device(spec.device)
     model = None
     try:
         emit({"type": "phase", "phase": "loading"})
@@ -147,7 +195,10 @@ def run_finetune(
             checkpoint_dir=workdir / CHECKPOINT_DIR,
             checkpoint_every=spec.checkpoint_every,
             resume=resume,
+            rank=rank,
         )
+        if rank is not None and not rank.is_main:
+            return None  # rank 0 evaluates and saves
         emit({"type": "phase", "phase": "evaluating"})
         comparison = compare_base_and_tuned(
             model,

@@ -72,7 +72,8 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA GPUs that support it; full precision otherwise (CPU, older GPUs)."""
+    """bf16 autocast on CUDA GPUs that support it; full precision otherwise (CPU, older GPUs): the rule of
+    devices.choose_precision (checked on fakes there; the CUDA branch has not run on a GPU yet)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
@@ -112,18 +113,11 @@ def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torc
     inspect_model_dir(Path(model_dir))
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if hp.get("quantization") == "4bit":
-        if device.type != "cuda":
-            raise TrainingError(
-                "4-bit training (QLoRA) needs a CUDA GPU and this worker has none: choose 'none' for the 4-bit "
-                "setting, or run the job on a GPU worker."
-            )
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise TrainingError(
-                "4-bit training (QLoRA) needs the bitsandbytes package, which this worker does not have: choose "
-                "'none' for the 4-bit setting, or install bitsandbytes on the GPU worker."
-            ) from None
+        from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
+
+        problem = quantization_problem(detect_capabilities() if device.type == "cuda" else CPU_ONLY, "4bit")
+        if problem:
+            raise TrainingError(problem)
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -251,6 +245,13 @@ def out_of_memory_message(hp: dict[str, Any], *, rows: int, width: int, device: 
     return " ".join(parts)
 
 
+def diverged_message(loss: float, step: int, hp: dict[str, Any]) -> str:
+    return (
+        f"The training loss became {loss} at step {step}, so training was stopped: the model diverged. Lower the "
+        f"learning rate (now {hp['learning_rate']:g}; try {float(hp['learning_rate']) / 10:g})."
+    )
+
+
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -334,6 +335,7 @@ def train(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    rank=None,
 ) -> TrainResult:
     """Trains the LoRA parameters of `model` in place on `examples` with the clean hyperparameters `hp`.
 
@@ -341,8 +343,17 @@ def train(
     tokens_per_s, eta_s, memory_bytes}) and after each evaluation ({"type": "eval", step, epoch, eval_loss}).
     `control()` is polled before every step: "stop" ends training keeping the adapter as it is, "cancel" raises
     Cancelled. With `checkpoint_dir`, a checkpoint is written every `checkpoint_every` steps, and `resume=True`
-    continues from the one there. Raises TrainingError on a NaN/inf loss and on out-of-memory."""
+    continues from the one there. Raises TrainingError on a NaN/inf loss and on out-of-memory.
+
+    `rank` (a distributed.Rank, in a process group of several) trains data-parallel: each step's rows are shared
+    out among the ranks and the gradients all-reduced (see distributed.py); only rank 0 should get `on_event`,
+    `control` and `eval_examples`, and only it writes checkpoints. Without `rank` nothing of that runs."""
     from modelfactory.training.evaluate import eval_loss
+
+    if rank is not None and rank.world_size == 1:
+        rank = None
+    if rank is not None:
+        from modelfactory.training import distributed
 
     if not examples:
         raise TrainingError("There is no training example to learn from.")
@@ -365,8 +376,15 @@ def train(
         step, losses, step_tokens = state["step"], state["losses"], state["step_tokens"]
         eval_losses, tokens_total = [tuple(x) for x in state["eval_losses"]], state["tokens"]
         resumed_from = step
+        if rank is not None and not rank.is_main:
+            torch.manual_seed(seed + rank.rank + 7919 * step)  # the checkpoint holds rank 0's generator only
     else:
-        torch.manual_seed(seed)  # dropout draws from here; a checkpoint restores its own generator state
+        # dropout draws from here; a checkpoint restores its own generator state
+        torch.manual_seed(seed if rank is None else seed + rank.rank)
+    if rank is not None:
+        distributed.broadcast_parameters(params)
+        eval_examples = eval_examples if rank.is_main else None
+    pending = None  # distributed: the command rank 0 saw, agreed by all ranks in the last step's all-reduce
 
     def run_eval(epoch: float) -> None:
         if eval_examples:
@@ -386,7 +404,7 @@ def train(
         for index, window in enumerate(windows):
             if epoch * per_epoch + index < step:
                 continue  # done before the checkpoint we resumed from
-            command = control() if control else None
+            command = (control() if control else None) if rank is None else pending
             if command == "cancel":
                 raise Cancelled("The run was cancelled.")
             if command == "stop":
@@ -395,21 +413,23 @@ def train(
             groups = [[examples[i] for i in batch] for batch in window]
             answer_tokens = sum(e.n_answer_tokens for group in groups for e in group)
             window_loss, width, rows = 0.0, 0, 0
+            local = groups if rank is None else distributed.shard_window(groups, rank, batch_size)
             try:
-                for group in groups:
+                for group in local:
                     rows, width = len(group), max(e.n_tokens for e in group)
                     ids, labels = collate(group, pad_id=pad_id, device=device)
                     with autocast(device):
                         loss_sum, _ = answer_loss_sum(model, ids, labels)
-                    if not torch.isfinite(loss_sum):
-                        raise TrainingError(
-                            f"The training loss became {float(loss_sum.detach())} at step {step + 1}, so training was "
-                            f"stopped: the model diverged. Lower the learning rate (now {hp['learning_rate']:g}; "
-                            f"try {float(hp['learning_rate']) / 10:g})."
-                        )
+                    if rank is None and not torch.isfinite(loss_sum):
+                        raise TrainingError(diverged_message(float(loss_sum.detach()), step + 1, hp))
                     (loss_sum / answer_tokens).backward()
                     window_loss += float(loss_sum.detach())
                     del ids, labels, loss_sum
+                if rank is not None:
+                    seen = (control() if control else None) if rank.is_main else None
+                    window_loss, pending = distributed.reduce_step(params, loss_sum=window_loss, command=seen)
+                    if not math.isfinite(window_loss):  # every rank sees the same sum, so all stop together
+                        raise TrainingError(diverged_message(window_loss, step + 1, hp))
                 torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
                 optimizer.step()
                 scheduler.step()
@@ -443,7 +463,8 @@ def train(
                     "memory_bytes": memory_bytes(device),
                 }
             )
-            if checkpoint_dir is not None and checkpoint_every and step % checkpoint_every == 0 and step < total_steps:
+            due = checkpoint_every and step % checkpoint_every == 0 and step < total_steps
+            if due and checkpoint_dir is not None and (rank is None or rank.is_main):
                 save_checkpoint(
                     checkpoint_dir,
                     model=model,

@@ -112,3 +112,68 @@ def test_job_page_progress_partial_and_download(client, cast, tiny_base, version
     assert client.get(f"/train/jobs/{job.pk}/").status_code == 404
     assert client.get("/models/page-job/").status_code == 404  # a private draft
     assert client.get("/models/page-job/download/").status_code == 404
+
+
+QLORA_ON_CPU = (
+    "4-bit training (QLoRA) needs a CUDA GPU and this worker has none: choose &#x27;none&#x27; for the 4-bit "
+    "setting, or run the job on a GPU worker."
+)
+
+
+def _to_step_4(client, cast, version):
+    client.force_login(cast.owner)
+    client.get(WIZARD + "?restart=1")
+    post(client, action="next", base_model="tiny-base")
+    post(client, action="next", versions=[str(version.pk)])
+    post(client, action="next")
+
+
+def test_qlora_is_not_offered_on_a_cpu_worker_and_a_posted_4bit_is_refused(client, cast, tiny_base, version):
+    _to_step_4(client, cast, version)
+    page = client.get(WIZARD + "?step=4").content.decode()
+    assert '<option value="none"' in page and '<option value="4bit"' not in page
+    assert "Not offered here: the training worker has no CUDA GPU it can use for it." in page
+    response = post(client, action="next", preset="quick", hp_quantization="4bit")
+    page = response.content.decode()
+    assert response.status_code == 422
+    assert "Some settings need a change" in page
+    assert QLORA_ON_CPU in page
+    assert "5. Review and launch" not in page
+    assert FineTuneJob.objects.count() == 0
+
+
+def test_qlora_is_offered_where_cuda_and_bitsandbytes_are(client, cast, tiny_base, version, monkeypatch):
+    from modelfactory import selectors
+    from modelfactory.training.devices import Capabilities
+
+    gpu = Capabilities(cuda=True, device_count=2, bf16=True, bitsandbytes=True, device_names=("NVIDIA L4", "NVIDIA L4"))
+    monkeypatch.setattr(selectors, "training_capabilities", lambda: gpu)
+    _to_step_4(client, cast, version)
+    page = client.get(WIZARD + "?step=4").content.decode()
+    assert '<option value="4bit"' in page
+    page = post(client, action="next", preset="quick", hp_quantization="4bit", hp_max_length="192").content.decode()
+    assert "5. Review and launch" in page
+    assert "<strong>2 GPUs (NVIDIA L4, bf16, 4-bit base model)</strong>: each step's rows are shared out among " \
+        "the 2 devices" in page  # fmt: skip
+    assert "on each device" in page
+
+
+def test_review_names_the_cpu_as_the_hardware(client, cast, tiny_base, version):
+    _to_step_4(client, cast, version)
+    page = post(client, action="next", preset="quick", hp_max_length="192").content.decode()
+    assert "<article><header>Hardware</header><strong>this server&#x27;s CPU</strong></article>" in page
+    assert "on each device" not in page
+
+
+def test_api_refuses_qlora_on_a_cpu_worker(cast, tiny_base, version):
+    with pytest.raises(services.LaunchError) as caught:
+        services.finetune_launch(
+            user=cast.owner,
+            base_model_slug="tiny-base",
+            version_ids=[version.pk],
+            preset="quick",
+            hyperparameters={"quantization": "4bit"},
+            idempotency_key="qlora-cpu",
+        )
+    assert caught.value.errors == {"hyperparameters.quantization": QLORA_ON_CPU.replace("&#x27;", "'")}
+    assert FineTuneJob.objects.count() == 0

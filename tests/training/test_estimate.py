@@ -38,3 +38,17 @@ def test_calibration_measures_a_positive_rate_and_leaves_no_gradients(tiny_dir):
     rate = measure_tokens_per_s(model, device=CPU, seq_len=32, batch_size=2, repeats=1)
     assert rate > 0
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_several_devices_divide_the_time_not_the_memory(tiny_dir):
+    config = json.loads((tiny_dir / "config.json").read_text())
+    params = inspect_model_dir(tiny_dir).parameters
+    hp = hyperparameters(batch_size=4, grad_accum=2, epochs=3)
+    counts = [100] * 40 + [200] * 10
+    one = estimate_run(counts, hp, device_type="cuda", parameters=params, model_config=config, tokens_per_s=1000.0)
+    four = estimate_run(
+        counts, hp, device_type="cuda", parameters=params, model_config=config, tokens_per_s=1000.0, devices=4
+    )
+    assert (one.seconds, four.seconds) == (18.0, 4.5)
+    assert (one.devices, four.devices, four.tokens_per_s) == (1, 4, 4000.0)
+    assert (four.steps, four.tokens, four.peak_memory_bytes) == (one.steps, one.tokens, one.peak_memory_bytes)

@@ -1,0 +1,51 @@
+"""The training benchmark's synthetic-model mode (the one meant for GPU machines) on CPU with a tiny shape, so
+that it does not rot while no GPU is at hand. It checks that the mode runs end to end, not any speed."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_training.py"
+TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_training", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_config_runs_both_loops_and_prints_the_ratio_last(bench, tiny_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    shape_file = tmp_path / "tiny-shape.json"
+    shape_file.write_text(json.dumps(TINY_SHAPE))
+    output = tmp_path / "result.json"
+    argv = ["--device", "cpu", "--synthetic-config", str(shape_file), "--tokenizer-dir", str(tiny_dir),
+            "--examples", "4", "--eval-examples", "2", "--batch-size", "2", "--max-length", "2048",
+            "--output", str(output)]  # fmt: skip
+    assert bench.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("speedup (our tokens/s / Trainer tokens/s): ")
+    result = json.loads(output.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    expected = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **TINY_SHAPE))
+    assert result["parameters"] == sum(p.numel() for p in expected.parameters())
+    assert (result["device"], result["hardware"], result["train_examples"]) == ("cpu", "cpu", 4)
+    assert result["model"] == f"synthetic-{shape_file}"
+    assert result["tokens"] > 0
+    assert all(math.isfinite(result[k]) for k in ("trainer_eval_loss", "ours_eval_loss", "speedup"))
+    assert result["speedup"] > 0
+
+
+def test_named_shapes_and_a_bad_name(bench):
+    assert bench.synthetic_shape("135m")["num_hidden_layers"] == 30
+    assert bench.synthetic_shape("1b")["hidden_size"] == 2048
+    with pytest.raises(SystemExit, match="'2b' is neither 135m nor 1b nor a JSON file"):
+        bench.synthetic_shape("2b")
