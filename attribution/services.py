@@ -6,7 +6,7 @@ Rules (stored with every result, so a result can be recomputed):
   (modelfactory.training.data.build_examples with the job's max_length). The held-out eval rows did not shape the
   weights, so they earn no attribution; they are the queries of the curators' data valuation instead. The span
   index covers the same training rows.
-- Settlement rule "settle-1": the engine's shares (method "poa-1") name who shaped the answer; the part it could
+- Settlement rule "settle-1": the engine's shares (method "poa-2") name who shaped the answer; the part it could
   not pin on anyone (`unattributed`) still belongs to the data contributors as a group, so it is spread over them by
   their row share of the model's training data (rows in the job's datanet versions, version_contributor_row_counts).
   settled share_c = share_c + unattributed * row_share_c. The ledger splits the contributors' part of the fee (70%
