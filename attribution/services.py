@@ -91,7 +91,7 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
     )
     spans = engine.SpanIndex.build(train)
     train_owners = {row_id: owners[row_id] for row_id, _, _ in train}
-    report = engine.data_valuation(index, model, evals, train_owners) if evals else None
+    report = engine.data_valuation(index, model, evals, train_owners, seed=seed) if evals else None
     progress(total, total)
 
     folder = Path(job.workdir) / INDEX_FOLDER
@@ -121,7 +121,8 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
         valuation = {
             "version": report.version,
             "method": report.method,
-            "harmful_z": report.harmful_z,
+            "alpha": report.alpha,
+            "draws": report.draws,
             "eval_rows": eval_rows,
         }
     with transaction.atomic():
@@ -158,6 +159,7 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
                     value=c.value,
                     rows=c.rows,
                     z=c.z,
+                    p=c.p,
                     harmful=c.harmful,
                 )
                 for c in report.contributions

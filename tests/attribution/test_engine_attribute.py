@@ -116,3 +116,27 @@ def test_a_contribution_that_teaches_wrong_answers_is_flagged_harmful(base_dir, 
     assert len(report.row_values) == len(rows)
     with pytest.raises(EngineError, match="at least one held-out eval example"):
         data_valuation(index, model, [], meta)
+
+
+def test_the_harmful_flag_is_a_permutation_test_with_the_stated_false_positive_rate():
+    from attribution.engine.valuation import null_totals, valuation_from_values
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=400)
+    values[:10] -= 3.0  # contribution "bad": ten rows each well below the others
+    row_ids = np.arange(1, 401)
+    meta = {int(r): RowOwner(f"user-{(r - 1) // 10}", f"c{(r - 1) // 10}") for r in row_ids}
+    meta.update({r: RowOwner("user-bad", "bad") for r in range(1, 11)})
+    report = valuation_from_values(row_ids, values, meta, method="fisher", draws=1000, seed=4)
+    assert report.version == "poa-val-2" and (report.alpha, report.draws) == (0.05, 1000)
+    assert report.contributions[0].contribution_id == "bad" and report.contributions[0].harmful
+    null = null_totals(values, {10}, 1000, 4)[10]
+    assert report.contributions[0].p == (1 + int(np.sum(null <= values[:10].sum()))) / 1001
+    # the 39 ordinary contributions are random rows: about alpha (5%) of them are flagged too, here one
+    flagged = [c.contribution_id for c in report.contributions if c.harmful]
+    assert flagged[0] == "bad" and len(flagged) == 2
+    assert all(c.harmful == (c.value < 0 and c.p <= 0.05) for c in report.contributions)
+    with pytest.raises(EngineError, match="alpha must lie strictly between 0 and 1"):
+        valuation_from_values(row_ids, values, meta, method="fisher", alpha=0.0)
+    with pytest.raises(EngineError, match="draws must be at least 1"):
+        valuation_from_values(row_ids, values, meta, method="fisher", draws=0)
