@@ -190,7 +190,8 @@ def attribute_features(
 
     contributor_shares = mix(span_contributors, gradient_contributors)
     unattributed = max(0.0, 1.0 - sum(contributor_shares.values()))
-    order = np.argsort(-scores, kind="stable")[:top_k]
+    candidates = np.argpartition(-scores, top_k)[:top_k] if 0 < top_k < len(scores) else np.arange(len(scores))
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:top_k]  # by score, ties by row position
     top_rows = [(int(index.row_ids[i]), float(scores[i])) for i in order if scores[i] > 0]
     return AttributionResult(
         method_version=METHOD_VERSION,
