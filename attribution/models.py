@@ -42,7 +42,8 @@ class ContributionValue(models.Model):
     datanet = models.ForeignKey("datanets.Datanet", on_delete=models.CASCADE, related_name="contribution_values")
     value = models.FloatField(help_text="Sum of its rows' influence on the eval set (> 0 helped, < 0 hurt).")
     rows = models.PositiveIntegerField()
-    z = models.FloatField(help_text="How far below the typical row it lies, in noise units.")
+    z = models.FloatField(help_text="Its value against random row sets of its size, in standard deviations.")
+    p = models.FloatField(default=1.0, help_text="Share of random row sets of its size that did as badly or worse.")
     harmful = models.BooleanField(default=False, help_text="Strongly harmful: flagged for the curators' review.")
 
     class Meta:

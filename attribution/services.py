@@ -6,7 +6,7 @@ Rules (stored with every result, so a result can be recomputed):
   (modelfactory.training.data.build_examples with the job's max_length). The held-out eval rows did not shape the
   weights, so they earn no attribution; they are the queries of the curators' data valuation instead. The span
   index covers the same training rows.
-- Settlement rule "settle-1": the engine's shares (method "poa-1") name who shaped the answer; the part it could
+- Settlement rule "settle-1": the engine's shares (method "poa-2") name who shaped the answer; the part it could
   not pin on anyone (`unattributed`) still belongs to the data contributors as a group, so it is spread over them by
   their row share of the model's training data (rows in the job's datanet versions, version_contributor_row_counts).
   settled share_c = share_c + unattributed * row_share_c. The ledger splits the contributors' part of the fee (70%
@@ -91,7 +91,7 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
     )
     spans = engine.SpanIndex.build(train)
     train_owners = {row_id: owners[row_id] for row_id, _, _ in train}
-    report = engine.data_valuation(index, model, evals, train_owners) if evals else None
+    report = engine.data_valuation(index, model, evals, train_owners, seed=seed) if evals else None
     progress(total, total)
 
     folder = Path(job.workdir) / INDEX_FOLDER
@@ -121,7 +121,8 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
         valuation = {
             "version": report.version,
             "method": report.method,
-            "harmful_z": report.harmful_z,
+            "alpha": report.alpha,
+            "draws": report.draws,
             "eval_rows": eval_rows,
         }
     with transaction.atomic():
@@ -158,6 +159,7 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
                     value=c.value,
                     rows=c.rows,
                     z=c.z,
+                    p=c.p,
                     harmful=c.harmful,
                 )
                 for c in report.contributions

@@ -20,7 +20,7 @@ Per inference (a `default`-queue task)
 --------------------------------------
     index = AttributionIndex.load(path); spans = SpanIndex.load(path2)
     result = attribute(index, spans, model, prompt_ids, answer_ids, row_meta)   # -> AttributionResult
-    result.method_version          # "poa-1" (METHOD_VERSION): store it with the row
+    result.method_version          # "poa-2" (METHOD_VERSION): store it with the row
     result.contributor_shares      # {contributor_id: share}; + result.unattributed == 1 (within float rounding)
     result.contribution_shares     # {contribution_id: share} when row_meta names contributions
     result.top_rows                # [(row_id, tau)] best first, tau > 0 only (at most top_k=10)

@@ -1,15 +1,19 @@
 """Proof of Attribution for one answer: gradient influence and verbatim spans combined into contributor shares.
 
-The rule, version "poa-1" (METHOD_VERSION; change the version whenever any step below changes):
+The rule, version "poa-2" (METHOD_VERSION; change the version whenever any step below changes):
 
-1. Gradient credit. tau_i = score of every indexed row (default method "fisher": block-diagonal damped Fisher per
-   LoRA matrix). Positive influence only, above a per-query noise floor: floor = max(0, median(tau) + z_floor *
-   1.4826 * MAD(tau)) over all rows (the bulk of rows are unrelated to any one answer, so their spread is the
-   noise); a row's credit is max(tau_i - floor, 0).
-2. Unattributed share for weak totals. The above-floor mass M (in units of the robust scale) is compared with
-   M_null, the mean mass that unrelated queries get (calibrated when the index is built, see
-   `index.calibrate_null`). The attributed fraction is a = clip(1 - M_null / M, 0, 1): an answer whose credit is
-   no stronger than an unrelated query's is unattributed. Contributor c gets a * credit_c / sum(credit).
+1. Gradient scores. tau_i = score of every indexed row (default method "fisher": block-diagonal damped Fisher per
+   LoRA matrix); tau > 0 means training on row i made this answer more likely.
+2. Noise floor, calibrated by measurement when the index is built (`index.calibrate_floor`). Each score is put on
+   a scale-free relevance scale rho_i = tau_i / (|phi_q| |phi_i|) in the method's metric (for "fisher":
+   |x| = sqrt(x^T (F + lambda I)^-1 x); rho is a cosine in [-1, 1]). NULL_QUERIES permutation-null queries (a
+   training prompt, then an answer of random tokens drawn from all rows' answers: the datanet's vocabulary, no
+   row's content) are scored against every row; the floor c is the (1 - alpha) quantile over them of the largest
+   rho any row gets (alpha = null_alpha, default 0.05). So an unrelated answer credits any row at all with
+   probability about alpha, whatever the number of rows.
+   A row's credit is its influence above the floor: credit_i = tau_i (rho_i - c) / rho_i where rho_i > c, else 0.
+   The attributed fraction a is 1 when some row clears the floor, else 0 (the whole gradient part unattributed).
+   Contributor c gets a * credit_c / sum(credit).
 3. Span credit. Maximal verbatim spans of >= min_span answer tokens (see spans.py); each answer token covered by a
    span is credited to the longest covering span with weight -log p_unigram(token); a span's weight is split
    equally over the distinct contributors having a row that contains it (and within a contributor equally over
@@ -17,8 +21,9 @@ The rule, version "poa-1" (METHOD_VERSION; change the version whenever any step 
 4. Mix. With f = fraction of answer tokens covered verbatim: share_c = f * span_c + (1 - f) * gradient_c, and
    unattributed = (1 - f) * (1 - a). Shares plus unattributed sum to 1.
 
-`AttributionResult.params` stores the method version and every parameter (index seed, k, widths, kappa, z_floor,
-score method, min_span, top_k), so a result can be recomputed from the same model, rows and index.
+`AttributionResult.params` stores the method version and every parameter (index seed, k, widths, kappa, the noise
+floor and its alpha and number of null queries, score method, min_span, top_k), so a result can be recomputed
+from the same model, rows and index.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from typing import NamedTuple
 import numpy as np
 from torch import nn
 
-from attribution.engine.index import DEFAULT_METHOD, AttributionIndex, above_floor
+from attribution.engine.index import DEFAULT_METHOD, AttributionIndex
 from attribution.engine.lora import EngineError
 from attribution.engine.spans import DEFAULT_MIN_SPAN, SpanIndex, SpanMatch
 
-METHOD_VERSION = "poa-1"
+METHOD_VERSION = "poa-2"  # poa-1: per-query median + 3 MAD floor, mixture-null mass
 DEFAULT_TOP_K = 10
 MAX_ROWS_PER_SPAN = 20  # rows listed per span in the result (credit still goes to every containing row)
 
@@ -79,15 +84,19 @@ class AttributionResult:
         return data
 
 
-def gradient_credit(index: AttributionIndex, scores: np.ndarray, method: str) -> tuple[np.ndarray, float]:
-    """Per-row credit (rule steps 1-2) and the attributed fraction a."""
-    credit, mass = above_floor(scores, index.z_floor)
-    if mass <= 0 or credit.sum() <= 0:
-        return credit, 0.0
-    null = index.null_mass.get(method)
-    if null is None:
+def gradient_credit(
+    index: AttributionIndex, scores: np.ndarray, phi_q: np.ndarray, method: str
+) -> tuple[np.ndarray, float]:
+    """Per-row credit above the calibrated noise floor (rule step 2) and the attributed fraction a."""
+    floor = index.null_floor.get(method)
+    if floor is None:
         raise EngineError(f"The index has no noise calibration for score method {method!r}.")
-    return credit, float(np.clip(1.0 - null / mass, 0.0, 1.0))
+    scores = np.asarray(scores, dtype=np.float64)
+    rho = index.relevance(scores, phi_q, method).astype(np.float64)
+    above = rho > max(floor, 0.0)
+    credit = np.zeros_like(scores)
+    credit[above] = scores[above] * (rho[above] - floor) / rho[above]
+    return credit, 1.0 if credit.sum() > 0 else 0.0
 
 
 def span_credit(match: SpanMatch, row_meta: Mapping) -> tuple[dict, dict[int, float]]:
@@ -124,7 +133,7 @@ def attribute(
     min_span: int = DEFAULT_MIN_SPAN,
     top_k: int = DEFAULT_TOP_K,
 ) -> AttributionResult:
-    """Attribute one generated answer (rule "poa-1" above). row_meta: row_id -> contributor id, or RowOwner."""
+    """Attribute one generated answer (rule "poa-2" above). row_meta: row_id -> contributor id, or RowOwner."""
     phi_q = index.query_features(model, prompt_ids, answer_ids)
     return attribute_features(
         index, span_index, phi_q, answer_ids, row_meta, method=method, min_span=min_span, top_k=top_k
@@ -144,7 +153,7 @@ def attribute_features(
 ) -> AttributionResult:
     """`attribute` after the forward+backward: the scoring, aggregation and span part alone."""
     scores = index.scores(phi_q, method)
-    credit, attributed = gradient_credit(index, scores, method)
+    credit, attributed = gradient_credit(index, scores, phi_q, method)
 
     gradient_contributors: dict = {}
     gradient_contributions: dict = {}
@@ -181,7 +190,8 @@ def attribute_features(
 
     contributor_shares = mix(span_contributors, gradient_contributors)
     unattributed = max(0.0, 1.0 - sum(contributor_shares.values()))
-    order = np.argsort(-scores, kind="stable")[:top_k]
+    candidates = np.argpartition(-scores, top_k)[:top_k] if 0 < top_k < len(scores) else np.arange(len(scores))
+    order = candidates[np.lexsort((candidates, -scores[candidates]))][:top_k]  # by score, ties by row position
     top_rows = [(int(index.row_ids[i]), float(scores[i])) for i in order if scores[i] > 0]
     return AttributionResult(
         method_version=METHOD_VERSION,

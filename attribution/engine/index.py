@@ -13,15 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.engine.lora import EngineError, LoraMatrix, check_row, lora_modules, per_row_gradients
+from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
 
-INDEX_FORMAT = "poa-index-1"
+INDEX_FORMAT = "poa-index-2"  # 2: permutation-null noise floor (null_floor, null_features)
 SCORE_METHODS = ("fisher", "dot", "cosine")
 DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.778 (32 subsets), top-1 1.00 for all
 DEFAULT_KAPPA = 0.1  # LDS 0.825; 0.01 gave 0.804, 0.3 0.824, 1.0 0.817 (bench/bench_attribution.py)
-DEFAULT_Z_FLOOR = 3.0
-NULL_QUERIES = 64
+NULL_QUERIES = 32  # permutation-null queries scored at build time (see `null_queries`)
+NULL_ALPHA = 0.05  # false-positive rate of the noise floor: P(an unrelated answer credits any row at all)
 FP16_TARGET = 1024.0  # each stored row's largest |value|: far from fp16 overflow, ~11 bits of relative precision
 
 Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels with -100 on non-answer tokens)
@@ -39,12 +39,14 @@ class AttributionIndex:
     kappa: float
     fisher_inverse: list[np.ndarray]  # (F_m + lambda_m I)^-1, float32, one (k_m, k_m) per matrix
     damping: np.ndarray  # lambda_m, (M,) float64
-    null_mass: dict[str, float]  # mean above-floor mass of unrelated (null) queries, per score method
-    z_floor: float = DEFAULT_Z_FLOOR
+    null_features: np.ndarray  # (NULL_QUERIES, k) float32: phi of the permutation-null queries
+    null_floor: dict[str, float]  # score method -> noise floor on the relevance scale (see `relevance`)
+    null_alpha: float = NULL_ALPHA
     build_seconds: float = 0.0
     _projector: Projector | None = field(default=None, repr=False)
     _features32: np.ndarray | None = field(default=None, repr=False)
     _norms: np.ndarray | None = field(default=None, repr=False)
+    _h_norms: np.ndarray | None = field(default=None, repr=False)
 
     # -- shape ---------------------------------------------------------------------------------------------------
     @property
@@ -69,7 +71,9 @@ class AttributionIndex:
             "k": self.k,
             "widths": list(map(int, self.widths)),
             "kappa": self.kappa,
-            "z_floor": self.z_floor,
+            "null_alpha": self.null_alpha,
+            "null_queries": int(self.null_features.shape[0]),
+            "null_floor": dict(self.null_floor),
             "matrices": [m.name for m in self.matrices],
         }
 
@@ -89,10 +93,7 @@ class AttributionIndex:
         if min(ids) < 0 or max(ids) >= vocab:
             raise EngineError(f"Query token ids must lie in [0, {vocab}) for this model.")
         labels = [-100] * len(prompt_ids) + list(answer_ids)
-        out: list[np.ndarray] = []
-        projector = self.projector()
-        per_row_gradients(model, [(ids, labels)], consume=lambda _i, grads: out.append(projector.project(grads)))
-        return out[0][0].numpy()
+        return project_rows(model, [(ids, labels)], self.projector())[0]
 
     # -- scores -----------------------------------------------------------------------------------------------------
     def features32(self) -> np.ndarray:
@@ -104,6 +105,33 @@ class AttributionIndex:
         if self._norms is None:
             self._norms = np.linalg.norm(self.features32(), axis=1)
         return self._norms
+
+    def h_norms(self) -> np.ndarray:
+        """||phi_i||_H = sqrt(phi_i^T (F + lambda I)^-1 phi_i) per row (the "fisher" metric)."""
+        if self._h_norms is None:
+            features = self.features32()
+            squared = np.empty(self.size, dtype=np.float64)
+            for start in range(0, self.size, 4096):
+                chunk = features[start : start + 4096]
+                squared[start : start + 4096] = np.einsum("ij,ij->i", self.precondition(chunk), chunk)
+            self._h_norms = np.sqrt(np.clip(squared, 0.0, None)).astype(np.float32)
+        return self._h_norms
+
+    def relevance(self, scores: np.ndarray, phi_q: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
+        """Scale-free scores in [-1, 1]: the cosine between query and row in the metric of `method` ("fisher":
+        (F + lambda I)^-1, "dot": the identity; "cosine" scores already are). The noise floor lives on this scale."""
+        scores = np.asarray(scores, dtype=np.float32)
+        phi_q = np.atleast_2d(np.asarray(phi_q, dtype=np.float32))
+        if method == "cosine":
+            return scores
+        if method == "fisher":
+            q_norm = np.sqrt(np.clip(np.einsum("ij,ij->i", self.precondition(phi_q), phi_q), 0.0, None))
+            r_norm = self.h_norms()
+        else:
+            q_norm, r_norm = np.linalg.norm(phi_q, axis=1), self.norms()
+        denominator = np.maximum(q_norm[:, None] * r_norm[None, :], 1e-30)
+        out = np.atleast_2d(scores) / denominator
+        return out[0] if scores.ndim == 1 else out
 
     def precondition(self, phi: np.ndarray) -> np.ndarray:
         """Block-diagonal (F_m + lambda_m I)^-1 phi. phi: (k,) or (q, k)."""
@@ -148,13 +176,15 @@ class AttributionIndex:
             kappa=float(kappa),
             fisher_inverse=inverses,
             damping=damping,
-            null_mass={},
-            z_floor=self.z_floor,
+            null_features=self.null_features,
+            null_floor={},
+            null_alpha=self.null_alpha,
             build_seconds=self.build_seconds,
             _projector=self._projector,
             _features32=self._features32,
+            _norms=self._norms,
         )
-        index.null_mass = calibrate_null(index)
+        index.null_floor = calibrate_floor(index)
         return index
 
     # -- storage ----------------------------------------------------------------------------------------------------
@@ -167,6 +197,7 @@ class AttributionIndex:
             "features": np.ascontiguousarray(self.features, dtype=np.float16),
             "row_scale": np.ascontiguousarray(self.row_scale, dtype=np.float32),
             "damping": np.asarray(self.damping, dtype=np.float64),
+            "null_features": np.ascontiguousarray(self.null_features, dtype=np.float32),
         }
         for position, inverse in enumerate(self.fisher_inverse):
             tensors[f"fisher_inverse.{position}"] = np.ascontiguousarray(inverse, dtype=np.float32)
@@ -175,7 +206,6 @@ class AttributionIndex:
             "kinds": [m.kind for m in self.matrices],
             "shapes": [list(m.shape) for m in self.matrices],
             "ranks": [m.rank for m in self.matrices],
-            "null_mass": self.null_mass,
             "build_seconds": self.build_seconds,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,8 +245,9 @@ class AttributionIndex:
             kappa=float(meta["kappa"]),
             fisher_inverse=[tensors[f"fisher_inverse.{p}"] for p in range(len(matrices))],
             damping=tensors["damping"],
-            null_mass={key: float(value) for key, value in meta["null_mass"].items()},
-            z_floor=float(meta["z_floor"]),
+            null_features=tensors["null_features"],
+            null_floor={key: float(value) for key, value in meta["null_floor"].items()},
+            null_alpha=float(meta["null_alpha"]),
             build_seconds=float(meta["build_seconds"]),
         )
 
@@ -251,31 +282,44 @@ def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> 
     return inverses, np.asarray(damping, dtype=np.float64)
 
 
-def above_floor(scores: np.ndarray, z_floor: float) -> tuple[np.ndarray, float]:
-    """Per-query noise floor from the bulk of (unrelated) rows: floor = max(0, median + z_floor * 1.4826 * MAD).
-    Returns each row's credit max(tau_i - floor, 0) (float64) and the total credit in units of that robust scale."""
-    scores = np.asarray(scores, dtype=np.float64)
-    median = float(np.median(scores))
-    scale = 1.4826 * float(np.median(np.abs(scores - median)))
-    if scale <= 0:
-        scale = float(np.std(scores)) or 1.0
-    floor = max(0.0, median + z_floor * scale)
-    credit = np.clip(scores - floor, 0.0, None)
-    return credit, float(credit.sum() / scale)
+def project_rows(model: nn.Module, rows, projector: Projector, *, batch_size: int = 16, pad_id: int = 0) -> np.ndarray:
+    """phi (len(rows), k) float32 of (input_ids, labels) rows, in the order given."""
+    out = np.zeros((len(rows), projector.k), dtype=np.float32)
+
+    def consume(indices: list[int], phi: torch.Tensor) -> None:
+        out[indices] = phi.numpy()
+
+    per_row_features(model, rows, projector, batch_size=batch_size, pad_id=pad_id, consume=consume)
+    return out
 
 
-def calibrate_null(index: AttributionIndex, queries: int = NULL_QUERIES) -> dict[str, float]:
-    """Mean above-floor mass of unrelated queries: random +-1 mixtures of all rows' features, phi = Phi^T s / sqrt(N),
-    which have the rows' second moments but follow no single row. A real query whose above-floor mass is no larger
-    than this is noise; see `combine.gradient_credit`."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([index.seed, 1])))
-    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(queries, index.size))
-    null_phi = _matmul(signs, index.features32()) / np.float32(np.sqrt(max(1, index.size)))
-    result = {}
+def null_queries(rows: Sequence[Row], count: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Permutation-null queries: the prompt of a random training row followed by an answer of a random row's
+    length whose tokens are drawn at random from all rows' answer tokens. Such an answer uses the datanet's own
+    vocabulary (and so shares its generic gradient directions) but repeats no row's content: whatever credit it
+    gets is noise. Fixed seed: an auditor regenerates the same queries."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 2])))
+    pool = np.asarray([t for _, ids, labels in rows for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
+    starts = [next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) for _, _, labels in rows]
+    lengths = [sum(lab != IGNORE_INDEX for lab in labels) for _, _, labels in rows]
+    queries = []
+    for _ in range(count):
+        prompt_row, length_row = rng.integers(len(rows), size=2)
+        prompt = list(rows[prompt_row][1][: starts[prompt_row]])
+        answer = rng.choice(pool, size=lengths[length_row]).tolist()
+        queries.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
+    return queries
+
+
+def calibrate_floor(index: AttributionIndex) -> dict[str, float]:
+    """Noise floor per score method: the (1 - null_alpha) quantile, over the permutation-null queries, of the
+    largest relevance any row gets. An unrelated answer then credits any row at all with probability ~null_alpha."""
+    floors = {}
     for method in SCORE_METHODS:
-        scores = index.scores(null_phi, method)
-        result[method] = float(np.mean([above_floor(row, index.z_floor)[1] for row in scores]))
-    return result
+        scores = np.atleast_2d(index.scores(index.null_features, method))
+        best = index.relevance(scores, index.null_features, method).max(axis=1)
+        floors[method] = float(np.quantile(best, 1.0 - index.null_alpha))
+    return floors
 
 
 def build_index(
@@ -306,9 +350,9 @@ def build_index(
     row_scale = np.ones(len(rows), dtype=np.float32)
     done = 0
 
-    def consume(indices: list[int], grads: list[torch.Tensor]) -> None:
+    def consume(indices: list[int], phi_batch: torch.Tensor) -> None:
         nonlocal done
-        phi = projector.project(grads).numpy()
+        phi = phi_batch.numpy()
         scale = np.abs(phi).max(axis=1) / np.float32(FP16_TARGET)
         scale[scale == 0] = 1.0
         features[indices] = (phi / scale[:, None]).astype(np.float16)
@@ -319,7 +363,12 @@ def build_index(
 
     if on_progress is not None:
         on_progress(0, len(rows))
-    per_row_gradients(model, [(r[1], r[2]) for r in rows], batch_size=batch_size, pad_id=pad_id, consume=consume)
+    per_row_features(
+        model, [(r[1], r[2]) for r in rows], projector, batch_size=batch_size, pad_id=pad_id, consume=consume
+    )
+    null_phi = project_rows(
+        model, null_queries(rows, NULL_QUERIES, seed), projector, batch_size=batch_size, pad_id=pad_id
+    )
     if not np.isfinite(features).all():
         raise EngineError("Some row gradients are not finite (overflow in float16 or a diverged model).")
     index = AttributionIndex(
@@ -333,10 +382,11 @@ def build_index(
         kappa=float(kappa),
         fisher_inverse=[],
         damping=np.zeros(0),
-        null_mass={},
+        null_features=null_phi,
+        null_floor={},
         _projector=projector,
     )
     index.fisher_inverse, index.damping = fisher_blocks(index.features32(), widths, kappa)
-    index.null_mass = calibrate_null(index)
+    index.null_floor = calibrate_floor(index)
     index.build_seconds = time.perf_counter() - started
     return index

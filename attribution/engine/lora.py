@@ -10,6 +10,7 @@ where a batch-size-1 loop costs one step per row (see bench/bench_attribution.py
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -103,18 +104,35 @@ def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
         yield order[start : start + batch_size]
 
 
-def per_row_gradients(
-    model: nn.Module,
-    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
-    *,
-    batch_size: int = 16,
-    pad_id: int = 0,
-    consume: Callable[[list[int], list[torch.Tensor]], None],
-) -> None:
-    """For each batch, calls `consume(indices, grads)` with `grads[m]` of shape (n, out_m, in_m), the exact
-    gradient of each row's mean answer-token loss w.r.t. LoRA matrix m (in `lora_modules` order).
+def _answer_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of each row's mean answer-token loss, with logits computed at answer positions only.
 
-    The model is put in eval mode (no dropout) for the duration and restored afterwards."""
+    The output head (vocabulary-sized) runs only where a label is trained, as the training loop does; no attention
+    mask, since padding is on the right and attention is causal (padding never reaches an earlier position). Falls
+    back to the full logits when the head itself is adapted (its LoRA activations must keep their (n, T, .) shape)."""
+    from peft.tuners.lora import LoraLayer
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    if isinstance(head, LoraLayer) or not isinstance(head, nn.Linear) or not hasattr(lm, "get_decoder"):
+        return row_loss(model(input_ids=input_ids).logits, labels).sum()
+    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep]).float()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    token_loss = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    counts = keep.sum(dim=1).clamp(min=1).to(token_loss.dtype)
+    return (token_loss / counts.repeat_interleave(keep.sum(dim=1))).sum()
+
+
+def _batched_passes(
+    model: nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """One forward+backward per batch of similar-length rows; yields (indices, [(a, d)] per LoRA matrix) with `a`
+    (n, T, in) what the matrix saw and `d` (n, T, out) the gradient of the batch loss at its output."""
     modules = lora_modules(model)
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -127,25 +145,78 @@ def per_row_gradients(
     handles = [linear.register_forward_hook(make_hook(slot)) for slot, (_, linear) in enumerate(modules)]
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         with torch.enable_grad():
             for indices in _batches([len(r[0]) for r in rows], batch_size):
-                input_ids, labels, attention = _pad([rows[i] for i in indices], pad_id)
+                input_ids, labels, _ = _pad([rows[i] for i in indices], pad_id)
                 captured.clear()
-                logits = model(input_ids=input_ids, attention_mask=attention).logits
-                loss = row_loss(logits, labels).sum()
+                loss = _answer_loss(model, input_ids.to(device), labels.to(device))
                 outputs = [captured[slot][1] for slot in range(len(modules))]
                 output_grads = torch.autograd.grad(loss, outputs)
-                grads = []
-                for slot in range(len(modules)):
-                    activation = captured[slot][0].float()
-                    grads.append(torch.einsum("nto,nti->noi", output_grads[slot].float(), activation))
-                consume(indices, grads)
+                yield indices, [(captured[slot][0], output_grads[slot]) for slot in range(len(modules))]
     finally:
         for handle in handles:
             handle.remove()
         captured.clear()
         model.train(was_training)
+
+
+def per_row_gradients(
+    model: nn.Module,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    consume: Callable[[list[int], list[torch.Tensor]], None],
+) -> None:
+    """For each batch, calls `consume(indices, grads)` with `grads[m]` of shape (n, out_m, in_m), the exact
+    gradient of each row's mean answer-token loss w.r.t. LoRA matrix m (in `lora_modules` order).
+
+    The model is put in eval mode (no dropout) for the duration and restored afterwards."""
+    with contextlib.closing(_batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id)) as passes:
+        for indices, pairs in passes:
+            consume(indices, [torch.einsum("nto,nti->noi", d.float(), a.float()) for a, d in pairs])
+
+
+def per_row_features(
+    model: nn.Module,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    projector,
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    consume: Callable[[list[int], torch.Tensor], None],
+) -> None:
+    """For each batch, calls `consume(indices, phi)` with phi (n, k) float32 on the CPU: each row's projected
+    gradient, equal to `projector.project(per-row gradients)` (up to float rounding).
+
+    With the "lowrank" projection the per-row gradient is never formed: for lora_A (G = d^T a, r x in) the features
+    are G R^T = d^T (a R^T), for lora_B (G = d^T a, out x r) they are R G = (d R^T)^T a, so only (n, T, k_d)
+    products are made (associativity; see projection.py for R). "dense" projects the formed gradients."""
+    if projector.kind != "lowrank":
+        per_row_gradients(
+            model,
+            rows,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            consume=lambda indices, grads: consume(indices, projector.project([g.cpu() for g in grads])),
+        )
+        return
+    gaussians: list[torch.Tensor] = []
+    with contextlib.closing(_batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id)) as passes:
+        for indices, pairs in passes:  # closing: the hooks are removed even when consume raises
+            if not gaussians:
+                gaussians = [g.to(pairs[0][0].device) for g in projector.matrices_]
+            parts = []
+            for block, gaussian, (a, d) in zip(projector.blocks, gaussians, pairs, strict=True):
+                a, d = a.float(), d.float()
+                if block.matrix.kind == "A":  # d (n,T,r), a R^T (n,T,k_d) -> (n, r, k_d)
+                    phi = torch.einsum("ntr,ntk->nrk", d, a @ gaussian.T)
+                else:  # d R^T (n,T,k_d), a (n,T,r) -> (n, k_d, r)
+                    phi = torch.einsum("ntk,ntr->nkr", d @ gaussian.T, a)
+                parts.append(phi.reshape(len(indices), -1))
+            consume(indices, torch.cat(parts, dim=1).cpu())
 
 
 def reference_row_gradient(model: nn.Module, input_ids: Sequence[int], labels: Sequence[int]) -> list[torch.Tensor]:

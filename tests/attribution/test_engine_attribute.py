@@ -10,7 +10,6 @@ from attribution.engine import (
     RowOwner,
     SpanIndex,
     attribute,
-    attribute_features,
     data_valuation,
 )
 from attribution.engine import validation as V
@@ -23,7 +22,7 @@ def test_shares_and_unattributed_sum_to_one_and_the_owner_leads(planted):
     leads = 0
     for prompt, answer, owner in datanet.queries:
         result = attribute(index, spans, model, prompt, answer, datanet.row_meta)
-        assert result.method_version == METHOD_VERSION == "poa-1"
+        assert result.method_version == METHOD_VERSION == "poa-2"
         assert all(share > 0 for share in result.contributor_shares.values())
         assert sum(result.contributor_shares.values()) + result.unattributed == pytest.approx(1.0, abs=1e-9)
         assert result.spans == []  # fact answers are 5 tokens, shorter than the 8-token minimum span
@@ -34,24 +33,41 @@ def test_shares_and_unattributed_sum_to_one_and_the_owner_leads(planted):
     assert json.loads(json.dumps(result.to_dict()))["params"]["index"]["seed"] == 0
 
 
-def test_diffuse_queries_like_the_noise_calibration_are_mostly_unattributed(planted, tokenizer):
-    """Fresh random +-1 mixtures of all rows (other draws than the build-time calibration) follow no row: the
-    weak-total rule must leave most of their credit unattributed, while planted facts are attributed."""
+def test_unrelated_answers_are_not_credited_while_planted_facts_are(planted, tokenizer):
+    """The noise floor is calibrated on permutation-null queries at build time: answers about nothing in the
+    datanet (another subject, or a made-up fact nobody contributed) stay unattributed; each planted fact is
+    credited, wholly, to its owner."""
     _, model, index, datanet = planted
     with pytest.raises(EngineError, match=r"Query token ids must lie in \[0, "):
         attribute(index, None, model, [1, 2], [len(tokenizer) + 5], datanet.row_meta)
-    rng = np.random.default_rng(123)
-    features = index.features32()
-    unattributed = []
-    for _ in range(20):
-        phi = rng.choice([-1.0, 1.0], size=index.size).astype(np.float32) @ features / np.sqrt(index.size)
-        result = attribute_features(index, None, phi, [], datanet.row_meta)
-        assert sum(result.contributor_shares.values()) + result.unattributed == pytest.approx(1.0, abs=1e-9)
-        unattributed.append(result.unattributed)
-    facts = [attribute(index, None, model, p, a, datanet.row_meta).unattributed for p, a, _ in datanet.queries[:5]]
-    print(f"unattributed: diffuse queries mean {np.mean(unattributed):.3f}, planted facts {facts}")
-    assert np.mean(unattributed) > 0.6
-    assert max(facts) < 0.2
+    assert index.params()["null_queries"] == 32 and index.params()["null_alpha"] == 0.05
+    assert 0 < index.null_floor["fisher"] < 1
+    unrelated = [
+        ("Q: what colour is the sky?\nA: ", "blue and bright today"),
+        ("Q: capitals?\nA: ", "Paris is the capital of France"),
+        ("Q: code of Zanemo?\nA: ", "x9y2"),  # the datanet's question shape, but a fact nobody contributed
+    ]
+    for prompt, answer in unrelated:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        result = attribute(index, None, model, prompt_ids, answer_ids, datanet.row_meta)
+        assert (result.contributor_shares, result.unattributed, result.gradient_attributed) == ({}, 1.0, 0.0)
+        phi = index.query_features(model, prompt_ids, answer_ids)
+        assert index.relevance(index.scores(phi), phi).max() <= index.null_floor["fisher"]
+    for prompt, answer, owner in datanet.queries:
+        result = attribute(index, None, model, prompt, answer, datanet.row_meta)
+        assert result.unattributed == pytest.approx(0.0, abs=1e-12) and result.gradient_attributed == 1.0
+        assert result.contributor_shares[owner] == pytest.approx(max(result.contributor_shares.values()))
+        assert result.contributor_shares[owner] >= 0.9
+
+
+def test_the_noise_floor_is_the_stated_quantile_of_the_null_queries_best_relevance(planted):
+    _, _, index, _ = planted
+    for method in ("fisher", "dot", "cosine"):
+        scores = index.scores(index.null_features, method)
+        best = index.relevance(scores, index.null_features, method).max(axis=1)
+        assert index.null_floor[method] == pytest.approx(float(np.quantile(best, 0.95)), rel=1e-6)
+        assert (best > index.null_floor[method]).sum() == 2  # 5% of 32 null queries clear the floor (by definition)
 
 
 def test_an_answer_copying_a_training_row_gives_its_contributor_the_span_credit(planted, tokenizer):
@@ -100,3 +116,27 @@ def test_a_contribution_that_teaches_wrong_answers_is_flagged_harmful(base_dir, 
     assert len(report.row_values) == len(rows)
     with pytest.raises(EngineError, match="at least one held-out eval example"):
         data_valuation(index, model, [], meta)
+
+
+def test_the_harmful_flag_is_a_permutation_test_with_the_stated_false_positive_rate():
+    from attribution.engine.valuation import null_totals, valuation_from_values
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=400)
+    values[:10] -= 3.0  # contribution "bad": ten rows each well below the others
+    row_ids = np.arange(1, 401)
+    meta = {int(r): RowOwner(f"user-{(r - 1) // 10}", f"c{(r - 1) // 10}") for r in row_ids}
+    meta.update({r: RowOwner("user-bad", "bad") for r in range(1, 11)})
+    report = valuation_from_values(row_ids, values, meta, method="fisher", draws=1000, seed=4)
+    assert report.version == "poa-val-2" and (report.alpha, report.draws) == (0.05, 1000)
+    assert report.contributions[0].contribution_id == "bad" and report.contributions[0].harmful
+    null = null_totals(values, {10}, 1000, 4)[10]
+    assert report.contributions[0].p == (1 + int(np.sum(null <= values[:10].sum()))) / 1001
+    # the 39 ordinary contributions are random rows: about alpha (5%) of them are flagged too, here one
+    flagged = [c.contribution_id for c in report.contributions if c.harmful]
+    assert flagged[0] == "bad" and len(flagged) == 2
+    assert all(c.harmful == (c.value < 0 and c.p <= 0.05) for c in report.contributions)
+    with pytest.raises(EngineError, match="alpha must lie strictly between 0 and 1"):
+        valuation_from_values(row_ids, values, meta, method="fisher", alpha=0.0)
+    with pytest.raises(EngineError, match="draws must be at least 1"):
+        valuation_from_values(row_ids, values, meta, method="fisher", draws=0)

@@ -24,7 +24,8 @@ def test_save_load_round_trip_gives_identical_scores(planted, tmp_path):
     for method in ("fisher", "dot", "cosine"):
         np.testing.assert_array_equal(loaded.scores(phi, method), index.scores(phi, method))
     assert loaded.params() == index.params()
-    assert loaded.null_mass == index.null_mass
+    assert loaded.null_floor == index.null_floor
+    np.testing.assert_array_equal(loaded.null_features, index.null_features)
     assert loaded.features.dtype == np.float16
     assert loaded.features.shape == (110, index.k)
     np.testing.assert_array_equal(loaded.row_ids, np.arange(1, 111))

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from attribution.engine.lora import EngineError, LoraMatrix, lora_modules, per_row_gradients, reference_row_gradient
+from attribution.engine.lora import (
+    EngineError,
+    LoraMatrix,
+    lora_modules,
+    per_row_features,
+    per_row_gradients,
+    reference_row_gradient,
+)
 from attribution.engine.projection import Projector, allocate
 
 MATRICES = [
@@ -82,3 +89,25 @@ def test_a_model_without_lora_is_refused(base_dir):
 
     with pytest.raises(EngineError, match="no active LoRA adapter"):
         lora_modules(LlamaForCausalLM.from_pretrained(base_dir))
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "dense"])
+def test_batched_projected_features_equal_the_per_row_reference(planted, kind):
+    """The build's path (one batched pass, logits at answer positions only, projection factored through the stored
+    activations for "lowrank") gives each row the features of plain batch-size-1 autograd, projected."""
+    _, model, _, datanet = planted
+    rows = [(ids, labels) for _, ids, labels in datanet.rows[:10]]
+    matrices = [m for m, _ in lora_modules(model)]
+    projector = Projector(matrices, allocate(matrices, 1024, kind), 3, kind)
+    got: dict[int, torch.Tensor] = {}
+
+    def consume(indices, phi):
+        assert phi.shape == (len(indices), projector.k) and phi.dtype == torch.float32
+        got.update({i: phi[n] for n, i in enumerate(indices)})
+
+    per_row_features(model, rows, projector, batch_size=4, pad_id=0, consume=consume)
+    assert sorted(got) == list(range(10))
+    for i, (ids, labels) in enumerate(rows):
+        reference = projector.project([g.unsqueeze(0) for g in reference_row_gradient(model, ids, labels)])[0]
+        torch.testing.assert_close(got[i], reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
+    assert not any(h for _, linear in lora_modules(model) for h in linear._forward_hooks.values())

@@ -105,7 +105,7 @@ class Planted:
 
 @pytest.fixture
 def planted_factory(cast, pretrained_dir):
-    return lambda: _planted(cast, pretrained_dir)
+    return lambda **kw: _planted(cast, pretrained_dir, **kw)
 
 
 @pytest.fixture
@@ -113,10 +113,12 @@ def planted(planted_factory) -> Planted:
     return planted_factory()
 
 
-def _planted(cast, pretrained_dir) -> Planted:
+def _planted(cast, pretrained_dir, *, extra: dict | None = None, seed: int | None = None) -> Planted:
+    """extra: {username: [(question, answer)]}, contributors uploading after alice, bob and carol (their rows get
+    the highest record ids); seed: the job's seed (it also picks the held-out rows)."""
     owner = cast.owner
-    people = {name: UserFactory(username=name) for name in ("alice", "bob", "carol")}
-    rows = planted_rows()
+    rows = {**planted_rows(), **(extra or {})}
+    people = {name: UserFactory(username=name) for name in rows}
     datanet = datanet_services.datanet_create(
         owner=owner, name="Codes", kind="instruction", summary="Made-up codes.",
         visibility=Datanet.Visibility.PUBLIC, policy=Datanet.Policy.OPEN,
@@ -132,7 +134,8 @@ def _planted(cast, pretrained_dir) -> Planted:
     with TestCase.captureOnCommitCallbacks(execute=True):
         job, _ = mf_services.finetune_launch(
             user=owner, base_model_slug=base.slug, version_ids=[version.pk], preset="quick",
-            hyperparameters=HP, name="Code keeper", idempotency_key="planted",
+            hyperparameters={**HP, **({} if seed is None else {"seed": seed})}, name="Code keeper",
+            idempotency_key="planted",
         )  # fmt: skip
     job = mf_services.finetune_run(job_id=job.pk, hostname="test")
     return Planted(owner=owner, people=people, datanet=datanet, version=version, job=job,

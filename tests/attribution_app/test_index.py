@@ -48,11 +48,13 @@ def test_data_valuation_is_stored_per_contribution(planted):
     assert {v.contributor_id for v in values} == {u.pk for u in planted.people.values()}
     assert all(v.datanet_id == planted.datanet.pk for v in values)
     assert sum(v.rows for v in values) == record.rows
-    assert record.valuation["version"] == "poa-val-1"
+    assert record.valuation["version"] == "poa-val-2"
+    assert (record.valuation["alpha"], record.valuation["draws"]) == (0.05, 2000)
     assert record.valuation["eval_rows"] == sum(len(p) for p in planted.rows.values()) - record.rows
     assert [v.z for v in values] == sorted(v.z for v in values)
     for v in values:
-        assert v.harmful == (v.value < 0 and v.z <= -record.valuation["harmful_z"])
+        assert 0 < v.p <= 1
+        assert v.harmful == (v.value < 0 and v.p <= record.valuation["alpha"])
 
 
 def test_a_failing_index_stage_keeps_the_model_and_says_why(cast, pretrained_dir, monkeypatch, planted_factory):
