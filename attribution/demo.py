@@ -244,9 +244,10 @@ def _ask(*, caller, slug: str, question: str, say):
 
 
 def _show_attribution(attribution, *, inference, say) -> None:
+    spread = " (that part is spread over the contributors by their row share)" if attribution.unattributed else ""
     say(
-        f"   answer {inference.pk}: attribution {attribution.status}, {attribution.unattributed:.0%} unattributed "
-        f"(spread over the contributors by their row share); settlement {attribution.settlement_status}"
+        f"   answer {inference.pk}: attribution {attribution.status}, {attribution.unattributed:.0%} unattributed"
+        f"{spread}; settlement {attribution.settlement_status}"
     )
     for share in attribution.shares.select_related("contributor").order_by("-share")[:3]:
         say(
