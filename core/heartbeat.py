@@ -29,6 +29,26 @@ def register_sweep(path: str) -> None:
         _sweeps.append(path)
 
 
+_hardware_probes: dict[str, str] = {}
+
+
+def register_hardware_probe(queue: str, path: str) -> None:
+    """Called from an AppConfig.ready(): workers that consume `queue` call the function at `path` (no arguments,
+    returns a JSON-able dict) once when they start, and keep the result on their heartbeat row (`hardware`)."""
+    _hardware_probes[queue] = path
+
+
+def hardware_report(queues: list[str]) -> dict:
+    """What the registered probes say about this machine, for the first of `queues` that has one ({} if none)."""
+    for queue in queues:
+        if queue in _hardware_probes:
+            try:
+                return import_string(_hardware_probes[queue])()
+            except Exception as exc:  # a broken driver must not stop the worker; the web then assumes its own
+                logger.warning("hardware probe for %s failed (%s: %s)", queue, exc.__class__.__name__, exc)
+    return {}
+
+
 def run_sweeps() -> None:
     for name in _sweeps:
         try:
@@ -37,22 +57,29 @@ def run_sweeps() -> None:
             logger.warning("recovery sweep %s failed (%s: %s)", name, exc.__class__.__name__, exc)
 
 
-def heartbeat_beat(*, hostname: str, queues: list[str], started_at) -> None:
+def heartbeat_beat(*, hostname: str, queues: list[str], started_at, hardware: dict | None = None) -> None:
     from core.models import WorkerHeartbeat
 
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname,
-        defaults={"queues": queues, "pid": os.getpid(), "started_at": started_at, "last_seen": timezone.now()},
+        defaults={
+            "queues": queues,
+            "pid": os.getpid(),
+            "started_at": started_at,
+            "last_seen": timezone.now(),
+            "hardware": hardware or {},
+        },
     )
 
 
 def _loop(hostname: str, queues: list[str]) -> None:
     started_at = timezone.now()
+    hardware = hardware_report(queues)
     last_sweep = time.monotonic()  # the first sweep waits one interval: a dead worker's beat must go stale first
     while not _stop.is_set():
         try:
             close_old_connections()
-            heartbeat_beat(hostname=hostname, queues=queues, started_at=started_at)
+            heartbeat_beat(hostname=hostname, queues=queues, started_at=started_at, hardware=hardware)
             if time.monotonic() - last_sweep >= settings.MF_WORKER_SWEEP_SECONDS:
                 last_sweep = time.monotonic()
                 run_sweeps()

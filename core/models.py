@@ -11,6 +11,9 @@ class WorkerHeartbeat(models.Model):
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField(db_index=True)
+    # What the worker's machine can do, read once when it starts (core.heartbeat.register_hardware_probe): the web
+    # process decides with it what the training hardware offers (GPUs, bf16, 4-bit) instead of looking at its own.
+    hardware = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["hostname"]

@@ -6,6 +6,7 @@ class ModelFactoryConfig(AppConfig):
     verbose_name = "Model factory"
 
     def ready(self) -> None:
-        from core.heartbeat import register_sweep
+        from core.heartbeat import register_hardware_probe, register_sweep
 
         register_sweep("modelfactory.services.finetune_reap_stale")
+        register_hardware_probe("gpu", "modelfactory.training.devices.capabilities_report")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
 
@@ -127,11 +129,19 @@ def wizard_preview(*, base: BaseModel, versions, max_length: int, limit: int = 3
 
 
 def training_capabilities():
-    """What the training hardware can do (devices.Capabilities), read in this process: like the estimate, this
-    assumes the web process runs on the same kind of machine as the gpu worker."""
-    from modelfactory.training.devices import detect_capabilities
+    """What the training hardware can do (devices.Capabilities): as the live workers of the gpu queue reported it on
+    their heartbeat rows (the weakest of them, where several differ), or, with none running, this process's own
+    machine (the web and the worker on one machine, as `make run` starts them)."""
+    from core.models import WorkerHeartbeat
+    from modelfactory.training.devices import capabilities_from_report, detect_capabilities, weakest
 
-    return detect_capabilities()
+    fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
+    reports = [
+        capabilities_from_report(w.hardware)
+        for w in WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after)
+        if "gpu" in w.queues and w.hardware
+    ]
+    return weakest(reports) if reports else detect_capabilities()
 
 
 def training_plan(*, caps=None, quantization: str = "none"):

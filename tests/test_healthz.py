@@ -68,3 +68,17 @@ def test_database_down_is_named(client, monkeypatch):
     body = response.json()
     assert body["failing"] == ["database", "worker"]
     assert body["checks"]["database"]["detail"] == "database unreachable: OperationalError: connection refused"
+
+
+def test_a_training_worker_reports_its_hardware_on_its_heartbeat(monkeypatch):
+    from core import heartbeat
+    from modelfactory.training.devices import capabilities_report
+
+    now = timezone.now()
+    heartbeat.heartbeat_beat(
+        hostname="gpu@host", queues=["gpu"], started_at=now, hardware=heartbeat.hardware_report(["gpu"])
+    )
+    assert WorkerHeartbeat.objects.get(hostname="gpu@host").hardware == capabilities_report()
+    assert heartbeat.hardware_report(["default", "inference"]) == {}  # no probe for those queues
+    monkeypatch.setitem(heartbeat._hardware_probes, "broken", "no_such_module.probe")
+    assert heartbeat.hardware_report(["broken"]) == {}  # a failing probe never stops the worker

@@ -16,7 +16,7 @@ Executed on CPU only so far: the CUDA, bf16 and bitsandbytes branches run here o
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,27 @@ def detect_capabilities() -> Capabilities:
         bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
         device_names=tuple(torch.cuda.get_device_name(i) for i in range(count)) if cuda else (),
     )
+
+
+def capabilities_report() -> dict:
+    """detect_capabilities() as JSON, for a training worker's heartbeat row."""
+    report = asdict(detect_capabilities())
+    report["device_names"] = list(report["device_names"])
+    return report
+
+
+def capabilities_from_report(report: dict) -> Capabilities:
+    """The inverse of capabilities_report (unknown keys ignored, so that older or newer workers still read)."""
+    fields = {k: v for k, v in report.items() if k in Capabilities.__dataclass_fields__}
+    if "device_names" in fields:
+        fields["device_names"] = tuple(fields["device_names"])
+    return Capabilities(**fields)
+
+
+def weakest(caps: list[Capabilities]) -> Capabilities:
+    """Of several training workers, the one a job can always run on: a job goes to whichever worker is free, so the
+    wizard offers only what every one of them can do (fewest devices, no 4-bit unless all have it)."""
+    return min(caps, key=lambda c: (c.cuda, c.bitsandbytes, c.bf16, c.device_count))
 
 
 def choose_precision(caps: Capabilities, device_type: str) -> str:

@@ -142,12 +142,25 @@ def test_qlora_is_not_offered_on_a_cpu_worker_and_a_posted_4bit_is_refused(clien
     assert FineTuneJob.objects.count() == 0
 
 
-def test_qlora_is_offered_where_cuda_and_bitsandbytes_are(client, cast, tiny_base, version, monkeypatch):
-    from modelfactory import selectors
-    from modelfactory.training.devices import Capabilities
+def _gpu_worker(hostname="gpu@box", queues=("gpu",), age_seconds=0, **hardware):
+    """A live (or stale) training worker's heartbeat row, with the hardware report its probe would write."""
+    from datetime import timedelta
 
-    gpu = Capabilities(cuda=True, device_count=2, bf16=True, bitsandbytes=True, device_names=("NVIDIA L4", "NVIDIA L4"))
-    monkeypatch.setattr(selectors, "training_capabilities", lambda: gpu)
+    from django.utils import timezone
+
+    from core.models import WorkerHeartbeat
+
+    report = {"cuda": True, "device_count": 2, "bf16": True, "bitsandbytes": True,
+              "device_names": ["NVIDIA L4", "NVIDIA L4"], **hardware}  # fmt: skip
+    seen = timezone.now() - timedelta(seconds=age_seconds)
+    WorkerHeartbeat.objects.create(
+        hostname=hostname, queues=list(queues), pid=1, started_at=seen, last_seen=seen, hardware=report
+    )
+
+
+def test_qlora_is_offered_where_the_gpu_worker_has_cuda_and_bitsandbytes(client, cast, tiny_base, version):
+    """The web process (this CPU) decides from what the live gpu-queue worker reported on its heartbeat row."""
+    _gpu_worker()
     _to_step_4(client, cast, version)
     page = client.get(WIZARD + "?step=4").content.decode()
     assert '<option value="4bit"' in page
@@ -156,6 +169,21 @@ def test_qlora_is_offered_where_cuda_and_bitsandbytes_are(client, cast, tiny_bas
     assert "<strong>2 GPUs (NVIDIA L4, bf16, 4-bit base model)</strong>: each step's rows are shared out among " \
         "the 2 devices" in page  # fmt: skip
     assert "on each device" in page
+
+
+def test_the_wizard_offers_what_every_live_gpu_worker_can_do(client, cast, tiny_base, version, settings):
+    from modelfactory.selectors import training_capabilities
+
+    _gpu_worker("stale@box", age_seconds=settings.MF_WORKER_STALE_SECONDS + 5)  # gone: not counted
+    _gpu_worker("web@box", queues=("default",))  # not a training worker
+    assert training_capabilities().cuda is False  # neither counts: this machine's own CPU
+    _gpu_worker("a@box")
+    _gpu_worker("b@box", device_count=1, bitsandbytes=False, device_names=["NVIDIA T4"], bf16=False)
+    caps = training_capabilities()
+    assert (caps.cuda, caps.device_count, caps.bitsandbytes, caps.device_names) == (True, 1, False, ("NVIDIA T4",))
+    _to_step_4(client, cast, version)
+    page = client.get(WIZARD + "?step=4").content.decode()
+    assert '<option value="4bit"' not in page  # one of the two workers could not run it
 
 
 def test_review_names_the_cpu_as_the_hardware(client, cast, tiny_base, version):

@@ -1,5 +1,8 @@
 """Precision, 4-bit and device-count decisions on fakes of the hardware (this machine has no GPU)."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 
 from modelfactory.training.devices import (
@@ -105,3 +108,22 @@ def test_this_machine_is_detected_as_it_is():
     assert caps.bitsandbytes == (importlib.util.find_spec("bitsandbytes") is not None)
     if not caps.cuda:
         assert (caps.device_count, caps.bf16, caps.device_names) == (0, False, ())
+
+
+def test_capabilities_travel_through_a_heartbeat_report_and_back():
+    from modelfactory.training.devices import capabilities_from_report, capabilities_report, detect_capabilities
+
+    report = capabilities_report()
+    assert json.loads(json.dumps(report)) == report  # stored in a JSON column
+    assert capabilities_from_report(json.loads(json.dumps(report))) == detect_capabilities()
+    gpu = Capabilities(cuda=True, device_count=2, bf16=True, bitsandbytes=True, device_names=("A", "B"))
+    assert capabilities_from_report({**json.loads(json.dumps(asdict(gpu))), "future_field": 1}) == gpu
+
+
+def test_the_weakest_worker_decides():
+    from modelfactory.training.devices import weakest
+
+    big = Capabilities(cuda=True, device_count=8, bf16=True, bitsandbytes=True, device_names=("H100",) * 8)
+    small = Capabilities(cuda=True, device_count=1, bf16=True, bitsandbytes=True, device_names=("L4",))
+    assert weakest([big, small]) == small
+    assert weakest([big, CPU_ONLY]) == CPU_ONLY
