@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from typing import TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
@@ -144,24 +145,39 @@ def _check_key(key: str) -> None:
         raise InvalidRequest("An idempotency key of 1 to 200 characters is required.")
 
 
+T = TypeVar("T")
+
+
+def _retrying(attempt: Callable[[], T], *, outermost: bool) -> T:
+    """Runs `attempt` again (after a short random wait) when it fails on a deadlock or serialization failure, up to
+    MAX_ATTEMPTS times; only when it is the whole database transaction (`outermost`), since a caller's transaction
+    that failed cannot be retried from inside."""
+    for number in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except (OperationalError, IntegrityError) as exc:
+            if not (outermost and number < MAX_ATTEMPTS and _is_retryable(exc)):
+                raise
+            time.sleep(random.uniform(0, 0.002 * 2**number))  # noqa: S311 (jitter, not security)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def _commit(*, key: str, request_hash: str, build: Callable[[], _Plan]) -> Transaction:
     _check_key(key)
     outermost = not connection.in_atomic_block
     early = outermost and _early_release_possible()
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            with transaction.atomic(durable=outermost):
-                tx = _existing(key, request_hash)
-                if tx is None:
-                    plan = build()
-                    tx = _write(key=key, request_hash=request_hash, plan=plan, early_release=early)
-                    if tx.status == Transaction.Status.POSTED and plan.after is not None:
-                        plan.after(tx)
-            break
-        except (OperationalError, IntegrityError) as exc:
-            if not (outermost and attempt < MAX_ATTEMPTS and _is_retryable(exc)):
-                raise
-            time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 (jitter, not security)
+
+    def attempt() -> Transaction:
+        with transaction.atomic(durable=outermost):
+            tx = _existing(key, request_hash)
+            if tx is None:
+                plan = build()
+                tx = _write(key=key, request_hash=request_hash, plan=plan, early_release=early)
+                if tx.status == Transaction.Status.POSTED and plan.after is not None:
+                    plan.after(tx)
+        return tx
+
+    tx = _retrying(attempt, outermost=outermost)
     if early:
         _durable()
     if tx.status == Transaction.Status.REJECTED:
@@ -675,16 +691,13 @@ def _settlement_post_fast(
         fee_micro,
         early,
     ]
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(_PG_SETTLE, params)
-                row = cursor.fetchone()
-            break
-        except (OperationalError, IntegrityError) as exc:
-            if not (outermost and attempt < MAX_ATTEMPTS and _is_retryable(exc)):
-                raise
-            time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 (jitter, not security)
+
+    def attempt():
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_SETTLE, params)
+            return cursor.fetchone()
+
+    row = _retrying(attempt, outermost=outermost)
     if row is None:
         return None
     if early:

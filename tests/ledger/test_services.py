@@ -4,6 +4,7 @@ holds, settlement, withdrawals, checkpoints. Each refusal asserts the error and 
 from fractions import Fraction
 
 import pytest
+from django.db import OperationalError
 from django.test import override_settings
 
 from ledger.calc.split import SplitPolicy
@@ -350,3 +351,39 @@ def test_checkpoint_covers_transactions_since_the_last(cast, fund):
     assert (second.first_seq, second.last_seq, second.tx_count) == (first.last_seq + 1, first.last_seq + 1, 1)
     assert Checkpoint.objects.count() == 2
     ledger_verify()
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate):
+        self.sqlstate = sqlstate
+
+
+def _db_error(sqlstate: str):
+    error = OperationalError("database said no")
+    error.__cause__ = _PgError(sqlstate)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "outermost", "calls", "retried"),
+    [("40P01", True, 3, True), ("40001", True, 3, True), ("53300", True, 1, False), ("40P01", False, 1, False)],
+)
+def test_deadlocks_and_serialization_failures_are_retried_only_as_the_whole_transaction(
+    sqlstate, outermost, calls, retried
+):
+    from ledger.services import _retrying
+
+    seen = []
+
+    def attempt():
+        seen.append(1)
+        if len(seen) < 3:
+            raise _db_error(sqlstate)
+        return "done"
+
+    if retried:
+        assert _retrying(attempt, outermost=outermost) == "done"
+    else:
+        with pytest.raises(OperationalError):
+            _retrying(attempt, outermost=outermost)
+    assert len(seen) == calls
