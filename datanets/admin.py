@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from core.admin import ReadOnlyAdmin
 from datanets.models import Contribution, Datanet, DatanetVersion, Record, Tag, VersionRecord
 
 
@@ -48,33 +49,15 @@ class VersionRecordInline(admin.TabularInline):
 
 
 @admin.register(DatanetVersion)
-class DatanetVersionAdmin(admin.ModelAdmin):
+class DatanetVersionAdmin(ReadOnlyAdmin):
     """Read-only: versions never change once published."""
 
     list_display = ["datanet", "number", "manifest_hash", "row_count", "contributor_count", "created_at"]
     search_fields = ["datanet__slug", "manifest_hash"]
     inlines = [VersionRecordInline]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(VersionRecord)
-class VersionRecordAdmin(admin.ModelAdmin):
+class VersionRecordAdmin(ReadOnlyAdmin):
     list_display = ["version", "record"]
     raw_id_fields = ["version", "record"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from core.admin import ReadOnlyAdmin
 from modelfactory.models import (
     BaseModel,
     FineTuneEvent,
@@ -73,7 +74,7 @@ class ServingPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Inference)
-class InferenceAdmin(admin.ModelAdmin):
+class InferenceAdmin(ReadOnlyAdmin):
     """Read-only: answers are records of what was asked, answered and owed."""
 
     list_display = ["id", "model", "model_version", "caller", "source", "status", "prompt_tokens",
@@ -85,12 +86,3 @@ class InferenceAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in Inference._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
