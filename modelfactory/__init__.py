@@ -1,3 +1,3 @@
-from modelfactory.celery import app as celery_app
-
-__all__ = ["celery_app"]
+"""The Django project package. The Celery app (modelfactory/celery.py) is loaded by ModelFactoryConfig.ready(), not
+here, so that the plain ML modules under modelfactory/training/ import without Django or Celery (a GPU machine, a
+benchmark); `celery -A modelfactory` still finds it as the `celery` submodule."""
