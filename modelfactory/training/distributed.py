@@ -24,9 +24,10 @@ launcher dies exits within seconds (it watches its parent), so a killed worker l
 is then resumed from rank 0's last checkpoint like any other. Which GPUs a worker sees is CUDA_VISIBLE_DEVICES:
 to run one job per GPU instead, start one worker per GPU, each seeing one.
 
-Executed on CPU only (2 gloo processes, tests/training/test_distributed.py); the nccl / CUDA branch has not run
-yet. accelerate is not used for the launch: its launchers either block the caller (no progress relay, no
-stop/cancel) or fork from the caller, which a Celery worker process cannot do.
+Tested on CPU with 2 gloo processes (tests/training/test_distributed.py); on a GPU, bench/gpu_check.py ran the nccl
+branch with one process on one H100 (launch, rendezvous, broadcast, per-step all-reduce); 2+ GPUs have not run yet.
+accelerate is not used for the launch: its launchers either block the caller (no progress relay, no stop/cancel)
+or fork from the caller, which a Celery worker process cannot do.
 """
 
 from __future__ import annotations

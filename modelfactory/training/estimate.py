@@ -9,7 +9,7 @@ jobs, so it is pessimistic); CUDA_FLOPS is an assumption (an
 H100-class GPU at ~25% of its bf16 peak for these small models), not a measurement.
 
 With several devices (data-parallel, distributed.py) the time is divided by the device count: linear scaling is
-an assumption, not a measurement (the all-reduce of the LoRA gradients is small, but it has not run on GPUs yet).
+an assumption, not a measurement (the all-reduce of the LoRA gradients is small, untested on several GPUs).
 Memory is per device: each device's micro-batches hold at most `batch_size` rows, as on one device.
 
 Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the

@@ -73,7 +73,7 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA GPUs that support it; full precision otherwise (CPU, older GPUs): the rule of
-    devices.choose_precision (checked on fakes there; the CUDA branch has not run on a GPU yet)."""
+    devices.choose_precision (checked on fakes in CI, on an H100 by bench/gpu_check.py)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
