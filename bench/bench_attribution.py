@@ -421,7 +421,8 @@ def large_model(results: dict, args, *, folder: Path, label: str, device: torch.
         f"{forward_backward_s * 1000:.1f} ms"
     )
     print(
-        f"query scoring + aggregation over {args.latency_rows} rows (k={big.k}): {scoring_s * 1000:.1f} ms (goal <= 50 ms)"
+        f"query scoring + aggregation over {args.latency_rows} rows (k={big.k}): {scoring_s * 1000:.1f} ms "
+        f"(goal <= 50 ms)"
     )
     print(
         f"storage: {results['storage_bytes_per_row']} bytes/row index file at {len(rows)} rows ({big.k * 2 + 12} "
