@@ -85,9 +85,19 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
         if on_progress is not None:
             on_progress(done, total)
 
-    seed = int(job.hyperparameters.get("seed", 0))
+    hp = job.hyperparameters
+    seed = int(hp.get("seed", 0))
+    batch_size = int(hp.get("batch_size", 16))
     index = engine.build_index(
-        model, train, k=settings.MF_ATTRIBUTION_K, seed=seed, pad_id=tokenizer.pad_token_id, on_progress=progress
+        model,
+        train,
+        k=settings.MF_ATTRIBUTION_K,
+        seed=seed,
+        batch_size=batch_size,
+        # at most what one training micro-batch may hold: the job's hardware held that much already
+        max_tokens=batch_size * int(hp["max_length"]),
+        pad_id=tokenizer.pad_token_id,
+        on_progress=progress,
     )
     spans = engine.SpanIndex.build(train)
     train_owners = {row_id: owners[row_id] for row_id, _, _ in train}

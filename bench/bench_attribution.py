@@ -4,11 +4,19 @@ with its number of half-subsets, planted-fact top-1 (printed last).
 
     python bench/bench_attribution.py                  # tiny Llama (attribution/engine/validation.py), ~3 minutes
     python bench/bench_attribution.py --model smollm2  # the default base model, SmolLM2-135M-Instruct, a few minutes
+    python bench/bench_attribution.py --device cuda --synthetic-config 135m --tokenizer-dir var/tokenizers/smollm2 \
+        --rows 2000                                    # GPU: random-init model of SmolLM2-135M's shape, no weights
 
 Build ratio: the epoch is the project's training loop (modelfactory.training.loop.train, as the training job runs
 it) on the same rows with the same batch size; epoch and build are timed alternately, several rounds, and the
-median of the per-round ratios is reported (the machine is shared: a ratio within a round is what holds up).
-Writes bench/results/attribution.json (tiny) or attribution_smollm2.json."""
+median of the per-round ratios is reported (the machine is shared: a ratio within a round is what holds up). The
+build runs as the training job runs it: passes of at most batch size x max length tokens (the most one training
+micro-batch may hold), the 32 calibration queries in the same passes as the rows.
+
+`--synthetic-config` (bench/synthetic_model.py, shared with bench_training.py) needs torch, transformers and peft
+only: no Django, no gguf, no weights; it measures the build ratio, query latency and storage (random weights learn
+no planted facts quickly, so no top-1 or LDS). Writes bench/results/attribution.json (tiny),
+attribution_smollm2.json or attribution_<device>_synthetic_<shape>.json (or --output)."""
 
 from __future__ import annotations
 
@@ -31,11 +39,13 @@ sys.path.insert(0, str(ROOT))
 from attribution.engine import AttributionIndex, SpanIndex, attribute_features, build_index  # noqa: E402
 from attribution.engine import validation as V  # noqa: E402
 from attribution.engine.lora import per_row_features, per_row_gradients, reference_row_gradient  # noqa: E402
+from bench.synthetic_model import bench_tokenizer, write_synthetic_model  # noqa: E402
 
 TRAIN = V.TrainConfig(epochs=40, lr=1e-2)
 LDS_SUBSETS = 32
 LATENCY_ROWS = 10_000
 LATENCY_K = 4096
+MAX_LENGTH = 256  # the training max length of loop_hp: with the batch size, the build's token budget per pass
 SMOLLM2_DIR = Path(os.environ.get("MF_BENCH_MODEL_DIR", "/work/main/var/models/smollm2-135m-instruct"))
 SMOLLM2_LOCAL = ROOT / "var" / "models" / "smollm2-135m-instruct"
 
@@ -49,9 +59,16 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    _sync()
     started = time.perf_counter()
     fn()
+    _sync()
     return time.perf_counter() - started
 
 
@@ -59,7 +76,7 @@ def loop_hp(batch_size: int, target_modules: str, rank: int = 8) -> dict:
     from modelfactory.training.presets import validate_hyperparameters
 
     hp, errors = validate_hyperparameters(
-        {"batch_size": batch_size, "grad_accum": 1, "epochs": 1, "max_length": 256, "learning_rate": 1e-3,
+        {"batch_size": batch_size, "grad_accum": 1, "epochs": 1, "max_length": MAX_LENGTH, "learning_rate": 1e-3,
          "rank": rank, "alpha": 2 * rank, "target_modules": target_modules, "dropout": 0.0, "warmup_ratio": 0.0,
          "eval_split": 0.0, "seed": 0},
     )  # fmt: skip
@@ -67,45 +84,62 @@ def loop_hp(batch_size: int, target_modules: str, rank: int = 8) -> dict:
     return hp
 
 
-def build_ratio(model, rows, *, base_dir: Path, hp: dict, pad: int, k: int, rounds: int) -> dict:
+def token_budget(hp: dict) -> int:
+    """What the training job passes to build_index as max_tokens (attribution/services.py)."""
+    return int(hp["batch_size"]) * int(hp["max_length"])
+
+
+def build_ratio(model, rows, *, base_dir: Path, hp: dict, pad: int, k: int, rounds: int, device=None) -> dict:
     """One epoch of the project's training loop (on a fresh LoRA model of the same shape) and the index build on
-    the trained model, timed alternately; medians over the rounds."""
+    the trained model, timed alternately; medians over the rounds. Also the build with `batch_size` rows per pass
+    (the budget's default, for comparison) and the per-row part alone."""
     from modelfactory.training.data import Example
     from modelfactory.training.loop import load_model_for_training, train
 
+    device = device or torch.device("cpu")
     examples = [Example(row_id, list(ids), list(labels)) for row_id, ids, labels in rows]
-    epoch_model, _ = load_model_for_training(base_dir, hp, device=torch.device("cpu"))
+    epoch_model, _ = load_model_for_training(base_dir, hp, device=device)
     batch = int(hp["batch_size"])
+    budget = token_budget(hp)
 
     def epoch():
-        train(epoch_model, examples, hp, device=torch.device("cpu"), pad_id=pad)
+        train(epoch_model, examples, hp, device=device, pad_id=pad)
 
     def build():
-        built.append(build_index(model, rows, k=k, batch_size=batch, pad_id=pad))
+        built.append(build_index(model, rows, k=k, batch_size=batch, max_tokens=budget, pad_id=pad))
 
-    def features():  # the per-row part alone (what grows with the rows), without the fixed null calibration
+    def build_rows_of_batch():
+        build_index(model, rows, k=k, batch_size=batch, pad_id=pad)
+
+    def features():  # the per-row part alone (what grows with the rows), without the calibration queries
         projector = built[-1].projector()
-        per_row_features(model, [(r[1], r[2]) for r in rows], projector, batch_size=batch, pad_id=pad,
-                         consume=lambda *_: None)  # fmt: skip
+        per_row_features(model, [(r[1], r[2]) for r in rows], projector, batch_size=batch, max_tokens=budget,
+                         pad_id=pad, consume=lambda *_: None)  # fmt: skip
 
     built: list = []
-    epoch()  # warm-up of all three
+    epoch()  # warm-up of all
     build()
+    build_rows_of_batch()
     features()
-    epochs, builds, ratios, feature_ratios = [], [], [], []
+    epochs, builds, ratios, batch_ratios, feature_ratios = [], [], [], [], []
     for _ in range(rounds):
-        e, b, f = timed(epoch), timed(build), timed(features)
+        e, b, bb, f = timed(epoch), timed(build), timed(build_rows_of_batch), timed(features)
         epochs.append(e)
         builds.append(b)
         ratios.append(b / e)
+        batch_ratios.append(bb / e)
         feature_ratios.append(f / e)
+    built.clear()
     return {
         "epoch_s": statistics.median(epochs),
         "build_s": statistics.median(builds),
         "ratio": statistics.median(ratios),
         "ratios": [round(r, 3) for r in ratios],
+        "batch_rows_ratio": statistics.median(batch_ratios),
+        "batch_rows_ratios": [round(r, 3) for r in batch_ratios],
         "features_ratio": statistics.median(feature_ratios),
         "features_ratios": [round(r, 3) for r in feature_ratios],
+        "max_tokens": budget,
     }
 
 
@@ -171,22 +205,30 @@ def tiny(results: dict, rounds: int) -> None:
     results["build_ratio_rounds"] = ratio["ratios"]
     results["build_ratio_features_only"] = round(ratio["features_ratio"], 3)
     results["build_ratio_features_only_rounds"] = ratio["features_ratios"]
+    results["build_max_tokens"] = ratio["max_tokens"]
+    results["build_ratio_batch_size_rows_per_pass"] = round(ratio["batch_rows_ratio"], 3)
+    results["build_ratio_batch_size_rows_per_pass_rounds"] = ratio["batch_rows_ratios"]
     results["build_ratio_to_validation_trainer_epoch"] = round(ratio["build_s"] / simple_epoch_s, 3)
     results["build_ratio_dense_projection"] = round(build_dense_s / epoch_s, 3)
     results["build_ratio_batch1_loop"] = round(loop_s / epoch_s, 3)
     results["build_ratio_gradients_only"] = round(grads_only_s / epoch_s, 3)
     print(f"one training epoch, project loop ({len(rows)} rows, batch {TRAIN.batch_size}): {epoch_s * 1000:.1f} ms")
     print(
-        f"index build (batched pass, factored lowrank projection, null calibration): {ratio['build_s'] * 1000:.1f} ms "
-        f"= {ratio['ratio']:.2f}x epoch (median of {rounds} alternating rounds: {ratio['ratios']})"
+        f"index build (passes of <= {ratio['max_tokens']} tokens, factored lowrank projection, null calibration): "
+        f"{ratio['build_s'] * 1000:.1f} ms = {ratio['ratio']:.2f}x epoch (median of {rounds} alternating rounds: "
+        f"{ratio['ratios']})"
+    )
+    print(
+        f"  with {TRAIN.batch_size} rows per pass instead: {ratio['batch_rows_ratio']:.2f}x epoch "
+        f"({ratio['batch_rows_ratios']})"
     )
     print(
         f"  vs the validation trainer's epoch ({simple_epoch_s * 1000:.1f} ms): "
         f"{ratio['build_s'] / simple_epoch_s:.2f}x"
     )
     print(
-        f"  of which per-row features (grows with the rows; the rest is the fixed calibration on 32 null queries "
-        f"and the Fisher blocks): {ratio['features_ratio']:.2f}x epoch ({ratio['features_ratios']})"
+        f"  of which per-row features (grows with the rows; the rest is the 32 calibration queries, the Fisher "
+        f"blocks and the noise floor): {ratio['features_ratio']:.2f}x epoch ({ratio['features_ratios']})"
     )
     print(f"index build (dense projection): {build_dense_s / epoch_s:.2f}x epoch")
     print(f"index build (batch-size-1 autograd loop): {loop_s / epoch_s:.2f}x epoch")
@@ -201,7 +243,9 @@ def tiny(results: dict, rounds: int) -> None:
         answer = [rng.randrange(3, vocab) for _ in range(rng.randrange(6, 24))]
         synthetic.append((row_id, prompt + answer, [-100] * len(prompt) + answer))
     started = time.perf_counter()
-    big = build_index(model, synthetic, k=LATENCY_K, batch_size=TRAIN.batch_size, pad_id=pad)
+    big = build_index(
+        model, synthetic, k=LATENCY_K, batch_size=TRAIN.batch_size, max_tokens=token_budget(hp), pad_id=pad
+    )
     big_build_s = time.perf_counter() - started
     from modelfactory.training.data import Example
     from modelfactory.training.loop import load_model_for_training, train
@@ -294,35 +338,45 @@ def smollm2_dir() -> Path:
     return convert_gguf(find_default_gguf(), SMOLLM2_LOCAL, progress=print)
 
 
-def smollm2(results: dict, rounds: int, n_rows: int) -> None:
-    """SmolLM2-135M-Instruct with the project's LoRA (rank 8, all linear layers), rows tokenised by the project's
-    chat template (modelfactory.training.data.build_examples): short made-up facts. Build ratio and query latency
-    only: teaching it the facts takes many epochs, too long for two shared cores."""
+def fact_rows(tokenizer, n_rows: int, max_length: int) -> list:
+    """Short made-up facts tokenised by the project's chat template (modelfactory.training.data.build_examples)."""
     from modelfactory.training.data import build_examples
-    from modelfactory.training.loop import load_model_for_training, train
 
-    folder = smollm2_dir()
-    hp = loop_hp(8, "all_linear")
-    model, tokenizer = load_model_for_training(folder, hp, device=torch.device("cpu"))
     rng = random.Random(0)
     raw = []
     for i in range(n_rows):
         name, code = V._name(rng), V._code(rng)
         question = f"What is the code of {name}?" if i % 2 else f"Code of {name}?"
         raw.append({"id": i + 1, "kind": "instruction", "content": {"instruction": question, "output": code}})
-    examples, _ = build_examples(tokenizer, raw, max_length=int(hp["max_length"]))
-    rows = [(e.row_id, e.input_ids, e.labels) for e in examples]
+    examples, _ = build_examples(tokenizer, raw, max_length=max_length)
+    return [(e.row_id, e.input_ids, e.labels) for e in examples]
+
+
+def large_model(results: dict, args, *, folder: Path, label: str, device: torch.device) -> None:
+    """A real-size model (SmolLM2-135M-Instruct, or a random-init model of a named shape) with the project's LoRA
+    (rank 8, all linear layers) on short made-up facts. Build ratio, query latency and storage only: teaching it the
+    facts takes many epochs (and random weights learn nothing quickly)."""
+    from modelfactory.training.loop import load_model_for_training, train
+
+    hp = loop_hp(args.batch_size, "all_linear")
+    model, tokenizer = load_model_for_training(folder, hp, device=device)
+    rows = fact_rows(tokenizer, args.rows, int(hp["max_length"]))
     pad = tokenizer.pad_token_id
     lengths = sorted(len(ids) for _, ids, _ in rows)
+    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
     print(
-        f"SmolLM2-135M-Instruct ({folder}), LoRA rank 8 on all linear layers, {len(rows)} rows of "
-        f"{lengths[0]}-{lengths[-1]} tokens, batch {hp['batch_size']}, {torch.get_num_threads()} thread(s)",
+        f"{label} on {device_name(device)}, LoRA rank 8 on all linear layers, {len(rows)} rows of "
+        f"{lengths[0]}-{lengths[-1]} tokens, batch {hp['batch_size']}{threads}",
         flush=True,
     )
-    train(model, [e for e in examples], hp, device=torch.device("cpu"), pad_id=pad)  # the "final adapter"
-    ratio = build_ratio(model, rows, base_dir=folder, hp=hp, pad=pad, k=LATENCY_K, rounds=rounds)
-    index = build_index(model, rows, k=LATENCY_K, batch_size=int(hp["batch_size"]), pad_id=pad)
-    big = tiled_index(index, LATENCY_ROWS)
+    from modelfactory.training.data import Example
+
+    train(model, [Example(*r) for r in rows], hp, device=device, pad_id=pad)  # the "final adapter"
+    ratio = build_ratio(model, rows, base_dir=folder, hp=hp, pad=pad, k=LATENCY_K, rounds=args.rounds or 2,
+                        device=device)  # fmt: skip
+    index = build_index(model, rows, k=LATENCY_K, batch_size=int(hp["batch_size"]), max_tokens=ratio["max_tokens"],
+                        pad_id=pad)  # fmt: skip
+    big = tiled_index(index, args.latency_rows)
     big.features32()
     big.h_norms()
     prompt, answer = rows[0][1][:-3], rows[0][1][-3:]
@@ -330,65 +384,116 @@ def smollm2(results: dict, rounds: int, n_rows: int) -> None:
     phi = big.query_features(model, prompt, answer)
     meta = {row_id: f"contributor-{row_id % 50}" for row_id in big.row_ids.tolist()}
     scoring_s = best_of(lambda: attribute_features(big, None, phi, answer, meta), repeats=5)
-    path = index.save(Path(tempfile.mkdtemp(prefix="bench-attribution-")) / "index.safetensors")
+    with tempfile.TemporaryDirectory(prefix="bench-attribution-") as tmp:
+        path = index.save(Path(tmp) / "index.safetensors")
+        file_bytes = path.stat().st_size
+        spans_bytes = SpanIndex.build(rows).save(Path(tmp) / "spans.npz").stat().st_size
     results.update(
         {
-            "model": "SmolLM2-135M-Instruct",
+            "model": label,
+            "device": device.type,
+            "hardware": device_name(device),
             "rows": len(rows),
+            "batch_size": int(hp["batch_size"]),
             "threads": torch.get_num_threads(),
             "train_epoch_s": round(ratio["epoch_s"], 3),
             "build_index_s": round(ratio["build_s"], 3),
             "build_ratio_to_epoch": round(ratio["ratio"], 3),
             "build_ratio_rounds": ratio["ratios"],
+            "build_max_tokens": ratio["max_tokens"],
+            "build_ratio_batch_size_rows_per_pass": round(ratio["batch_rows_ratio"], 3),
+            "build_ratio_batch_size_rows_per_pass_rounds": ratio["batch_rows_ratios"],
             "build_ratio_features_only": round(ratio["features_ratio"], 3),
             "build_ratio_features_only_rounds": ratio["features_ratios"],
             "latency_k": big.k,
-            "latency_rows": LATENCY_ROWS,
+            "latency_rows": args.latency_rows,
             "latency_forward_backward_ms": round(forward_backward_s * 1000, 1),
             "latency_scoring_ms": round(scoring_s * 1000, 2),
             "storage_bytes_per_row_features": big.k * 2 + 4 + 8,  # float16 features, scale, row id
-            "index_file_bytes": path.stat().st_size,
+            "storage_bytes_per_row": round(file_bytes / len(rows), 1),
+            "span_index_bytes_per_row": round(spans_bytes / len(rows), 1),
+            "index_file_bytes": file_bytes,
         }
     )
     print(f"one training epoch, project loop: {ratio['epoch_s']:.2f} s; index build {ratio['build_s']:.2f} s")
     print(
         f"query forward+backward ({len(prompt)}-token prompt, {len(answer)}-token answer): "
-        f"{forward_backward_s * 1000:.0f} ms"
+        f"{forward_backward_s * 1000:.1f} ms"
     )
     print(
-        f"query scoring + aggregation over {LATENCY_ROWS} rows (k={big.k}): {scoring_s * 1000:.1f} ms (goal <= 50 ms)"
+        f"query scoring + aggregation over {args.latency_rows} rows (k={big.k}): {scoring_s * 1000:.1f} ms "
+        f"(goal <= 50 ms)"
+    )
+    print(
+        f"storage: {results['storage_bytes_per_row']} bytes/row index file at {len(rows)} rows ({big.k * 2 + 12} "
+        f"bytes/row of features; the rest is fixed), {results['span_index_bytes_per_row']} bytes/row span index"
     )
     print(
         f"per-row features alone: {ratio['features_ratio']:.2f}x epoch ({ratio['features_ratios']}); the rest is the "
-        f"fixed calibration (32 null queries, as many passes as 32 rows) and the Fisher blocks"
+        f"32 calibration queries (as many rows more), the Fisher blocks and the noise floor"
+    )
+    print(
+        f"  with {hp['batch_size']} rows per pass instead of <= {ratio['max_tokens']} tokens: "
+        f"{ratio['batch_rows_ratio']:.2f}x epoch ({ratio['batch_rows_ratios']})"
     )
     print(
         f"index build ratio to one training epoch: {ratio['ratio']:.2f}x over rounds {ratio['ratios']} (goal <= 1.0x)"
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--rows", type=int, default=32, help="training rows for --model smollm2")
     parser.add_argument(
-        "--rounds", type=int, default=0, help="alternating epoch/build rounds (default 5 tiny, 2 smollm2)"
+        "--synthetic-config", default=None, help="random-init model: '135m', '1b' or a JSON file of LlamaConfig fields"
+    )
+    parser.add_argument("--tokenizer-dir", default=None, help="tokenizer for --synthetic-config (default: SmolLM2)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="smollm2 / synthetic only")
+    parser.add_argument("--rows", type=int, default=32, help="training rows for smollm2 / synthetic")
+    parser.add_argument("--batch-size", type=int, default=8, help="training batch for smollm2 / synthetic")
+    parser.add_argument(
+        "--latency-rows", type=int, default=LATENCY_ROWS, help="index rows the query is scored against (not tiny)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="alternating epoch/build rounds (default 5 tiny, 2 otherwise)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--output", default=None, help="results JSON (default under bench/results/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU here")
+        return 2
+    if device.type == "cuda" and args.model == "tiny" and not args.synthetic_config:
+        print("--device cuda needs --model smollm2 or --synthetic-config (the tiny validation runs on the CPU)")
+        return 2
     results: dict = {"threads": args.threads, "load_average": os.getloadavg()[0]}
     print(f"torch threads {args.threads}; machine load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    if args.model == "smollm2":
-        smollm2(results, args.rounds or 2, args.rows)
-        name = "attribution_smollm2"
+    if args.synthetic_config:
+        with tempfile.TemporaryDirectory(prefix="bench-attribution-") as tmp:
+            tokenizer = bench_tokenizer(args.tokenizer_dir)
+            dtype = torch.bfloat16 if device.type == "cuda" else None
+            folder = write_synthetic_model(args.synthetic_config, Path(tmp) / "synthetic", tokenizer=tokenizer,
+                                           dtype=dtype)  # fmt: skip
+            label = f"synthetic-{args.synthetic_config}"
+            large_model(results, args, folder=folder, label=label, device=device)
+        name = f"attribution_{device.type}_synthetic_{Path(args.synthetic_config).stem}"
+    elif args.model == "smollm2":
+        large_model(results, args, folder=smollm2_dir(), label="SmolLM2-135M-Instruct", device=device)
+        name = "attribution_smollm2" if device.type == "cpu" else f"attribution_smollm2_{device.type}"
     else:
         tiny(results, args.rounds or 5)
         name = "attribution"
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    output = Path(args.output) if args.output else ROOT / "bench" / "results" / f"{name}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -35,21 +34,18 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from bench.synthetic_model import (  # noqa: E402
+    DEFAULT_MODEL,
+    LOCAL_MODEL,
+    SYNTHETIC,  # noqa: F401  (named shapes, re-exported for the tests and --help readers)
+    bench_tokenizer,
+    synthetic_shape,  # noqa: F401
+    write_synthetic_model,
+)
 from modelfactory.training.data import build_examples  # noqa: E402
 from modelfactory.training.evaluate import eval_loss  # noqa: E402
 from modelfactory.training.loop import load_model_for_training, train  # noqa: E402
 from modelfactory.training.presets import validate_hyperparameters  # noqa: E402
-
-DEFAULT_MODEL = Path(os.environ.get("MF_BENCH_MODEL_DIR", "/work/main/var/models/smollm2-135m-instruct"))
-LOCAL_MODEL = HERE.parent / "var" / "models" / "smollm2-135m-instruct"
-SYNTHETIC = {
-    # SmolLM2-135M's shape (its config.json): ~135M parameters with its 49152-token vocabulary
-    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-             "num_key_value_heads": 3, "head_dim": 64, "rope_theta": 100000.0, "rms_norm_eps": 1e-5},
-    # Llama-3.2-1B-like shape: ~1.2B parameters
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "head_dim": 64},
-}  # fmt: skip
 
 PLANTS = ["basil", "tomato", "lavender", "fern", "cactus", "orchid", "mint", "rosemary", "pepper", "lettuce"]
 SOILS = ["sandy", "loamy", "chalky", "peaty", "clay", "silty"]
@@ -96,50 +92,12 @@ def base_model_dir(args) -> Path:
     return source
 
 
-def bench_tokenizer(args):
-    """The tokenizer for a synthetic model: --tokenizer-dir, else a converted SmolLM2 folder, else the GGUF."""
-    from transformers import AutoTokenizer
-
-    for folder in (args.tokenizer_dir, args.model_dir, DEFAULT_MODEL, LOCAL_MODEL):
-        if folder and Path(folder, "config.json").exists():
-            return AutoTokenizer.from_pretrained(folder)
-    from modelfactory.training.model_files import find_default_gguf
-
-    gguf = find_default_gguf()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-
-
-def synthetic_shape(name: str) -> dict:
-    if name in SYNTHETIC:
-        return dict(SYNTHETIC[name])
-    path = Path(name)
-    if not path.is_file():
-        raise SystemExit(f"--synthetic-config: {name!r} is neither {' nor '.join(SYNTHETIC)} nor a JSON file")
-    return json.loads(path.read_text())
-
-
 def model_dir(args, workdir: Path, device) -> Path:
     if not args.synthetic_config:
         return base_model_dir(args)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    shape = synthetic_shape(args.synthetic_config)
-    tokenizer = bench_tokenizer(args)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    shape.setdefault("max_position_embeddings", 4096)
-    shape.setdefault("tie_word_embeddings", True)
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16)  # half the disk and load time; training loads it in its own precision
-    target = workdir / "synthetic"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    del model
-    return target
+    tokenizer = bench_tokenizer(args.tokenizer_dir, args.model_dir)
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    return write_synthetic_model(args.synthetic_config, workdir / "synthetic", tokenizer=tokenizer, dtype=dtype)
 
 
 def run_ours(folder, hp, train_examples, eval_examples, device):

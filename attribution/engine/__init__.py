@@ -11,7 +11,9 @@ Inputs
 At the end of a training job (its own progress stage)
 -----------------------------------------------------
     index = build_index(model, rows, k=4096, seed=0, projection="lowrank", kappa=DEFAULT_KAPPA,
-                        batch_size=16, pad_id=tokenizer.pad_token_id, on_progress=lambda done, total: ...)
+                        batch_size=16, max_tokens=16 * max_length,     # padded tokens per pass (rows + the
+                        pad_id=tokenizer.pad_token_id,                 # 32 calibration queries, by length)
+                        on_progress=lambda done, total: ...)
     index.save(folder / "attribution.safetensors")          # N x k float16 features + per-row scale, row ids,
                                                             # per-matrix (F_m + lambda_m I)^-1, seed, k_m, version
     spans = SpanIndex.build(rows); spans.save(folder / "spans.npz")

@@ -97,11 +97,23 @@ def _pad(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> t
     return input_ids, labels, attention
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by similar length (less padding); deterministic."""
+def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Indices grouped by similar length (less padding); deterministic. Without `max_tokens`, `batch_size` rows per
+    batch; with it, as many rows as fit in `max_tokens` padded tokens (rows x width, at least one row): short rows
+    then go through in fewer, fuller passes while no pass holds more tokens than `max_tokens`."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    if not max_tokens:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    batch: list[int] = []
+    for i in order:  # ascending lengths: the row being added sets the batch's width
+        if batch and (len(batch) + 1) * lengths[i] > max_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def _answer_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -129,7 +141,12 @@ def _answer_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
 
 
 def _batched_passes(
-    model: nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int, pad_id: int
+    model: nn.Module,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    max_tokens: int | None = None,
 ) -> Iterator[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
     """One forward+backward per batch of similar-length rows; yields (indices, [(a, d)] per LoRA matrix) with `a`
     (n, T, in) what the matrix saw and `d` (n, T, out) the gradient of the batch loss at its output."""
@@ -148,7 +165,7 @@ def _batched_passes(
     device = next(model.parameters()).device
     try:
         with torch.enable_grad():
-            for indices in _batches([len(r[0]) for r in rows], batch_size):
+            for indices in _batches([len(r[0]) for r in rows], batch_size, max_tokens):
                 input_ids, labels, _ = _pad([rows[i] for i in indices], pad_id)
                 captured.clear()
                 loss = _answer_loss(model, input_ids.to(device), labels.to(device))
@@ -168,13 +185,16 @@ def per_row_gradients(
     *,
     batch_size: int = 16,
     pad_id: int = 0,
+    max_tokens: int | None = None,
     consume: Callable[[list[int], list[torch.Tensor]], None],
 ) -> None:
     """For each batch, calls `consume(indices, grads)` with `grads[m]` of shape (n, out_m, in_m), the exact
     gradient of each row's mean answer-token loss w.r.t. LoRA matrix m (in `lora_modules` order).
 
     The model is put in eval mode (no dropout) for the duration and restored afterwards."""
-    with contextlib.closing(_batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id)) as passes:
+    with contextlib.closing(
+        _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens)
+    ) as passes:
         for indices, pairs in passes:
             consume(indices, [torch.einsum("nto,nti->noi", d.float(), a.float()) for a, d in pairs])
 
@@ -186,6 +206,7 @@ def per_row_features(
     *,
     batch_size: int = 16,
     pad_id: int = 0,
+    max_tokens: int | None = None,
     consume: Callable[[list[int], torch.Tensor], None],
 ) -> None:
     """For each batch, calls `consume(indices, phi)` with phi (n, k) float32 on the CPU: each row's projected
@@ -200,11 +221,13 @@ def per_row_features(
             rows,
             batch_size=batch_size,
             pad_id=pad_id,
+            max_tokens=max_tokens,
             consume=lambda indices, grads: consume(indices, projector.project([g.cpu() for g in grads])),
         )
         return
     gaussians: list[torch.Tensor] = []
-    with contextlib.closing(_batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id)) as passes:
+    passes_ = _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens)
+    with contextlib.closing(passes_) as passes:
         for indices, pairs in passes:  # closing: the hooks are removed even when consume raises
             if not gaussians:
                 gaussians = [g.to(pairs[0][0].device) for g in projector.matrices_]

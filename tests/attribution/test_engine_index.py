@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from attribution.engine import AttributionIndex, EngineError, build_index
-from attribution.engine.lora import row_loss
+from attribution.engine.index import NULL_QUERIES, null_queries
+from attribution.engine.lora import reference_row_gradient, row_loss
 
 
 def test_planted_facts_rank_their_owner_first(planted):
@@ -81,7 +82,11 @@ def test_build_reports_progress_and_rejects_bad_rows(planted):
     _, model, _, datanet = planted
     seen = []
     index = build_index(model, datanet.rows[:20], k=512, batch_size=8, on_progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(0, 20), (8, 20), (16, 20), (20, 20)]
+    # rows and calibration queries share the passes: every pass that holds rows reports, and only rows count
+    assert seen[0] == (0, 20) and seen[-1] == (20, 20)
+    assert all(t == 20 for _, t in seen)
+    assert [d for d, _ in seen] == sorted({d for d, _ in seen})
+    assert len(seen) >= 1 + -(-20 // 8)
     assert index.size == 20
     with pytest.raises(EngineError, match="Row 5 has no answer tokens"):
         build_index(model, [(5, [1, 2, 3], [-100, -100, -100])], k=512)
@@ -101,3 +106,32 @@ def test_query_checks(planted):
         index.scores(np.zeros(index.k), "l2")
     with pytest.raises(EngineError, match="Query features have 3 dimensions; this index has 2048"):
         index.scores(np.zeros(3))
+
+
+def test_index_features_equal_per_row_autograd_whatever_the_passes(planted):
+    """The build's fast path (rows and calibration queries mixed in token-budget passes, gradients taken at the LoRA
+    outputs, projection factored through the activations) stores for every row, and for every calibration query,
+    the projected gradient of plain batch-size-1 autograd on the LoRA weights; how the passes are cut changes
+    nothing beyond float rounding (and the float16 storage of the rows)."""
+    _, model, _, datanet = planted
+    rows = datanet.rows[:12]
+    longest = max(len(ids) for _, ids, _ in rows)
+    small = build_index(model, rows, k=1024, seed=5, batch_size=4, max_tokens=3 * longest)
+    large = build_index(model, rows, k=1024, seed=5, batch_size=64)
+    projector = small.projector()
+
+    def reference(ids, labels):
+        return projector.project([g.unsqueeze(0) for g in reference_row_gradient(model, ids, labels)])[0].numpy()
+
+    for n, (_, ids, labels) in enumerate(rows):
+        expected = reference(ids, labels)
+        for index in (small, large):  # float16 storage: ~11 bits relative to the row's largest value
+            np.testing.assert_allclose(index.features32()[n], expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+    queries = null_queries(rows, NULL_QUERIES, 5)
+    assert small.null_features.shape == (NULL_QUERIES, projector.k)
+    for n, (ids, labels) in enumerate(queries):
+        expected = reference(ids, labels)
+        for index in (small, large):
+            np.testing.assert_allclose(index.null_features[n], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    for method, floor in small.null_floor.items():
+        assert large.null_floor[method] == pytest.approx(floor, rel=1e-3)

@@ -5,6 +5,7 @@ import torch
 from attribution.engine.lora import (
     EngineError,
     LoraMatrix,
+    _batches,
     lora_modules,
     per_row_features,
     per_row_gradients,
@@ -111,3 +112,20 @@ def test_batched_projected_features_equal_the_per_row_reference(planted, kind):
         reference = projector.project([g.unsqueeze(0) for g in reference_row_gradient(model, ids, labels)])[0]
         torch.testing.assert_close(got[i], reference, rtol=1e-4, atol=1e-5 * float(reference.abs().max()))
     assert not any(h for _, linear in lora_modules(model) for h in linear._forward_hooks.values())
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 40, 100, 10_000])
+def test_batches_by_token_budget_cover_every_row_once_and_stay_under_it(max_tokens):
+    lengths = [np.random.default_rng(3).integers(2, 30) for _ in range(57)]
+    batches = list(_batches(lengths, 8, max_tokens))
+    assert sorted(i for batch in batches for i in batch) == list(range(57))
+    order = [i for batch in batches for i in batch]
+    assert [lengths[i] for i in order] == sorted(lengths)  # by length: least padding
+    for batch in batches:
+        padded = len(batch) * max(lengths[i] for i in batch)
+        if max_tokens is None:
+            assert len(batch) <= 8
+        else:
+            assert padded <= max_tokens or len(batch) == 1
+    if max_tokens == 10_000:
+        assert len(batches) == 1

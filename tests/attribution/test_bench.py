@@ -1,0 +1,59 @@
+"""The attribution benchmark's synthetic-model mode (the one meant for a GPU machine with torch, transformers and
+peft only) on CPU with a tiny shape, run in a process where Django, Celery, gguf and our Django apps cannot be
+imported: it must run end to end there. It checks that the mode runs and what it reports, not any speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+GUARD = """
+import runpy, sys
+BLOCKED = {"django", "celery", "kombu", "gguf", "rest_framework", "ledger", "datanets", "accounts", "core"}
+OWN_DJANGO = ("attribution.models", "attribution.services", "attribution.tasks", "modelfactory.models",
+              "modelfactory.settings", "modelfactory.services", "modelfactory.tasks")
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED or name.startswith(OWN_DJANGO):
+            raise ModuleNotFoundError(f"No module named {name!r} (not on this machine)", name=name)
+
+sys.meta_path.insert(0, Blocked())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_synthetic_mode_runs_without_django_and_reports_ratio_latency_and_storage(base_dir, tmp_path):
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps(TINY_SHAPE))
+    output = tmp_path / "result.json"
+    argv = [str(ROOT / "bench" / "bench_attribution.py"), "--device", "cpu", "--synthetic-config", str(shape),
+            "--tokenizer-dir", str(base_dir), "--rows", "12", "--batch-size", "4", "--rounds", "1",
+            "--latency-rows", "300", "--output", str(output)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", GUARD, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1].startswith("index build ratio to one training epoch: ")
+    result = json.loads(output.read_text())
+    assert (result["device"], result["rows"], result["batch_size"]) == ("cpu", 12, 4)
+    assert result["model"] == f"synthetic-{shape}"
+    assert result["build_max_tokens"] == 4 * 256
+    for key in ("build_ratio_to_epoch", "build_ratio_features_only", "build_ratio_batch_size_rows_per_pass"):
+        assert result[key] > 0
+    assert result["latency_rows"] == 300 and result["latency_forward_backward_ms"] > 0
+    assert result["latency_scoring_ms"] > 0
+    assert result["storage_bytes_per_row_features"] == result["latency_k"] * 2 + 12
+    assert result["storage_bytes_per_row"] == round(result["index_file_bytes"] / 12, 1)
+
+
+def test_bench_modules_name_no_django_app_at_import():
+    """What the GPU machine imports first: the shared synthetic-model helper and the engine."""
+    code = GUARD.split("sys.argv")[0] + "import bench.synthetic_model, attribution.engine, modelfactory.training.loop"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
