@@ -77,7 +77,9 @@ def _settle_loop(
     settings.MF_LEDGER_EARLY_RELEASE = fast
     rng = random.Random(f"{client}:{round_no}")
     payer = people["payers"][client]
+    backend = _backend_pid()
     start.wait()
+    server_cpu, client_cpu = _proc_cpu(backend), time.process_time()
     deadline = time.perf_counter() + seconds
     done = 0
     while time.perf_counter() < deadline:
@@ -91,18 +93,41 @@ def _settle_loop(
             metadata={"model": "bench"},
         )
         done += 1
-    with counter.get_lock():
-        counter.value += done
+    _report(counter, done, time.process_time() - client_cpu, _proc_cpu(backend) - server_cpu)
     connection.close()
 
 
-def _phase(target, args_for, clients: int) -> tuple[int, float]:
+def _backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a local process has used so far: how the server's share is measured (the client
+    connection's backend process; the WAL writer and checkpointer are not counted)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _report(counter, done: int, client_cpu: float, server_cpu: float) -> None:
+    with counter.get_lock():
+        counter[0] += done
+        counter[1] += client_cpu
+        counter[2] += server_cpu
+
+
+def _phase(target, args_for, clients: int) -> tuple[int, float, float, float]:
+    """Runs `clients` processes at once; returns (settlements, wall seconds, client CPU seconds, server CPU
+    seconds), the CPU summed over the clients and their backends."""
     from django.db import connections
 
     connections.close_all()  # children open their own connections
     ctx = mp.get_context("fork")
     start = ctx.Barrier(clients + 1)
-    counter = ctx.Value("q", 0)
+    counter = ctx.Array("d", 3)
     procs = [ctx.Process(target=target, args=(*args_for(i), start, counter)) for i in range(clients)]
     for p in procs:
         p.start()
@@ -112,7 +137,7 @@ def _phase(target, args_for, clients: int) -> tuple[int, float]:
         p.join()
         if p.exitcode != 0:
             raise SystemExit(f"a benchmark client failed (exit {p.exitcode})")
-    return counter.value, time.perf_counter() - began
+    return int(counter[0]), time.perf_counter() - began, counter[1], counter[2]
 
 
 def main() -> int:
@@ -151,7 +176,7 @@ def main() -> int:
             "hot_owner_row_8_clients_per_s": dict(clients=CLIENTS, hot_owner=True),
             "sharded_8_clients_per_s": dict(clients=CLIENTS),
         }
-        totals = {name: [0, 0.0] for name in phases}
+        totals = {name: [0, 0.0, 0.0, 0.0] for name in phases}
 
         def settle(clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False):
             args = lambda i: (i, seconds, shards, fast, hot_owner, round_no, people)  # noqa: E731
@@ -163,12 +188,17 @@ def main() -> int:
         # Phases take turns in short rounds, so a change in the machine's load weighs on all of them alike.
         for round_no in range(ROUNDS):
             for name, config in phases.items():
-                done, elapsed = settle(round_no=round_no, seconds=SECONDS / ROUNDS, **config)
-                totals[name][0] += done
-                totals[name][1] += elapsed
+                measured = settle(round_no=round_no, seconds=SECONDS / ROUNDS, **config)
+                totals[name] = [total + part for total, part in zip(totals[name], measured, strict=True)]
             print(f"round {round_no + 1}/{ROUNDS} done", file=sys.stderr, flush=True)
-        for name, (done, elapsed) in totals.items():
+        cpu = {}
+        for name, (done, elapsed, client_cpu, server_cpu) in totals.items():
             results[name] = round(done / elapsed, 1)
+            cpu[name.removesuffix("_per_s")] = {
+                "client_ms": round(1000 * client_cpu / done, 3),
+                "server_ms": round(1000 * server_cpu / done, 3),
+            }
+        results["cpu_ms_per_settlement"] = cpu
         results["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report = ledger_verify()
         results["ledger_verify"] = f"clean: {report.transactions} transactions, {report.postings} postings"
