@@ -14,6 +14,8 @@ Rules (stored with every result, so a result can be recomputed):
 - Fallback: an attribution that still fails after MF_ATTRIBUTION_MAX_RETRIES retries is stored as "fallback" and
   settled by row share alone; the ledger transaction's fallback_reason says so.
 - No hold (nothing reserved) or a zero fee: there is nothing to settle; a zero-fee hold is released in full.
+- Settlements batch when they queue (PostgreSQL): an answer's settlement takes along other finished answers waiting
+  for theirs in one ledger call (`attribution_settle`); each is still its own ledger transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -366,9 +368,39 @@ def _finish_settlement(attribution: Attribution, *, status: str, note: str, tx=N
 
 
 def attribution_settle(*, attribution_id: int) -> Attribution:
-    """Hands a finished attribution's shares to the ledger, keyed by the inference (replaying settles once)."""
+    """Hands a finished attribution's shares to the ledger, keyed by the inference (replaying settles once).
+
+    On PostgreSQL the same ledger call also takes up to MF_ATTRIBUTION_SETTLE_BATCH - 1 other finished answers
+    whose settlement is waiting (ledger.settlement_post_many: one round trip and one commit for all of them, each
+    its own ledger transaction and answered on its own), so that when settlements queue up they go in batches,
+    and when they do not a batch is this answer alone. The others are claimed with a session advisory lock, so
+    two workers do not take the same ones; a dead worker's claims end with its connection, and anything left
+    unsettled is found again by its own task or the sweep. This answer itself is always settled here, claimed or
+    not (the ledger key makes a second settlement of it a replay)."""
+    own = _settlement_candidate(attribution_id)
+    if own is None:
+        return Attribution.objects.get(pk=attribution_id)
+    claimed = _claim_waiting(exclude=own.pk)
+    try:
+        batch = [own]
+        for other_id in claimed:
+            try:
+                other = _settlement_candidate(other_id)
+            except Exception:  # one answer's bad data must not stop this one; its own task reports it
+                logger.exception("attribution %s: could not prepare its settlement in a batch", other_id)
+                continue
+            if other is not None:
+                batch.append(other)
+        _settle_batch(batch)
+    finally:
+        _release_claims(claimed)
+    return Attribution.objects.get(pk=attribution_id)
+
+
+def _settlement_candidate(attribution_id: int) -> Attribution | None:
+    """The attribution, if its fee is still to be settled; answers with nothing to settle (no hold, a zero fee)
+    are finished here as "skipped"."""
     from ledger import services as ledger
-    from ledger.calc.money import format_credits
 
     attribution = Attribution.objects.select_related("inference__model", "inference__model_version__job").get(
         pk=attribution_id
@@ -377,22 +409,31 @@ def attribution_settle(*, attribution_id: int) -> Attribution:
         Attribution.Settlement.SETTLED,
         Attribution.Settlement.SKIPPED,
     ):
-        return attribution
+        return None
     inference = attribution.inference
     if not inference.hold_key:
-        return _finish_settlement(
+        _finish_settlement(
             attribution,
             status=Attribution.Settlement.SKIPPED,
             note="No fee was reserved for this answer, so there is nothing to settle.",
         )
+        return None
     if inference.fee_micro == 0:
         with contextlib.suppress(ledger.HoldNotOpen):  # already released by the serving side
             ledger.hold_release(hold_key=inference.hold_key, memo="Nothing owed for this answer")
-        return _finish_settlement(
+        _finish_settlement(
             attribution,
             status=Attribution.Settlement.SKIPPED,
             note="The fee was zero; the reserved credit went back to the caller.",
         )
+        return None
+    return attribution
+
+
+def _settlement_request(attribution: Attribution):
+    from ledger import services as ledger
+
+    inference = attribution.inference
     fallback = None
     if attribution.status == Attribution.Status.FALLBACK:
         fallback = (
@@ -412,24 +453,75 @@ def attribution_settle(*, attribution_id: int) -> Attribution:
             "unattributed": attribution.unattributed,
         },
     }
-    try:
-        tx = ledger.settlement_post(
-            key=f"settle:inference:{inference.pk}",
-            hold_key=inference.hold_key,
-            fee_micro=inference.fee_micro,
-            owner_user_id=inference.model.owner_id,
-            contributor_shares={int(uid): share for uid, share in attribution.settlement_shares.items()},
-            fallback_reason=fallback,
-            metadata=metadata,
-            memo=f"Answer {inference.pk} of {inference.model.slug}",
+    return ledger.SettlementRequest(
+        key=f"settle:inference:{inference.pk}",
+        hold_key=inference.hold_key,
+        fee_micro=inference.fee_micro,
+        owner_user_id=inference.model.owner_id,
+        contributor_shares={int(uid): share for uid, share in attribution.settlement_shares.items()},
+        fallback_reason=fallback,
+        metadata=metadata,
+        memo=f"Answer {inference.pk} of {inference.model.slug}",
+    )
+
+
+def _settle_batch(attributions: list[Attribution]) -> None:
+    """One ledger call for the batch, then each attribution marked settled or refused on its own."""
+    from ledger import services as ledger
+    from ledger.calc.money import format_credits
+
+    outcomes = ledger.settlement_post_many(requests=[_settlement_request(a) for a in attributions])
+    for attribution, outcome in zip(attributions, outcomes, strict=True):
+        if isinstance(outcome, ledger.LedgerError):
+            logger.error("settlement of inference %s refused: %s", attribution.inference_id, outcome)
+            _finish_settlement(
+                attribution,
+                status=Attribution.Settlement.FAILED,
+                note=f"The ledger refused the settlement: {outcome}",
+            )
+        else:
+            note = f"{format_credits(attribution.inference.fee_micro)} credits settled."
+            _finish_settlement(attribution, status=Attribution.Settlement.SETTLED, note=note, tx=outcome)
+
+
+# Session advisory locks on (this number, attribution id) claim answers taken along in another answer's batch.
+_CLAIM_LOCK_SPACE = 0x5E771E
+
+
+def _claim_waiting(*, exclude: int) -> list[int]:
+    """Up to MF_ATTRIBUTION_SETTLE_BATCH - 1 finished answers waiting for settlement, oldest first, that no other
+    worker has claimed, now claimed by this connection (PostgreSQL; elsewhere none). The own answer is claimed too,
+    so that other workers leave it to us."""
+    limit = settings.MF_ATTRIBUTION_SETTLE_BATCH - 1
+    if connection.vendor != "postgresql":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_CLAIM_LOCK_SPACE, exclude])
+        if not cursor.fetchone()[0]:
+            return []  # another worker's batch has this answer: we settle it anyway (a replay), and take no others
+        if limit <= 0:
+            return [exclude]
+        pending = Q(status__in=Attribution.FINISHED, settlement_status=Attribution.Settlement.PENDING)
+        waiting = list(
+            Attribution.objects.filter(pending).exclude(pk=exclude).order_by("pk").values_list("pk", flat=True)[:limit]
         )
-    except ledger.LedgerError as exc:
-        logger.error("settlement of inference %s refused: %s", inference.pk, exc)
-        return _finish_settlement(
-            attribution, status=Attribution.Settlement.FAILED, note=f"The ledger refused the settlement: {exc}"
+        claimed = []
+        if waiting:
+            cursor.execute(
+                "SELECT id FROM unnest(%s::integer[]) AS id WHERE pg_try_advisory_lock(%s, id) ORDER BY id",
+                [waiting, _CLAIM_LOCK_SPACE],
+            )
+            claimed = [row[0] for row in cursor.fetchall()]
+    return [exclude, *claimed]
+
+
+def _release_claims(claimed: list[int]) -> None:
+    if not claimed:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_unlock(%s, id) FROM unnest(%s::integer[]) AS id", [_CLAIM_LOCK_SPACE, claimed]
         )
-    note = f"{format_credits(inference.fee_micro)} credits settled."
-    return _finish_settlement(attribution, status=Attribution.Settlement.SETTLED, note=note, tx=tx)
 
 
 # --- Never lost ----------------------------------------------------------------------------------------------------
