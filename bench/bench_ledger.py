@@ -21,14 +21,22 @@ utime + stime; the WAL writer and checkpointer are not in it): on two cores, set
   batched       settlement_post_many with 16 (or 64) settlements per call, 1 or 8 clients, and 8 clients with a
                 hot owner: one call of ledger_settlement_post_many (migrations/0005), one commit and one wait
                 for the flush per 16 settlements, each still its own ledger transaction and link in the chain
+  product       the product's settlement step (attribution.services.attribution_settle, which the attribution
+                task ends with) in 8 worker processes, each calling it for its share of a backlog of answers whose
+                attribution is stored and whose fee is held (MF_BENCH_LEDGER_BACKLOG per round), with
+                MF_ATTRIBUTION_SETTLE_BATCH=1 (each answer alone) and 32 (each call takes along up to 31 answers
+                waiting); counts the answers settled. This includes the step's own reads and writes (the answer,
+                its datanets' labels, marking it settled, the contributors' amounts), not the attribution engine
+                that runs before it.
   sharded       8 clients, settlement_post one at a time, MF_LEDGER_SHARDS=16 (the default)
   GOAL FIGURE   printed last: 8 clients, each calling settlement_post_many with 16 settlements (6 postings each)
                 per call, MF_LEDGER_SHARDS=16: the ledger's settlement throughput through its batch API. The
                 product's settlement step (attribution.services.attribution_settle) calls that API with its own
                 answer plus up to MF_ATTRIBUTION_SETTLE_BATCH - 1 answers already waiting for settlement, so the
                 product reaches batches of 16 only when settlements queue up (a backlog, a burst); when they do not,
-                its batches are of one (the "batch 1" phase). The figure is the ledger's, not an end-to-end
-                figure of the product (which also computes the attribution and writes its own rows per answer).
+                its batches are of one (the "batch 1" phase). The figure is the ledger's, not the product's:
+                the product's settlement step is measured by the "product" phases, and is far slower (its
+                own per-answer reads and writes through the ORM cost more CPU than the ledger's part).
 
 The fast path (ledger/services.py `_settlement_post_fast`, migrations/0003) is one call of a PL/pgSQL function:
 the service still computes the split, the metadata and the canonical JSON around the postings; the function
@@ -71,6 +79,8 @@ DB_NAME = os.environ.get("MF_BENCH_LEDGER_DB", "mf_ledger_bench")
 CLIENTS = 8
 SECONDS = float(os.environ.get("MF_BENCH_LEDGER_SECONDS", "9"))
 ROUNDS = int(os.environ.get("MF_BENCH_LEDGER_ROUNDS", "3"))
+# Answers waiting for settlement made for each round of the product phase with batches (half for batches of one).
+PRODUCT_BACKLOG = int(os.environ.get("MF_BENCH_LEDGER_BACKLOG", "3000"))
 
 
 def _admin(sql: str) -> None:
@@ -136,6 +146,109 @@ def _settle_loop(
     connection.close()
 
 
+def _product_loop(client: int, seconds: float, batch: int, answers: list[int], start, counter) -> None:
+    """One settlement worker of the product: attribution_settle on the answers of its share of the backlog, in
+    order, as the attribution task does after storing an attribution (what is already settled returns at once).
+    With batch > 1 each call also takes along up to batch - 1 other waiting answers. Reports its CPU; the parent
+    counts the settled answers."""
+    from django.conf import settings
+    from django.db import connection
+
+    from attribution.services import attribution_settle
+
+    settings.MF_ATTRIBUTION_SETTLE_BATCH = batch
+    settings.MF_LEDGER_SHARDS = 16
+    mine = answers[client::CLIENTS]
+    backend = _backend_pid()
+    start.wait()
+    server_cpu, client_cpu = _proc_cpu(backend), time.process_time()
+    deadline = time.perf_counter() + seconds
+    for attribution_id in mine:
+        if time.perf_counter() >= deadline:
+            break
+        attribution_settle(attribution_id=attribution_id)
+    _report(counter, 0, time.process_time() - client_cpu, _proc_cpu(backend) - server_cpu)
+    connection.close()
+
+
+def _product_backlog(people: dict, count: int, tag: str) -> list[int]:
+    """`count` answers of a model whose fees are held and whose attribution is stored but not yet settled (as after
+    a burst): each has a hold (ledger.hold_create, as serving makes it), a completed Inference and a finished
+    Attribution with 3 contributors' shares. Returns the attribution ids, oldest first."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from attribution.models import Attribution, AttributionShare
+    from ledger.services import hold_create
+    from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelVersion, TrainedModel
+
+    rng = random.Random(tag)
+    owner = people["owners"][0]
+    base, _ = BaseModel.objects.get_or_create(
+        slug="bench-base", defaults=dict(name="Bench", path="/nonexistent", parameters=1, context_length=512)
+    )
+    job = FineTuneJob.objects.create(
+        owner_id=owner, name=f"bench {tag}", base_model=base, preset="quick", idempotency_key=f"bench-{tag}"
+    )
+    model = TrainedModel.objects.create(owner_id=owner, slug=f"bench-{tag}", name="Bench", base_model=base)
+    version = ModelVersion.objects.create(
+        model=model, number=1, job=job, adapter_path="-", zip_path="-", artifact_hash="0" * 64, model_card="-"
+    )
+    now = timezone.now()
+    inferences = Inference.objects.bulk_create(
+        [
+            Inference(
+                caller_id=people["payers"][i % CLIENTS],
+                model=model,
+                model_version=version,
+                source=Inference.Source.API,
+                messages=[],
+                prompt_token_ids=[1],
+                price_per_1k_tokens=0,
+                fee_reserved_micro=2_000_000,
+                status=Inference.Status.COMPLETED,
+                output="-",
+                output_token_ids=[2],
+                fee_micro=rng.randint(1_000, 2_000_000),
+                completed_at=now,
+            )  # fmt: skip
+            for i in range(count)
+        ]
+    )
+    for inference in inferences:
+        hold_create(key=f"inference:{inference.pk}", payer_user_id=inference.caller_id, amount_micro=2_000_000)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE modelfactory_inference SET hold_key = 'inference:' || id WHERE id = ANY (%s)",
+            [[i.pk for i in inferences]],
+        )
+    attributions = Attribution.objects.bulk_create(
+        [
+            Attribution(
+                inference=inference,
+                status=Attribution.Status.DONE,
+                method_version="bench",
+                settlement_rule="settle-1",
+                settlement_shares={
+                    str(uid): rng.randint(1, 100) / 100 for uid in rng.sample(people["contributors"], 3)
+                },
+                finished_at=now,
+            )  # fmt: skip
+            for inference in inferences
+        ]
+    )
+    AttributionShare.objects.bulk_create(
+        [
+            AttributionShare(
+                attribution=a, contributor_id=int(uid), model=model, share=share, settled_share=share, created_at=now
+            )
+            for a in attributions
+            for uid, share in a.settlement_shares.items()
+        ]
+    )
+    return [a.pk for a in attributions]
+
+
 def _backend_pid() -> int:
     from django.db import connection
 
@@ -196,6 +309,7 @@ def main() -> int:
     from django.core.management import call_command
     from django.db import connections
 
+    from attribution.models import Attribution
     from ledger.services import credit_grant
     from ledger.verification import ledger_verify
 
@@ -218,17 +332,34 @@ def main() -> int:
             "batched_8_clients_batch_16_per_s": dict(clients=CLIENTS, batch=16),
             "batched_8_clients_batch_64_per_s": dict(clients=CLIENTS, batch=64),
             "batched_hot_owner_8_clients_batch_16_per_s": dict(clients=CLIENTS, hot_owner=True, batch=16),
+            "product_settle_step_8_workers_batch_1_per_s": dict(clients=CLIENTS, product=True, batch=1),
+            "product_settle_step_8_workers_batch_32_per_s": dict(clients=CLIENTS, product=True, batch=32),
             "sharded_8_clients_per_s": dict(clients=CLIENTS),
         }
         totals = {name: [0, 0.0, 0.0, 0.0] for name in phases}
 
-        def settle(clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False, batch=0):
+        def settle(
+            clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False, batch=0, product=False
+        ):
+            if product:
+                ids = backlogs[batch, round_no]
+                _, elapsed, client_cpu, server_cpu = _phase(_product_loop, lambda i: (i, seconds, batch, ids), clients)
+                done = Attribution.objects.filter(pk__in=ids, settlement_status=Attribution.Settlement.SETTLED).count()
+                if done == len(ids):
+                    print(f"warning: the backlog of {len(ids)} answers ran out", file=sys.stderr)
+                return done, elapsed, client_cpu, server_cpu
             args = lambda i: (i, seconds, shards, fast, hot_owner, batch, round_no, people)  # noqa: E731
             return _phase(_settle_loop, args, clients)
 
         results = {"postings_per_settlement": 6, "clients": CLIENTS, "seconds_per_phase": SECONDS, "rounds": ROUNDS}
         results["load_average_before"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         settle(2, -1, 2.0)  # warm-up: creates the owners', contributors' and platform shards' accounts
+        backlogs = {
+            (batch, round_no): _product_backlog(people, size, f"{batch}-{round_no}")
+            for batch, size in ((1, PRODUCT_BACKLOG // 2), (32, PRODUCT_BACKLOG))
+            for round_no in range(ROUNDS)
+        }
+        print(f"product backlogs made ({sum(map(len, backlogs.values()))} answers)", file=sys.stderr, flush=True)
         # Phases take turns in short rounds, so a change in the machine's load weighs on all of them alike.
         for round_no in range(ROUNDS):
             for name, config in phases.items():
