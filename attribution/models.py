@@ -103,6 +103,15 @@ class Attribution(models.Model):
                 name="attribution_unattributed_0_1",
             )
         ]
+        indexes = [
+            # The answers waiting for settlement, oldest first (what a settlement takes along; the sweep): a few
+            # rows among all answers ever settled.
+            models.Index(
+                fields=["id"],
+                condition=models.Q(settlement_status="pending", status__in=["done", "fallback"]),
+                name="attribution_waiting_settle",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"attribution of inference {self.inference_id} ({self.status})"

@@ -525,12 +525,47 @@ def policy_check(policy: SplitPolicy) -> SplitPolicy:
     return policy
 
 
+Share = Fraction | Decimal | int | float | str
+
+
+@dataclass(frozen=True)
+class SettlementRequest:
+    """One settlement of a `settlement_post_many` batch: the arguments of `settlement_post`, with the same
+    meaning."""
+
+    key: str
+    fee_micro: int
+    owner_user_id: int
+    contributor_shares: Mapping[int, Share] | None
+    policy: SplitPolicy | None = None
+    payer_user_id: int | None = None
+    hold_key: str | None = None
+    fallback_reason: str | None = None
+    metadata: Mapping | None = None
+    memo: str = ""
+
+
+@dataclass
+class _Settlement:
+    """A checked settlement: what the settlement functions (PostgreSQL) and the general path need."""
+
+    key: str
+    request_hash: str
+    memo: str
+    metadata: dict  # already jsonable
+    user_legs: list[tuple[int, int]]  # (user id, signed micro-units): owner, contributors, then the payer if any
+    platform: tuple[int, int]  # (shard, micro-units)
+    hold_key: str | None
+    fee_micro: int
+    build: Callable[[], _Plan]  # the general path's plan
+
+
 def settlement_post(
     *,
     key: str,
     fee_micro: int,
     owner_user_id: int,
-    contributor_shares: Mapping[int, Fraction | Decimal | int | float | str] | None,
+    contributor_shares: Mapping[int, Share] | None,
     policy: SplitPolicy | None = None,
     payer_user_id: int | None = None,
     hold_key: str | None = None,
@@ -550,38 +585,113 @@ def settlement_post(
 
     Raises InsufficientFunds (payer path; recorded), HoldNotOpen, IdempotencyConflict, PolicyOutOfBounds,
     InvalidRequest. Replaying `key` with the same inputs returns the same transaction."""
+    settlement = _settlement_prepare(
+        SettlementRequest(
+            key=key,
+            fee_micro=fee_micro,
+            owner_user_id=owner_user_id,
+            contributor_shares=contributor_shares,
+            policy=policy,
+            payer_user_id=payer_user_id,
+            hold_key=hold_key,
+            fallback_reason=fallback_reason,
+            metadata=metadata,
+            memo=memo,
+        )
+    )
+    if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
+        tx = _settlement_post_fast(settlement)
+        if tx is not None:
+            return tx
+    return _commit(key=settlement.key, request_hash=settlement.request_hash, build=settlement.build)
+
+
+SETTLEMENT_BATCH_MAX = 128  # settlements per call of the batch function (and so per commit)
+
+
+def settlement_post_many(*, requests: Sequence[SettlementRequest]) -> list[Transaction | LedgerError]:
+    """Settles many fees, each exactly as `settlement_post` would (its own transaction, key, request hash,
+    postings and link in the hash chain), and answers each on its own: the outcome at position i is the
+    Transaction for requests[i] (new, or the stored one for a replay) or the LedgerError settlement_post would
+    have raised for it (InsufficientFunds, HoldNotOpen, IdempotencyConflict, InvalidRequest, ...). One item's
+    error never fails or rolls back the others.
+
+    On PostgreSQL the plain items (a new key, funds or an open hold, accounts that exist) are written by one call
+    of ledger_settlement_post_many (migrations/0005) per SETTLEMENT_BATCH_MAX items: one round trip, one commit
+    and one wait for the disk flush for all of them (a batch of one calls ledger_settlement_post, as
+    settlement_post does); every other item (a replay, a conflict, lack of funds, a
+    first-time wallet, a closed hold) then takes the general path on its own, as with settlement_post. Every
+    outcome is durable when this returns. Elsewhere (SQLite) each item takes the general path in turn."""
+    outcomes: list[Transaction | LedgerError | None] = [None] * len(requests)
+    prepared: list[tuple[int, _Settlement]] = []
+    for at, request in enumerate(requests):
+        try:
+            prepared.append((at, _settlement_prepare(request)))
+        except LedgerError as exc:
+            outcomes[at] = exc
+    if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
+        left = []
+        for start in range(0, len(prepared), SETTLEMENT_BATCH_MAX):
+            chunk = prepared[start : start + SETTLEMENT_BATCH_MAX]
+            if len(chunk) == 1:  # the single function does less work for one (see bench/bench_ledger.py)
+                tx = _settlement_post_fast(chunk[0][1])
+                posted = {} if tx is None else {0: tx}
+            else:
+                posted = _settlement_post_batch([settlement for _, settlement in chunk])
+            for number, (at, settlement) in enumerate(chunk):
+                if number in posted:
+                    outcomes[at] = posted[number]
+                else:
+                    left.append((at, settlement))
+        prepared = left
+    for at, settlement in prepared:
+        try:
+            outcomes[at] = _commit(key=settlement.key, request_hash=settlement.request_hash, build=settlement.build)
+        except LedgerError as exc:
+            outcomes[at] = exc
+    return outcomes  # type: ignore[return-value]  (every position is filled above)
+
+
+def _settlement_prepare(request: SettlementRequest) -> _Settlement:
+    """Checks a settlement and computes everything about it that needs no database: the split, the metadata,
+    the request hash, the legs by user, and the general path's plan."""
+    key, fee_micro, hold_key, payer_user_id = request.key, request.fee_micro, request.hold_key, request.payer_user_id
+    owner_user_id, memo = request.owner_user_id, request.memo
     if (payer_user_id is None) == (hold_key is None):
         raise InvalidRequest("Give exactly one of payer_user_id or hold_key.")
     if isinstance(fee_micro, bool) or not isinstance(fee_micro, int) or fee_micro < 0:
         raise InvalidRequest("The fee must be a non-negative whole number of micro-units.")
-    policy = policy_check(policy or SplitPolicy())
+    policy = policy_check(request.policy or SplitPolicy())
+    contributor_shares = request.contributor_shares or {}
     try:
-        shares = {int(uid): to_fraction(share) for uid, share in (contributor_shares or {}).items()}
+        shares = {int(uid): to_fraction(share) for uid, share in contributor_shares.items()}
         split = split_fee(fee_micro, policy, shares)
     except SplitError as exc:
         raise InvalidRequest(str(exc)) from None
-    reason = fallback_reason if fallback_reason else (None if split.contributors else "no contributors")
-    shares_given = {str(uid): jsonable(share) for uid, share in sorted((contributor_shares or {}).items())}
-    meta = {
-        **dict(metadata or {}),
-        "settlement": {
-            "fee_micro": fee_micro,
-            "policy": policy.as_dict(),
-            "method": "largest-remainder-v1",
-            "shares": shares_given,
-            "owner_user_id": owner_user_id,
-            "payer_user_id": payer_user_id,
-            "hold_key": hold_key,
-            "fallback_reason": reason,
-            "split": {
-                "owner": split.owner + split.contributors_to_owner,
-                "contributors": {str(uid): amount for uid, amount in split.contributors.items()},
-                "platform": split.platform,
-            },
+    reason = request.fallback_reason if request.fallback_reason else (None if split.contributors else "no contributors")
+    extra = jsonable(dict(request.metadata or {}))
+    settlement = {
+        "fee_micro": fee_micro,
+        "policy": policy.as_dict(),
+        "method": "largest-remainder-v1",
+        "shares": {str(uid): jsonable(share) for uid, share in sorted(contributor_shares.items())},
+        "owner_user_id": owner_user_id,
+        "payer_user_id": payer_user_id,
+        "hold_key": hold_key,
+        "fallback_reason": reason,
+        "split": {
+            "owner": split.owner + split.contributors_to_owner,
+            "contributors": {str(uid): amount for uid, amount in split.contributors.items()},
+            "platform": split.platform,
         },
     }
+    meta = {**extra, "settlement": settlement}
     platform = (Account.Role.PLATFORM, _shard(key))
-    request_hash = request_fingerprint("settlement", **meta["settlement"], metadata=dict(metadata or {}), memo=memo)
+    # request_fingerprint("settlement", **settlement, metadata=..., memo=...) without converting the (already
+    # jsonable) values again.
+    request_hash = sha256_hex(
+        canonical_json({"operation": "settlement", "inputs": {**settlement, "metadata": extra, "memo": memo}})
+    )
     users = {owner_user_id, *split.contributors}
 
     def build() -> _Plan:
@@ -618,38 +728,55 @@ def settlement_post(
 
     if fee_micro == 0 and hold_key is None:
         raise InvalidRequest("A settlement without a hold needs a fee above zero.")
-    if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
-        user_legs = [
+    _check_key(key)
+    return _Settlement(
+        key=key,
+        request_hash=request_hash,
+        memo=(memo or "Inference fee")[:500],
+        metadata=meta,
+        user_legs=[
             (owner_user_id, split.owner + split.contributors_to_owner),
             *split.contributors.items(),
             *(((payer_user_id, -fee_micro),) if hold_key is None else ()),
-        ]
-        tx = _settlement_post_fast(
-            key=key,
-            request_hash=request_hash,
-            memo=memo or "Inference fee",
-            metadata=meta,
-            user_legs=user_legs,
-            platform=(platform[1], split.platform),
-            hold_key=hold_key,
-            fee_micro=fee_micro,
-        )
-        if tx is not None:
-            return tx
-    return _commit(key=key, request_hash=request_hash, build=build)
+        ],
+        platform=(platform[1], split.platform),
+        hold_key=hold_key,
+        fee_micro=fee_micro,
+        build=build,
+    )
 
 
-def _settlement_post_fast(
-    *,
-    key: str,
-    request_hash: str,
-    memo: str,
-    metadata: dict,
-    user_legs: list[tuple[int, int]],
-    platform: tuple[int, int],
-    hold_key: str | None,
-    fee_micro: int,
-) -> Transaction | None:
+def _content_parts(settlement: _Settlement, created_at) -> tuple[bytes, bytes]:
+    return transaction_content_parts(
+        key=settlement.key,
+        kind=Transaction.Kind.SETTLEMENT,
+        status=Transaction.Status.POSTED,
+        memo=settlement.memo,
+        metadata=settlement.metadata,
+        request_hash=settlement.request_hash,
+        created_at=created_at.isoformat(),
+    )
+
+
+def _posted(settlement: _Settlement, created_at, row) -> Transaction:
+    pk, seq, prev_hash, digest = row
+    _maybe_schedule_checkpoint(seq)
+    return Transaction(
+        id=pk,
+        seq=seq,
+        prev_hash=prev_hash,
+        hash=digest,
+        idempotency_key=settlement.key,
+        kind=Transaction.Kind.SETTLEMENT,
+        status=Transaction.Status.POSTED,
+        memo=settlement.memo,
+        metadata=settlement.metadata,
+        request_hash=settlement.request_hash,
+        created_at=created_at,
+    )
+
+
+def _settlement_post_fast(settlement: _Settlement) -> Transaction | None:
     """PostgreSQL: the plain settlement (new key, open hold or a payer with funds, accounts that exist) as one call
     of ledger_settlement_post (migrations/0003), which locks, checks and writes exactly what the general path
     would, with the same legs, content and hash. None: not the plain case; nothing was written and the caller
@@ -659,36 +786,25 @@ def _settlement_post_fast(
     head and the account rows are unlocked before the flush rather than after it (one flush per settlement used
     to cap every writer at the disk's flush rate); `_durable` then waits for the flush before we answer. Inside
     a caller's atomic block the caller's commit is an ordinary, flushing one."""
-    _check_key(key)
     outermost = not connection.in_atomic_block
     early = outermost and _early_release_possible()
-    metadata = jsonable(metadata)
-    memo = memo[:500]
     created_at = timezone.now()
-    head, tail = transaction_content_parts(
-        key=key,
-        kind=Transaction.Kind.SETTLEMENT,
-        status=Transaction.Status.POSTED,
-        memo=memo,
-        metadata=metadata,
-        request_hash=request_hash,
-        created_at=created_at.isoformat(),
-    )
+    head, tail = _content_parts(settlement, created_at)
     params = [
-        key,
+        settlement.key,
         Transaction.Kind.SETTLEMENT.value,
-        memo,
-        json.dumps(metadata),
-        request_hash,
+        settlement.memo,
+        json.dumps(settlement.metadata),
+        settlement.request_hash,
         created_at,
         head,
         tail,
-        [user for user, _ in user_legs],
-        [amount for _, amount in user_legs],
-        platform[0],
-        platform[1],
-        hold_key,
-        fee_micro,
+        [user for user, _ in settlement.user_legs],
+        [amount for _, amount in settlement.user_legs],
+        settlement.platform[0],
+        settlement.platform[1],
+        settlement.hold_key,
+        settlement.fee_micro,
         early,
     ]
 
@@ -702,24 +818,61 @@ def _settlement_post_fast(
         return None
     if early:
         _durable()
-    pk, seq, prev_hash, digest = row
-    _maybe_schedule_checkpoint(seq)
-    return Transaction(
-        id=pk,
-        seq=seq,
-        prev_hash=prev_hash,
-        hash=digest,
-        idempotency_key=key,
-        kind=Transaction.Kind.SETTLEMENT,
-        status=Transaction.Status.POSTED,
-        memo=memo,
-        metadata=metadata,
-        request_hash=request_hash,
-        created_at=created_at,
-    )
+    return _posted(settlement, created_at, row)
+
+
+def _settlement_post_batch(settlements: list[_Settlement]) -> dict[int, Transaction]:
+    """PostgreSQL: one call of ledger_settlement_post_many (migrations/0005) for the batch; returns {position in
+    `settlements`: Transaction} for those it posted (the plain ones), the same rows, content and hashes as one
+    call of ledger_settlement_post each, in batch order. The others wrote nothing. Locks are released before the
+    WAL flush and the flush is awaited once, as in `_settlement_post_fast`."""
+    if not settlements:
+        return {}
+    outermost = not connection.in_atomic_block
+    early = outermost and _early_release_possible()
+    created_at = timezone.now()
+    parts = [_content_parts(settlement, created_at) for settlement in settlements]
+    leg_first, leg_users, leg_amounts = [], [], []
+    for settlement in settlements:
+        leg_first.append(len(leg_users) + 1)
+        for user, amount in settlement.user_legs:
+            leg_users.append(user)
+            leg_amounts.append(amount)
+    leg_first.append(len(leg_users) + 1)
+    params = [
+        [s.key for s in settlements],
+        [s.memo for s in settlements],
+        [json.dumps(s.metadata) for s in settlements],
+        [s.request_hash for s in settlements],
+        [created_at] * len(settlements),
+        [head for head, _ in parts],
+        [tail for _, tail in parts],
+        [s.platform[0] for s in settlements],
+        [s.platform[1] for s in settlements],
+        [s.hold_key for s in settlements],
+        [s.fee_micro for s in settlements],
+        leg_first,
+        leg_users,
+        leg_amounts,
+        early,
+    ]
+
+    def attempt():
+        with connection.cursor() as cursor:
+            cursor.execute(_PG_SETTLE_MANY, params)
+            return cursor.fetchall()
+
+    rows = _retrying(attempt, outermost=outermost)
+    if rows and early:
+        _durable()
+    return {at - 1: _posted(settlements[at - 1], created_at, row) for at, *row in rows}
 
 
 _PG_SETTLE = "SELECT * FROM ledger_settlement_post(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_PG_SETTLE_MANY = (
+    "SELECT * FROM ledger_settlement_post_many(%s, %s, %s, %s, %s::timestamptz[], %s, %s, %s::integer[], "
+    "%s::bigint[], %s::text[], %s::bigint[], %s::integer[], %s::bigint[], %s::bigint[], %s)"
+)
 
 
 def _early_release_possible() -> bool:

@@ -337,6 +337,9 @@ MF_ATTRIBUTION_MAX_RETRIES = env.int("MF_ATTRIBUTION_MAX_RETRIES", 3, min_value=
 MF_ATTRIBUTION_RETRY_BACKOFF_MAX = env.int("MF_ATTRIBUTION_RETRY_BACKOFF_MAX", 600, min_value=1)
 MF_ATTRIBUTION_SWEEP_MINUTES = env.int("MF_ATTRIBUTION_SWEEP_MINUTES", 15, min_value=1)
 MF_ATTRIBUTION_CACHE_SIZE = env.int("MF_ATTRIBUTION_CACHE_SIZE", 2, min_value=1, max_value=64)
+# Settlements per ledger call: an answer's settlement takes along up to this many - 1 other answers waiting for
+# theirs (PostgreSQL; ledger.settlement_post_many), so settlements batch when they queue up. 1: one at a time.
+MF_ATTRIBUTION_SETTLE_BATCH = env.int("MF_ATTRIBUTION_SETTLE_BATCH", 32, min_value=1, max_value=128)
 # --- Serving (inference worker) ---------------------------------------------------------------------------------
 # Adapters kept loaded per inference worker process (LRU), and how long the batcher collects requests.
 MF_ADAPTER_CACHE_SIZE = env.int("MF_ADAPTER_CACHE_SIZE", 16, min_value=1, max_value=1024)

@@ -16,7 +16,7 @@ from ledger.calc.canonical import (
 )
 from ledger.calc.merkle import inclusion_proof, merkle_root, verify_inclusion
 from ledger.calc.money import AmountError, format_credits, parse_credits
-from ledger.calc.split import SplitError, SplitPolicy, allocate, split_fee
+from ledger.calc.split import SplitError, SplitPolicy, allocate, split_fee, to_fraction
 
 
 def test_parse_and_format_credits():
@@ -149,3 +149,16 @@ def test_allocate_matches_the_exact_fraction_definition(total, weights):
     for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - floors[i]), i))[: total - sum(floors)]:
         floors[i] += 1
     assert allocate(total, list(enumerate(weights))) == list(enumerate(floors))
+
+
+@given(
+    fee=st.integers(0, 10**12),
+    shares=st.dictionaries(st.integers(1, 50), st.integers(0, 1000), min_size=1, max_size=7),
+)
+def test_whole_number_shares_split_as_their_fractions_do(fee, shares):
+    """to_fraction keeps whole numbers as ints (the hot path); the split must be the Fraction one exactly."""
+    if sum(shares.values()) == 0:
+        return
+    as_ints = split_fee(fee, SplitPolicy(), {uid: to_fraction(s) for uid, s in shares.items()})
+    as_fractions = split_fee(fee, SplitPolicy(), {uid: Fraction(s) for uid, s in shares.items()})
+    assert as_ints == as_fractions
