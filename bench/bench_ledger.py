@@ -79,7 +79,7 @@ DB_NAME = os.environ.get("MF_BENCH_LEDGER_DB", "mf_ledger_bench")
 CLIENTS = 8
 SECONDS = float(os.environ.get("MF_BENCH_LEDGER_SECONDS", "9"))
 ROUNDS = int(os.environ.get("MF_BENCH_LEDGER_ROUNDS", "3"))
-# Answers waiting for settlement made for each round of the product phase with batches (half for batches of one).
+# Answers waiting for settlement, made just before each product round with batches (half that for batches of one).
 PRODUCT_BACKLOG = int(os.environ.get("MF_BENCH_LEDGER_BACKLOG", "3000"))
 
 
@@ -342,9 +342,19 @@ def main() -> int:
             clients: int, round_no: int, seconds: float, shards=16, fast=True, hot_owner=False, batch=0, product=False
         ):
             if product:
-                ids = backlogs[batch, round_no]
+                # made just before the phase, so that the only answers waiting are this phase's: a batch takes along
+                # the oldest waiting answers, whoever's they are (backlogs made up front were settled by other phases)
+                ids = _product_backlog(
+                    people, PRODUCT_BACKLOG // 2 if batch == 1 else PRODUCT_BACKLOG, f"{batch}-{round_no}"
+                )
+                waiting = Attribution.objects.filter(settlement_status=Attribution.Settlement.PENDING).count()
+                assert waiting == len(ids), f"{waiting} answers wait for settlement, {len(ids)} of them this phase's"
                 _, elapsed, client_cpu, server_cpu = _phase(_product_loop, lambda i: (i, seconds, batch, ids), clients)
                 done = Attribution.objects.filter(pk__in=ids, settlement_status=Attribution.Settlement.SETTLED).count()
+                # out of the way of the next phase (their holds stay open: a valid ledger state)
+                Attribution.objects.filter(pk__in=ids, settlement_status=Attribution.Settlement.PENDING).update(
+                    settlement_status=Attribution.Settlement.SKIPPED
+                )
                 if done == len(ids):
                     print(f"warning: the backlog of {len(ids)} answers ran out", file=sys.stderr)
                 return done, elapsed, client_cpu, server_cpu
@@ -354,12 +364,6 @@ def main() -> int:
         results = {"postings_per_settlement": 6, "clients": CLIENTS, "seconds_per_phase": SECONDS, "rounds": ROUNDS}
         results["load_average_before"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         settle(2, -1, 2.0)  # warm-up: creates the owners', contributors' and platform shards' accounts
-        backlogs = {
-            (batch, round_no): _product_backlog(people, size, f"{batch}-{round_no}")
-            for batch, size in ((1, PRODUCT_BACKLOG // 2), (32, PRODUCT_BACKLOG))
-            for round_no in range(ROUNDS)
-        }
-        print(f"product backlogs made ({sum(map(len, backlogs.values()))} answers)", file=sys.stderr, flush=True)
         # Phases take turns in short rounds, so a change in the machine's load weighs on all of them alike.
         for round_no in range(ROUNDS):
             for name, config in phases.items():
