@@ -32,21 +32,10 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 
 from modelfactory.training.finetune import FinetuneSpec, run_finetune  # noqa: E402
-from modelfactory.training.tiny import build_tiny_model_dir  # noqa: E402
+from modelfactory.training.tiny import build_tiny_model_dir, colour_rows  # noqa: E402
 
 SETTINGS = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "learning_rate": 5e-3, "max_length": 128,
             "eval_split": 0.1, "dropout": 0.0, "seed": 3}  # fmt: skip
-
-
-def colour_rows(n: int) -> list[dict]:
-    return [
-        {
-            "id": i,
-            "kind": "instruction",
-            "content": {"instruction": f"Colour of item {i}?", "output": ["red it is.", "blue it is."][i % 2]},
-        }
-        for i in range(n)
-    ]
 
 
 def spec(model_dir: Path, device: str, **hp) -> FinetuneSpec:
@@ -99,11 +88,9 @@ def check_bf16(report: dict, model_dir: Path) -> str:
 
 def check_nccl(report: dict, model_dir: Path) -> str:
     from modelfactory.training import distributed
-
-    hp = dict(SETTINGS)
     from modelfactory.training.presets import validate_hyperparameters
 
-    clean, errors = validate_hyperparameters(hp)
+    clean, errors = validate_hyperparameters(SETTINGS)
     assert not errors, errors
     events: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

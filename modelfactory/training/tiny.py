@@ -62,3 +62,15 @@ def build_tiny_model_dir(folder: Path, *, layers: int = 2, hidden: int = 64, see
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def colour_rows(n: int = 48, start: int = 0) -> list[dict]:
+    """A learnable task: the answer depends only on the parity of the item number."""
+    return [
+        {
+            "id": i,
+            "kind": "instruction",
+            "content": {"instruction": f"Colour of item {i}?", "output": ["red it is.", "blue it is."][i % 2]},
+        }
+        for i in range(start, start + n)
+    ]

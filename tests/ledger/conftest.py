@@ -2,7 +2,7 @@ import pytest
 from django.db import connection
 
 from ledger.models import Account, Posting, Transaction
-from ledger.services import credit_grant
+from ledger.services import account_for_user, credit_grant
 from tests.factories import UserFactory
 
 CREDIT = 1_000_000
@@ -27,6 +27,18 @@ def fund(staff):
         return credit_grant(user_id=user.pk, amount_micro=credits * CREDIT, granted_by=staff, memo="test")
 
     return _fund
+
+
+@pytest.fixture
+def people(cast, fund, settings):
+    """For the settlement tests: a payer with 10 credits; the owner, two contributors and the platform (one shard) have accounts already."""
+    settings.MF_LEDGER_SHARDS = 1
+    Account.objects.create(role=Account.Role.PLATFORM, shard=0)
+    contributors = [UserFactory(username="c1"), UserFactory(username="c2")]
+    fund(cast.outsider, 10)
+    for user in (cast.owner, *contributors):
+        account_for_user(user_id=user.pk)
+    return cast.outsider, cast.owner, contributors
 
 
 def wallet_balance(user) -> int:

@@ -35,18 +35,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def people(cast, fund, settings):
-    """A payer with 10 credits; the owner, two contributors and the platform (one shard) have accounts already."""
-    settings.MF_LEDGER_SHARDS = 1
-    Account.objects.create(role=Account.Role.PLATFORM, shard=0)
-    contributors = [UserFactory(username="c1"), UserFactory(username="c2")]
-    fund(cast.outsider, 10)
-    for user in (cast.owner, *contributors):
-        account_for_user(user_id=user.pk)
-    return cast.outsider, cast.owner, contributors
-
-
 def _settle(key, payer, owner, contributors, fee=CREDIT, **extra):
     shares = {contributors[0].pk: 1, contributors[1].pk: Fraction(1, 2)}
     return settlement_post(

@@ -5,6 +5,7 @@ import torch
 
 from modelfactory.training.loop import load_model_for_training
 from modelfactory.training.presets import validate_hyperparameters
+from modelfactory.training.tiny import colour_rows  # noqa: F401  (used by the tests of this folder)
 from tests.tiny import build_tiny_model_dir
 
 CPU = torch.device("cpu")
@@ -31,15 +32,3 @@ def hyperparameters(**overrides):
 
 def fresh_model(tiny_dir, hp):
     return load_model_for_training(tiny_dir, hp, device=CPU)
-
-
-def colour_rows(n: int = 48, start: int = 0) -> list[dict]:
-    """A learnable task: the answer depends only on the parity of the item number."""
-    return [
-        {
-            "id": i,
-            "kind": "instruction",
-            "content": {"instruction": f"Colour of item {i}?", "output": ["red it is.", "blue it is."][i % 2]},
-        }
-        for i in range(start, start + n)
-    ]
