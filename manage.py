@@ -6,10 +6,10 @@ import sys
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelfactory.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.core.management import execute_from_command_line
 
-    from modelfactory.env import EnvError
+    from config.env import EnvError
 
     try:
         execute_from_command_line(sys.argv)

@@ -6,8 +6,8 @@ class AttributionConfig(AppConfig):
     verbose_name = "Attribution"
 
     def ready(self) -> None:
+        # Imported here: models and services can only load once the app registry is ready.
         from attribution import services
-        from core.heartbeat import register_sweep
         from modelfactory.hooks import PostTrainingStage, register_inference_completed, register_post_training_stage
 
         register_post_training_stage(
@@ -18,4 +18,3 @@ class AttributionConfig(AppConfig):
             )
         )
         register_inference_completed(services.inference_completed)
-        register_sweep("attribution.services.attribution_sweep_pending")

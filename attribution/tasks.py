@@ -1,4 +1,4 @@
-"""Thin Celery tasks on the `default` queue (routed in modelfactory/celery.py)."""
+"""Thin Celery tasks on the `default` queue (routed in config/celery.py)."""
 
 import time
 

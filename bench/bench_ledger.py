@@ -301,7 +301,7 @@ def main() -> int:
         return 0
     os.environ["DATABASE_URL"] = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
     os.environ["MF_LEDGER_CHECKPOINT_EVERY"] = "0"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelfactory.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
     django.setup()

@@ -280,7 +280,7 @@ def main() -> int:
         manage("migrate", "--no-input")
         migrate_s = time.perf_counter() - t0
         os.environ.update(ENV)
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelfactory.settings")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         t0 = time.perf_counter()
         world = load_data()
         load_s = time.perf_counter() - t0
@@ -294,7 +294,7 @@ def main() -> int:
         connections.close_all()
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "modelfactory.wsgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
              "--log-level", "warning", "--backlog", "256", "--preload"],
             cwd=ROOT, env=ENV, start_new_session=True,
         )  # fmt: skip

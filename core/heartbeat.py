@@ -1,8 +1,9 @@
 """Worker liveness: a daemon thread in each Celery worker's main process upserts a WorkerHeartbeat row, and every
-MF_WORKER_SWEEP_SECONDS runs the recovery sweeps other apps registered (an upload whose worker died is failed, a
-training job whose worker died is queued again or failed, an answer whose settlement never finished is re-enqueued),
-so that work abandoned by a killed worker is recovered even when nobody opens its page. Sweeps are idempotent:
-several workers may run them at once."""
+MF_WORKER_SWEEP_SECONDS runs the recovery sweeps listed in settings.MF_SWEEPS (core/sweeper.py: an upload whose
+worker died is failed, a training job whose worker died is queued again or failed, an answer that never finished has
+its fee reservation released, an answer whose settlement never finished is re-enqueued), so that work abandoned by a
+killed worker is recovered even when nobody calls anything again. Sweeps are idempotent: several workers may run
+them at once."""
 
 from __future__ import annotations
 
@@ -17,18 +18,11 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from core.models import WorkerHeartbeat
+from core.sweeper import run_sweeps
+
 logger = logging.getLogger(__name__)
 _stop = threading.Event()
-_sweeps: list[str] = []
-
-
-def register_sweep(path: str) -> None:
-    """Called from an AppConfig.ready() with the dotted path of a function that takes no arguments; it runs in every
-    worker every MF_WORKER_SWEEP_SECONDS (imported there on first use, so web processes never load it)."""
-    if path not in _sweeps:
-        _sweeps.append(path)
-
-
 _hardware_probes: dict[str, str] = {}
 
 
@@ -49,17 +43,7 @@ def hardware_report(queues: list[str]) -> dict:
     return {}
 
 
-def run_sweeps() -> None:
-    for name in _sweeps:
-        try:
-            import_string(name)()
-        except Exception as exc:  # one failing sweep (a database restarting) never stops the others or the beat
-            logger.warning("recovery sweep %s failed (%s: %s)", name, exc.__class__.__name__, exc)
-
-
 def heartbeat_beat(*, hostname: str, queues: list[str], started_at, hardware: dict | None = None) -> None:
-    from core.models import WorkerHeartbeat
-
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname,
         defaults={
@@ -102,8 +86,6 @@ def _start_heartbeat(sender=None, **kwargs) -> None:
 
 @worker_shutdown.connect
 def _stop_heartbeat(sender=None, **kwargs) -> None:
-    from core.models import WorkerHeartbeat
-
     _stop.set()
     hostname = getattr(sender, "hostname", None)
     if hostname:

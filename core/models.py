@@ -20,3 +20,21 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname} ({', '.join(self.queues)})"
+
+
+class Job(models.Model):
+    """The columns every long-running job row shares (as Saleor's core.models.Job): its own `status` with its own
+    choices stays on the concrete model; progress events, if any, go to an append-only table of their own.
+
+    A worker sets `started_at` when it claims the job, refreshes `heartbeat_at` while it works, and sets
+    `finished_at` and a plain-words `message` when it ends; the sweeps (core/sweeper.py) find the ones whose
+    heartbeat went silent."""
+
+    message = models.TextField(blank=True, help_text="What happened, in plain words (why it failed, if it did).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from modelfactory.celery import QUEUES, app
+from core.models import WorkerHeartbeat
 
 
 @dataclass
@@ -31,7 +32,7 @@ def health_database() -> Check:
 
 def health_broker() -> Check:
     try:
-        with app.connection_for_write() as conn:
+        with current_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
             transport = conn.transport_cls
     except Exception as exc:
@@ -40,21 +41,19 @@ def health_broker() -> Check:
 
 
 def health_workers() -> Check:
-    from core.models import WorkerHeartbeat
-
     try:
         fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
         workers = list(WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after))
     except Exception as exc:
         return Check(False, f"cannot read worker heartbeats: {exc.__class__.__name__}")
     served = sorted({q for w in workers for q in w.queues})
-    missing = [q for q in QUEUES if q not in served]
+    missing = [q.name for q in current_app.conf.task_queues if q.name not in served]
     extra = {"workers": [{"hostname": w.hostname, "queues": w.queues} for w in workers], "queues": served}
     if not workers:
         return Check(
             False,
             "no Celery worker has reported in the last "
-            f"{settings.MF_WORKER_STALE_SECONDS} s; start one with `make run` or `celery -A modelfactory worker`",
+            f"{settings.MF_WORKER_STALE_SECONDS} s; start one with `make run` or `celery -A config worker`",
             extra,
         )
     if missing:

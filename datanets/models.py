@@ -2,6 +2,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.models import Job
 from datanets.ingest.screen import ACTIONS, DEFAULT_ACTIONS
 
 
@@ -64,7 +65,9 @@ def contribution_upload_to(instance, filename: str) -> str:
     return f"contributions/{instance.datanet_id}/{instance.sha256[:2]}/{instance.sha256}.upload"
 
 
-class Contribution(models.Model):
+class Contribution(Job):
+    """One uploaded file and its ingest job (message, started/heartbeat/finished come from core.models.Job)."""
+
     class Status(models.TextChoices):
         UPLOADED = "uploaded", "Uploaded"
         VALIDATING = "validating", "Checking rows"
@@ -84,7 +87,6 @@ class Contribution(models.Model):
     detected_format = models.CharField(max_length=20, blank=True)
     column_mapping = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADED, db_index=True)
-    message = models.TextField(blank=True, help_text="Why it failed or was rejected, in plain words.")
     report = models.JSONField(default=dict, blank=True)
     rows_total = models.PositiveIntegerField(default=0)
     rows_accepted = models.PositiveIntegerField(default=0)
@@ -95,14 +97,10 @@ class Contribution(models.Model):
     tokens = models.BigIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=True)
     worker_hostname = models.CharField(max_length=255, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,3 +1,2 @@
-"""The Django project package. The Celery app (modelfactory/celery.py) is loaded by ModelFactoryConfig.ready(), not
-here, so that the plain ML modules under modelfactory/training/ import without Django or Celery (a GPU machine, a
-benchmark); `celery -A modelfactory` still finds it as the `celery` submodule."""
+"""The fine-tuning and serving app: base models, the wizard and fine-tune jobs, trained models, publishing and
+inference (REST, OpenAI-style /v1, playground). Pure cores without Django: `training/` and `serving/`."""

@@ -1,39 +1,6 @@
-"""The Celery application. Queues: `default` (ingest, attribution, settlement), `gpu` (training, one task at a
-time per worker process), `inference` (the warm serving worker). Job state lives in our own tables."""
+"""`celery -A modelfactory worker` (the command of earlier READMEs and deployments) keeps working: Celery finds the
+app as this submodule's `app`. The app itself lives in config/celery.py; `celery -A config` is the documented form."""
 
-from __future__ import annotations
+from config.celery import app
 
-import os
-
-from celery import Celery
-from kombu import Exchange, Queue
-
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "modelfactory.settings")
-
-QUEUES = ("default", "gpu", "inference")
-
-app = Celery("modelfactory")
-app.config_from_object("django.conf:settings", namespace="CELERY")
-_exchange = Exchange("modelfactory", type="direct")
-app.conf.update(
-    task_queues=[Queue(name, _exchange, routing_key=name) for name in QUEUES],
-    task_default_queue="default",
-    task_default_exchange="modelfactory",
-    task_default_routing_key="default",
-    task_routes={
-        "modelfactory.tasks.finetune_*": {"queue": "gpu", "routing_key": "gpu"},
-        "attribution.tasks.*": {"queue": "default", "routing_key": "default"},  # before "*.inference_*": CPU work
-        "*.inference_*": {"queue": "inference", "routing_key": "inference"},
-    },
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_track_started=True,
-    task_time_limit=6 * 3600,
-    worker_prefetch_multiplier=1,
-    worker_max_tasks_per_child=200,
-    broker_connection_retry_on_startup=True,
-    result_expires=24 * 3600,
-    worker_hijack_root_logger=False,
-)
-app.autodiscover_tasks()
+__all__ = ("app",)

@@ -5,6 +5,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
+from core.models import Job
+
 
 class BaseModel(models.Model):
     """A base language model the wizard can fine-tune: a local Hugging Face folder (safetensors + tokenizer)."""
@@ -41,8 +43,9 @@ class BaseModel(models.Model):
         return f"{self.parameters / 1e6:.0f}M"
 
 
-class FineTuneJob(models.Model):
-    """One fine-tuning run. State lives here (not in Celery): queued -> running -> succeeded | failed | cancelled."""
+class FineTuneJob(Job):
+    """One fine-tuning run. State lives here (not in Celery): queued -> running -> succeeded | failed | cancelled;
+    message, started/heartbeat/finished come from core.models.Job."""
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Waiting in line"
@@ -71,17 +74,12 @@ class FineTuneJob(models.Model):
     progress = models.FloatField(default=0.0)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
-    message = models.TextField(blank=True, help_text="What happened, in plain words.")
     estimate = models.JSONField(default=dict, blank=True)
     report = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     samples = models.JSONField(default=list, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -1,56 +1,22 @@
-from django.contrib import admin
-from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
-from rest_framework.routers import DefaultRouter
+from django.urls import path
 
-from accounts.api import TokenObtainView
-from attribution.api import InferenceAttributionView
-from core import views as core_views
-from core.api import api_not_found
-from datanets.api import ContributionViewSet, DatanetViewSet
-from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
-from modelfactory.openai_api import ChatCompletionsView, ModelListView, openai_not_found
+from modelfactory import views
 
-router = DefaultRouter()
-router.register("base-models", BaseModelViewSet, basename="base-model")
-router.register("datanets", DatanetViewSet, basename="datanet")
-router.register("contributions", ContributionViewSet, basename="contribution")
-router.register("finetunes", FineTuneViewSet, basename="finetune")
-router.register("models", TrainedModelViewSet, basename="trained-model")
-
-api_v1 = [
-    path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
-    path("", include(router.urls)),
-    path("ledger/", include("ledger.api_urls")),
-    path(
-        "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
-    ),
-]
-
+app_name = "modelfactory"
 urlpatterns = [
-    path("", core_views.home, name="home"),
-    path("healthz", core_views.healthz, name="healthz"),
-    path("accounts/", include("accounts.urls")),
-    path("", include("modelfactory.page_urls")),
-    path("admin/", admin.site.urls),
-    path("datanets/", include("datanets.urls")),
-    path("wallet/", include("ledger.urls")),
-    path("attribution/", include("attribution.urls")),
-    path("api/v1/", include(api_v1)),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    # The split view serves Swagger UI's start-up script as a file, so the page runs under script-src 'self'.
-    path(
-        "api/docs/",
-        SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="core/swagger_ui.html"),
-        name="api-docs",
-    ),
-    # Unknown API routes answer in the API's JSON error shape, even with DEBUG on.
-    re_path(r"^api/", api_not_found),
-    # OpenAI-compatible API: answers and errors in OpenAI's shapes.
-    path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
-    path("v1/models", ModelListView.as_view(), name="openai-models"),
-    re_path(r"^v1/", openai_not_found),
+    path("train/", views.train, name="train"),
+    path("train/new/", views.wizard, name="wizard"),
+    path("train/jobs/<int:job_id>/", views.job_detail, name="job"),
+    path("train/jobs/<int:job_id>/chart/", views.job_chart, name="job_chart"),
+    path("train/jobs/<int:job_id>/control/", views.job_control, name="job_control"),
+    path("models/", views.models_list, name="models"),
+    path("models/<slug:slug>/", views.model_detail, name="model"),
+    path("models/<slug:slug>/download/", views.model_download, name="model_download"),
+    path("models/<slug:slug>/publish/", views.model_publish, name="model_publish"),
+    path("models/<slug:slug>/unpublish/", views.model_unpublish, name="model_unpublish"),
+    path("models/<slug:slug>/playground/", views.playground, name="playground"),
+    path("models/<slug:slug>/playground/start/", views.playground_start, name="playground_start"),
+    path("models/<slug:slug>/playground/stream/<int:inference_id>/", views.playground_stream, name="playground_stream"),
+    path("models/<slug:slug>/playground/answer/<int:inference_id>/", views.playground_answer, name="playground_answer"),
+    path("models/<slug:slug>/playground/base/<str:channel>/", views.playground_base, name="playground_base"),
 ]
-
-admin.site.site_header = "ModelFactory operations"
-admin.site.site_title = "ModelFactory admin"

@@ -16,13 +16,13 @@ stop() {
 trap stop INT TERM EXIT
 
 # Training: one job at a time per worker process.
-"$VENV/bin/celery" -A modelfactory worker -Q gpu -c 1 --prefetch-multiplier=1 -n "gpu@%h" --loglevel=INFO &
+"$VENV/bin/celery" -A config worker -Q gpu -c 1 --prefetch-multiplier=1 -n "gpu@%h" --loglevel=INFO &
 pids+=($!)
 # Ingest, attribution and settlement.
-"$VENV/bin/celery" -A modelfactory worker -Q default -c 2 -n "main@%h" --loglevel=INFO &
+"$VENV/bin/celery" -A config worker -Q default -c 2 -n "main@%h" --loglevel=INFO &
 pids+=($!)
 # Inference: threads, so that concurrent requests share one warm model and are batched into one forward pass.
-"$VENV/bin/celery" -A modelfactory worker -Q inference -P threads -c 16 -n "inference@%h" --loglevel=INFO &
+"$VENV/bin/celery" -A config worker -Q inference -P threads -c 16 -n "inference@%h" --loglevel=INFO &
 pids+=($!)
 "$VENV/bin/python" manage.py runserver 127.0.0.1:8000 &
 pids+=($!)

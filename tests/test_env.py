@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfactory.env import Env, EnvError, load_dotenv
+from config.env import Env, EnvError, load_dotenv
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from core.models import WorkerHeartbeat
-from modelfactory.celery import app
+from config.celery import app
 
 pytestmark = pytest.mark.django_db
 

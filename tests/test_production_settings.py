@@ -30,7 +30,7 @@ print(json.dumps({"status": response.status_code, "headers": dict(response.heade
 def production_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "MF_", "DATABASE_URL", "CACHE_URL"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="modelfactory.settings",
+        DJANGO_SETTINGS_MODULE="config.settings",
         DJANGO_DEBUG="false",
         DJANGO_SECRET_KEY=SECRET,
         DJANGO_ALLOWED_HOSTS="modelfactory.example.com",

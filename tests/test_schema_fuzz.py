@@ -15,7 +15,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS
 
-from modelfactory.wsgi import application
+from config.wsgi import application
 from tests.world import module_world
 
 EXAMPLES = int(os.environ.get("MF_FUZZ_EXAMPLES", "20"))

@@ -12,9 +12,9 @@ TINY_SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 
               "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
 GUARD = """
 import runpy, sys
-BLOCKED = {"django", "celery", "kombu", "gguf", "rest_framework", "ledger", "datanets", "accounts", "core"}
+BLOCKED = {"django", "celery", "kombu", "gguf", "rest_framework", "ledger", "datanets", "accounts", "core", "config"}
 OWN_DJANGO = ("attribution.models", "attribution.services", "attribution.tasks", "modelfactory.models",
-              "modelfactory.settings", "modelfactory.services", "modelfactory.tasks")
+              "config.settings", "modelfactory.services", "modelfactory.tasks")
 
 class Blocked:
     def find_spec(self, name, path=None, target=None):

@@ -154,7 +154,7 @@ def test_an_unfinished_inference_is_not_attributed(planted, make_inference, cast
 
 
 def test_the_task_goes_to_the_default_queue():
-    from modelfactory.celery import app
+    from config.celery import app
 
     route = app.amqp.router.route({}, "attribution.tasks.inference_attribute_task")
     assert route["queue"].name == "default"

@@ -57,7 +57,7 @@ class Stack:
         env.update(
             {
                 "MF_VAR_DIR": str(self.var),
-                "DJANGO_SETTINGS_MODULE": "modelfactory.settings",
+                "DJANGO_SETTINGS_MODULE": "config.settings",
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "PYTHONUNBUFFERED": "1",
                 "OMP_NUM_THREADS": "1",

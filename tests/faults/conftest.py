@@ -149,7 +149,7 @@ class Worker:
 @pytest.fixture
 def start_worker(shared_db, fault_settings, tmp_path):
     """start_worker(queues, **env) -> a running Worker on the shared database (stopped at the end of the test)."""
-    from modelfactory.celery import app
+    from config.celery import app
 
     app.control.purge()  # messages other tests left in the suite's broker are not ours to run
     workers: list[Worker] = []

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from datanets import services as datanet_services
 from datanets.models import Contribution, Datanet, Record
-from modelfactory.celery import app
+from config.celery import app
 from modelfactory.models import FineTuneJob
 from modelfactory.services import base_model_register
 from tests.factories import UserFactory

@@ -55,7 +55,7 @@ def app_through_proxy(shared_db, fault_settings, tmp_path):
     }
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(
-        [GUNICORN, "modelfactory.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread",
+        [GUNICORN, "config.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1", "-k", "gthread",
          "--threads", "4", "--timeout", "120"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -58,7 +58,7 @@ def test_a_real_inference_worker_answers(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "CACHE_URL")}  # fmt: skip
     env.update({"MF_VAR_DIR": str(tmp_path / "var"), "MF_WORKER_HEARTBEAT_SECONDS": "1",
-                "DJANGO_SETTINGS_MODULE": "modelfactory.settings", "PYTHONPATH": str(ROOT)})  # fmt: skip
+                "DJANGO_SETTINGS_MODULE": "config.settings", "PYTHONPATH": str(ROOT)})  # fmt: skip
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
     _python(SETUP.format(root=str(tmp_path / "models")), env)
     worker = subprocess.Popen(

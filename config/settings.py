@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from modelfactory.env import Env, EnvError, load_dotenv
+from config.env import Env, EnvError, load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -63,9 +63,9 @@ MIDDLEWARE = [
     "core.middleware.ApiErrorMiddleware",
 ]
 
-ROOT_URLCONF = "modelfactory.urls"
-WSGI_APPLICATION = "modelfactory.wsgi.application"
-ASGI_APPLICATION = "modelfactory.asgi.application"
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 
 TEMPLATES = [
     {
@@ -202,8 +202,17 @@ CELERY_TASK_ALWAYS_EAGER = False
 # How long a worker may be silent before /healthz and the job watchdog consider it gone.
 MF_WORKER_HEARTBEAT_SECONDS = env.int("MF_WORKER_HEARTBEAT_SECONDS", 10, min_value=1)
 MF_WORKER_STALE_SECONDS = env.int("MF_WORKER_STALE_SECONDS", 45, min_value=2)
-# How often each worker runs the recovery sweeps (core.heartbeat.register_sweep) for work abandoned by dead workers.
+# How often each worker runs the recovery sweeps below (core/sweeper.py) for work abandoned by dead workers.
 MF_WORKER_SWEEP_SECONDS = env.int("MF_WORKER_SWEEP_SECONDS", 60, min_value=1)
+# Every "find stale work and finish it" job, in one place: what it recovers -> a function of no arguments that
+# returns the ids it finished. Each worker runs them all every MF_WORKER_SWEEP_SECONDS (`manage.py sweep`: once,
+# now). They are idempotent, so several workers may run them at once; no page or API read runs them.
+MF_SWEEPS = {
+    "uploads whose check stopped": "datanets.services.contribution_fail_stale",
+    "training jobs whose worker died": "modelfactory.services.finetune_reap_stale",
+    "answers that never finished (their fee reservation is released)": "modelfactory.services.inference_reap_stale",
+    "answers whose attribution or settlement never finished": "attribution.services.attribution_sweep_pending",
+}
 
 # --- REST API ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,0 +1,57 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.routers import DefaultRouter
+
+from accounts.api import TokenObtainView
+from attribution.api import InferenceAttributionView
+from config import views as config_views
+from core import views as core_views
+from core.api import api_not_found
+from datanets.api import ContributionViewSet, DatanetViewSet
+from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
+from modelfactory.openai_api import ChatCompletionsView, ModelListView, openai_not_found
+
+router = DefaultRouter()
+router.register("base-models", BaseModelViewSet, basename="base-model")
+router.register("datanets", DatanetViewSet, basename="datanet")
+router.register("contributions", ContributionViewSet, basename="contribution")
+router.register("finetunes", FineTuneViewSet, basename="finetune")
+router.register("models", TrainedModelViewSet, basename="trained-model")
+
+api_v1 = [
+    path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
+    path("", include(router.urls)),
+    path("ledger/", include("ledger.api_urls")),
+    path(
+        "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
+    ),
+]
+
+urlpatterns = [
+    path("", config_views.home, name="home"),
+    path("healthz", core_views.healthz, name="healthz"),
+    path("accounts/", include("accounts.urls")),
+    path("", include("modelfactory.urls")),
+    path("admin/", admin.site.urls),
+    path("datanets/", include("datanets.urls")),
+    path("wallet/", include("ledger.urls")),
+    path("attribution/", include("attribution.urls")),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # The split view serves Swagger UI's start-up script as a file, so the page runs under script-src 'self'.
+    path(
+        "api/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="core/swagger_ui.html"),
+        name="api-docs",
+    ),
+    # Unknown API routes answer in the API's JSON error shape, even with DEBUG on.
+    re_path(r"^api/", api_not_found),
+    # OpenAI-compatible API: answers and errors in OpenAI's shapes.
+    path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
+    path("v1/models", ModelListView.as_view(), name="openai-models"),
+    re_path(r"^v1/", openai_not_found),
+]
+
+admin.site.site_header = "ModelFactory operations"
+admin.site.site_title = "ModelFactory admin"
