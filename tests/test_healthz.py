@@ -3,8 +3,8 @@ from django.db import OperationalError
 from django.utils import timezone
 from kombu import Connection
 
-from core.models import WorkerHeartbeat
 from config.celery import app
+from core.models import WorkerHeartbeat
 
 pytestmark = pytest.mark.django_db
 

@@ -12,9 +12,9 @@ import socket
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
+from config.celery import app
 from datanets import services as datanet_services
 from datanets.models import Contribution, Datanet, Record
-from config.celery import app
 from modelfactory.models import FineTuneJob
 from modelfactory.services import base_model_register
 from tests.factories import UserFactory
