@@ -181,9 +181,6 @@ class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewset
             contribution = selectors.contribution_get_visible(user=self.request.user, contribution_id=self.kwargs["pk"])
         except (Contribution.DoesNotExist, ValueError):
             raise NotFound("No such contribution.") from None
-        if contribution.status == Contribution.Status.VALIDATING:
-            services.contribution_fail_stale()
-            contribution.refresh_from_db()
         return contribution
 
     @extend_schema(request=ReviewSerializer, responses=ContributionSerializer)

@@ -11,9 +11,8 @@ from datanets import services
     soft_time_limit=settings.MF_INGEST_TIME_LIMIT_SECONDS,
 )
 def contribution_ingest_task(self, contribution_id: int) -> str:
-    """Checks one uploaded file (idempotent: a second run finds it already claimed and does nothing). Also fails
-    ingests abandoned by dead workers, so they never say "checking" forever."""
-    services.contribution_fail_stale()
+    """Checks one uploaded file (idempotent: a second run finds it already claimed and does nothing). Ingests
+    abandoned by dead workers are failed by the workers' recovery sweep (settings.MF_SWEEPS)."""
     contribution = services.contribution_ingest(
         contribution_id=contribution_id, worker_hostname=self.request.hostname or ""
     )

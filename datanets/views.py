@@ -180,9 +180,6 @@ def _datanet_upload(request, slug):
 @login_required
 def contribution_detail(request, pk):
     contribution = _contribution(request, pk)
-    if contribution.status == Contribution.Status.VALIDATING:
-        services.contribution_fail_stale()
-        contribution.refresh_from_db()
     datanet = contribution.datanet
     context = {**_base(request, datanet, "contributions"), "c": contribution}
     report = contribution.report or {}

@@ -1,7 +1,7 @@
 """The worker killed during an ingest: a real Celery worker (solo pool, the `default` queue) is SIGKILLed while it
-streams an uploaded file. The upload is detected as abandoned from the worker's stale heartbeat the next time anyone
-looks at it (here: its API; workers' recovery sweeps do the same every MF_WORKER_SWEEP_SECONDS), is marked failed
-with a plain message, keeps none of its rows, and "Try again" checks it in full."""
+streams an uploaded file. The upload is detected as abandoned from the worker's stale heartbeat by the restarted
+worker's recovery sweep (every MF_WORKER_SWEEP_SECONDS; nobody needs to open its page, and reading it writes
+nothing), is marked failed with a plain message, keeps none of its rows, and "Try again" checks it in full."""
 
 import json
 import random
@@ -59,9 +59,10 @@ def test_worker_killed_mid_ingest_is_failed_plainly_keeps_no_rows_and_can_be_ret
         assert contribution.status == Contribution.Status.VALIDATING
         assert 0 < staged.count() < ROWS
         worker.kill()
-    second = start_worker("default")  # the worker is restarted (by an operator or a supervisor)
+    # The worker is restarted (by an operator or a supervisor); its sweep runs every second here.
+    second = start_worker("default", MF_WORKER_SWEEP_SECONDS="1", MF_WORKER_STALE_SECONDS="3")
 
-    # Nothing beats for the dead worker any more: the contribution's page / API call notices and fails it.
+    # Nothing beats for the dead worker any more: the restarted worker's sweep notices and fails it.
     def failed():
         body = api.get(f"/api/v1/contributions/{cid}/").json()
         return body if body["status"] == "failed" else None

@@ -1,6 +1,6 @@
 """The worker killed during training: a real Celery worker on the `gpu` queue (solo pool) is SIGKILLed mid-job on
 a tiny model, after a checkpoint. The job's own heartbeat (MF_JOB_HEARTBEAT_SECONDS=1 in the worker) stops; once it
-is older than MF_JOB_STALE_SECONDS (5 s here) the job API notices, says so in plain words and queues the job again;
+is older than MF_JOB_STALE_SECONDS (5 s here) a live worker's recovery sweep notices, says so in plain words and queues the job again;
 a restarted worker resumes it from the checkpoint instead of starting over, and the finished job says that too.
 With MF_JOB_MAX_ATTEMPTS=1 the same death fails the job with a plain message instead, found by another worker's
 recovery sweep with nobody looking."""
@@ -83,7 +83,9 @@ def test_killed_training_is_detected_queued_again_and_resumed_from_its_checkpoin
     worker = start_worker("gpu", MF_JOB_HEARTBEAT_SECONDS="1", MF_JOB_CHECKPOINT_EVERY=str(CHECKPOINT_EVERY))
     api, job_id = launch()
     reached = _kill_after_a_checkpoint(worker, job_id)
-    start_worker("gpu", MF_JOB_HEARTBEAT_SECONDS="1", MF_JOB_CHECKPOINT_EVERY=str(CHECKPOINT_EVERY))
+    # The restarted worker's recovery sweep (every second here) notices the dead job; reading it writes nothing.
+    start_worker("gpu", MF_JOB_HEARTBEAT_SECONDS="1", MF_JOB_CHECKPOINT_EVERY=str(CHECKPOINT_EVERY),
+                 MF_JOB_STALE_SECONDS="5", MF_WORKER_SWEEP_SECONDS="1")  # fmt: skip
 
     def noticed():
         body = api.get(f"/api/v1/finetunes/{job_id}/").json()
