@@ -6,6 +6,7 @@ class AttributionConfig(AppConfig):
     verbose_name = "Attribution"
 
     def ready(self) -> None:
+        # imported once the app registry is ready: the services import models of this and other apps
         from attribution import services
         from core.heartbeat import register_sweep
         from modelfactory.hooks import PostTrainingStage, register_inference_completed, register_post_training_stage
