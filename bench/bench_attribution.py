@@ -85,7 +85,7 @@ def loop_hp(batch_size: int, target_modules: str, rank: int = 8) -> dict:
 
 
 def token_budget(hp: dict) -> int:
-    """What the training job passes to build_index as max_tokens (attribution/services.py)."""
+    """What the training job passes to build_index as max_tokens (attribution/services/indexing.py)."""
     return int(hp["batch_size"]) * int(hp["max_length"])
 
 

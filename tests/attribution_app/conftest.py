@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from attribution import runtime
 from attribution.engine import validation as V
+from attribution.services import answer as attribution_answer
 from datanets import services as datanet_services
 from datanets.models import Datanet
 from ledger import services as ledger
@@ -56,10 +57,8 @@ def _isolated(settings, tmp_path, monkeypatch):
 @pytest.fixture
 def enqueued(monkeypatch):
     """Attribution tasks that would have gone to the broker (inference ids)."""
-    from attribution import services
-
     calls: list[int] = []
-    monkeypatch.setattr(services, "_enqueue", calls.append)
+    monkeypatch.setattr(attribution_answer, "_enqueue", calls.append)  # the completion hook and the sweep call it
     return calls
 
 

@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from attribution import services
 from attribution.models import Attribution
+from attribution.services import answer, settlement
 from attribution.tasks import inference_attribute_task
 from ledger.models import Hold, Transaction
 from ledger.verification import ledger_verify
@@ -30,7 +30,7 @@ def waiting(planted, make_inference, cast, enqueued, monkeypatch):
     def _make(n: int) -> list:
         answers = [make_inference(planted, LONG_QUESTION, caller=cast.teammate) for _ in range(n)]
         with monkeypatch.context() as m:
-            m.setattr(services, "attribution_settle", lambda *, attribution_id: None)  # the worker dies here
+            m.setattr(answer, "attribution_settle", lambda *, attribution_id: None)  # the worker dies here
             for inference in answers:
                 inference_attribute_task.apply(args=[inference.pk])
         for inference in answers:
@@ -82,7 +82,7 @@ def test_claimed_answers_are_left_to_their_claimer_and_a_refused_one_does_not_st
     other_worker = psycopg.connect(_dsn(), autocommit=True)
     try:
         claim = Attribution.objects.get(inference=claimed).pk
-        other_worker.execute("SELECT pg_advisory_lock(%s, %s)", [services._CLAIM_LOCK_SPACE, claim])
+        other_worker.execute("SELECT pg_advisory_lock(%s, %s)", [settlement._CLAIM_LOCK_SPACE, claim])
         latest = make_inference(planted, LONG_QUESTION, caller=cast.teammate)
         inference_attribute_task.apply(args=[latest.pk])
         _settled(latest)
@@ -104,7 +104,7 @@ def test_claimed_answers_are_left_to_their_claimer_and_a_refused_one_does_not_st
         ids = list(Attribution.objects.values_list("pk", flat=True))
         taken = probe.execute(
             "SELECT bool_and(pg_try_advisory_lock(%s, id)) FROM unnest(%s::integer[]) AS id",
-            [services._CLAIM_LOCK_SPACE, ids],
+            [settlement._CLAIM_LOCK_SPACE, ids],
         ).fetchone()[0]
         assert taken
     ledger_verify()

@@ -1,0 +1,39 @@
+"""Attribution writes, one module per use case:
+
+- indexing: the index a training job builds over its training rows, and the data valuation of its contributions
+  (the fine-tune's "indexing" stage);
+- answer: one attribution per answer (a pending row when an inference completes, then the engine's result or the
+  fallback, stored once);
+- settlement: the hand-off of a finished attribution's fee to the ledger (rule "settle-1", fallback by row share,
+  batches of waiting answers claimed with advisory locks, one ledger.settlement_post_many call per batch);
+- sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again.
+
+Every result stores the rules it was computed with, so that it can be recomputed (see each module's docstring).
+"""
+
+from attribution.services.answer import AttributionRetry, attribution_request, attribution_run, inference_completed
+from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_run
+from attribution.services.settlement import (
+    CLAIM_CANDIDATES,
+    SETTLEMENT_RULE,
+    attribution_settle,
+    settlement_shares,
+    training_row_shares,
+)
+from attribution.services.sweep import attribution_sweep_pending
+
+__all__ = [
+    "CLAIM_CANDIDATES",
+    "INDEX_FOLDER",
+    "SETTLEMENT_RULE",
+    "AttributionRetry",
+    "attribution_request",
+    "attribution_run",
+    "attribution_settle",
+    "attribution_sweep_pending",
+    "inference_completed",
+    "index_build",
+    "index_stage_run",
+    "settlement_shares",
+    "training_row_shares",
+]
