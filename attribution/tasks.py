@@ -1,15 +1,10 @@
 """Thin Celery tasks on the `default` queue (routed in config/celery.py)."""
 
-import time
-
 from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
 from attribution import services
-
-_last_sweep = [0.0]
-SWEEP_EVERY_SECONDS = 60
 
 
 @shared_task(
@@ -29,12 +24,4 @@ def inference_attribute_task(self, inference_id: int) -> str | None:
     attribution = services.attribution_run(
         inference_id=inference_id, final_attempt=self.request.retries >= (self.max_retries or 0)
     )
-    if time.monotonic() - _last_sweep[0] >= SWEEP_EVERY_SECONDS:
-        _last_sweep[0] = time.monotonic()
-        services.attribution_sweep_pending()
     return attribution.status if attribution is not None else None
-
-
-@shared_task(name="attribution.tasks.attribution_sweep_task", queue="default")
-def attribution_sweep_task() -> list[int]:
-    return services.attribution_sweep_pending()

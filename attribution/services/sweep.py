@@ -1,5 +1,5 @@
 """Never lost: completed answers whose attribution or settlement a lost message or a dead worker left unfinished are
-enqueued again (registered with core.heartbeat.register_sweep as "attribution.services.attribution_sweep_pending")."""
+enqueued again (listed in settings.MF_SWEEPS as "attribution.services.attribution_sweep_pending")."""
 
 from __future__ import annotations
 
