@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import json
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value) -> str:
-    """A cell that spreadsheet programs will not run as a formula: text starting with = + - @ (or a tab/CR) gets a
-    leading apostrophe, as OWASP recommends for CSV injection."""
-    text = value if isinstance(value, str) else ("" if value is None else str(value))
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+from common.csvsafe import csv_safe
 
 
 def export_columns(kind: str) -> list[str]:

@@ -10,8 +10,8 @@ from django.db.models import F, OuterRef, QuerySet, Subquery, Sum, Window
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from common.merkle import inclusion_proof
 from ledger.calc.canonical import transaction_content
-from ledger.calc.merkle import inclusion_proof
 from ledger.models import CURRENCY, Account, Checkpoint, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600

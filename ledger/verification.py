@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from django.db.models import Q, Sum
 
+from common.merkle import merkle_root
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
-from ledger.calc.merkle import merkle_root
 from ledger.models import Account, ChainHead, Checkpoint, Hold, Posting, Transaction, Withdrawal
 
 CHUNK = 2000

@@ -9,17 +9,10 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from common.csvsafe import csv_safe
 from ledger import selectors, services
 from ledger.calc.money import format_credits
 from ledger.forms import StatementFilterForm, WithdrawalForm
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value) -> str:
-    """Spreadsheets run cells starting with = + - @ as formulas; a leading apostrophe makes them plain text."""
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _statement(request):

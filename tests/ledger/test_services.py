@@ -371,7 +371,7 @@ def _db_error(sqlstate: str):
 def test_deadlocks_and_serialization_failures_are_retried_only_as_the_whole_transaction(
     sqlstate, outermost, calls, retried
 ):
-    from ledger.services import _retrying
+    from ledger.services.engine import _retrying
 
     seen = []
 

@@ -220,10 +220,10 @@ def test_an_empty_batch_and_a_batch_of_errors_write_nothing(people):
 
 @postgres_only
 def test_batches_are_cut_at_the_batch_size(people, monkeypatch):
-    from ledger import services
+    from ledger.services import settlement
 
     payer, owner, contributors = people
-    monkeypatch.setattr(services, "SETTLEMENT_BATCH_MAX", 2)
+    monkeypatch.setattr(settlement, "SETTLEMENT_BATCH_MAX", 2)  # read where settlement_post_many runs
     with CaptureQueriesContext(connection) as queries:
         outcomes = settlement_post_many(requests=[_request(f"c-{i}", payer, owner, contributors) for i in range(5)])
     many, one = "SELECT * FROM ledger_settlement_post_many", "SELECT * FROM ledger_settlement_post"

@@ -252,7 +252,7 @@ def test_in_its_own_transaction_it_releases_locks_early_and_waits_for_the_flush(
 def test_the_general_path_can_release_its_locks_before_the_flush(people):
     """_commit passes early_release when its atomic block is the whole transaction; the write statement then
     turns synchronous_commit off for that transaction only."""
-    from ledger.services import _write_postgresql
+    from ledger.services.engine import _write_postgresql
 
     payer, owner, _ = people
     a, b = account_for_user(user_id=payer.pk), account_for_user(user_id=owner.pk)
