@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_CORES = ["datanets.ingest", "modelfactory.training", "modelfactory.serving", "attribution.engine", "ledger.calc"]
+PURE_CORES = ["datanets.ingest", "modelfactory.training", "modelfactory.serving", "attribution.engine", "ledger.calc", "common"]
 
 
 def _modules(package: str) -> list[str]:
