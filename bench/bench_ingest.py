@@ -3,10 +3,12 @@ hash + exact dedup + screening (the pure pipeline in datanets/ingest, streaming 
 are not included).
 
 Baselines in the same run: json.loads + sha256 per line over the JSONL file, and one json.loads of the whole JSON
-array (what reading the array costs with no streaming and no pipeline). The JSON array and CSV are compared with JSONL
-(time per format / JSONL's time), so a reader that is slower than its format needs shows up as a ratio well above
-1. Near-duplicate detection (MinHash LSH) is measured separately. Peak memory is the Python heap peak (tracemalloc) in
-a second, untimed pass over the JSONL file and over the JSON array (streaming: it must not grow with the file).
+array (what reading the array costs with no streaming and no pipeline). Each format is timed twice: reading only
+(read_rows, the streaming reader) and the whole pipeline. The JSON array and CSV are compared with JSONL (time per
+format / JSONL's time), and reading the array with one json.loads of it, so a reader that is slower than its format
+needs shows up as a ratio well above 1. Near-duplicate detection (MinHash LSH) is measured separately. Peak memory
+is the Python heap peak (tracemalloc) in a second, untimed pass over the JSONL file and over the JSON array
+(streaming: it must not grow with the file).
 
     python bench/bench_ingest.py [--rows N]   (default 100000; a smaller N for a quick run on a busy machine)"""
 
@@ -89,6 +91,16 @@ def json_loads_whole(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def read_only(path: Path) -> float:
+    start = time.perf_counter()
+    with path.open("rb") as raw:
+        fmt, _ = detect_format(raw.read(HEAD_BYTES), path.name, total_size=path.stat().st_size)
+        raw.seek(0)
+        for _ in read_rows(raw, fmt, kind="instruction", row_max_chars=100_000):
+            pass
+    return time.perf_counter() - start
+
+
 def pipeline(path: Path, near: bool = False, limit: int | None = None) -> tuple[float, RowProcessor]:
     start = time.perf_counter()
     processor = RowProcessor(kind="instruction", near_index=NearDuplicateIndex() if near else None)
@@ -120,6 +132,7 @@ def main() -> None:
         size_mb = {fmt: path.stat().st_size / 1e6 for fmt, path in paths.items()}
         base_s = min(baseline(paths["jsonl"]) for _ in range(2))
         loads_s = min(json_loads_whole(paths["json"]) for _ in range(2))
+        read_s = {fmt: min(read_only(path) for _ in range(2)) for fmt, path in paths.items()}
         timed = {fmt: min((pipeline(path) for _ in range(2)), key=lambda r: r[0]) for fmt, path in paths.items()}
         peak = {fmt: peak_heap(paths[fmt]) for fmt in ("jsonl", "json")}
         near_s, near_proc = pipeline(paths["jsonl"], near=True, limit=near_n)
@@ -140,6 +153,12 @@ def main() -> None:
         "json_array_time_vs_jsonl": round(seconds["json"] / seconds["jsonl"], 2),
         "csv_time_vs_jsonl": round(seconds["csv"] / seconds["jsonl"], 2),
         "json_loads_whole_array_s": round(loads_s, 3),
+        "read_jsonl_rows_per_s": round(rows_n / read_s["jsonl"]),
+        "read_json_array_rows_per_s": round(rows_n / read_s["json"]),
+        "read_csv_rows_per_s": round(rows_n / read_s["csv"]),
+        "read_json_array_time_vs_jsonl": round(read_s["json"] / read_s["jsonl"], 2),
+        "read_csv_time_vs_jsonl": round(read_s["csv"] / read_s["jsonl"], 2),
+        "read_json_array_time_vs_json_loads": round(read_s["json"] / loads_s, 1),
         "json_array_time_vs_json_loads": round(seconds["json"] / loads_s, 1),
         "ingest_peak_python_heap_mb": round(peak["jsonl"] / 1e6, 1),
         "json_array_peak_python_heap_mb": round(peak["json"] / 1e6, 1),
@@ -166,6 +185,12 @@ def main() -> None:
         f"({results['json_loads_whole_array_s']} s); peak heap {results['json_array_peak_python_heap_mb']} MB"
     )
     print(f"  CSV: {results['csv_rows_per_s']:,} rows/s, {results['csv_time_vs_jsonl']:.2f}x JSONL's time")
+    print(
+        f"reading only (read_rows): JSONL {results['read_jsonl_rows_per_s']:,} rows/s; "
+        f"JSON array {results['read_json_array_rows_per_s']:,} rows/s, {results['read_json_array_time_vs_jsonl']:.2f}x "
+        f"JSONL's time, {results['read_json_array_time_vs_json_loads']:.1f}x one json.loads of the whole array; "
+        f"CSV {results['read_csv_rows_per_s']:,} rows/s, {results['read_csv_time_vs_jsonl']:.2f}x JSONL's time"
+    )
 
 
 if __name__ == "__main__":
