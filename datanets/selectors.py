@@ -97,7 +97,7 @@ def datanet_stats(*, datanet: Datanet) -> dict:
     """Accepted rows, contributors, tokens, and each contributor's share of the accepted rows.
 
     Cached under the datanet's `updated_at`, which every service that changes which rows are live moves on
-    (services._rows_changed): counting a 100k-row datanet on every page view costs tens of milliseconds."""
+    (services.common._rows_changed): counting a 100k-row datanet on every page view costs tens of milliseconds."""
     key = f"datanets:stats:{datanet.pk}:{datanet.updated_at.isoformat()}"
     stats = cache.get(key)
     if stats is None:

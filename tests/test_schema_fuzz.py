@@ -71,10 +71,9 @@ def media(settings, tmp_path):
     suppress_health_check=list(HealthCheck),
 )
 def test_api_operation(case, world, db, media, monkeypatch):
-    from datanets import services as datanet_services
     from modelfactory import services as mf_services
 
-    monkeypatch.setattr(datanet_services, "_enqueue_ingest", lambda contribution_id: None)
+    monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
     monkeypatch.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)
     checks = CHECKS.get_by_names(CHECK_NAMES)
     headers = {"Authorization": f"Token {world.api_key}"}

@@ -48,7 +48,7 @@ def _isolated(settings, tmp_path, monkeypatch):
     settings.MF_ATTRIBUTION_K = 2048
     settings.MF_TRAINING_DEVICE = "cpu"
     monkeypatch.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)
-    monkeypatch.setattr(datanet_services, "_enqueue_ingest", lambda contribution_id: None)
+    monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
     runtime.clear()
     yield
     runtime.clear()

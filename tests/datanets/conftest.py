@@ -19,7 +19,7 @@ def _media(settings, tmp_path):
 def _no_broker(monkeypatch):
     """Ingests run in tests by calling the service directly; record what would have been queued."""
     queued = []
-    monkeypatch.setattr(services, "_enqueue_ingest", queued.append)
+    monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", queued.append)
     return queued
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from datanets import selectors, services
 from datanets.ingest.manifest import merkle_root
-from datanets.models import Contribution, Record
+from datanets.models import Contribution, Datanet, Record
 from tests.datanets.conftest import QA, ingest, jsonl
 from tests.factories import UserFactory
 
@@ -88,4 +88,4 @@ def test_bootstrap_command_seeds_the_demo_datanet(db):
     call_command("bootstrap", stdout=out)
     assert "Created the demo datanet" in out.getvalue()
     call_command("bootstrap", stdout=StringIO())
-    assert services.Datanet.objects.count() == 1
+    assert Datanet.objects.count() == 1

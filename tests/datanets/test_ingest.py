@@ -8,11 +8,12 @@ import pytest
 
 from datanets.ingest import IngestError
 from datanets.ingest.dedup import NearDuplicateIndex
+from datanets.ingest.documents import DocumentSplitter, check_zip
 from datanets.ingest.formats import detect_format
 from datanets.ingest.manifest import merkle_root
 from datanets.ingest.normalise import content_hash, normalise_text
 from datanets.ingest.pipeline import RowProcessor
-from datanets.ingest.readers import DocumentSplitter, check_zip, read_rows
+from datanets.ingest.readers import read_rows
 from datanets.ingest.screen import Limits, find_sensitive, luhn_valid, redact, screen_fields
 from datanets.ingest.validate import RowInvalid, validate_row
 
@@ -331,3 +332,45 @@ def test_json_array_items_split_across_read_chunks(monkeypatch):
     rows = rows_of(data, "json", kind="text")
     assert [r for _, r, _ in rows] == items
     assert rows[1][0] == 5  # indent=1 puts each item's first line 4 lines after the previous one's
+
+
+def _array_with_known_lines() -> tuple[bytes, list[tuple[int, object]]]:
+    """A JSON array whose items start on irregular lines: blank lines, CRLF, commas on their own line, items that
+    span several lines. Returns the file and each item's (line it starts on, value)."""
+    text, expected = "[", []
+    for i in range(60):
+        value = {"text": f"row {i}", "n": list(range(i % 3))} if i % 5 else i * 7
+        text += ("\n" * (i % 4)) + ("  " if i % 2 else "\r\n\t")
+        expected.append((text.count("\n") + 1, value))
+        text += json.dumps(value, indent=2 if i % 3 == 0 else None)
+        text += "\n," if i % 7 == 0 else ","
+    text = text[:-1] + "\n]\n"
+    return text.encode(), expected
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 64 * 1024])
+def test_json_array_reports_the_exact_line_each_item_starts_on(monkeypatch, chunk):
+    from datanets.ingest import readers
+
+    monkeypatch.setattr(readers, "CHUNK", chunk)
+    data, expected = _array_with_known_lines()
+    assert [(n, r) for n, r, _ in rows_of(data, "json", kind="text")] == expected
+    cut = data.index(b"]},", data.index(b'"row 41"')) + 2  # drop the comma after {"text": "row 41", "n": [0, 1]}
+    with pytest.raises(IngestError) as exc:
+        rows_of(data[:cut] + data[cut + 1 :], "json", kind="text")
+    assert exc.value.message == f"Line {expected[42][0]}: expected ',' or ']' between the array's items."
+
+
+def test_json_array_line_counting_scans_each_character_once(monkeypatch):
+    """Linear, not items x buffer: the newline count covers each character of the file at most once."""
+    from datanets.ingest import readers
+
+    scanned = []
+    count = readers._count_newlines
+    monkeypatch.setattr(
+        readers, "_count_newlines", lambda text, start, end: scanned.append(end - start) or count(text, start, end)
+    )
+    data = ("[\n" + ",\n".join(json.dumps({"text": f"row {i}"}) for i in range(5000)) + "\n]").encode()
+    rows = rows_of(data, "json", kind="text")
+    assert [n for n, _, _ in rows] == list(range(2, 5002))
+    assert 0 < sum(scanned) <= len(data)

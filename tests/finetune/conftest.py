@@ -34,7 +34,7 @@ def enqueued(monkeypatch):
     """Jobs are run in tests by calling the service; record what would have gone to the gpu queue."""
     calls = []
     monkeypatch.setattr(services, "_enqueue", lambda job_id, resume=False: calls.append((job_id, resume)))
-    monkeypatch.setattr(datanet_services, "_enqueue_ingest", lambda contribution_id: None)
+    monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
     return calls
 
 

@@ -1,0 +1,120 @@
+"""Creating and editing a datanet: its name, tags, flag actions, visibility, policy and curators."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils.text import slugify
+
+from datanets.ingest.screen import ACTIONS, FLAG_KINDS
+from datanets.models import Datanet, Tag
+from datanets.selectors import datanet_can_curate
+from datanets.services.common import DatanetError, NotAllowed
+
+
+def _tags(names) -> list[Tag]:
+    cleaned = []
+    for name in names or []:
+        slug = slugify(name)[:50]
+        if slug and slug not in cleaned:
+            cleaned.append(slug)
+    return [Tag.objects.get_or_create(name=n)[0] for n in cleaned[:20]]
+
+
+# Paths under /datanets/ that are not datanets.
+RESERVED_SLUGS = {"new", "contributions", "rows"}
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:90] or "datanet"
+    if base in RESERVED_SLUGS:
+        base = f"{base}-datanet"
+    slug, n = base, 2
+    while Datanet.objects.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def _check_flag_actions(actions: dict | None) -> dict:
+    actions = actions or {}
+    for kind, action in actions.items():
+        if kind not in FLAG_KINDS:
+            raise DatanetError(f"Unknown flag kind '{kind}'; known: {', '.join(FLAG_KINDS)}.")
+        if action not in ACTIONS:
+            raise DatanetError(f"'{action}' is not an action for '{kind}'; use keep, redact or drop.")
+        if action == "redact" and not FLAG_KINDS[kind][1]:
+            raise DatanetError(f"'{kind}' cannot be redacted; choose keep or drop.")
+    return actions
+
+
+def datanet_create(
+    *,
+    owner,
+    name: str,
+    kind: str,
+    summary: str,
+    description: str = "",
+    tags=(),
+    licence: str = "CC-BY-4.0",
+    visibility: str = Datanet.Visibility.PUBLIC,
+    policy: str = Datanet.Policy.APPROVAL,
+    slug: str | None = None,
+    flag_actions: dict | None = None,
+) -> Datanet:
+    if kind not in Datanet.Kind.values:
+        raise DatanetError(f"Unknown kind '{kind}'; use instruction, chat or text.")
+    with transaction.atomic(durable=True):
+        if slug:
+            slug = slugify(slug)[:100]
+            if slug in RESERVED_SLUGS or Datanet.objects.filter(slug=slug).exists():
+                raise DatanetError(f"The address '{slug}' is taken; choose another.", code="slug_taken")
+        datanet = Datanet.objects.create(
+            slug=slug or _unique_slug(name),
+            name=name.strip(),
+            kind=kind,
+            summary=summary.strip(),
+            description=description,
+            licence=licence or "CC-BY-4.0",
+            visibility=visibility,
+            policy=policy,
+            owner=owner,
+            flag_actions={**Datanet._meta.get_field("flag_actions").default(), **_check_flag_actions(flag_actions)},
+        )
+        datanet.tags.set(_tags(tags))
+    return datanet
+
+
+UPDATABLE = ("name", "summary", "description", "licence", "visibility", "policy")
+
+
+def datanet_update(
+    *, datanet: Datanet, actor, tags=None, curators=None, flag_actions: dict | None = None, **fields
+) -> Datanet:
+    """Curators may edit; only the owner (or staff) changes the curators. `curators` is a list of usernames."""
+    if not datanet_can_curate(user=actor, datanet=datanet):
+        raise NotAllowed("Only the datanet's owner and curators can change it.")
+    unknown = set(fields) - set(UPDATABLE)
+    if unknown:
+        raise DatanetError("These fields cannot be changed: " + ", ".join(sorted(unknown)) + ".")
+    with transaction.atomic(durable=True):
+        datanet = Datanet.objects.select_for_update().get(pk=datanet.pk)
+        for key, value in fields.items():
+            setattr(datanet, key, value.strip() if isinstance(value, str) and key != "description" else value)
+        if flag_actions is not None:
+            datanet.flag_actions = {**datanet.flag_actions, **_check_flag_actions(flag_actions)}
+        datanet.save()
+        if tags is not None:
+            datanet.tags.set(_tags(tags))
+        if curators is not None:
+            _set_curators(datanet, actor, curators)
+    return datanet
+
+
+def _set_curators(datanet: Datanet, actor, usernames) -> None:
+    if not (actor.is_staff or actor.pk == datanet.owner_id):
+        raise NotAllowed("Only the owner can choose the curators.")
+    users = list(get_user_model().objects.filter(username__in=usernames))
+    missing = set(usernames) - {u.username for u in users}
+    if missing:
+        raise DatanetError("No such user: " + ", ".join(sorted(missing)) + ".")
+    datanet.curators.set(users)
