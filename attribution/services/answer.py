@@ -19,6 +19,7 @@ from attribution.services.settlement import (
     settlement_shares,
     training_row_shares,
 )
+from core.jobs import enqueue_or_fail
 from modelfactory.models import Inference
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,11 @@ def inference_completed(*, inference) -> None:
 
 def _enqueue(inference_id: int) -> None:
     """A broker that is down loses nothing: the pending row stays and the sweep enqueues it later."""
-    from attribution.tasks import inference_attribute_task  # import cycle: the tasks module imports the services
-
-    try:
-        inference_attribute_task.apply_async(args=[inference_id], retry=False)
-    except Exception as exc:
-        logger.warning("could not enqueue the attribution of inference %s: %s", inference_id, exc)
+    enqueue_or_fail(
+        "attribution.tasks.inference_attribute_task",
+        args=[inference_id],
+        what=f"the attribution of inference {inference_id}",
+    )
 
 
 def _compute(inference) -> dict:

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
+from core.jobs import enqueue_or_fail
 from datanets.models import Contribution, Datanet, Record
 from datanets.selectors import datanet_can_contribute, datanet_can_curate
 from datanets.services.common import DatanetError, NotAllowed, _require_curator, _rows_changed
@@ -107,15 +108,14 @@ def _enqueue_ingest(contribution_id: int) -> None:
     """Hands the ingest to the default queue. A broker that is down leaves the contribution failed with a plain
     message (the stored file is kept, so "Try again" works once the broker is back): nothing says "waiting" while
     no worker will ever see it."""
-    from datanets.tasks import contribution_ingest_task  # import cycle: datanets.tasks imports these services
-
-    try:
-        contribution_ingest_task.apply_async(args=[contribution_id], retry=False)
-    except Exception as exc:
-        logger.warning("could not enqueue the ingest of contribution %s: %s", contribution_id, exc)
-        Contribution.objects.filter(pk=contribution_id, status=Contribution.Status.UPLOADED).update(
+    enqueue_or_fail(
+        "datanets.tasks.contribution_ingest_task",
+        args=[contribution_id],
+        what=f"the ingest of contribution {contribution_id}",
+        fail=lambda exc: Contribution.objects.filter(pk=contribution_id, status=Contribution.Status.UPLOADED).update(
             status=Contribution.Status.FAILED, message=QUEUE_DOWN_MESSAGE, finished_at=timezone.now()
-        )
+        ),
+    )
 
 
 def contribution_retry(*, contribution: Contribution, actor, column_mapping: dict | None = None) -> Contribution:

@@ -1,0 +1,34 @@
+"""One way to hand a job to Celery: `enqueue_or_fail`. Called from `transaction.on_commit`, so a job row is never
+enqueued before it exists; a broker that is down is logged and the caller's `fail` callback leaves the row in a
+state a person can read (failed with a plain message, or pending for the sweeper), never "waiting" for a worker
+that will never see it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue_or_fail(
+    task: str,
+    *,
+    args: list,
+    kwargs: dict | None = None,
+    what: str,
+    fail: Callable[[Exception], object] | None = None,
+) -> bool:
+    """Sends the Celery task at dotted path `task` (looked up by name: task modules import the services that call
+    this) with no broker retries. Returns True if it was sent; otherwise logs "could not enqueue <what>", calls
+    `fail(exc)` if given (None: the row stays as it is and a sweep enqueues it later) and returns False."""
+    try:
+        import_string(task).apply_async(args=args, kwargs=kwargs or {}, retry=False)
+    except Exception as exc:
+        logger.warning("could not enqueue %s: %s", what, exc)
+        if fail is not None:
+            fail(exc)
+        return False
+    return True
