@@ -12,6 +12,7 @@ from accounts.services import api_token_create, api_token_revoke, user_signup
 
 
 class LoginView(auth_views.LoginView):
+    template_name = "accounts/login.html"
     authentication_form = ThrottledAuthenticationForm
     redirect_authenticated_user = True
 

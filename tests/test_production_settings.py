@@ -94,4 +94,4 @@ def test_collectstatic_succeeds_with_the_production_storage(production_env, tmp_
     result = run([sys.executable, "manage.py", "collectstatic", "--no-input"], production_env)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "var" / "staticfiles" / "staticfiles.json").read_text())
-    assert {"js/app.js", "js/wallet.js", "css/swagger.css", "vendor/chart-4.6.1.umd.min.js"} <= set(manifest["paths"])
+    assert {"js/app.js", "js/charts.js", "css/swagger.css", "vendor/chart-4.6.1.umd.min.js"} <= set(manifest["paths"])

@@ -7,6 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.test import Client
+
+from tests.world import build_world
 
 CHROMIUM = os.environ.get("MF_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -70,3 +74,51 @@ def page(browser, live_server, request):
     else:
         shutil.rmtree(folder, ignore_errors=True)
     context.close()
+
+
+RECORD_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " at " + e.sourceFile
+    + ":" + e.lineNumber);
+});
+"""
+
+
+@pytest.fixture
+def world(cast, tmp_path, monkeypatch, settings):
+    """tests/world.py's populated world, for pages with something on them."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return build_world(cast, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def owner_page(page, cast, live_server):
+    """The page, logged in as the owner; CSP violations in window.__cspViolations, JS errors, failed requests and
+    HTTP errors in page.problems."""
+    client = Client()
+    client.force_login(cast.owner)
+    page.context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+          "url": live_server.url}]
+    )  # fmt: skip
+    page.add_init_script(RECORD_VIOLATIONS)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(f"JS error: {exc}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.problems = problems
+    return page
+
+
+def visit(page, path: str) -> None:
+    """Opens `path` and asserts it came under the policy, with no violation and no problem."""
+    response = page.goto(path)
+    assert response.status == 200, path
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_load_state("networkidle")
+    page.steps.shot(path.strip("/").replace("/", "_") or "home")
+    violations = page.evaluate("window.__cspViolations")
+    assert violations == [], f"{path}: {violations}"
+    assert page.problems == [], f"{path}: {page.problems}"

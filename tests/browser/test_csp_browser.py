@@ -2,56 +2,11 @@
 violation, no JavaScript error, no failed asset, and the scripts that draw things really ran."""
 
 import pytest
-from django.conf import settings
-from django.test import Client
 from playwright.sync_api import expect
 
-from tests.world import build_world
+from tests.browser.conftest import visit
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-RECORD_VIOLATIONS = """
-window.__cspViolations = [];
-document.addEventListener("securitypolicyviolation", function (e) {
-  window.__cspViolations.push(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " at " + e.sourceFile
-    + ":" + e.lineNumber);
-});
-"""
-
-
-@pytest.fixture
-def world(cast, tmp_path, monkeypatch, settings):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return build_world(cast, tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def owner_page(page, cast, live_server):
-    client = Client()
-    client.force_login(cast.owner)
-    page.context.add_cookies(
-        [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
-          "url": live_server.url}]
-    )  # fmt: skip
-    page.add_init_script(RECORD_VIOLATIONS)
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(f"JS error: {exc}"))
-    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
-    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    page.problems = problems
-    return page
-
-
-def visit(page, path: str) -> None:
-    response = page.goto(path)
-    assert response.status == 200, path
-    assert "script-src 'self'" in response.headers["content-security-policy"]
-    page.wait_for_load_state("networkidle")
-    page.steps.shot(path.strip("/").replace("/", "_") or "home")
-    violations = page.evaluate("window.__cspViolations")
-    assert violations == [], f"{path}: {violations}"
-    assert page.problems == [], f"{path}: {page.problems}"
 
 
 def test_main_pages_work_under_the_content_security_policy(owner_page, world):
@@ -80,7 +35,7 @@ def test_main_pages_work_under_the_content_security_policy(owner_page, world):
 
     # The job page draws its live loss chart (Chart.js from a static file, data from json_script).
     visit(page, f"/train/jobs/{world.job.pk}/")
-    assert page.evaluate("document.getElementById('loss-chart').mfChart.data.datasets[0].data.length") == 5
+    assert page.evaluate("Chart.getChart('loss-chart').data.datasets[0].data.length") == 5
 
     # The wallet draws its three earnings charts.
     visit(page, "/wallet/")

@@ -276,6 +276,6 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
 
 def chart_points(page) -> dict:
     return page.evaluate(
-        "() => { const c = document.getElementById('loss-chart').mfChart;"
+        "() => { const c = Chart.getChart('loss-chart');"
         " return {train: c.data.datasets[0].data.length, eval: c.data.datasets[1].data.length}; }"
     )

@@ -126,7 +126,7 @@ def test_wallet_page(client, cast, settled):
     response = client.get(reverse("ledger:wallet"))
     assert response.status_code == 200
     body = response.content.decode()
-    assert "1.400000" in body and "earnings-data" in body and "laws" in body
+    assert "1.400000" in body and "earnings-by-day" in body and "laws" in body
 
 
 def test_wallet_page_filters_and_partial(client, cast, settled):
