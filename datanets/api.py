@@ -67,7 +67,7 @@ class DatanetViewSet(
             user=self.request.user,
             q=self.request.query_params.get("q", ""),
             tag=self.request.query_params.get("tag", ""),
-        )
+        ).prefetch_related("curators")  # the serializer lists them: one query for the page, not one per datanet
 
     def get_object(self) -> Datanet:
         try:

@@ -42,7 +42,7 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return FineTuneJob.objects.none()
         services.finetune_reap_stale()
-        return selectors.job_list_for(user=self.request.user).prefetch_related("datanet_versions")
+        return selectors.job_list_detailed(user=self.request.user)
 
     @extend_schema(request=FineTuneCreateSerializer, responses={201: FineTuneJobSerializer, 200: FineTuneJobSerializer})
     def create(self, request):
@@ -85,7 +85,7 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     lookup_field = "slug"
 
     def get_queryset(self):
-        return selectors.trained_models_visible(user=self.request.user).prefetch_related("versions")
+        return selectors.trained_model_list(user=self.request.user)
 
     def get_throttles(self):
         if self.action in ("generate", "publish", "unpublish"):

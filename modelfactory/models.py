@@ -166,6 +166,10 @@ class TrainedModel(models.Model):
 
     @property
     def latest_version(self):
+        """The newest version: from the list's prefetch where `selectors.trained_model_list` ran it, else a query."""
+        prefetched = getattr(self, "prefetched_latest_versions", None)
+        if prefetched is not None:
+            return prefetched[0] if prefetched else None
         return self.versions.order_by("-number").first()
 
 

@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, ModelVersion, TrainedModel
 
 
 def base_model_list() -> QuerySet[BaseModel]:
@@ -53,6 +54,31 @@ def finetune_rows(*, versions) -> tuple[list[dict], int]:
 
 def job_list_for(*, user) -> QuerySet[FineTuneJob]:
     return FineTuneJob.objects.filter(owner=user).select_related("base_model")
+
+
+def job_list_detailed(*, user) -> QuerySet[FineTuneJob]:
+    """`job_list_for` with what the API shows of each job read along with the list, not once per job: its datanet
+    versions, its model once trained (`model_version.model`) and `queue_position` (as `job_queue_position`)."""
+    ahead = (
+        FineTuneJob.objects.filter(status=FineTuneJob.Status.QUEUED)
+        .filter(Q(created_at__lt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__lt=OuterRef("pk")))
+        .order_by()
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        job_list_for(user=user)
+        .select_related("model_version__model")
+        .prefetch_related("datanet_versions")
+        .annotate(
+            queue_position=Case(
+                When(status=FineTuneJob.Status.QUEUED, then=Coalesce(Subquery(ahead), Value(0)) + 1),
+                default=None,
+                output_field=IntegerField(),
+            )
+        )
+    )
 
 
 def job_get_for(*, user, job_id: int) -> FineTuneJob:
@@ -100,6 +126,15 @@ def trained_models_visible(*, user) -> QuerySet[TrainedModel]:
     if user.is_authenticated:
         return models.filter(public | Q(owner=user))
     return models.filter(public)
+
+
+def trained_model_list(*, user) -> QuerySet[TrainedModel]:
+    """`trained_models_visible` with each model's newest version (`latest_version`) read in one more query for the
+    whole list, not one per model (a sliced prefetch: one window query over the listed models' versions)."""
+    newest = ModelVersion.objects.order_by("-number")[:1]
+    return trained_models_visible(user=user).prefetch_related(
+        Prefetch("versions", queryset=newest, to_attr="prefetched_latest_versions")
+    )
 
 
 @lru_cache(maxsize=4)

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
+from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
 
 
@@ -42,8 +43,8 @@ class FineTuneJobSerializer(serializers.ModelSerializer):
         return version.model.slug if version else None
 
     def get_queue_position(self, job) -> int | None:
-        from modelfactory.selectors import job_queue_position
-
+        if "queue_position" in job.__dict__:  # read with the list (selectors.job_list_detailed)
+            return job.queue_position
         return job_queue_position(job=job)
 
 

@@ -218,7 +218,7 @@ def job_control(request, job_id: int):
 
 
 def models_list(request):
-    models = selectors.trained_models_visible(user=request.user)
+    models = selectors.trained_model_list(user=request.user)
     return render(request, "modelfactory/models.html", {"models": models})
 
 
