@@ -75,7 +75,7 @@ class Rank:
         return self.rank == 0
 
     def device(self):
-        import torch
+        import torch  # torch only where a rank trains: the launcher starts ranks without it
 
         return torch.device("cuda", self.rank) if self.device_type == "cuda" else torch.device("cpu")
 
@@ -93,7 +93,7 @@ def shard_window(groups: list[list[Any]], rank: Rank, batch_size: int) -> list[l
 
 def broadcast_parameters(params) -> None:
     """Every rank takes rank 0's values (the LoRA init is seeded alike, this makes it certain)."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # as in Rank.device
 
     for p in params:
         dist.broadcast(p.data, src=0)
@@ -102,7 +102,7 @@ def broadcast_parameters(params) -> None:
 def reduce_step(params, *, loss_sum: float, command: str | None) -> tuple[float, str | None]:
     """One all-reduce (sum) of every trainable parameter's gradient plus [loss_sum, command code]. A rank with no
     rows this step contributes zeros. Returns the window's summed loss and rank 0's command, the same on all."""
-    import torch
+    import torch  # as in Rank.device
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -31,8 +31,10 @@ import torch
 from modelfactory.training import distributed
 from modelfactory.training.checkpoints import load_checkpoint, save_checkpoint
 from modelfactory.training.data import IGNORE_INDEX, Example
+from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
 from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
+from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -96,7 +98,7 @@ def memory_bytes(device: torch.device) -> int:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
+        import resource  # Unix only, and needed only where /proc is missing
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
@@ -107,20 +109,17 @@ def linear_module_names(model) -> set[str]:
 
 def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torch.device):
     """Loads the base model (4-bit when asked and possible), wraps it with a fresh LoRA adapter. (model, tokenizer)"""
+    # peft and transformers take seconds to import: only a process that loads a model pays for them
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from modelfactory.training.model_files import inspect_model_dir
 
     inspect_model_dir(Path(model_dir))
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if hp.get("quantization") == "4bit":
-        from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
-
         problem = quantization_problem(detect_capabilities() if device.type == "cuda" else CPU_ONLY, "4bit")
         if problem:
             raise TrainingError(problem)
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig  # as above
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -136,7 +135,7 @@ def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torc
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if hp.get("quantization") == "4bit":
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # as above
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:

@@ -5,8 +5,8 @@ import pytest
 
 from ledger.services import credit_grant
 from modelfactory import services, serving_runtime
-from modelfactory.services import inference_requests
 from modelfactory.models import Inference
+from modelfactory.services import inference_requests
 from tests.inference.conftest import make_model
 from tests.serving.conftest import save_random_adapter
 from tests.tiny import build_tiny_model_dir
