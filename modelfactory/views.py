@@ -2,57 +2,56 @@
 
 from __future__ import annotations
 
-import uuid
+import json
 from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
+from core.api import error_body
+from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits, parse_credits
-from modelfactory import selectors, services
-from modelfactory.forms import PresetForm
-from modelfactory.models import FineTuneJob, TrainedModel
+from modelfactory import selectors, services, wizard_steps
+from modelfactory.forms import PresetForm, PublishForm
+from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
+from modelfactory.openai_api import relay
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, validate_hyperparameters
 
-STEPS = ["Base model", "Data", "Examples", "Settings", "Review"]
 SESSION_KEY = "finetune_wizard"
 
 
-def _new_state(request) -> dict:
+def _new_state() -> dict:
     default = selectors.base_model_default()
-    return {
-        "step": 1,
-        "reached": 1,
-        "base_model": default.slug if default else "",
-        "versions": [],
-        "preset": "balanced",
-        "advanced": {},
-        "name": "",
-        "key": uuid.uuid4().hex,
-    }
+    return wizard_steps.new_state(base_model=default.slug if default else "")
+
+
+def _lookups(user) -> wizard_steps.Lookups:
+    return wizard_steps.Lookups(
+        base_model_exists=lambda slug: selectors.base_model_list().filter(slug=slug).exists(),
+        versions_problem=lambda ids: selectors.versions_usable_by(user=user, version_ids=ids)[1],
+        capabilities=selectors.training_capabilities,
+    )
 
 
 def _render_wizard(request, state: dict, context: dict | None = None, status: int = 200):
-    context = {**(context or {}), "state": state, "steps": STEPS}
+    context = {**(context or {}), "state": state, "steps": wizard_steps.STEPS}
     step = state["step"]
     base = selectors.base_model_list().filter(slug=state["base_model"]).first()
     versions, version_error = selectors.versions_usable_by(user=request.user, version_ids=state["versions"])
     context.update(base=base, chosen_versions=versions)
-    if step == 1:
+    if step == wizard_steps.BASE_MODEL:
         context["base_models"] = selectors.base_model_list()
-    elif step == 2:
-        from datanets.selectors import version_list_usable
-
+    elif step == wizard_steps.DATA:
         context["versions"] = version_list_usable(user=request.user)
-    elif step == 3 and base and versions:
+    elif step == wizard_steps.EXAMPLES and base and versions:
         hp, _ = validate_hyperparameters(state["advanced"], preset=state["preset"])
         context["preview"] = selectors.wizard_preview(base=base, versions=versions, max_length=int(hp["max_length"]))
-    elif step == 4:
+    elif step == wizard_steps.SETTINGS:
         context.setdefault(
             "form",
             PresetForm(
@@ -65,7 +64,7 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
             ),
         )
         context["presets"] = PRESETS
-    elif step == 5 and base and versions:
+    elif step == wizard_steps.REVIEW and base and versions:
         hp, errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
         context["hyperparameters"] = [(HYPERPARAMETERS[k].label, v) for k, v in hp.items() if k in HYPERPARAMETERS]
         problem = selectors.quantization_problem(hp["quantization"]) if not errors else None
@@ -79,57 +78,32 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
 
 @login_required
 def wizard(request):
-    state = request.session.get(SESSION_KEY) or _new_state(request)
+    """The fine-tuning wizard (steps and their checks: modelfactory.wizard_steps). GET shows the current step, or
+    restarts, or goes back to a step reached; POST submits the step shown."""
+    state = request.session.get(SESSION_KEY) or _new_state()
     if request.method == "GET":
         if request.GET.get("restart"):
-            state = _new_state(request)
+            state = _new_state()
         elif "step" in request.GET:
-            state["step"] = max(1, min(int(request.GET["step"] or 1), state["reached"]))
+            state = wizard_steps.go_to(state, int(request.GET["step"] or 1))
         request.session[SESSION_KEY] = state
         return _render_wizard(request, state)
 
-    action = request.POST.get("action", "next")
-    step = state["step"]
-    context: dict = {}
-    error = ""
-    if step == 1:
-        slug = request.POST.get("base_model", "")
-        if selectors.base_model_list().filter(slug=slug).exists():
-            state["base_model"] = slug
-        elif action == "next":
-            error = "Choose a base model to start from."
-    elif step == 2:
-        state["versions"] = [int(v) for v in request.POST.getlist("versions") if v.isdigit()]
-        if action == "next":
-            _, error = selectors.versions_usable_by(user=request.user, version_ids=state["versions"])
-    elif step == 4:
-        form = PresetForm(request.POST, capabilities=selectors.training_capabilities())
-        if form.is_valid():
-            state["preset"] = form.cleaned_data["preset"]
-            state["name"] = form.cleaned_data["name"]
-            state["advanced"] = form.hyperparameters()
-            _, hp_errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
-            for field, message in hp_errors.items():
-                form.add_error(f"hp_{field}" if f"hp_{field}" in form.fields else None, f"{field} {message}")
-        if not form.is_valid() and action == "next":
-            context["form"] = form
-            error = "Some settings need a change: see the messages below."
-        elif not form.is_valid():
-            context["form"] = form
-    elif step == 5 and action == "launch":
-        return _launch(request, state)
-
-    if error:
-        context["error"] = error
-        request.session[SESSION_KEY] = state
-        return _render_wizard(request, state, context, status=422 if not request.htmx else 200)
-    if action == "back":
-        state["step"] = max(1, step - 1)
-    elif action == "next":
-        state["step"] = min(len(STEPS), step + 1)
-        state["reached"] = max(state["reached"], state["step"])
-    request.session[SESSION_KEY] = state
-    return _render_wizard(request, state, context)
+    submission = wizard_steps.Submission(
+        action=request.POST.get("action", "next"),
+        base_model=request.POST.get("base_model", ""),
+        versions=request.POST.getlist("versions"),
+        settings=request.POST,
+    )
+    outcome = wizard_steps.submit(state, submission, lookups=_lookups(request.user))
+    if outcome.launch:
+        return _launch(request, outcome.state)
+    request.session[SESSION_KEY] = outcome.state
+    context = {} if outcome.form is None else {"form": outcome.form}
+    if outcome.error:
+        context["error"] = outcome.error
+        return _render_wizard(request, outcome.state, context, status=422 if not request.htmx else 200)
+    return _render_wizard(request, outcome.state, context)
 
 
 def _launch(request, state: dict):
@@ -152,8 +126,6 @@ def _launch(request, state: dict):
         messages.success(request, "Training job launched. You can close this page: it keeps running.")
     url = reverse("modelfactory:job", args=[job.pk])
     if request.htmx:
-        from django_htmx.http import HttpResponseClientRedirect
-
         return HttpResponseClientRedirect(url)
     return redirect(url)
 
@@ -255,8 +227,6 @@ def model_download(request, slug: str):
 @login_required
 @require_POST
 def model_publish(request, slug: str):
-    from modelfactory.forms import PublishForm
-
     form = PublishForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give a price of 0 or more credits, with at most 6 decimal places.")
@@ -289,8 +259,6 @@ def model_unpublish(request, slug: str):
 
 @login_required
 def playground(request, slug: str):
-    from modelfactory.models import ServingPolicy
-
     try:
         model = services.model_servable(user=request.user, slug=slug)
     except services.ServingRefused as exc:
@@ -300,8 +268,6 @@ def playground(request, slug: str):
 
 
 def _json_error(exc) -> JsonResponse:
-    from core.api import error_body
-
     return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
 
 
@@ -309,10 +275,6 @@ def _json_error(exc) -> JsonResponse:
 @require_POST
 def playground_start(request, slug: str):
     """JSON in ({messages, temperature, max_new_tokens, compare}); JSON out: where to stream the answer(s) from."""
-    import json
-
-    from modelfactory.models import Inference
-
     try:
         data = json.loads(request.body or b"{}")
         temperature = float(data.get("temperature", 0.7))
@@ -344,18 +306,12 @@ def playground_start(request, slug: str):
 
 
 def _sse_page(events):
-    import json
-
-    from django.http import StreamingHttpResponse
-
     response = StreamingHttpResponse((f"data: {json.dumps(e)}\n\n" for e in events), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     return response
 
 
 def _own_inference(request, inference_id: int):
-    from modelfactory.models import Inference
-
     inference = Inference.objects.select_related("model", "model_version").filter(pk=inference_id).first()
     if inference is None or inference.caller_id != request.user.pk:
         raise Http404("No such answer.")
@@ -364,8 +320,6 @@ def _own_inference(request, inference_id: int):
 
 @login_required
 def playground_stream(request, slug: str, inference_id: int):
-    from modelfactory.openai_api import relay
-
     inference = _own_inference(request, inference_id)
 
     def on_done(event):

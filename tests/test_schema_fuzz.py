@@ -74,7 +74,7 @@ def test_api_operation(case, world, db, media, monkeypatch):
     from modelfactory import services as mf_services
 
     monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
-    monkeypatch.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)
+    monkeypatch.setattr(mf_services.finetune_jobs, "_enqueue", lambda job_id, resume=False: None)
     checks = CHECKS.get_by_names(CHECK_NAMES)
     headers = {"Authorization": f"Token {world.api_key}"}
     case.call_and_validate(headers=headers, checks=checks)

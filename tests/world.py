@@ -51,7 +51,7 @@ def _jsonl(rows) -> SimpleUploadedFile:
 
 def build_world(cast: SimpleNamespace, folder: Path, monkeypatch) -> World:
     monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
-    monkeypatch.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)
+    monkeypatch.setattr(mf_services.finetune_jobs, "_enqueue", lambda job_id, resume=False: None)
     datanet = datanet_services.datanet_create(
         owner=cast.owner, name="Zorb facts", kind="instruction", summary="Made-up facts.",
         visibility=Datanet.Visibility.PRIVATE, policy=Datanet.Policy.OPEN,

@@ -75,7 +75,7 @@ class Rank:
         return self.rank == 0
 
     def device(self):
-        import torch
+        import torch  # torch only where a rank trains: the launcher starts ranks without it
 
         return torch.device("cuda", self.rank) if self.device_type == "cuda" else torch.device("cpu")
 
@@ -93,7 +93,7 @@ def shard_window(groups: list[list[Any]], rank: Rank, batch_size: int) -> list[l
 
 def broadcast_parameters(params) -> None:
     """Every rank takes rank 0's values (the LoRA init is seeded alike, this makes it certain)."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # as in Rank.device
 
     for p in params:
         dist.broadcast(p.data, src=0)
@@ -102,7 +102,7 @@ def broadcast_parameters(params) -> None:
 def reduce_step(params, *, loss_sum: float, command: str | None) -> tuple[float, str | None]:
     """One all-reduce (sum) of every trainable parameter's gradient plus [loss_sum, command code]. A rank with no
     rows this step contributes zeros. Returns the window's summed loss and rank 0's command, the same on all."""
-    import torch
+    import torch  # as in Rank.device
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -139,71 +139,27 @@ def launch(
     """Runs `target` ("package.module:function", called as function(rank=Rank, payload=..., on_event=..., control=...))
     in `world_size` processes with a process group, relays rank 0's events to `on_event` here, forwards
     `control()` to rank 0, and returns rank 0's return value. Raises what a rank raised (see the module doc)."""
-    from modelfactory.training.loop import Cancelled, TrainingError
-
     authkey = secrets.token_bytes(32)
     rundir = Path(tempfile.mkdtemp(prefix="mf-dist-"))
     listener = Listener(("127.0.0.1", 0), authkey=authkey)
     conns: dict[int, Any] = {}
-    accept_error: list[BaseException] = []
-
-    def accept() -> None:
-        try:
-            while len(conns) < world_size:
-                conn = listener.accept()
-                rank = conn.recv()
-                conns[int(rank)] = conn
-        except BaseException as exc:  # the listener was closed: we gave up waiting
-            accept_error.append(exc)
-
-    env = dict(os.environ)
-    env[AUTHKEY_ENV] = authkey.hex()
-    env["PYTHONPATH"] = os.pathsep.join([_project_root(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    host, port = listener.address
     procs: list[subprocess.Popen] = []
     result: Any = None
     errors: list[tuple[str, str]] = []
     try:
-        thread = threading.Thread(target=accept, name="mf-dist-accept", daemon=True)
-        thread.start()
-        for rank in range(world_size):
-            command = [sys.executable, "-m", "modelfactory.training.distributed", host, str(port), str(rank),
-                       str(world_size), device_type, str(rundir / "rendezvous")]  # fmt: skip
-            procs.append(subprocess.Popen(command, env=env))  # noqa: S603 (our own interpreter and module)
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while len(conns) < world_size:
-            failed = [p.returncode for p in procs if p.poll() is not None]
-            if failed:
-                raise DistributedError(f"A training process stopped while starting (exit code {failed[0]}).")
-            if time.monotonic() > deadline:
-                raise DistributedError(f"The training processes did not start within {CONNECT_TIMEOUT_S:.0f} s.")
-            time.sleep(0.05)
+        _accept_ranks(listener, conns, world_size=world_size)
+        _start_ranks(
+            procs,
+            listener.address,
+            authkey=authkey,
+            world_size=world_size,
+            device_type=device_type,
+            rendezvous=rundir / "rendezvous",
+        )
+        _wait_connected(conns, procs, world_size=world_size)
         for rank in range(world_size):
             conns[rank].send((target, payload))
-        open_conns = dict(conns)
-        sent_command = None
-        while open_conns:
-            for conn in wait(list(open_conns.values()), timeout=poll_s):
-                rank = next(r for r, c in open_conns.items() if c is conn)
-                try:
-                    kind, *message = conn.recv()
-                except (EOFError, OSError):
-                    del open_conns[rank]
-                    continue
-                if kind == "event" and on_event is not None:
-                    on_event(message[0])
-                elif kind == "result":
-                    result = message[0]
-                elif kind == "error":
-                    errors.append((message[0], message[1]))
-            if errors or any(p.poll() not in (None, 0) for p in procs):
-                break  # one rank failed: the others may be waiting for it in a collective
-            if control is not None and 0 in open_conns:
-                command = control()
-                if command != sent_command:
-                    sent_command = command
-                    with contextlib.suppress(OSError):
-                        open_conns[0].send(("control", command))
+        result = _relay(conns, procs, errors, on_event=on_event, control=control, poll_s=poll_s)
         if not errors:
             for p in procs:  # every rank has closed its connection: let it leave the process group and exit
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -215,16 +171,104 @@ def launch(
             conn.close()
         shutil.rmtree(rundir, ignore_errors=True)
     if errors:
-        kind, message = errors[0]
-        if kind == "training":
-            raise TrainingError(message)
-        if kind == "cancelled":
-            raise Cancelled(message)
-        raise DistributedError(message)
+        raise _rank_failure(*errors[0])
     codes = [p.returncode for p in procs]
     if any(codes):
         raise DistributedError(f"A training process stopped unexpectedly (exit codes {codes}).")
     return result
+
+
+def _accept_ranks(listener: Listener, conns: dict[int, Any], *, world_size: int) -> None:
+    """In a thread: takes each rank's connection as it comes and files it under the rank it names."""
+
+    def accept() -> None:
+        try:
+            while len(conns) < world_size:
+                conn = listener.accept()
+                rank = conn.recv()
+                conns[int(rank)] = conn
+        except BaseException:  # the listener was closed: we gave up waiting
+            return
+
+    threading.Thread(target=accept, name="mf-dist-accept", daemon=True).start()
+
+
+def _start_ranks(
+    procs: list[subprocess.Popen], address, *, authkey: bytes, world_size: int, device_type: str, rendezvous: Path
+) -> None:
+    """Starts one `python -m modelfactory.training.distributed` per rank, appending each to `procs` as it starts
+    (so that the caller stops those already running if a later one fails to start)."""
+    env = dict(os.environ)
+    env[AUTHKEY_ENV] = authkey.hex()
+    env["PYTHONPATH"] = os.pathsep.join([_project_root(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    host, port = address
+    for rank in range(world_size):
+        command = [sys.executable, "-m", "modelfactory.training.distributed", host, str(port), str(rank),
+                   str(world_size), device_type, str(rendezvous)]  # fmt: skip
+        procs.append(subprocess.Popen(command, env=env))  # noqa: S603 (our own interpreter and module)
+
+
+def _wait_connected(conns: dict[int, Any], procs: list[subprocess.Popen], *, world_size: int) -> None:
+    """Until every rank has connected; DistributedError when one exits first or they take too long."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while len(conns) < world_size:
+        failed = [p.returncode for p in procs if p.poll() is not None]
+        if failed:
+            raise DistributedError(f"A training process stopped while starting (exit code {failed[0]}).")
+        if time.monotonic() > deadline:
+            raise DistributedError(f"The training processes did not start within {CONNECT_TIMEOUT_S:.0f} s.")
+        time.sleep(0.05)
+
+
+def _relay(
+    conns: dict[int, Any],
+    procs: list[subprocess.Popen],
+    errors: list[tuple[str, str]],
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None,
+    control: Callable[[], str | None] | None,
+    poll_s: float,
+) -> Any:
+    """Until every rank has closed its connection: rank 0's events go to `on_event`, a rank's error is appended to
+    `errors` (and ends the relay: the others may be waiting for it in a collective), a change of `control()` goes
+    to rank 0. Returns rank 0's result (None if none came)."""
+    result: Any = None
+    open_conns = dict(conns)
+    sent_command = None
+    while open_conns:
+        for conn in wait(list(open_conns.values()), timeout=poll_s):
+            rank = next(r for r, c in open_conns.items() if c is conn)
+            try:
+                kind, *message = conn.recv()
+            except (EOFError, OSError):
+                del open_conns[rank]
+                continue
+            if kind == "event" and on_event is not None:
+                on_event(message[0])
+            elif kind == "result":
+                result = message[0]
+            elif kind == "error":
+                errors.append((message[0], message[1]))
+        if errors or any(p.poll() not in (None, 0) for p in procs):
+            break  # one rank failed: the others may be waiting for it in a collective
+        if control is not None and 0 in open_conns:
+            command = control()
+            if command != sent_command:
+                sent_command = command
+                with contextlib.suppress(OSError):
+                    open_conns[0].send(("control", command))
+    return result
+
+
+def _rank_failure(kind: str, message: str) -> Exception:
+    """The exception to raise in the launcher for a rank's reported error: its own kind where it has one."""
+    from modelfactory.training.loop import Cancelled, TrainingError  # loop imports this module (and torch)
+
+    if kind == "training":
+        return TrainingError(message)
+    if kind == "cancelled":
+        return Cancelled(message)
+    return DistributedError(message)
 
 
 def _stop_processes(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
@@ -264,6 +308,7 @@ def _rank_main(argv: list[str]) -> int:
     conn.send(rank_info.rank)
     target, payload = conn.recv()
 
+    # torch, and loop (which imports torch and this module): after the launcher has heard from this rank
     import torch
     import torch.distributed as dist
 

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from modelfactory.training.data import BuildReport, Example, build_examples
+from modelfactory.training.failures import is_out_of_memory, out_of_memory_message
 from modelfactory.training.loop import (
     Cancelled,
     ControlCallback,
     EventCallback,
     TrainingError,
-    is_out_of_memory,
     load_model_for_training,
-    out_of_memory_message,
     release_memory,
     train,
 )

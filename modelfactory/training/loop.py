@@ -20,7 +20,6 @@ import gc
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +28,17 @@ from typing import Any
 
 import torch
 
+from modelfactory.training import distributed
+from modelfactory.training.checkpoints import load_checkpoint, save_checkpoint
 from modelfactory.training.data import IGNORE_INDEX, Example
+from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
+from modelfactory.training.evaluate import eval_loss
+from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
+from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 
 EventCallback = Callable[[dict[str, Any]], None]
 ControlCallback = Callable[[], str | None]
-CHECKPOINT_NAME = "checkpoint"
 MAX_GRAD_NORM = 1.0
 MEGABATCH_FACTOR = 16
 
@@ -94,7 +98,7 @@ def memory_bytes(device: torch.device) -> int:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
+        import resource  # Unix only, and needed only where /proc is missing
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
@@ -105,20 +109,17 @@ def linear_module_names(model) -> set[str]:
 
 def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torch.device):
     """Loads the base model (4-bit when asked and possible), wraps it with a fresh LoRA adapter. (model, tokenizer)"""
+    # peft and transformers take seconds to import: only a process that loads a model pays for them
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from modelfactory.training.model_files import inspect_model_dir
 
     inspect_model_dir(Path(model_dir))
     kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
     if hp.get("quantization") == "4bit":
-        from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
-
         problem = quantization_problem(detect_capabilities() if device.type == "cuda" else CPU_ONLY, "4bit")
         if problem:
             raise TrainingError(problem)
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig  # as above
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -134,7 +135,7 @@ def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torc
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     if hp.get("quantization") == "4bit":
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # as above
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
@@ -222,94 +223,10 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def out_of_memory_message(hp: dict[str, Any], *, rows: int, width: int, device: torch.device) -> str:
-    where = "GPU" if device.type == "cuda" else "computer"
-    lower_batch = max(1, int(hp["batch_size"]) // 2)
-    parts = [
-        f"The {where} ran out of memory on a batch of {rows} rows of up to {width} tokens.",
-        f"Lower the batch size (now {hp['batch_size']}; try {lower_batch}, and raise gradient accumulation to "
-        f"{int(hp['grad_accum']) * 2} to keep the same effective batch),",
-        f"or the maximum length (now {hp['max_length']} tokens), or the adapter size (rank, now {hp['rank']}).",
-    ]
-    if device.type == "cuda" and hp.get("quantization") != "4bit":
-        parts.append("On this GPU, the 4-bit (QLoRA) setting also saves a lot of memory.")
-    return " ".join(parts)
-
-
-def diverged_message(loss: float, step: int, hp: dict[str, Any]) -> str:
-    return (
-        f"The training loss became {loss} at step {step}, so training was stopped: the model diverged. Lower the "
-        f"learning rate (now {hp['learning_rate']:g}; try {float(hp['learning_rate']) / 10:g})."
-    )
-
-
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(folder: Path, *, model, optimizer, scheduler, state: dict[str, Any]) -> Path:
-    """Writes `folder/checkpoint` atomically: adapter weights, optimizer, scheduler, RNG and loop state."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    target = folder / CHECKPOINT_NAME
-    tmp = folder / (CHECKPOINT_NAME + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(weights, str(tmp / "adapter_model.safetensors"))
-    torch.save(
-        {
-            **state,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        tmp / "state.pt",
-    )
-    old = folder / (CHECKPOINT_NAME + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_checkpoint(folder: Path, *, model, optimizer, scheduler) -> dict[str, Any] | None:
-    """Restores a checkpoint written by `save_checkpoint` into the given objects; returns its loop state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    target = Path(folder) / CHECKPOINT_NAME
-    if not (target / "state.pt").exists():
-        return None
-    device = next(p.device for p in model.parameters())
-    set_peft_model_state_dict(model, load_file(str(target / "adapter_model.safetensors"), device=str(device)))
-    state = torch.load(target / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state.pop("optimizer"))
-    scheduler.load_state_dict(state.pop("scheduler"))
-    torch.set_rng_state(state.pop("rng_torch"))
-    rng_cuda = state.pop("rng_cuda")
-    if rng_cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng_cuda)
-    return state
 
 
 # ---------------------------------------------------------------- the loop
@@ -348,153 +265,232 @@ def train(
     `rank` (a distributed.Rank, in a process group of several) trains data-parallel: each step's rows are shared
     out among the ranks and the gradients all-reduced (see distributed.py); only rank 0 should get `on_event`,
     `control` and `eval_examples`, and only it writes checkpoints. Without `rank` nothing of that runs."""
-    from modelfactory.training.evaluate import eval_loss
-
     if rank is not None and rank.world_size == 1:
         rank = None
-    if rank is not None:
-        from modelfactory.training import distributed
-
     if not examples:
         raise TrainingError("There is no training example to learn from.")
-    on_event = on_event or (lambda event: None)
-    seed = int(hp["seed"])
-    batch_size, grad_accum, epochs = int(hp["batch_size"]), int(hp["grad_accum"]), int(hp["epochs"])
     per_epoch, total_steps = plan_steps(len(examples), hp)
     warmup = int(round(float(hp.get("warmup_ratio", 0.0)) * total_steps))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=float(hp["learning_rate"]), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp["scheduler"], warmup, total_steps))
-    lengths = [e.n_tokens for e in examples]
-
-    step, losses, step_tokens, eval_losses, tokens_total = 0, [], [], [], 0
-    resumed_from = 0
-    state = None
-    if resume and checkpoint_dir is not None:
-        state = load_checkpoint(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-    if state is not None:
-        step, losses, step_tokens = state["step"], state["losses"], state["step_tokens"]
-        eval_losses, tokens_total = [tuple(x) for x in state["eval_losses"]], state["tokens"]
-        resumed_from = step
-        if rank is not None and not rank.is_main:
-            torch.manual_seed(seed + rank.rank + 7919 * step)  # the checkpoint holds rank 0's generator only
-    else:
-        # dropout draws from here; a checkpoint restores its own generator state
-        torch.manual_seed(seed if rank is None else seed + rank.rank)
+    run = _Run(
+        model=model,
+        examples=examples,
+        hp=hp,
+        device=device,
+        pad_id=pad_id,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        per_epoch=per_epoch,
+        total_steps=total_steps,
+        rank=rank,
+        on_event=on_event or (lambda event: None),
+        control=control,
+        eval_examples=eval_examples if rank is None or rank.is_main else None,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+    )
+    done = _restored_or_seeded(run, checkpoint_dir=checkpoint_dir if resume else None)
     if rank is not None:
         distributed.broadcast_parameters(params)
-        eval_examples = eval_examples if rank.is_main else None
-    pending = None  # distributed: the command rank 0 saw, agreed by all ranks in the last step's all-reduce
-
-    def run_eval(epoch: float) -> None:
-        if eval_examples:
-            loss, _ = eval_loss(model, eval_examples, device=device, pad_id=pad_id, batch_size=batch_size)
-            eval_losses.append((step, loss))
-            on_event({"type": "eval", "step": step, "epoch": epoch, "eval_loss": loss})
-
     model.train()
     started = time.perf_counter()
-    tokens_here, steps_here, stopped = 0, 0, False
-    for epoch in range(epochs):
-        if stopped:
-            break
-        batches = make_batches(lengths, batch_size=batch_size, seed=seed, epoch=epoch)
-        windows = [batches[i : i + grad_accum] for i in range(0, len(batches), grad_accum)]
+    stopped = _run_epochs(run, done, started=started)
+    _evaluate(run, done, epoch=round(done.step / per_epoch, 4))
+    model.eval()
+    return TrainResult(
+        steps=done.step,
+        total_steps=total_steps,
+        losses=done.losses,
+        train_loss=_last_epoch_loss(done.losses, done.step_tokens, per_epoch=per_epoch),
+        tokens=done.tokens,
+        seconds=time.perf_counter() - started,
+        stopped_early=stopped,
+        eval_losses=done.eval_losses,
+        resumed_from=done.resumed_from,
+    )
+
+
+@dataclass
+class _Run:
+    """One run's setup: what every optimizer step, evaluation and checkpoint works with."""
+
+    model: Any
+    examples: list[Example]
+    hp: dict[str, Any]
+    device: torch.device
+    pad_id: int
+    params: list
+    optimizer: Any
+    scheduler: Any
+    per_epoch: int
+    total_steps: int
+    rank: Any  # a distributed.Rank of several processes, or None
+    on_event: EventCallback
+    control: ControlCallback | None
+    eval_examples: list[Example] | None
+    checkpoint_dir: Path | None
+    checkpoint_every: int
+
+    def __post_init__(self) -> None:
+        self.seed = int(self.hp["seed"])
+        self.batch_size, self.grad_accum = int(self.hp["batch_size"]), int(self.hp["grad_accum"])
+        self.epochs = int(self.hp["epochs"])
+        self.lengths = [e.n_tokens for e in self.examples]
+
+
+@dataclass
+class _Done:
+    """What the run has done so far: what a checkpoint holds, and what a resume starts from."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    tokens: int = 0
+    resumed_from: int = 0
+
+    def record(self, *, loss: float, answer_tokens: int, tokens: int) -> None:
+        self.step += 1
+        self.tokens += tokens
+        self.losses.append(loss)
+        self.step_tokens.append(answer_tokens)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "losses": self.losses,
+            "step_tokens": self.step_tokens,
+            "eval_losses": self.eval_losses,
+            "tokens": self.tokens,
+        }
+
+
+def _run_epochs(run: _Run, done: _Done, *, started: float) -> bool:
+    """The optimizer steps from where `done` stands to the end, with the evaluations between epochs. True when a
+    "stop" ended them early; a "cancel" raises Cancelled."""
+    tokens_here, steps_here = 0, 0
+    pending = None  # distributed: the command rank 0 saw, agreed by all ranks in the last step's all-reduce
+    for epoch in range(run.epochs):
+        batches = make_batches(run.lengths, batch_size=run.batch_size, seed=run.seed, epoch=epoch)
+        windows = [batches[i : i + run.grad_accum] for i in range(0, len(batches), run.grad_accum)]
         ran = False
         for index, window in enumerate(windows):
-            if epoch * per_epoch + index < step:
+            if epoch * run.per_epoch + index < done.step:
                 continue  # done before the checkpoint we resumed from
-            command = (control() if control else None) if rank is None else pending
+            command = (run.control() if run.control else None) if run.rank is None else pending
             if command == "cancel":
                 raise Cancelled("The run was cancelled.")
             if command == "stop":
-                stopped = True
-                break
-            groups = [[examples[i] for i in batch] for batch in window]
+                return True
+            groups = [[run.examples[i] for i in batch] for batch in window]
             answer_tokens = sum(e.n_answer_tokens for group in groups for e in group)
-            window_loss, width, rows = 0.0, 0, 0
-            local = groups if rank is None else distributed.shard_window(groups, rank, batch_size)
-            try:
-                for group in local:
-                    rows, width = len(group), max(e.n_tokens for e in group)
-                    ids, labels = collate(group, pad_id=pad_id, device=device)
-                    with autocast(device):
-                        loss_sum, _ = answer_loss_sum(model, ids, labels)
-                    if rank is None and not torch.isfinite(loss_sum):
-                        raise TrainingError(diverged_message(float(loss_sum.detach()), step + 1, hp))
-                    (loss_sum / answer_tokens).backward()
-                    window_loss += float(loss_sum.detach())
-                    del ids, labels, loss_sum
-                if rank is not None:
-                    seen = (control() if control else None) if rank.is_main else None
-                    window_loss, pending = distributed.reduce_step(params, loss_sum=window_loss, command=seen)
-                    if not math.isfinite(window_loss):  # every rank sees the same sum, so all stop together
-                        raise TrainingError(diverged_message(window_loss, step + 1, hp))
-                torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                del exc
-                release_memory(device)
-                raise TrainingError(out_of_memory_message(hp, rows=rows, width=width, device=device)) from None
-            step += 1
-            steps_here += 1
-            ran = True
+            window_loss, pending = _optimizer_step(run, groups, answer_tokens=answer_tokens, step=done.step)
             window_tokens = sum(e.n_tokens for group in groups for e in group)
-            tokens_here += window_tokens
-            tokens_total += window_tokens
-            losses.append(window_loss / answer_tokens)
-            step_tokens.append(answer_tokens)
+            done.record(loss=window_loss / answer_tokens, answer_tokens=answer_tokens, tokens=window_tokens)
+            steps_here, tokens_here, ran = steps_here + 1, tokens_here + window_tokens, True
             elapsed = time.perf_counter() - started
-            on_event(
+            run.on_event(
                 {
                     "type": "train",
-                    "step": step,
-                    "total_steps": total_steps,
+                    "step": done.step,
+                    "total_steps": run.total_steps,
                     "epoch": round(epoch + (index + 1) / len(windows), 4),
-                    "loss": losses[-1],
-                    "lr": scheduler.get_last_lr()[0],
+                    "loss": done.losses[-1],
+                    "lr": run.scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens_here / elapsed if elapsed > 0 else 0.0,
-                    "eta_s": elapsed / steps_here * (total_steps - step),
-                    "memory_bytes": memory_bytes(device),
+                    "eta_s": elapsed / steps_here * (run.total_steps - done.step),
+                    "memory_bytes": memory_bytes(run.device),
                 }
             )
-            due = checkpoint_every and step % checkpoint_every == 0 and step < total_steps
-            if due and checkpoint_dir is not None and (rank is None or rank.is_main):
-                save_checkpoint(
-                    checkpoint_dir,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    state={
-                        "step": step,
-                        "losses": losses,
-                        "step_tokens": step_tokens,
-                        "eval_losses": eval_losses,
-                        "tokens": tokens_total,
-                    },
-                )
-        else:
-            if ran and epoch < epochs - 1:
-                run_eval(float(epoch + 1))
-    run_eval(round(step / per_epoch, 4))
-    model.eval()
-    # train loss: token-weighted mean over the steps of the last (possibly partial) epoch
+            _checkpoint_if_due(run, done)
+        if ran and epoch < run.epochs - 1:
+            _evaluate(run, done, epoch=float(epoch + 1))
+    return False
+
+
+def _checkpoint_if_due(run: _Run, done: _Done) -> None:
+    """Every `checkpoint_every` steps but the last, rank 0 (or the only process) writes a checkpoint."""
+    due = run.checkpoint_every and done.step % run.checkpoint_every == 0 and done.step < run.total_steps
+    if due and run.checkpoint_dir is not None and (run.rank is None or run.rank.is_main):
+        save_checkpoint(
+            run.checkpoint_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, state=done.state()
+        )
+
+
+def _evaluate(run: _Run, done: _Done, *, epoch: float) -> None:
+    if run.eval_examples:
+        loss, _ = eval_loss(
+            run.model, run.eval_examples, device=run.device, pad_id=run.pad_id, batch_size=run.batch_size
+        )
+        done.eval_losses.append((done.step, loss))
+        run.on_event({"type": "eval", "step": done.step, "epoch": epoch, "eval_loss": loss})
+
+
+def _restored_or_seeded(run: _Run, *, checkpoint_dir: Path | None) -> _Done:
+    """The progress of the checkpoint in `checkpoint_dir` restored into the run's objects, or a fresh start with the
+    global generator seeded (dropout draws from it; a checkpoint restores its own generator state)."""
+    rank, seed = run.rank, run.seed
+    state = None
+    if checkpoint_dir is not None:
+        state = load_checkpoint(checkpoint_dir, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+    if state is None:
+        torch.manual_seed(seed if rank is None else seed + rank.rank)
+        return _Done()
+    done = _Done(
+        step=state["step"],
+        losses=state["losses"],
+        step_tokens=state["step_tokens"],
+        eval_losses=[tuple(x) for x in state["eval_losses"]],
+        tokens=state["tokens"],
+        resumed_from=state["step"],
+    )
+    if rank is not None and not rank.is_main:
+        torch.manual_seed(seed + rank.rank + 7919 * done.step)  # the checkpoint holds rank 0's generator only
+    return done
+
+
+def _optimizer_step(run: _Run, groups: list[list[Example]], *, answer_tokens: int, step: int):
+    """Forward and backward over this rank's share of one optimizer step's rows, the all-reduce when distributed,
+    then clip and step. Returns (the window's summed loss, the agreed command when distributed, else None).
+    Raises TrainingError when the loss is not finite or the device runs out of memory."""
+    rank, hp, device = run.rank, run.hp, run.device
+    window_loss, width, rows, command = 0.0, 0, 0, None
+    local = groups if rank is None else distributed.shard_window(groups, rank, run.batch_size)
+    try:
+        for group in local:
+            rows, width = len(group), max(e.n_tokens for e in group)
+            ids, labels = collate(group, pad_id=run.pad_id, device=device)
+            with autocast(device):
+                loss_sum, _ = answer_loss_sum(run.model, ids, labels)
+            if rank is None and not torch.isfinite(loss_sum):
+                raise TrainingError(diverged_message(float(loss_sum.detach()), step + 1, hp))
+            (loss_sum / answer_tokens).backward()
+            window_loss += float(loss_sum.detach())
+            del ids, labels, loss_sum
+        if rank is not None:
+            seen = (run.control() if run.control else None) if rank.is_main else None
+            window_loss, command = distributed.reduce_step(run.params, loss_sum=window_loss, command=seen)
+            if not math.isfinite(window_loss):  # every rank sees the same sum, so all stop together
+                raise TrainingError(diverged_message(window_loss, step + 1, hp))
+        torch.nn.utils.clip_grad_norm_(run.params, MAX_GRAD_NORM)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        run.optimizer.zero_grad(set_to_none=True)
+        del exc
+        release_memory(device)
+        raise TrainingError(out_of_memory_message(hp, rows=rows, width=width, device=device)) from None
+    return window_loss, command
+
+
+def _last_epoch_loss(losses: list[float], step_tokens: list[int], *, per_epoch: int) -> float:
+    """The train loss: the token-weighted mean over the steps of the last (possibly partial) epoch."""
     last = losses[-(((len(losses) - 1) % per_epoch) + 1) :] if losses else []
     weights = step_tokens[-len(last) :] if last else []
-    train_loss = sum(x * w for x, w in zip(last, weights, strict=True)) / sum(weights) if last else float("nan")
-    return TrainResult(
-        steps=step,
-        total_steps=total_steps,
-        losses=losses,
-        train_loss=train_loss,
-        tokens=tokens_total,
-        seconds=time.perf_counter() - started,
-        stopped_early=stopped,
-        eval_losses=eval_losses,
-        resumed_from=resumed_from,
-    )
+    return sum(x * w for x, w in zip(last, weights, strict=True)) / sum(weights) if last else float("nan")

@@ -47,8 +47,8 @@ def _isolated(settings, tmp_path, monkeypatch):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MF_ATTRIBUTION_K = 2048
     settings.MF_TRAINING_DEVICE = "cpu"
-    monkeypatch.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)
     monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
+    monkeypatch.setattr(mf_services.finetune_jobs, "_enqueue", lambda job_id, resume=False: None)
     runtime.clear()
     yield
     runtime.clear()

@@ -62,7 +62,8 @@ def answer(shared_db, fault_settings, tmp_path, monkeypatch):
     version = datanet_services.version_publish(datanet=datanet, actor=owner)
     base = mf_services.base_model_register(path=build_tiny_model_dir(tmp_path / "tiny"), name="Tiny", slug="tiny")
     with monkeypatch.context() as m:
-        m.setattr(mf_services, "_enqueue", lambda job_id, resume=False: None)  # no training: the job "ran" already
+        # no training: the job "ran" already
+        m.setattr(mf_services.finetune_jobs, "_enqueue", lambda job_id, resume=False: None)
         job, _ = mf_services.finetune_launch(
             user=owner, base_model_slug=base.slug, version_ids=[version.pk], preset="quick", idempotency_key="k"
         )

@@ -6,7 +6,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from datanets import services as datanet_services
 from datanets.models import Datanet
 from modelfactory import services
-from modelfactory.services import base_model_register
+from modelfactory.services import base_model_register, finetune_jobs
 from tests.tiny import build_tiny_model_dir
 
 FACTS = [
@@ -33,8 +33,8 @@ def _media(settings, tmp_path):
 def enqueued(monkeypatch):
     """Jobs are run in tests by calling the service; record what would have gone to the gpu queue."""
     calls = []
-    monkeypatch.setattr(services, "_enqueue", lambda job_id, resume=False: calls.append((job_id, resume)))
     monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
+    monkeypatch.setattr(finetune_jobs, "_enqueue", lambda job_id, resume=False: calls.append((job_id, resume)))
     return calls
 
 

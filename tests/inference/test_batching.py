@@ -6,6 +6,7 @@ import pytest
 from ledger.services import credit_grant
 from modelfactory import services, serving_runtime
 from modelfactory.models import Inference
+from modelfactory.services import inference_requests
 from tests.inference.conftest import make_model
 from tests.serving.conftest import save_random_adapter
 from tests.tiny import build_tiny_model_dir
@@ -24,8 +25,8 @@ def test_two_adapters_in_one_batch(cast, settings, monkeypatch, tmp_path):
     settings.MF_BATCH_WINDOW_MS = 1000
     settings.MF_INFERENCE_TIMEOUT_SECONDS = 15  # both requests arrive well within the window
 
-    dispatch, queued = services._dispatch, []
-    monkeypatch.setattr(services, "_dispatch", queued.append)
+    dispatch, queued = inference_requests._dispatch, []
+    monkeypatch.setattr(inference_requests, "_dispatch", queued.append)
     started = [
         services.inference_start(
             user=cast.outsider, slug=slug, source="api", prompt="Hello", max_new_tokens=4, temperature=0.0

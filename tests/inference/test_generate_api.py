@@ -135,9 +135,10 @@ def test_worker_that_never_answers_fails_the_inference_and_releases_the_hold(
     api_client, cast, served, settings, monkeypatch
 ):
     from modelfactory import services
+    from modelfactory.services import inference_requests
 
     settings.MF_INFERENCE_START_TIMEOUT_SECONDS = 1
-    monkeypatch.setattr(services, "_dispatch", lambda inference_id: None)  # enqueued, but no worker takes it
+    monkeypatch.setattr(inference_requests, "_dispatch", lambda inference_id: None)  # enqueued, but no worker takes it
     _refused(_generate(api_client, cast.outsider, prompt="Hi", max_new_tokens=4), 503, "server_unreachable")
     inference = Inference.objects.get()
     assert inference.status == Inference.Status.FAILED and inference.fee_micro == 0
@@ -166,8 +167,9 @@ def test_inferences_left_pending_are_reaped_and_their_holds_released(api_client,
     from django.utils import timezone
 
     from modelfactory import services
+    from modelfactory.services import inference_requests
 
-    monkeypatch.setattr(services, "_dispatch", lambda inference_id: None)
+    monkeypatch.setattr(inference_requests, "_dispatch", lambda inference_id: None)
     inference = services.inference_start(user=cast.outsider, slug="zorb-expert", source="api", prompt="Hi",
                                          max_new_tokens=4)  # fmt: skip
     assert services.inference_reap_stale() == []  # still within its time

@@ -1,0 +1,82 @@
+"""Model factory writes, one module per use case:
+
+- base_models: registering base-model folders (and the bundled default).
+- finetune_jobs: launching a fine-tune (validate, create, enqueue), stop/cancel, the stale-job sweep.
+- finetune_worker: a job on the training worker (claim or resume, heartbeat and progress, post-training stages,
+  the trained model).
+- publishing: publish/unpublish a trained model within the price policy; the fee rule.
+- inference_requests: a call's validation, token count and hold, handed to the inference queue (and the billing
+  rule in its docstring).
+- inference_worker: generation, completion or failure of an inference; the stale-inference sweep.
+- inference_stream: the web side's wait for an answer, streamed or whole.
+- base_compare: the playground's free base-model comparison.
+
+Everything public is re-exported here, so `modelfactory.services.X` names the same object as before the split.
+To replace a function in a test, patch the module that looks it up (e.g. finetune_jobs._enqueue).
+"""
+
+from modelfactory.services.base_compare import base_compare_start, base_generate
+from modelfactory.services.base_models import base_model_ensure_default, base_model_register
+from modelfactory.services.errors import ServingRefused
+from modelfactory.services.finetune_jobs import (
+    RESUME_QUEUED_MESSAGE,
+    JobStateError,
+    LaunchError,
+    finetune_control,
+    finetune_launch,
+    finetune_reap_stale,
+)
+from modelfactory.services.finetune_worker import PHASE_MESSAGES, finetune_run, trained_model_create_from_job
+from modelfactory.services.inference_requests import (
+    UNREACHABLE,
+    inference_start,
+    inference_worker_alive,
+    model_servable,
+)
+from modelfactory.services.inference_stream import (
+    ERROR_STATUS,
+    inference_channel,
+    inference_events,
+    inference_stream_ack,
+    inference_wait,
+)
+from modelfactory.services.inference_worker import (
+    inference_complete,
+    inference_fail,
+    inference_generate,
+    inference_reap_stale,
+)
+from modelfactory.services.publishing import fee_for_tokens, trained_model_publish, trained_model_unpublish
+
+__all__ = [
+    "ERROR_STATUS",
+    "PHASE_MESSAGES",
+    "RESUME_QUEUED_MESSAGE",
+    "UNREACHABLE",
+    "JobStateError",
+    "LaunchError",
+    "ServingRefused",
+    "base_compare_start",
+    "base_generate",
+    "base_model_ensure_default",
+    "base_model_register",
+    "fee_for_tokens",
+    "finetune_control",
+    "finetune_launch",
+    "finetune_reap_stale",
+    "finetune_run",
+    "inference_channel",
+    "inference_complete",
+    "inference_events",
+    "inference_fail",
+    "inference_generate",
+    "inference_reap_stale",
+    "inference_start",
+    "inference_stream_ack",
+    "inference_wait",
+    "inference_worker_alive",
+    "model_servable",
+    "trained_model_create_from_job",
+    "trained_model_publish",
+    "trained_model_unpublish",
+]

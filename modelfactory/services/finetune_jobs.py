@@ -1,0 +1,197 @@
+"""Fine-tuning jobs from the web side: launch (validate, create, enqueue), stop/cancel, and the sweep that resumes
+or fails jobs whose worker died. The worker side (claim, train, heartbeat) is in finetune_worker."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.template.defaultfilters import pluralize
+from django.utils import timezone
+
+from modelfactory import selectors
+from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
+from modelfactory.tasks import finetune_run_task
+from modelfactory.training import model_files
+from modelfactory.training.presets import PRESETS, validate_hyperparameters
+
+logger = logging.getLogger(__name__)
+
+
+class LaunchError(Exception):
+    """The launch was refused; `errors` maps a form/API field to a plain-language message. Nothing was created."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows the requested change."""
+
+
+def finetune_launch(
+    *,
+    user,
+    base_model_slug: str,
+    version_ids: list[int],
+    preset: str,
+    hyperparameters: dict[str, Any] | None = None,
+    name: str = "",
+    idempotency_key: str,
+) -> tuple[FineTuneJob, bool]:
+    """Validates everything, creates a queued job and enqueues it after commit. Returns (job, created).
+
+    The same idempotency key from the same user returns the job created the first time (a double-submitted form
+    or a retried API call launches one job). Raises LaunchError with per-field messages; nothing is created then."""
+    existing = FineTuneJob.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return existing, False
+    base, preset, hp, versions = _launch_validated(
+        user=user,
+        base_model_slug=base_model_slug,
+        version_ids=version_ids,
+        preset=preset,
+        hyperparameters=hyperparameters,
+    )
+    name = (name or "").strip() or f"{base.name} on {', '.join(f'{v.datanet.name} v{v.number}' for v in versions)}"
+    try:
+        with transaction.atomic():
+            job = FineTuneJob.objects.create(
+                owner=user,
+                name=name[:200],
+                base_model=base,
+                preset=preset,
+                hyperparameters=hp,
+                idempotency_key=idempotency_key,
+                message="Waiting for a free training worker.",
+            )
+            job.datanet_versions.set(versions)
+            FineTuneEvent.objects.create(job=job, kind=FineTuneEvent.Kind.PHASE, data={"phase": "queued"})
+            transaction.on_commit(lambda: _enqueue(job.pk))
+    except IntegrityError:  # a concurrent submit with the same key won the race
+        return FineTuneJob.objects.get(owner=user, idempotency_key=idempotency_key), False
+    job.refresh_from_db()
+    return job, True
+
+
+def _launch_validated(
+    *, user, base_model_slug: str, version_ids: list[int], preset: str, hyperparameters: dict[str, Any] | None
+) -> tuple[BaseModel, str, dict[str, Any], list]:
+    """(base model, preset, clean hyperparameters, datanet versions) of a launch, or LaunchError with every field
+    at fault. A preset's max_length longer than the base model reads is cut to what it reads."""
+    errors: dict[str, str] = {}
+    base = BaseModel.objects.filter(slug=base_model_slug, is_active=True).first()
+    if base is None:
+        errors["base_model"] = f"There is no base model called “{base_model_slug}”."
+    else:
+        try:
+            model_files.inspect_model_dir(Path(base.path))
+        except model_files.ModelFilesError as exc:
+            errors["base_model"] = f"The files of {base.name} are missing or broken: {exc}"
+    if preset not in PRESETS:
+        errors["preset"] = f"Choose one of: {', '.join(PRESETS)}."
+        preset = "balanced"
+    hp, hp_errors = validate_hyperparameters(hyperparameters or {}, preset=preset)
+    errors.update({f"hyperparameters.{field}": message for field, message in hp_errors.items()})
+    if "quantization" not in hp_errors:
+        problem = selectors.quantization_problem(hp["quantization"])
+        if problem:
+            errors["hyperparameters.quantization"] = problem
+    if base is not None and "max_length" not in hp_errors and hp.get("max_length", 0) > base.context_length:
+        if (hyperparameters or {}).get("max_length") in (None, ""):
+            hp["max_length"] = base.context_length  # the preset's default does not fit this model: use all it reads
+        else:
+            errors["hyperparameters.max_length"] = (
+                f"must be at most {base.context_length}, the longest input {base.name} can read"
+            )
+    versions, version_error = selectors.versions_usable_by(user=user, version_ids=version_ids)
+    if version_error:
+        errors["datanet_versions"] = version_error
+    elif sum(v.row_count for v in versions) == 0:
+        errors["datanet_versions"] = "The chosen datanet versions have no rows. Publish a version with rows first."
+    if errors:
+        raise LaunchError(errors)
+    return base, preset, hp, versions
+
+
+def _enqueue(job_id: int, *, resume: bool = False) -> None:
+    """Hands the job to the gpu queue. A broker that is down leaves the job failed with a clear message, so
+    nothing says "queued" while no worker will ever see it."""
+    try:
+        finetune_run_task.apply_async(args=[job_id], kwargs={"resume": resume}, retry=False)
+    except Exception as exc:
+        logger.warning("could not enqueue fine-tune job %s: %s", job_id, exc)
+        FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.QUEUED).update(
+            status=FineTuneJob.Status.FAILED,
+            finished_at=timezone.now(),
+            message="The job queue could not be reached, so training did not start. Nothing was lost: "
+            "launch again in a minute, or ask an operator to check the broker (see /healthz).",
+        )
+
+
+def finetune_control(*, user, job_id: int, mode: str) -> FineTuneJob:
+    """ "stop" keeps the adapter trained so far; "cancel" discards everything. A queued job ends at once."""
+    if mode not in (FineTuneJob.Control.STOP, FineTuneJob.Control.CANCEL):
+        raise JobStateError("Choose “stop” (keep the adapter) or “cancel” (discard).")
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().get(pk=job_id, owner=user)
+        if job.status == FineTuneJob.Status.QUEUED:
+            job.status = FineTuneJob.Status.CANCELLED
+            job.control = mode
+            job.finished_at = timezone.now()
+            job.message = "Cancelled before training started."
+            job.save(update_fields=["status", "control", "finished_at", "message"])
+        elif job.status == FineTuneJob.Status.RUNNING:
+            job.control = mode
+            job.message = (
+                "Stopping at the next step; the adapter trained so far will be kept and evaluated."
+                if mode == FineTuneJob.Control.STOP
+                else "Cancelling at the next step; nothing will be kept."
+            )
+            job.save(update_fields=["control", "message"])
+        else:
+            raise JobStateError(f"This job has already ended ({job.get_status_display().lower()}).")
+    return job
+
+
+RESUME_QUEUED_MESSAGE = (
+    "The training worker stopped unexpectedly; the job is queued again and will resume from its last checkpoint."
+)
+
+
+def finetune_reap_stale() -> list[int]:
+    """Finds running jobs whose worker stopped beating and either re-queues them to resume from their last
+    checkpoint (first time) or fails them with a message (after that). Returns the affected job ids."""
+    stale_before = timezone.now() - timedelta(seconds=settings.MF_JOB_STALE_SECONDS)
+    stale = list(
+        FineTuneJob.objects.filter(status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before).values_list(
+            "pk", "attempts"
+        )
+    )
+    for job_id, attempts in stale:
+        if attempts < settings.MF_JOB_MAX_ATTEMPTS:
+            # Back to the queue, so that the next free worker claims it at once (a job left "running" with a fresh
+            # heartbeat could not be claimed by an idle worker that picks the message up right away).
+            updated = FineTuneJob.objects.filter(
+                pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before
+            ).update(
+                status=FineTuneJob.Status.QUEUED,
+                heartbeat_at=timezone.now(),
+                worker="",
+                message=RESUME_QUEUED_MESSAGE,
+            )
+            if updated:
+                transaction.on_commit(lambda job_id=job_id: _enqueue(job_id, resume=True))
+        else:
+            FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.RUNNING).update(
+                status=FineTuneJob.Status.FAILED,
+                finished_at=timezone.now(),
+                message=f"The training worker stopped unexpectedly ({attempts} {pluralize(attempts, 'time,times')}), "
+                "so the job was ended. Launch it again; if it keeps happening, lower the batch size or max length.",
+            )
+    return [job_id for job_id, _ in stale]

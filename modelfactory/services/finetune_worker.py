@@ -1,0 +1,257 @@
+"""Fine-tuning jobs on the training worker: claim a job (or take over one whose worker died, to resume it), train
+with a heartbeat and the stop/cancel polls, run the post-training stages, and record the trained model."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+from django.utils.text import slugify
+
+from modelfactory import hooks, selectors
+from modelfactory.models import FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
+
+logger = logging.getLogger(__name__)
+
+
+def _claim(job_id: int, *, hostname: str) -> FineTuneJob | None:
+    """Conditional update: only one worker ever runs a job. A resume may take over a running job whose heartbeat
+    went stale (its worker died)."""
+    now = timezone.now()
+    claimable = FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.QUEUED)
+    updated = claimable.update(
+        status=FineTuneJob.Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=hostname,
+        attempts=F("attempts") + 1,
+        message=Case(
+            When(attempts__gt=0, then=Value("Resuming from the last checkpoint.")), default=Value("Training started.")
+        ),
+    )
+    if not updated:
+        stale = now - timedelta(seconds=settings.MF_JOB_STALE_SECONDS)
+        updated = FineTuneJob.objects.filter(
+            pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale
+        ).update(
+            heartbeat_at=now, worker=hostname, attempts=F("attempts") + 1, message="Resuming from the last checkpoint."
+        )
+    return FineTuneJob.objects.get(pk=job_id) if updated else None
+
+
+class _JobProgress:
+    """Writes the training loop's events to the job and answers its stop/cancel polls. A heartbeat thread keeps
+    `heartbeat_at` fresh through long phases (loading, evaluation) so the reaper only catches dead workers."""
+
+    def __init__(self, job: FineTuneJob):
+        self.job_id = job.pk
+        self.last_poll = 0.0
+        self.control_value = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"job-{job.pk}-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(settings.MF_JOB_HEARTBEAT_SECONDS):
+            try:
+                FineTuneJob.objects.filter(pk=self.job_id, status=FineTuneJob.Status.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+            except Exception as exc:  # the database may be restarting; the next beat retries
+                logger.warning("job %s heartbeat failed: %s", self.job_id, exc)
+        connection.close()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+        if kind == "phase":
+            FineTuneEvent.objects.create(job_id=self.job_id, kind=FineTuneEvent.Kind.PHASE, data=event)
+            fields["phase"] = event["phase"]
+            fields["message"] = PHASE_MESSAGES.get(event["phase"], "")
+        elif kind == "train":
+            FineTuneEvent.objects.create(
+                job_id=self.job_id,
+                kind=FineTuneEvent.Kind.TRAIN,
+                step=event["step"],
+                loss=event.get("loss"),
+                lr=event.get("lr"),
+                tokens_per_s=event.get("tokens_per_s"),
+                eta_s=event.get("eta_s"),
+                memory_bytes=event.get("memory_bytes"),
+                data={"epoch": event.get("epoch")},
+            )
+            total = max(1, int(event.get("total_steps") or 1))
+            fields.update(step=event["step"], total_steps=total, progress=min(1.0, event["step"] / total))
+        elif kind == "eval":
+            FineTuneEvent.objects.create(
+                job_id=self.job_id,
+                kind=FineTuneEvent.Kind.EVAL,
+                step=event.get("step", 0),
+                eval_loss=event.get("eval_loss"),
+                data={"epoch": event.get("epoch")},
+            )
+        FineTuneJob.objects.filter(pk=self.job_id).update(**fields)
+
+    def control(self) -> str | None:
+        if time.monotonic() - self.last_poll >= 1.0:
+            self.last_poll = time.monotonic()
+            self.control_value = FineTuneJob.objects.filter(pk=self.job_id).values_list("control", flat=True)[0]
+        return self.control_value or None
+
+
+PHASE_MESSAGES = {
+    "loading": "Loading the base model and preparing your rows.",
+    "training": "Training.",
+    "evaluating": "Comparing the base model and the fine-tuned one on held-out rows.",
+    "saving": "Saving the adapter and writing the model card.",
+    "indexing": "Building the attribution index over the training rows.",
+}
+
+
+def _finish(job_id: int, **fields) -> None:
+    fields.setdefault("finished_at", timezone.now())
+    FineTuneJob.objects.filter(pk=job_id).update(**fields)
+
+
+def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTuneJob | None:
+    """Runs a job in this worker: claim, train, evaluate, store artifacts and the trained model. Every ending is
+    written to the job with a plain-language message; returns None when another worker owns the job."""
+    # torch and transformers: only a training worker loads them (and tests patch finetune.run_finetune)
+    from modelfactory.training.finetune import FinetuneSpec, run_finetune
+    from modelfactory.training.loop import Cancelled, TrainingError
+
+    job = _claim(job_id, hostname=hostname)
+    if job is None:
+        return None
+    resume = resume or job.attempts > 1
+    versions = list(job.datanet_versions.select_related("datanet").order_by("pk"))
+    rows, contributors = selectors.finetune_rows(versions=versions)
+    spec = FinetuneSpec(
+        base_model_dir=Path(job.base_model.path),
+        rows=rows,
+        hyperparameters=job.hyperparameters,
+        preset=job.preset,
+        base_model_name=job.base_model.name,
+        model_name=job.name,
+        datanet_versions=[
+            {"name": v.datanet.name, "version": v.number, "manifest_hash": v.manifest_hash} for v in versions
+        ],
+        contributors=contributors,
+        device=settings.MF_TRAINING_DEVICE,
+        checkpoint_every=settings.MF_JOB_CHECKPOINT_EVERY,
+    )
+    try:
+        with _JobProgress(job) as progress:
+            result = run_finetune(
+                spec, workdir=job.workdir, on_event=progress.on_event, control=progress.control, resume=resume
+            )
+    except Cancelled:
+        shutil.rmtree(job.workdir, ignore_errors=True)
+        _finish(job_id, status=FineTuneJob.Status.CANCELLED, message="Cancelled: nothing was kept.")
+        return FineTuneJob.objects.get(pk=job_id)
+    except TrainingError as exc:
+        _finish(job_id, status=FineTuneJob.Status.FAILED, message=str(exc))
+        return FineTuneJob.objects.get(pk=job_id)
+    except Exception:
+        logger.exception("fine-tune job %s crashed", job_id)
+        _finish(
+            job_id,
+            status=FineTuneJob.Status.FAILED,
+            message="Training stopped because of an unexpected error on our side. It has been logged; "
+            "try again, and tell an operator if it happens twice.",
+        )
+        return FineTuneJob.objects.get(pk=job_id)
+
+    stage_errors = _run_post_training_stages(job_id=job_id, result=result)
+
+    with transaction.atomic():
+        job = FineTuneJob.objects.select_for_update().get(pk=job_id)
+        trained = trained_model_create_from_job(job=job, result=result)
+        stopped = result.stopped_early
+        job.status = FineTuneJob.Status.SUCCEEDED
+        job.metrics = result.metrics
+        job.samples = result.samples
+        job.report = {**result.report, "stage_errors": stage_errors} if stage_errors else result.report
+        job.progress = 1.0
+        job.phase = "done"
+        job.finished_at = timezone.now()
+        job.message = _success_message(
+            result.metrics, stopped=stopped, slug=trained.slug, resumed_from=result.resumed_from
+        ) + "".join(f" Note: {error}" for error in stage_errors.values())
+        job.save()
+    return job
+
+
+def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
+    """Runs the stages other apps registered (modelfactory.hooks), each as a phase with its own progress. A stage
+    that fails does not throw the trained adapter away: its error is kept and shown with the result."""
+    errors: dict[str, str] = {}
+    for stage in hooks.post_training_stages:
+        FineTuneJob.objects.filter(pk=job_id).update(phase=stage.name, message=stage.label, heartbeat_at=timezone.now())
+        FineTuneEvent.objects.create(job_id=job_id, kind=FineTuneEvent.Kind.PHASE, data={"phase": stage.name})
+
+        def on_progress(done: int, total: int, stage=stage) -> None:
+            FineTuneJob.objects.filter(pk=job_id).update(
+                message=f"{stage.label} ({done} of {total})", heartbeat_at=timezone.now()
+            )
+
+        try:
+            stage.run(job=FineTuneJob.objects.get(pk=job_id), result=result, on_progress=on_progress)
+        except Exception as exc:
+            logger.exception("post-training stage %s of job %s failed", stage.name, job_id)
+            errors[stage.name] = f"{stage.label} did not finish ({exc.__class__.__name__}: {exc})."
+    return errors
+
+
+def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str, resumed_from: int = 0) -> str:
+    base, tuned = metrics.get("base_eval_loss"), metrics.get("eval_loss")
+    start = "Stopped early as you asked; the adapter trained so far was kept. " if stopped else "Training finished. "
+    if resumed_from:
+        start += (
+            f"The training worker stopped during the run; training resumed from the checkpoint at step "
+            f"{resumed_from} instead of starting over. "
+        )
+    if base is not None and tuned is not None:
+        verdict = "better than" if tuned < base else "not better than"
+        return (
+            start
+            + f"On held-out rows the fine-tuned model's loss is {tuned:.3f}, {verdict} the base model's {base:.3f}."
+        )
+    return start + "There were too few rows to hold some out for evaluation."
+
+
+def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:
+    base_slug = slugify(job.name)[:100] or f"model-{job.pk}"
+    slug = base_slug
+    n = 2
+    while TrainedModel.objects.filter(slug=slug).exists():
+        slug = f"{base_slug[:100]}-{n}"
+        n += 1
+    trained = TrainedModel.objects.create(owner=job.owner, slug=slug, name=job.name, base_model=job.base_model)
+    ModelVersion.objects.create(
+        model=trained,
+        number=1,
+        job=job,
+        adapter_path=str(result.adapter_dir),
+        zip_path=str(result.zip_path),
+        artifact_hash=result.artifact_hash,
+        model_card=result.model_card,
+        metrics=result.metrics,
+    )
+    return trained
