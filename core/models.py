@@ -1,4 +1,7 @@
+from datetime import timedelta
+
 from django.db import models
+from django.utils import timezone
 
 
 class WorkerHeartbeat(models.Model):
@@ -38,3 +41,9 @@ class Job(models.Model):
 
     class Meta:
         abstract = True
+
+    def silent_for(self, seconds: float, *, now=None) -> bool:
+        """True when the worker has not reported (heartbeat, or start) for more than `seconds`: a page may say so;
+        only the sweeper acts on it."""
+        last = self.heartbeat_at or self.started_at
+        return last is not None and last < (now or timezone.now()) - timedelta(seconds=seconds)

@@ -182,6 +182,9 @@ def contribution_detail(request, pk):
     contribution = _contribution(request, pk)
     datanet = contribution.datanet
     context = {**_base(request, datanet, "contributions"), "c": contribution}
+    context["worker_silent"] = contribution.status == Contribution.Status.VALIDATING and contribution.silent_for(
+        settings.MF_INGEST_STALE_SECONDS
+    )
     report = contribution.report or {}
     if contribution.status == Contribution.Status.FAILED and report.get("code") == "columns":
         context["mapping_form"] = ColumnMappingForm(kind=datanet.kind, columns=report.get("columns", []))

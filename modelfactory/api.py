@@ -41,7 +41,6 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return FineTuneJob.objects.none()
-        services.finetune_reap_stale()
         return selectors.job_list_detailed(user=self.request.user)
 
     @extend_schema(request=FineTuneCreateSerializer, responses={201: FineTuneJobSerializer, 200: FineTuneJobSerializer})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
@@ -132,7 +133,6 @@ def _launch(request, state: dict):
 
 @login_required
 def train(request):
-    services.finetune_reap_stale()
     jobs = selectors.job_list_for(user=request.user)
     return render(request, "modelfactory/train.html", {"jobs": jobs})
 
@@ -144,12 +144,12 @@ def _job_context(request, job: FineTuneJob) -> dict:
         "latest": selectors.job_latest_train_event(job=job),
         "chart": selectors.job_chart_points(job=job),
         "model_version": getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None,
+        "worker_silent": job.status == FineTuneJob.Status.RUNNING and job.silent_for(settings.MF_JOB_STALE_SECONDS),
     }
 
 
 @login_required
 def job_detail(request, job_id: int):
-    services.finetune_reap_stale()
     try:
         job = selectors.job_get_for(user=request.user, job_id=job_id)
     except FineTuneJob.DoesNotExist:

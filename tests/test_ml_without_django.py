@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_CORES = ["datanets.ingest", "modelfactory.training", "modelfactory.serving", "attribution.engine", "ledger.calc", "common"]
+PURE_CORES = [
+    "datanets.ingest",
+    "modelfactory.training",
+    "modelfactory.serving",
+    "attribution.engine",
+    "ledger.calc",
+    "common",
+]
 
 
 def _modules(package: str) -> list[str]:

@@ -4,7 +4,6 @@ failed one again, and the curators' review (accept or reject a contribution, dro
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import unicodedata
 
@@ -18,8 +17,6 @@ from core.jobs import enqueue_or_fail
 from datanets.models import Contribution, Datanet, Record
 from datanets.selectors import datanet_can_contribute, datanet_can_curate
 from datanets.services.common import DatanetError, NotAllowed, _require_curator, _rows_changed
-
-logger = logging.getLogger(__name__)
 
 # --- Uploads ------------------------------------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@ or fails jobs whose worker died. The worker side (claim, train, heartbeat) is in
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,11 @@ from django.db import IntegrityError, transaction
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
+from core.jobs import enqueue_or_fail
 from modelfactory import selectors
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
-from modelfactory.tasks import finetune_run_task
 from modelfactory.training import model_files
 from modelfactory.training.presets import PRESETS, validate_hyperparameters
-
-logger = logging.getLogger(__name__)
 
 
 class LaunchError(Exception):
@@ -119,19 +116,24 @@ def _launch_validated(
     return base, preset, hp, versions
 
 
+QUEUE_DOWN_MESSAGE = (
+    "The job queue could not be reached, so training did not start. Nothing was lost: "
+    "launch again in a minute, or ask an operator to check the broker (see /healthz)."
+)
+
+
 def _enqueue(job_id: int, *, resume: bool = False) -> None:
     """Hands the job to the gpu queue. A broker that is down leaves the job failed with a clear message, so
     nothing says "queued" while no worker will ever see it."""
-    try:
-        finetune_run_task.apply_async(args=[job_id], kwargs={"resume": resume}, retry=False)
-    except Exception as exc:
-        logger.warning("could not enqueue fine-tune job %s: %s", job_id, exc)
-        FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.QUEUED).update(
-            status=FineTuneJob.Status.FAILED,
-            finished_at=timezone.now(),
-            message="The job queue could not be reached, so training did not start. Nothing was lost: "
-            "launch again in a minute, or ask an operator to check the broker (see /healthz).",
-        )
+    enqueue_or_fail(
+        "modelfactory.tasks.finetune_run_task",
+        args=[job_id],
+        kwargs={"resume": resume},
+        what=f"fine-tune job {job_id}",
+        fail=lambda exc: FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.QUEUED).update(
+            status=FineTuneJob.Status.FAILED, finished_at=timezone.now(), message=QUEUE_DOWN_MESSAGE
+        ),
+    )
 
 
 def finetune_control(*, user, job_id: int, mode: str) -> FineTuneJob:

@@ -21,7 +21,6 @@ Who pays what, and when:
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from datetime import timedelta
@@ -31,17 +30,15 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.jobs import enqueue_or_fail
 from core.models import WorkerHeartbeat
 from ledger.calc.money import format_credits as _credits
 from ledger.services import InsufficientFunds, hold_create
 from modelfactory import selectors, streams
 from modelfactory.models import BaseModel, Inference, ModelVersion, ServingPolicy, TrainedModel
 from modelfactory.services.errors import ServingRefused
-from modelfactory.services.inference_worker import _channel, inference_fail, inference_generate, inference_reap_stale
+from modelfactory.services.inference_worker import _channel, inference_fail, inference_generate
 from modelfactory.services.publishing import fee_for_tokens
-from modelfactory.tasks import inference_generate_task
-
-logger = logging.getLogger(__name__)
 
 UNREACHABLE = (
     "The model server is not reachable right now, so nothing was generated and nothing was charged. "
@@ -146,7 +143,6 @@ def inference_start(
     )
     if not inference_worker_alive():
         raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
-    inference_reap_stale()
     parameters = {"max_new_tokens": max_new_tokens, "temperature": float(temperature), "top_p": top_p, "stream": stream}
     return _create_with_hold(
         user=user,
@@ -271,14 +267,19 @@ def _dispatch(inference_id: int) -> None:
     if settings.MF_INFERENCE_INLINE:
         _run_inline(inference_generate, inference_id=inference_id)
         return
-    try:
-        inference_generate_task.apply_async(args=[inference_id], retry=False)
-    except Exception as exc:
-        logger.warning("could not enqueue inference %s: %s", inference_id, exc)
-        inference_fail(inference_id=inference_id, error=f"queue unreachable: {exc.__class__.__name__}")
-        streams.Publisher(_channel(inference_id)).publish(
-            {"type": "error", "code": "server_unreachable", "message": UNREACHABLE}
-        )
+    enqueue_or_fail(
+        "modelfactory.tasks.inference_generate_task",
+        args=[inference_id],
+        what=f"inference {inference_id}",
+        fail=lambda exc: _unreachable(inference_id, exc),
+    )
+
+
+def _unreachable(inference_id: int, exc: Exception) -> None:
+    inference_fail(inference_id=inference_id, error=f"queue unreachable: {exc.__class__.__name__}")
+    streams.Publisher(_channel(inference_id)).publish(
+        {"type": "error", "code": "server_unreachable", "message": UNREACHABLE}
+    )
 
 
 def _run_inline(function, **kwargs) -> None:

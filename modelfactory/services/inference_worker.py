@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
+from common.retry import retry
 from ledger.services import hold_release
 from modelfactory import hooks, streams
 from modelfactory.models import Inference
@@ -167,16 +168,16 @@ def _record_answer(
 
 def _retry_transient(function):
     """Runs a whole durable transaction again after a transient database error (a deadlock, a serialization
-    failure, SQLite's "locked"); the functions retried only change rows still pending, so a retry is safe."""
+    failure, SQLite's "locked"), up to 5 times with a growing random wait; the functions retried only change rows
+    still pending, so a retry is safe."""
 
     def run(**kwargs):
-        for attempt in range(1, 6):
-            try:
-                return function(**kwargs)
-            except OperationalError:
-                if attempt == 5:
-                    raise
-                time.sleep(random.uniform(0.005, 0.02) * attempt)  # noqa: S311 (jitter, not security)
+        return retry(
+            lambda: function(**kwargs),
+            retryable=lambda exc: isinstance(exc, OperationalError),
+            attempts=5,
+            delay=lambda failed: random.uniform(0.005, 0.02) * failed,  # noqa: S311 (jitter, not security)
+        )
 
     run.__doc__ = function.__doc__
     return run

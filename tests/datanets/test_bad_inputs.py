@@ -323,3 +323,26 @@ def test_open_datanet_auto_accepts_clean_contributions_only(cast):
     messy = ingest(net, cast.teammate, "b.jsonl", jsonl(QA[2:]) + b"oops\n")
     assert messy.status == "needs_review"
     assert selectors.datanet_stats(datanet=net)["rows"] == 2
+
+
+def test_reading_an_abandoned_upload_writes_nothing_and_the_sweep_fails_it(cast, datanet, client, settings):
+    from rest_framework.test import APIClient
+
+    from core.sweeper import run_sweeps
+
+    c = services.contribution_create(datanet=datanet, contributor=cast.teammate, upload=upload("a.jsonl", jsonl(QA)))
+    old = timezone.now() - timedelta(seconds=settings.MF_INGEST_STALE_SECONDS + 5)
+    Contribution.objects.filter(pk=c.pk).update(status="validating", started_at=old, heartbeat_at=old)
+    client.force_login(cast.teammate)
+    page = client.get(f"/datanets/contributions/{c.pk}/").content.decode()
+    assert "The worker checking this file has not reported for a while." in page
+    api = APIClient()
+    api.force_authenticate(cast.teammate)
+    assert api.get(f"/api/v1/contributions/{c.pk}/").json()["status"] == "validating"
+    c.refresh_from_db()
+    assert (c.status, c.message, c.finished_at) == ("validating", "", None)
+
+    swept = {result.path: result.finished for result in run_sweeps()}
+    assert swept["datanets.services.contribution_fail_stale"] == [c.pk]
+    c.refresh_from_db()
+    assert c.status == "failed" and c.message.startswith("The worker checking this file stopped before it finished")

@@ -172,3 +172,34 @@ def test_post_training_stages_run_as_phases_and_a_failure_keeps_the_model(job, m
     phases = [e.data["phase"] for e in done.events.filter(kind="phase")]
     assert phases[-2:] == ["indexing", "extra"]
     assert TrainedModel.objects.count() == 1
+
+
+def test_reading_a_dead_workers_job_writes_nothing_the_sweep_recovers_it(
+    job, cast, client, enqueued, settings, django_capture_on_commit_callbacks
+):
+    from rest_framework.test import APIClient
+
+    from core.sweeper import run_sweeps
+
+    old = timezone.now() - timedelta(seconds=settings.MF_JOB_STALE_SECONDS + 5)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=old, attempts=1, worker="dead")
+    enqueued.clear()
+    client.force_login(cast.owner)
+    page = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert "The training worker has not reported for a while." in page
+    assert client.get("/train/").status_code == 200
+    api = APIClient()
+    api.force_authenticate(cast.owner)
+    assert api.get(f"/api/v1/finetunes/{job.pk}/").json()["status"] == "running"
+    assert api.get("/api/v1/finetunes/").json()["results"][0]["status"] == "running"
+    job.refresh_from_db()
+    assert (job.status, job.heartbeat_at, job.message, enqueued) == ("running", old, job.message, [])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        swept = {result.path: result.finished for result in run_sweeps()}
+    assert swept["modelfactory.services.finetune_reap_stale"] == [job.pk]
+    assert enqueued == [(job.pk, True)]
+    job.refresh_from_db()
+    assert job.status == "queued"
+    page = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert "has not reported" not in page
