@@ -31,7 +31,7 @@ def test_every_sweep_is_registered_in_one_place():
 def _abandoned_answer(cast, monkeypatch):
     """An inference whose hold was taken and whose answer never came (nothing dispatched it), older than any answer
     could still take."""
-    monkeypatch.setattr(services, "_dispatch", lambda inference_id: None)
+    monkeypatch.setattr("modelfactory.services.inference_requests._dispatch", lambda inference_id: None)
     inference = services.inference_start(user=cast.outsider, slug="zorb-expert", source="api", prompt="Hi",
                                          max_new_tokens=4)  # fmt: skip
     assert Hold.objects.get().status == Hold.Status.HELD and balance(cast.outsider) < CREDIT
