@@ -195,7 +195,9 @@ def inference_complete(
         inference = inference.first()
         if inference is None:
             return None
-        inference.output = output
+        # A model may emit a NUL character (tiny or badly tuned ones babble any token); PostgreSQL text cannot hold
+        # it, so the record keeps U+FFFD in its place instead of losing the whole answer.
+        inference.output = output.replace("\x00", "\ufffd")
         inference.output_token_ids = list(output_token_ids)
         inference.completion_tokens = len(output_token_ids)
         inference.finish_reason = finish_reason

@@ -177,3 +177,18 @@ def test_inferences_left_pending_are_reaped_and_their_holds_released(api_client,
     assert services.inference_reap_stale() == [inference.pk]
     assert Inference.objects.get().status == Inference.Status.FAILED
     assert Hold.objects.get().status == Hold.Status.RELEASED and balance(cast.outsider) == CREDIT
+
+
+def test_an_answer_with_a_nul_character_is_recorded_not_lost(cast, served, monkeypatch):
+    """Seen in the browser test on PostgreSQL: a tiny model emitted U+0000, which PostgreSQL text refuses, and the
+    whole answer failed. The record keeps U+FFFD in its place; the caller pays as for any answer."""
+    from modelfactory import services
+
+    monkeypatch.setattr("modelfactory.services.inference_requests._dispatch", lambda inference_id: None)
+    inference = services.inference_start(user=cast.outsider, slug="zorb-expert", source="api", prompt="Hi",
+                                         max_new_tokens=4)  # fmt: skip
+    done = services.inference_complete(inference_id=inference.pk, output="a\x00b", output_token_ids=[5, 6],
+                                       finish_reason="length", latency_ms=3)  # fmt: skip
+    assert done is not None
+    inference.refresh_from_db()
+    assert (inference.status, inference.output, inference.completion_tokens) == ("completed", "a\ufffdb", 2)
