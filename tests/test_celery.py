@@ -20,7 +20,7 @@ def _start_worker(env, queues="default,gpu,inference"):
         [
             CELERY,
             "-A",
-            "modelfactory",
+            "modelfactory",  # the form of earlier READMEs: it must keep finding the app (config is the documented one)
             "worker",
             "--pool=solo",
             "-Q",

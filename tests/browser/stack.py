@@ -92,7 +92,7 @@ class Stack:
         self.manage("migrate", "--noinput", "-v", "0")
         if self.env.get("CELERY_BROKER_URL", "").startswith(("redis://", "rediss://")):
             # Messages other runs left on the shared broker must not reach this stack's fresh ids.
-            self.run(CELERY, "-A", "modelfactory", "purge", "-f", "-Q", ",".join(WORKER_ARGS))
+            self.run(CELERY, "-A", "config", "purge", "-f", "-Q", ",".join(WORKER_ARGS))
         self._spawn("web", [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.port}", "--noreload"])
         deadline = time.monotonic() + 60
         while True:
@@ -108,7 +108,7 @@ class Stack:
 
     def start_worker(self, queue: str) -> None:
         name = f"{queue}-{uuid.uuid4().hex[:6]}@e2e"
-        args = [CELERY, "-A", "modelfactory", "worker", *WORKER_ARGS[queue], "-n", name]
+        args = [CELERY, "-A", "config", "worker", *WORKER_ARGS[queue], "-n", name]
         self._spawn(queue, [*args, "--without-gossip", "--without-mingle", "--loglevel=WARNING"])
 
     def stop(self) -> None:

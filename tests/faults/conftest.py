@@ -102,7 +102,7 @@ class Worker:
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 (closed in stop/kill)
         self.proc = subprocess.Popen(
-            [CELERY, "-A", "modelfactory", "worker", "--pool=solo", "-Q", queues, "-n", f"faults-{self.tag}@%h",
+            [CELERY, "-A", "config", "worker", "--pool=solo", "-Q", queues, "-n", f"faults-{self.tag}@%h",
              "--without-gossip", "--without-mingle", "--loglevel=INFO"],
             cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

@@ -62,7 +62,7 @@ def test_a_real_inference_worker_answers(tmp_path):
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=300)
     _python(SETUP.format(root=str(tmp_path / "models")), env)
     worker = subprocess.Popen(
-        [CELERY, "-A", "modelfactory", "worker", "-P", "threads", "-c", "4", "-Q", "inference",
+        [CELERY, "-A", "config", "worker", "-P", "threads", "-c", "4", "-Q", "inference",
          "-n", f"inference-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
