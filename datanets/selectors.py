@@ -16,7 +16,8 @@ STATS_CACHE_SECONDS = 24 * 3600
 
 
 class VersionNotUsable(Exception):
-    """The version does not exist, or belongs to a private datanet the user may not train on."""
+    """The version does not exist, or belongs to a private datanet the user may not see (told apart from a missing
+    version by nothing, not even the message)."""
 
 
 class VersionRow(NamedTuple):
@@ -207,14 +208,13 @@ def version_get_usable(*, user, version_id: int) -> DatanetVersion:
     """The version if `user` may train on it (its datanet is public, or the user owns/curates it, or is staff).
     Raises VersionNotUsable otherwise, with a message that can be shown to the user."""
     version = DatanetVersion.objects.select_related("datanet").filter(pk=version_id).first()
-    if version is None:
+    if version is None or (
+        version.datanet.visibility != Datanet.Visibility.PUBLIC
+        and not datanet_can_curate(user=user, datanet=version.datanet)
+    ):
+        # A private datanet the user may not see answers exactly as a missing version: saying "private" would
+        # tell an outsider that the id exists, and naming the datanet would leak its name.
         raise VersionNotUsable(f"There is no datanet version {version_id}.")
-    datanet = version.datanet
-    if datanet.visibility != Datanet.Visibility.PUBLIC and not datanet_can_curate(user=user, datanet=datanet):
-        raise VersionNotUsable(
-            f"Version {version.number} of '{datanet.name}' belongs to a private datanet; only its owner and "
-            "curators can train on it."
-        )
     return version
 
 

@@ -1,7 +1,10 @@
+import json
+
 import pytest
 
+from datanets.models import Datanet, DatanetVersion
 from modelfactory.models import FineTuneJob
-from tests.finetune.conftest import FAST
+from tests.finetune.conftest import FAST, publish_version
 
 pytestmark = pytest.mark.django_db
 
@@ -67,3 +70,23 @@ def test_jobs_are_private_to_their_owner(api_client, cast, tiny_base, version):
     assert api_client.get(f"/api/v1/finetunes/{job_id}/").status_code == 404
     assert api_client.post(f"/api/v1/finetunes/{job_id}/cancel/", {}, format="json").status_code == 404
     assert FineTuneJob.objects.get().status == "queued"
+
+
+def test_someone_elses_private_version_is_answered_as_a_missing_one(api_client, cast, tiny_base):
+    private = publish_version(
+        owner=cast.teammate, contributors=[cast.teammate], name="Secret plans", visibility=Datanet.Visibility.PRIVATE
+    )
+    missing = DatanetVersion.objects.order_by("-pk").first().pk + 1
+    api_client.force_authenticate(cast.outsider)
+    hidden = api_client.post("/api/v1/finetunes/", {**body(private), "datanet_versions": [private.pk]}, format="json")
+    absent = api_client.post("/api/v1/finetunes/", {**body(private), "datanet_versions": [missing]}, format="json")
+    assert (hidden.status_code, absent.status_code) == (400, 400)
+    # The same answer, the id aside, and the datanet's name nowhere in it.
+    assert hidden.json() == _with_id(absent.json(), missing, private.pk)
+    assert hidden.json()["error"]["details"] == {"datanet_versions": f"There is no datanet version {private.pk}."}
+    assert "Secret" not in hidden.content.decode() and "private" not in hidden.content.decode()
+    assert FineTuneJob.objects.count() == 0
+
+
+def _with_id(payload, old: int, new: int):
+    return json.loads(json.dumps(payload).replace(f"version {old}", f"version {new}"))

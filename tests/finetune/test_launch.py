@@ -79,16 +79,24 @@ def test_base_model_with_missing_files(cast, tiny_base, version):
     assert FineTuneJob.objects.count() == 0
 
 
-def test_someone_elses_private_datanet_is_refused(cast, tiny_base):
+def test_someone_elses_private_datanet_is_refused_as_if_it_did_not_exist(cast, tiny_base):
     private = publish_version(
         owner=cast.teammate, contributors=[cast.teammate], name="Secret", visibility=Datanet.Visibility.PRIVATE
     )
-    _refused(
-        cast.outsider,
-        private,
-        {"datanet_versions": "Version 1 of 'Secret' belongs to a private datanet; only its owner and curators can "
-         "train on it."},
-    )  # fmt: skip
+    missing = private.pk + 1000
+    assert not DatanetVersion.objects.filter(pk=missing).exists()
+    with pytest.raises(services.LaunchError) as hidden:
+        launch(cast.outsider, private)
+    with pytest.raises(services.LaunchError) as absent:
+        launch(cast.outsider, private, version_ids=[missing])
+    # Same words as for an id that does not exist, the id aside: nothing tells the datanet exists or names it.
+    assert hidden.value.errors == {"datanet_versions": f"There is no datanet version {private.pk}."}
+    assert absent.value.errors == {"datanet_versions": f"There is no datanet version {missing}."}
+    assert "Secret" not in str(hidden.value.errors) and "private" not in str(hidden.value.errors)
+    assert FineTuneJob.objects.count() == 0
+    # Its owner trains on it.
+    job, created = launch(cast.teammate, private)
+    assert created and list(job.datanet_versions.all()) == [private]
 
 
 def test_no_versions_and_unknown_version(cast, tiny_base, version):

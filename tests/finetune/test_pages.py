@@ -2,8 +2,10 @@ import pytest
 from django.test import TestCase
 from django.urls import reverse
 
+from datanets.models import Datanet
 from modelfactory import services
 from modelfactory.models import FineTuneJob
+from tests.finetune.conftest import publish_version
 
 pytestmark = pytest.mark.django_db
 WIZARD = "/train/new/"
@@ -84,6 +86,20 @@ def test_step_two_requires_a_version(client, cast, tiny_base, version):
     post(client, action="next", base_model="tiny-base")
     page = post(client, action="next").content.decode()
     assert "Choose at least one datanet version." in page
+
+
+def test_step_two_answers_a_hidden_private_version_as_a_missing_one(client, cast, tiny_base, version):
+    private = publish_version(
+        owner=cast.teammate, contributors=[cast.teammate], name="Secret plans", visibility=Datanet.Visibility.PRIVATE
+    )
+    client.force_login(cast.outsider)
+    client.get(WIZARD + "?restart=1")
+    post(client, action="next", base_model="tiny-base")
+    page = post(client, action="next", versions=[str(private.pk)]).content.decode()
+    assert f"There is no datanet version {private.pk}." in page
+    assert "Secret plans" not in page and "belongs to a private datanet" not in page
+    assert "2. Which data does it learn from?" in page
+    assert FineTuneJob.objects.count() == 0
 
 
 def test_job_page_progress_partial_and_download(client, cast, tiny_base, version):
