@@ -9,8 +9,8 @@ from attribution.serializers import AttributionSerializer
 from ledger.calc.money import format_credits
 
 
-def attribution_payload(attribution: Attribution) -> dict:
-    detail = selectors.attribution_detail(attribution=attribution)
+def attribution_payload(attribution: Attribution, *, user) -> dict:
+    detail = selectors.attribution_detail(attribution=attribution, user=user)
     return {
         "inference_id": attribution.inference_id,
         "status": attribution.status,
@@ -41,7 +41,7 @@ def attribution_payload(attribution: Attribution) -> dict:
 
 class InferenceAttributionView(APIView):
     """Which contributors and training rows shaped one answer, and what each was paid. Visible to the caller, the
-    model's owner and staff."""
+    model's owner and staff; a row's text only to those who may see the row's datanet (else null)."""
 
     @extend_schema(responses={200: AttributionSerializer}, operation_id="inference_attribution")
     def get(self, request, inference_id: int):
@@ -49,4 +49,4 @@ class InferenceAttributionView(APIView):
             attribution = selectors.attribution_get_for(user=request.user, inference_id=inference_id)
         except Attribution.DoesNotExist:
             raise exceptions.NotFound("There is no attribution for this answer that you may see.") from None
-        return Response(AttributionSerializer(attribution_payload(attribution)).data)
+        return Response(AttributionSerializer(attribution_payload(attribution, user=request.user)).data)

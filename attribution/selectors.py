@@ -31,11 +31,17 @@ def attribution_get_for(*, user, inference_id: int) -> Attribution:
     )
 
 
-def attribution_detail(*, attribution: Attribution, top: int = 10) -> dict:
-    """Everything the answer page and the API show: contributors with shares and amounts, the top rows with their
-    text and owner, the spans, and the answer cut into plain and highlighted pieces."""
+def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict:
+    """Everything the answer page and the API show `user`: contributors with shares and amounts, the top rows with
+    their text and owner, the spans, and the answer cut into plain and highlighted pieces.
+
+    A row's text is shown only to whoever may see its datanet (public: everyone; private: its owner, curators and
+    staff) and to the row's own contributor; for anyone else it is None (`text_hidden` True) and only the row's
+    contributor, score and record id remain: a public model trained on a private datanet must not hand out the
+    private rows to its callers. Spans carry no row text, only offsets into the answer the caller already has."""
     from accounts.models import User
     from datanets.models import Record
+    from datanets.selectors import datanet_ids_visible
 
     shares = list(attribution.shares.select_related("contributor").order_by("-share", "-settled_share", "contributor"))
     settled = attribution.settlement_status == Attribution.Settlement.SETTLED
@@ -52,15 +58,18 @@ def attribution_detail(*, attribution: Attribution, top: int = 10) -> dict:
     record_ids = [r["record_id"] for r in attribution.top_rows[:top]] + [s["record_id"] for s in attribution.spans]
     records = {r.pk: r for r in Record.objects.filter(pk__in=record_ids)}
     users = dict(User.objects.filter(pk__in=[r.contributor_id for r in records.values()]).values_list("pk", "username"))
+    readable = datanet_ids_visible(user=user, datanet_ids={r.datanet_id for r in records.values()})
     rows = []
     for row in attribution.top_rows[:top]:
         record = records.get(row["record_id"])
+        hidden = record is not None and record.datanet_id not in readable and record.contributor_id != user.pk
         rows.append(
             {
                 "record_id": row["record_id"],
                 "contributor": users.get(record.contributor_id, "") if record else "",
                 "score": row["score"],
-                "text": record.text if record else "",
+                "text": None if hidden else (record.text if record else ""),
+                "text_hidden": hidden,
             }
         )
     split = {}

@@ -11,10 +11,17 @@ class ContributorShareSerializer(serializers.Serializer):
 
 
 class AttributedRowSerializer(serializers.Serializer):
-    record_id = serializers.IntegerField()
+    record_id = serializers.IntegerField(help_text="The training row (datanet record) id.")
     contributor = serializers.CharField()
     score = serializers.FloatField(help_text="Influence on this answer (> 0: made it more likely).")
-    text = serializers.CharField()
+    text = serializers.CharField(
+        allow_null=True,
+        help_text="The row's text; null when the row belongs to a private datanet that you may not see (only its "
+        "owner, its curators, staff and the row's contributor see the text).",
+    )
+    text_hidden = serializers.BooleanField(
+        help_text="True when `text` is withheld because the row belongs to a private datanet that you may not see."
+    )
 
 
 class SpanSerializer(serializers.Serializer):

@@ -24,7 +24,7 @@ def inference(request, inference_id: int):
         attribution = selectors.attribution_get_for(user=request.user, inference_id=inference_id)
     except Attribution.DoesNotExist:
         raise Http404("There is no attribution for this answer that you may see.") from None
-    detail = selectors.attribution_detail(attribution=attribution)
+    detail = selectors.attribution_detail(attribution=attribution, user=request.user)
     template = "attribution/inference.html#detail" if request.htmx else "attribution/inference.html"
     return render(request, template, {"attribution": attribution, "d": detail})
 

@@ -52,6 +52,11 @@ def datanet_get_visible(*, user, slug: str) -> Datanet:
     return datanet_list_visible(user=user).get(slug=slug)
 
 
+def datanet_ids_visible(*, user, datanet_ids) -> set[int]:
+    """Those of the given datanets that the user may see (and so may read the rows of)."""
+    return set(Datanet.objects.filter(_visible_q(user), pk__in=list(datanet_ids)).values_list("pk", flat=True))
+
+
 def datanet_can_curate(*, user, datanet: Datanet) -> bool:
     if user is None or not user.is_authenticated:
         return False

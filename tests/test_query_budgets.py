@@ -366,7 +366,7 @@ PAGES = {
     "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 8),
     "attribution model": Case("/attribution/models/{model}/", model_shares, r"qb-contributor-\d+", 5),
     "attribution datanet": Case("/attribution/datanets/{datanet}/", datanet_shares, r"qb-contributor-\d+", 6),
-    "attribution answer": Case("/attribution/inferences/{inference}/", answer_detail, r"qb-contributor-\d+", 6),
+    "attribution answer": Case("/attribution/inferences/{inference}/", answer_detail, r"qb-contributor-\d+", 7),
     "wallet": Case("/wallet/", wallet, r"qb-tx-\d+", 9),
     "statement csv": Case("/wallet/statement.csv", grants, r"qb-tx-\d+", 2),
     "api tokens": Case("/accounts/tokens/", tokens, r"qb-token-\d+", 2),
@@ -380,7 +380,7 @@ ENDPOINTS = {
     "models": Case("/api/v1/models/", models, r"qb-model-\d+", 4),
     "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 5),
     "withdrawals": Case("/api/v1/ledger/withdrawals/", withdrawals, results, 3),
-    "answer attribution": Case("/api/v1/inferences/{inference}/attribution/", answer_detail, r"qb-contributor-\d+", 6),
+    "answer attribution": Case("/api/v1/inferences/{inference}/attribution/", answer_detail, r"qb-contributor-\d+", 7),
     "openai models": Case("/v1/models", models, r"qb-model-\d+", 2),
 }
 

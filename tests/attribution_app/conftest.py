@@ -112,9 +112,12 @@ def planted(planted_factory) -> Planted:
     return planted_factory()
 
 
-def _planted(cast, pretrained_dir, *, extra: dict | None = None, seed: int | None = None) -> Planted:
+def _planted(
+    cast, pretrained_dir, *, extra: dict | None = None, seed: int | None = None, private: bool = False
+) -> Planted:
     """extra: {username: [(question, answer)]}, contributors uploading after alice, bob and carol (their rows get
-    the highest record ids); seed: the job's seed (it also picks the held-out rows)."""
+    the highest record ids); seed: the job's seed (it also picks the held-out rows); private: the owner makes the
+    datanet private once the rows are in, before publishing the version the model is trained on."""
     owner = cast.owner
     rows = {**planted_rows(), **(extra or {})}
     people = {name: UserFactory(username=name) for name in rows}
@@ -128,6 +131,8 @@ def _planted(cast, pretrained_dir, *, extra: dict | None = None, seed: int | Non
             datanet=datanet, contributor=user, upload=SimpleUploadedFile(f"{name}.jsonl", data)
         )
         datanet_services.contribution_ingest(contribution_id=contribution.pk)
+    if private:
+        datanet = datanet_services.datanet_update(datanet=datanet, actor=owner, visibility=Datanet.Visibility.PRIVATE)
     version = datanet_services.version_publish(datanet=datanet, actor=owner)
     base = mf_services.base_model_register(path=pretrained_dir, name="Tiny", slug="tiny", make_default=True)
     with TestCase.captureOnCommitCallbacks(execute=True):
