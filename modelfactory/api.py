@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
 from core.api import error_body, error_responses
-from ledger.calc.money import format_credits, parse_credits
+from ledger.calc.money import format_credits
 from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob, Inference
 from modelfactory.serializers import (
@@ -122,10 +122,12 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens."""
         data = PublishSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        micro = parse_credits(data.validated_data["price_per_1k_tokens"])
         try:
             model = services.trained_model_publish(
-                user=request.user, slug=slug, price_per_1k_tokens=micro, visibility=data.validated_data["visibility"]
+                user=request.user,
+                slug=slug,
+                price_per_1k_tokens=data.validated_data["price_per_1k_tokens"],
+                visibility=data.validated_data["visibility"],
             )
         except services.ServingRefused as exc:
             return _refused(exc)
