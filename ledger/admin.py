@@ -8,7 +8,8 @@ from django.shortcuts import redirect, render
 from django.urls import path
 
 from ledger import services
-from ledger.calc.money import AmountError, format_credits, parse_credits
+from ledger.calc.money import format_credits
+from ledger.forms import CreditsFormField
 from ledger.models import Account, Checkpoint, Hold, Posting, Transaction, Withdrawal
 
 
@@ -25,7 +26,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class GrantForm(forms.Form):
     username = forms.CharField()
-    amount = forms.CharField(help_text="Credits, e.g. 25 or 2.5")
+    amount = CreditsFormField(help_text="Credits, e.g. 25 or 2.5")
     memo = forms.CharField(required=False)
 
     def clean_username(self):
@@ -33,12 +34,6 @@ class GrantForm(forms.Form):
         if user is None:
             raise forms.ValidationError("No user with that name.")
         return user
-
-    def clean_amount(self):
-        try:
-            return parse_credits(self.cleaned_data["amount"])
-        except AmountError as exc:
-            raise forms.ValidationError(str(exc)) from None
 
 
 @admin.register(Account)

@@ -1,4 +1,5 @@
 from django import forms
+from django.core.exceptions import ValidationError
 
 from ledger.calc.money import AmountError, parse_credits
 from ledger.models import Transaction
@@ -22,16 +23,25 @@ class StatementFilterForm(forms.Form):
         return {"kind": data.get("kind") or None, "date_from": data.get("date_from"), "date_to": data.get("date_to")}
 
 
+class CreditsFormField(forms.Field):
+    """A credit amount typed by a person, cleaned to micro-units by the one strict parser (ledger.calc.money)."""
+
+    widget = forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"})
+
+    def to_python(self, value):
+        if value in self.empty_values:
+            return None
+        try:
+            return parse_credits(value)
+        except AmountError as exc:
+            raise ValidationError(str(exc), code="invalid") from None
+
+
 class WithdrawalForm(forms.Form):
-    amount = forms.CharField(
-        label="Amount (credits)", max_length=30, widget=forms.TextInput(attrs={"inputmode": "decimal"})
-    )
+    amount = CreditsFormField(label="Amount (credits)")
 
     def clean_amount(self) -> int:
-        try:
-            amount = parse_credits(self.cleaned_data["amount"])
-        except AmountError as exc:
-            raise forms.ValidationError(str(exc)) from None
+        amount = self.cleaned_data["amount"]
         if amount <= 0:
             raise forms.ValidationError("Enter an amount above zero.")
         return amount

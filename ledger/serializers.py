@@ -21,6 +21,18 @@ class CreditsField(serializers.Field):
             self.fail("invalid", message=str(exc))
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": r"^([0-9]+\.?[0-9]{0,6}|\.[0-9]{1,6})$",
+        "example": "12.5",
+        "description": "Credits as plain digits with at most one '.' and 6 decimal places, at most 10^12.",
+    }
+)
+class CreditsInputField(CreditsField):
+    """A credit amount given by a caller: the one strict parser (ledger.calc.money.parse_credits), micro-units in."""
+
+
 class BalanceSerializer(serializers.Serializer):
     currency = serializers.CharField()
     balance = CreditsField(help_text="Credits in the wallet plus withdrawals waiting for payout.")
@@ -80,4 +92,4 @@ class WithdrawalSerializer(serializers.ModelSerializer):
 
 
 class WithdrawalCreateSerializer(serializers.Serializer):
-    amount = CreditsField(help_text='Credits to withdraw, as a decimal string such as "12.50".')
+    amount = CreditsInputField(help_text='Credits to withdraw, as a decimal string such as "12.50".')

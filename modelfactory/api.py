@@ -1,13 +1,13 @@
 import uuid
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
-from core.api import error_body
-from ledger.calc.money import format_credits, parse_credits
+from core.api import error_body, error_responses
+from ledger.calc.money import format_credits
 from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob, Inference
 from modelfactory.serializers import (
@@ -32,6 +32,11 @@ class BaseModelViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.base_model_list()
 
 
+class IdempotencyConflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "idempotency_conflict"
+
+
 class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Fine-tuning jobs: launch, follow, stop or cancel. Only the owner sees a job."""
 
@@ -43,7 +48,24 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             return FineTuneJob.objects.none()
         return selectors.job_list_detailed(user=self.request.user)
 
-    @extend_schema(request=FineTuneCreateSerializer, responses={201: FineTuneJobSerializer, 200: FineTuneJobSerializer})
+    @extend_schema(
+        request=FineTuneCreateSerializer,
+        responses={
+            201: FineTuneJobSerializer,
+            200: FineTuneJobSerializer,
+            **error_responses(_409="The idempotency key launched a job before, from a different request."),
+        },
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                description="Same key and same request: the job launched the first time (200). "
+                "Same key, different request: 409. The body's idempotency_key wins over this header.",
+            )
+        ],
+    )
     def create(self, request):
         data = FineTuneCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -58,6 +80,8 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                 name=data.validated_data["name"],
                 idempotency_key=key,
             )
+        except services.IdempotencyConflict as exc:
+            raise IdempotencyConflict(exc.errors["idempotency_key"]) from None
         except services.LaunchError as exc:
             raise exceptions.ValidationError(exc.errors) from None
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
@@ -98,10 +122,12 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens."""
         data = PublishSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        micro = parse_credits(data.validated_data["price_per_1k_tokens"])
         try:
             model = services.trained_model_publish(
-                user=request.user, slug=slug, price_per_1k_tokens=micro, visibility=data.validated_data["visibility"]
+                user=request.user,
+                slug=slug,
+                price_per_1k_tokens=data.validated_data["price_per_1k_tokens"],
+                visibility=data.validated_data["visibility"],
             )
         except services.ServingRefused as exc:
             return _refused(exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django import forms
 
+from ledger.forms import CreditsFormField
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, TARGET_GROUPS
 
 
@@ -67,11 +68,8 @@ class PresetForm(forms.Form):
 
 
 class PublishForm(forms.Form):
-    price = forms.DecimalField(
+    price = CreditsFormField(
         label="Price per 1,000 tokens (credits)",
-        min_value=0,
-        max_digits=18,
-        decimal_places=6,
         initial="0.002",
         help_text="Callers pay this for every 1,000 tokens of question and answer.",
     )

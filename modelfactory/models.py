@@ -68,6 +68,12 @@ class FineTuneJob(Job):
     preset = models.CharField(max_length=20)
     hyperparameters = models.JSONField(default=dict, help_text="Every setting, preset applied and validated.")
     idempotency_key = models.CharField(max_length=64, help_text="Same key, same owner: the same job.")
+    request_fingerprint = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="SHA-256 of the launch request: the same key with a different request is refused (empty: older).",
+    )
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     control = models.CharField(max_length=8, choices=Control.choices, default=Control.NONE, blank=True)
     phase = models.CharField(max_length=20, blank=True)

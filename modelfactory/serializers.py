@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from ledger.serializers import CreditsInputField
 from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
 from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
@@ -75,10 +76,7 @@ class TrainedModelSerializer(serializers.ModelSerializer):
 
 
 class PublishSerializer(serializers.Serializer):
-    price_per_1k_tokens = serializers.DecimalField(
-        max_digits=18,
-        decimal_places=6,
-        min_value=0,
+    price_per_1k_tokens = CreditsInputField(
         help_text="Price per 1,000 tokens (prompt + answer) in credits, as a decimal string with up to 6 places, "
         'e.g. "0.002000". Operators set the allowed range.',
     )

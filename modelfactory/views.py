@@ -16,7 +16,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from core.api import error_body
 from datanets.selectors import version_list_usable
-from ledger.calc.money import format_credits, parse_credits
+from ledger.calc.money import format_credits
 from modelfactory import selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
@@ -229,13 +229,14 @@ def model_download(request, slug: str):
 def model_publish(request, slug: str):
     form = PublishForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Give a price of 0 or more credits, with at most 6 decimal places.")
+        price_errors = form.errors.get("price")
+        messages.error(request, price_errors[0] if price_errors else "Choose who may use the model.")
         return redirect("modelfactory:model", slug=slug)
     try:
         model = services.trained_model_publish(
             user=request.user,
             slug=slug,
-            price_per_1k_tokens=parse_credits(form.cleaned_data["price"]),
+            price_per_1k_tokens=form.cleaned_data["price"],
             visibility=form.cleaned_data["visibility"],
         )
     except services.ServingRefused as exc:

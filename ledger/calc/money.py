@@ -2,30 +2,64 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
 
 MICRO = 1_000_000
 PLACES = 6
+MAX_CREDITS = 10**12  # far above any real wallet, and its micro-units (10^18) fit a 64-bit column
+MAX_MICRO = MAX_CREDITS * MICRO
+
+# Plain ASCII digits with at most one '.': no sign, exponent, underscore, spaces inside or other scripts' digits.
+_PLAIN = re.compile(r"(?P<whole>[0-9]*)(?:\.(?P<frac>[0-9]*))?", re.ASCII)
+_EXPONENT = re.compile(r"[0-9.]+[eE][+-]?[0-9]*", re.ASCII)
+
+SIGN_MESSAGE = "Enter the amount without a sign; amounts are never negative."
+EXPONENT_MESSAGE = "Write the amount out in digits (such as 1500), without an exponent like 1.5e3."
+NOT_AN_AMOUNT_MESSAGE = "Enter the amount in credits using only the digits 0-9 and at most one '.', such as 12.5."
+PLACES_MESSAGE = f"Give the amount with at most {PLACES} decimal places."
+TOO_LARGE_MESSAGE = f"The amount can be at most {MAX_CREDITS:,} credits."
+FLOAT_MESSAGE = "Give the amount as a decimal string such as '1.50', not a binary float."
 
 
 class AmountError(ValueError):
-    """An amount that cannot be represented exactly in micro-units."""
+    """An amount given by a person that is not a plain, exact number of credits; the message says what to fix."""
 
 
-def parse_credits(value: str | int | Decimal) -> int:
-    """'1.5' -> 1_500_000. Refuses more than 6 decimal places, NaN and infinities (never rounds money silently)."""
+def parse_credits(value: str | int) -> int:
+    """Credits given by a person ('1.5', '12', '0.000001', or a whole number) -> micro-units (1_500_000).
+
+    The one parser for every amount typed into a form or sent to the API: plain ASCII digits with at most one '.'
+    ('5', '5.', '.5', '5.5'), at most 6 decimal places, from 0 to MAX_CREDITS. Refuses signs, exponents,
+    underscores, other scripts' digits, NaN and infinities, and never rounds: the integer comes from the digits
+    themselves, with no Decimal context that could round past 28 digits or overflow. Surrounding spaces are
+    ignored. Raises AmountError with a message for the person who typed it."""
     if isinstance(value, bool | float):
-        raise AmountError("Give the amount as a decimal string such as '1.50', not a binary float.")
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise AmountError(f"{value!r} is not a number.") from None
-    if not number.is_finite():
-        raise AmountError(f"{value!r} is not a finite number.")
-    micro = number * MICRO
-    if micro != micro.to_integral_value():
-        raise AmountError(f"{value!r} has more than {PLACES} decimal places.")
-    return int(micro)
+        raise AmountError(FLOAT_MESSAGE)
+    if isinstance(value, int):  # a JSON number without a fraction
+        if value < 0:
+            raise AmountError(SIGN_MESSAGE)
+        if value > MAX_CREDITS:
+            raise AmountError(TOO_LARGE_MESSAGE)
+        return value * MICRO
+    if not isinstance(value, str):
+        raise AmountError(NOT_AN_AMOUNT_MESSAGE)
+    text = value.strip(" \t\r\n")
+    match = _PLAIN.fullmatch(text)
+    if match is None or not (match["whole"] or match["frac"]):
+        if text[:1] in ("-", "+", "\N{MINUS SIGN}"):
+            raise AmountError(SIGN_MESSAGE)
+        if _EXPONENT.fullmatch(text):
+            raise AmountError(EXPONENT_MESSAGE)
+        raise AmountError(NOT_AN_AMOUNT_MESSAGE)
+    whole, frac = match["whole"].lstrip("0"), match["frac"] or ""
+    if len(frac) > PLACES:
+        raise AmountError(PLACES_MESSAGE)
+    if len(whole) > len(str(MAX_CREDITS)):  # before int(): a million-digit string is not converted
+        raise AmountError(TOO_LARGE_MESSAGE)
+    micro = int(whole or "0") * MICRO + int(frac.ljust(PLACES, "0"))
+    if micro > MAX_MICRO:
+        raise AmountError(TOO_LARGE_MESSAGE)
+    return micro
 
 
 def format_credits(micro: int) -> str:

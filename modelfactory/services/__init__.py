@@ -20,6 +20,7 @@ from modelfactory.services.base_models import base_model_ensure_default, base_mo
 from modelfactory.services.errors import ServingRefused
 from modelfactory.services.finetune_jobs import (
     RESUME_QUEUED_MESSAGE,
+    IdempotencyConflict,
     JobStateError,
     LaunchError,
     finetune_control,
@@ -53,6 +54,7 @@ __all__ = [
     "PHASE_MESSAGES",
     "RESUME_QUEUED_MESSAGE",
     "UNREACHABLE",
+    "IdempotencyConflict",
     "JobStateError",
     "LaunchError",
     "ServingRefused",

@@ -3,6 +3,8 @@ or fails jobs whose worker died. The worker side (claim, train, heartbeat) is in
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,19 @@ class LaunchError(Exception):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+class IdempotencyConflict(LaunchError):
+    """The idempotency key already launched a job from a different request. Nothing was created. A LaunchError, so a
+    page shows it as any refused launch; the API answers 409."""
+
+    def __init__(self, *, key: str, job: FineTuneJob):
+        self.job = job
+        message = (
+            f"The idempotency key “{key}” was already used to launch job #{job.pk} with different settings; "
+            "send a new key to launch another job, or the same settings to get that job back."
+        )
+        super().__init__({"idempotency_key": message})
+
+
 class JobStateError(Exception):
     """The job is not in a state that allows the requested change."""
 
@@ -43,11 +58,20 @@ def finetune_launch(
 ) -> tuple[FineTuneJob, bool]:
     """Validates everything, creates a queued job and enqueues it after commit. Returns (job, created).
 
-    The same idempotency key from the same user returns the job created the first time (a double-submitted form
-    or a retried API call launches one job). Raises LaunchError with per-field messages; nothing is created then."""
+    The same idempotency key from the same user with the same request returns the job created the first time (a
+    double-submitted form or a retried API call launches one job); with a different request it raises
+    IdempotencyConflict rather than pass off the first job as this one. Raises LaunchError with per-field messages;
+    nothing is created then."""
+    fingerprint = launch_fingerprint(
+        base_model_slug=base_model_slug,
+        version_ids=version_ids,
+        preset=preset,
+        hyperparameters=hyperparameters,
+        name=name,
+    )
     existing = FineTuneJob.objects.filter(owner=user, idempotency_key=idempotency_key).first()
     if existing is not None:
-        return existing, False
+        return _replayed(existing, key=idempotency_key, fingerprint=fingerprint), False
     base, preset, hp, versions = _launch_validated(
         user=user,
         base_model_slug=base_model_slug,
@@ -65,15 +89,40 @@ def finetune_launch(
                 preset=preset,
                 hyperparameters=hp,
                 idempotency_key=idempotency_key,
+                request_fingerprint=fingerprint,
                 message="Waiting for a free training worker.",
             )
             job.datanet_versions.set(versions)
             FineTuneEvent.objects.create(job=job, kind=FineTuneEvent.Kind.PHASE, data={"phase": "queued"})
             transaction.on_commit(lambda: _enqueue(job.pk))
     except IntegrityError:  # a concurrent submit with the same key won the race
-        return FineTuneJob.objects.get(owner=user, idempotency_key=idempotency_key), False
+        winner = FineTuneJob.objects.get(owner=user, idempotency_key=idempotency_key)
+        return _replayed(winner, key=idempotency_key, fingerprint=fingerprint), False
     job.refresh_from_db()
     return job, True
+
+
+def launch_fingerprint(
+    *, base_model_slug: str, version_ids: list[int], preset: str, hyperparameters: dict[str, Any] | None, name: str
+) -> str:
+    """SHA-256 of the canonical JSON of a launch request as given: what "the same request" means for a replayed
+    idempotency key. The order and repeats of version ids and an absent or empty name or settings do not count."""
+    request = {
+        "base_model": base_model_slug,
+        "datanet_versions": sorted({str(v) for v in version_ids}, key=lambda v: (len(v), v)),
+        "preset": preset,
+        "hyperparameters": hyperparameters or {},
+        "name": (name or "").strip(),
+    }
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replayed(job: FineTuneJob, *, key: str, fingerprint: str) -> FineTuneJob:
+    # Jobs launched before fingerprints were kept have none: the key alone decides for them, as it did then.
+    if job.request_fingerprint and job.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(key=key, job=job)
+    return job
 
 
 def _launch_validated(

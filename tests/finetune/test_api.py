@@ -44,6 +44,86 @@ def test_idempotency_key_header_returns_the_same_job(api_client, cast, tiny_base
     assert FineTuneJob.objects.count() == 1
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_model": "other-base"},
+        {"preset": "balanced"},
+        {"hyperparameters": {**FAST, "epochs": 4}},
+        {"hyperparameters": {}},
+        {"name": "Another job"},
+        {"datanet_versions": [999]},
+    ],
+    ids=["base_model", "preset", "hyperparameters", "no hyperparameters", "name", "datanet_versions"],
+)
+def test_idempotency_key_reused_with_a_different_request_is_409(api_client, cast, tiny_base, version, enqueued, change):
+    api_client.force_authenticate(cast.owner)
+    first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    assert first.status_code == 201
+    job_id = first.json()["id"]
+    before = list(FineTuneJob.objects.values()), len(enqueued)
+
+    response = api_client.post("/api/v1/finetunes/", {**body(version), **change}, format="json",
+                               HTTP_IDEMPOTENCY_KEY="abc")  # fmt: skip
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": {
+            "code": "idempotency_conflict",
+            "message": f"The idempotency key “abc” was already used to launch job #{job_id} with different settings; "
+            "send a new key to launch another job, or the same settings to get that job back.",
+            "details": {},
+        }
+    }
+    assert (list(FineTuneJob.objects.values()), len(enqueued)) == before
+
+    # The key in the body is the same key: the same conflict.
+    response = api_client.post("/api/v1/finetunes/", {**body(version), **change, "idempotency_key": "abc"},
+                               format="json")  # fmt: skip
+    assert response.status_code == 409
+    assert (list(FineTuneJob.objects.values()), len(enqueued)) == before
+
+
+def test_idempotency_key_with_the_same_request_in_another_spelling_returns_the_same_job(
+    api_client, cast, tiny_base, version
+):
+    """Key order in the JSON, repeated version ids and a name's surrounding spaces do not make another request."""
+    api_client.force_authenticate(cast.owner)
+    first = api_client.post("/api/v1/finetunes/", body(version, name="Job"), format="json", HTTP_IDEMPOTENCY_KEY="k")
+    again = {
+        "name": "  Job ",
+        "hyperparameters": dict(reversed(list(FAST.items()))),
+        "datanet_versions": [version.pk, version.pk],
+        "preset": "quick",
+        "base_model": "tiny-base",
+    }
+    response = api_client.post("/api/v1/finetunes/", again, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert (first.status_code, response.status_code) == (201, 200)
+    assert response.json()["id"] == first.json()["id"]
+    assert FineTuneJob.objects.count() == 1
+
+
+def test_another_user_may_use_the_same_key(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    assert (
+        api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="k").status_code == 201
+    )
+    api_client.force_authenticate(cast.teammate)
+    response = api_client.post(
+        "/api/v1/finetunes/", body(version, name="Mine"), format="json", HTTP_IDEMPOTENCY_KEY="k"
+    )
+    assert response.status_code == 201
+    assert FineTuneJob.objects.count() == 2
+
+
+def test_the_schema_documents_the_conflict(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    launch = schema["paths"]["/api/v1/finetunes/"]["post"]
+    assert launch["responses"]["409"]["description"] == (
+        "The idempotency key launched a job before, from a different request."
+    )
+    assert "Idempotency-Key" in [p["name"] for p in launch["parameters"]]
+
+
 def test_bad_launch_names_each_field_and_creates_nothing(api_client, cast, tiny_base, version):
     api_client.force_authenticate(cast.owner)
     response = api_client.post(

@@ -127,3 +127,19 @@ def test_broker_down_fails_the_job_with_a_clear_message(cast, tiny_base, version
     job.refresh_from_db()
     assert job.status == FineTuneJob.Status.FAILED
     assert job.message.startswith("The job queue could not be reached, so training did not start. Nothing was lost")
+
+
+def test_same_key_with_a_different_request_is_refused_and_creates_nothing(cast, tiny_base, version, enqueued):
+    job, created = launch(cast.owner, version)
+    with pytest.raises(services.IdempotencyConflict) as refused:
+        launch(cast.owner, version, preset="balanced")
+    assert refused.value.job == job
+    assert list(refused.value.errors) == ["idempotency_key"]
+    assert FineTuneJob.objects.count() == 1 and enqueued == [(job.pk, False)]
+    assert launch(cast.owner, version) == (job, False)
+
+
+def test_a_job_launched_before_fingerprints_were_kept_is_returned_for_its_key(cast, tiny_base, version):
+    job, _ = launch(cast.owner, version)
+    FineTuneJob.objects.filter(pk=job.pk).update(request_fingerprint="")
+    assert launch(cast.owner, version, preset="balanced") == (job, False)

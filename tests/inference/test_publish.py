@@ -4,6 +4,7 @@ import pytest
 
 from modelfactory.models import ServingPolicy, TrainedModel
 from tests.inference.conftest import make_model
+from tests.ledger.amounts import BAD, GOOD
 
 pytestmark = pytest.mark.django_db
 
@@ -97,3 +98,31 @@ def test_admin_pages(client, cast, tiny_dirs):
     assert client.get("/admin/modelfactory/inference/add/").status_code == 403  # answers are records, read-only
     assert client.get("/admin/modelfactory/servingpolicy/1/change/").status_code == 200
     assert client.get("/admin/modelfactory/servingpolicy/add/").status_code == 403  # one row only
+
+
+@pytest.mark.parametrize(("price", "message"), BAD, ids=[repr(text)[:30] for text, _ in BAD])
+def test_prices_that_are_not_plain_digits_are_refused(api_client, client, cast, draft, price, message):
+    response = _publish(api_client, cast.owner, price_per_1k_tokens=price, visibility="public")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "invalid",
+            "message": "Some values are not valid: price_per_1k_tokens",
+            "details": {"price_per_1k_tokens": [message]},
+        }
+    }
+    client.force_login(cast.owner)
+    response = client.post(f"/models/{draft.slug}/publish/", {"price": price, "visibility": "public"}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [message]
+    draft.refresh_from_db()
+    assert (draft.status, draft.price_per_1k_tokens, draft.published_at) == ("draft", 2000, None)
+
+
+@pytest.mark.parametrize(("price", "micro"), [(t, m) for t, m in GOOD if m <= 50_000])
+def test_plain_prices_are_read_exactly(api_client, cast, draft, price, micro):
+    ServingPolicy.objects.update_or_create(pk=1, defaults={"min_price_per_1k_tokens": 0,
+                                                           "max_price_per_1k_tokens": 50_000})  # fmt: skip
+    response = _publish(api_client, cast.owner, price_per_1k_tokens=price, visibility="public")
+    assert response.status_code == 200, response.content
+    draft.refresh_from_db()
+    assert draft.price_per_1k_tokens == micro

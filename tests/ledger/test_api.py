@@ -11,6 +11,7 @@ from ledger.calc.merkle import verify_inclusion
 from ledger.models import Withdrawal
 from ledger.services import checkpoint_create, settlement_post
 from ledger.views import csv_safe
+from tests.ledger.amounts import BAD
 from tests.ledger.conftest import CREDIT, snapshot, wallet_balance
 
 pytestmark = pytest.mark.django_db
@@ -189,3 +190,50 @@ def test_admin_grant_and_withdrawal_actions(client, cast, settings):
     assert Withdrawal.objects.get(pk=w.pk).status == "completed"
     assert client.get(reverse("admin:ledger_transaction_changelist")).status_code == 200
     assert client.get(reverse("admin:ledger_posting_changelist")).status_code == 200
+
+
+BAD_IDS = [repr(text)[:30] for text, _ in BAD]
+
+
+@pytest.mark.parametrize(("amount", "message"), BAD, ids=BAD_IDS)
+def test_withdrawal_api_refuses_amounts_that_are_not_plain_digits(api_client, cast, settled, amount, message):
+    api_client.force_authenticate(cast.outsider)
+    before = snapshot(), Withdrawal.objects.count()
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": amount}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"code": "invalid", "message": "Some values are not valid: amount", "details": {"amount": [message]}}
+    }
+    assert (snapshot(), Withdrawal.objects.count()) == before
+
+
+@pytest.mark.parametrize(("amount", "message"), BAD, ids=BAD_IDS)
+def test_withdrawal_form_refuses_amounts_that_are_not_plain_digits(client, cast, settled, amount, message):
+    client.force_login(cast.outsider)
+    before = snapshot(), Withdrawal.objects.count()
+    response = client.post(reverse("ledger:withdrawal_create"), {"amount": amount, "nonce": "n1"}, follow=True)
+    assert [str(m) for m in response.context["messages"]] == [message]
+    assert (snapshot(), Withdrawal.objects.count()) == before
+
+
+@pytest.mark.parametrize(("amount", "message"), BAD, ids=BAD_IDS)
+def test_admin_grant_refuses_amounts_that_are_not_plain_digits(client, cast, amount, message):
+    client.force_login(cast.staff)
+    before = snapshot()
+    response = client.post(reverse("admin:ledger_grant"), {"username": "owner", "amount": amount, "memo": "m"})
+    assert response.status_code == 200
+    assert response.context["form"].errors == {"amount": [message]}
+    assert snapshot() == before
+
+
+def test_plain_amounts_are_read_exactly_everywhere(api_client, client, cast, settled, settings):
+    settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = 1
+    api_client.force_authenticate(cast.outsider)
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": ".000001"}, format="json")
+    assert (response.status_code, response.json()["amount"]) == (201, "0.000001")
+    response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": 2}, format="json")  # a JSON whole number
+    assert (response.status_code, response.json()["amount"]) == (201, "2.000000")
+    client.force_login(cast.staff)
+    before = wallet_balance(cast.owner)
+    client.post(reverse("admin:ledger_grant"), {"username": "owner", "amount": "1000000000000", "memo": "m"})
+    assert wallet_balance(cast.owner) - before == 10**18

@@ -15,8 +15,9 @@ from ledger.calc.canonical import (
     transaction_content_parts,
 )
 from ledger.calc.merkle import inclusion_proof, merkle_root, verify_inclusion
-from ledger.calc.money import AmountError, format_credits, parse_credits
+from ledger.calc.money import FLOAT_MESSAGE, MAX_MICRO, AmountError, format_credits, parse_credits
 from ledger.calc.split import SplitError, SplitPolicy, allocate, split_fee, to_fraction
+from tests.ledger.amounts import BAD, GOOD
 
 
 def test_parse_and_format_credits():
@@ -32,6 +33,49 @@ def test_parse_and_format_credits():
 def test_parse_credits_refuses_inexact_input(bad):
     with pytest.raises(AmountError):
         parse_credits(bad)
+
+
+@pytest.mark.parametrize(("text", "message"), BAD, ids=[repr(t)[:30] for t, _ in BAD])
+def test_parse_credits_refuses_anything_but_plain_digits_with_a_clear_message(text, message):
+    with pytest.raises(AmountError) as refused:
+        parse_credits(text)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(("text", "micro"), GOOD)
+def test_parse_credits_reads_plain_amounts_exactly(text, micro):
+    assert parse_credits(text) == micro
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1, "Enter the amount without a sign; amounts are never negative."),
+     (10**12 + 1, "The amount can be at most 1,000,000,000,000 credits."),
+     (0.5, FLOAT_MESSAGE), (Decimal("1"), "Enter the amount in credits using only the digits 0-9 and at most one "
+                                          "'.', such as 12.5.")],
+)  # fmt: skip
+def test_parse_credits_refuses_other_values(value, message):
+    with pytest.raises(AmountError) as refused:
+        parse_credits(value)
+    assert str(refused.value) == message
+    assert parse_credits(10**12) == MAX_MICRO
+
+
+@given(st.integers(min_value=0, max_value=MAX_MICRO))
+def test_formatted_amounts_parse_back_to_themselves(micro):
+    assert parse_credits(format_credits(micro)) == micro
+
+
+@given(st.from_regex(r"\A(?:[0-9]{1,13}\.?[0-9]{0,6}|\.[0-9]{1,6})\Z"))
+def test_valid_strings_parse_to_their_exact_value_and_round_trip(text):
+    exact = Fraction(text) * 1_000_000
+    if exact > MAX_MICRO:
+        with pytest.raises(AmountError):
+            parse_credits(text)
+        return
+    micro = parse_credits(text)
+    assert micro == exact
+    assert Fraction(format_credits(micro)) == Fraction(text)
 
 
 def test_default_split_of_one_credit():
