@@ -6,7 +6,7 @@ import re
 
 MICRO = 1_000_000
 PLACES = 6
-MAX_CREDITS = 10**12  # far above any real wallet, and its micro-units (10^18) fit a 64-bit column
+MAX_CREDITS = 10**9  # far above any real wallet; thousands of maximum amounts still fit a 64-bit balance in micro-units
 MAX_MICRO = MAX_CREDITS * MICRO
 
 # Plain ASCII digits with at most one '.': no sign, exponent, underscore, spaces inside or other scripts' digits.
