@@ -17,6 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
 from django.test.utils import override_settings
 
@@ -97,6 +98,8 @@ def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
 
     run = uuid.uuid4().hex[:6]
     curator = _user("demo_curator", staff=True)
+    # The curator also plays the member of staff who funds the caller (step 4): granting credit needs the permission.
+    curator.user_permissions.add(Permission.objects.get(content_type__app_label="ledger", codename="grant_credit"))
     caller = _user("demo_caller")
     contributors = {name: _user(name) for name in CONTRIBUTORS}
 

@@ -301,6 +301,7 @@ def main() -> int:
         return 0
     os.environ["DATABASE_URL"] = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
     os.environ["MF_LEDGER_CHECKPOINT_EVERY"] = "0"
+    os.environ["MF_LEDGER_GRANT_MAX_CREDITS"] = str(10**9)  # the payers' funding grants below (10**15 micro each)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
@@ -316,7 +317,7 @@ def main() -> int:
     try:
         call_command("migrate", verbosity=0)
         User = get_user_model()
-        staff = User.objects.create(username="bench-staff", is_staff=True)
+        staff = User.objects.create(username="bench-staff", is_staff=True, is_superuser=True)  # may grant credit
         make = lambda prefix, n: [User.objects.create(username=f"{prefix}{i}").pk for i in range(n)]  # noqa: E731
         people = {"payers": make("payer", CLIENTS), "owners": make("owner", 16), "contributors": make("contrib", 48)}
         for payer in people["payers"]:

@@ -363,3 +363,7 @@ MF_INFERENCE_START_TIMEOUT_SECONDS = env.int("MF_INFERENCE_START_TIMEOUT_SECONDS
 MF_INFERENCE_TIMEOUT_SECONDS = env.int("MF_INFERENCE_TIMEOUT_SECONDS", 300, min_value=1)
 # After a streamed answer ends, how long the worker waits for the web process to say how much reached the client.
 MF_STREAM_ACK_SECONDS = env.int("MF_STREAM_ACK_SECONDS", 10, min_value=1)
+# --- Ledger: staff credit grants ----------------------------------------------------------------------------------
+# The most credit one staff grant may give (whole credits). Granting needs the "Can grant credit to a user"
+# permission (ledger.grant_credit); grants above this are refused.
+MF_LEDGER_GRANT_MAX_CREDITS = env.int("MF_LEDGER_GRANT_MAX_CREDITS", 1000, min_value=1)

@@ -1,16 +1,20 @@
 """Operations views. Transactions and postings are read-only (the database refuses edits on PostgreSQL anyway);
-staff act only through services: grant credit, complete or cancel withdrawals."""
+staff act only through services: grant credit (with the permission ledger.grant_credit; every grant is listed under
+"Credit grants"), complete or cancel withdrawals."""
+
+import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.shortcuts import redirect, render
 from django.urls import path
 
-from ledger import services
+from ledger import selectors, services
 from ledger.calc.money import format_credits
 from ledger.forms import CreditsFormField
-from ledger.models import Account, Checkpoint, Hold, Posting, Transaction, Withdrawal
+from ledger.models import Account, Checkpoint, CreditGrant, Hold, Posting, Transaction, Withdrawal
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -28,6 +32,15 @@ class GrantForm(forms.Form):
     username = forms.CharField()
     amount = CreditsFormField(help_text="Credits, e.g. 25 or 2.5")
     memo = forms.CharField(required=False)
+    # Made when the form is shown and sent back with it: sending the same form twice (a double click, a retry after
+    # a lost answer) is one grant. Without it (a scripted post), each post is a new grant.
+    key = forms.UUIDField(widget=forms.HiddenInput, required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["key"].initial = uuid.uuid4()
+        ceiling = settings.MF_LEDGER_GRANT_MAX_CREDITS
+        self.fields["amount"].help_text = f"Credits, e.g. 25 or 2.5; at most {ceiling:,} in one grant."
 
     def clean_username(self):
         user = get_user_model().objects.filter(username=self.cleaned_data["username"]).first()
@@ -51,24 +64,68 @@ class AccountAdmin(ReadOnlyAdmin):
         return [path("grant/", self.admin_site.admin_view(self.grant_view), name="ledger_grant"), *super().get_urls()]
 
     def grant_view(self, request):
-        if not request.user.is_staff:
-            return redirect("admin:index")
+        context = {**self.admin_site.each_context(request), "title": "Grant credit"}
+        if not request.user.has_perm(services.GRANT_PERMISSION):
+            context["refused"] = True
+            return render(request, "admin/ledger/grant.html", context, status=403)
         form = GrantForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
             try:
                 services.credit_grant(
-                    user_id=form.cleaned_data["username"].pk,
-                    amount_micro=form.cleaned_data["amount"],
+                    user_id=data["username"].pk,
+                    amount_micro=data["amount"],
                     granted_by=request.user,
-                    memo=form.cleaned_data["memo"],
+                    memo=data["memo"],
+                    key=f"grant:{data['key'] or uuid.uuid4()}",
                 )
+            except services.IdempotencyConflict:
+                messages.error(
+                    request,
+                    "This form was already sent once with other details, and that grant was made. Check the list "
+                    "of credit grants; the form below is new, send it only if another grant is needed.",
+                )
+                form = GrantForm(initial={"username": data["username"].username, "memo": data["memo"]})
             except services.LedgerError as exc:
                 messages.error(request, str(exc))
             else:
                 messages.success(request, "Credit granted.")
                 return redirect("admin:ledger_account_changelist")
-        context = {**self.admin_site.each_context(request), "form": form, "title": "Grant credit"}
+        context["form"] = form
         return render(request, "admin/ledger/grant.html", context)
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(ReadOnlyAdmin):
+    """The audit list of staff grants: who granted, to whom, how much, why, when, and the ledger transaction. Open
+    to staff who may grant credit or who have "Can view credit grant"."""
+
+    list_display = ["created_at", "granted_by_name", "recipient_name", "amount_credits", "memo", "transaction_id"]
+    list_display_links = None
+    search_fields = ["recipient_name", "granted_by_name", "memo"]  # annotations of selectors.credit_grants
+    search_help_text = "Search by who received the credit, who granted it, or the memo."
+
+    def get_queryset(self, request):
+        return selectors.credit_grants()
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm(services.GRANT_PERMISSION) or request.user.has_perm("ledger.view_creditgrant")
+
+    @admin.display(description="granted by")
+    def granted_by_name(self, obj):
+        return obj.granted_by_name
+
+    @admin.display(description="to")
+    def recipient_name(self, obj):
+        return obj.recipient_name
+
+    @admin.display(description="amount (credits)")
+    def amount_credits(self, obj):
+        return format_credits(obj.granted_micro)
+
+    @admin.display(description="ledger transaction", ordering="pk")
+    def transaction_id(self, obj):
+        return obj.pk
 
 
 class PostingInline(admin.TabularInline):

@@ -107,6 +107,20 @@ class Transaction(models.Model):
         return f"#{self.pk} {self.kind} ({self.idempotency_key})"
 
 
+class CreditGrant(Transaction):
+    """Transactions of the grant kind, seen as the grants staff made (the audit list in the admin). A proxy: a grant
+    is an ordinary ledger transaction, never a row of its own. Its Meta carries the permission to grant."""
+
+    class Meta:
+        proxy = True
+        ordering = ["-seq"]
+        verbose_name = "credit grant"
+        permissions = [("grant_credit", "Can grant credit to a user")]
+
+    def __str__(self) -> str:
+        return f"grant #{self.pk}"
+
+
 class Posting(models.Model):
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="postings")
     # No index of its own: ledger_posting_acct_tx (account, transaction) serves lookups by account, and one index

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
 
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import F, OuterRef, QuerySet, Subquery, Sum, Window
-from django.db.models.functions import Coalesce
+from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Window
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from common.merkle import inclusion_proof
 from ledger.calc.canonical import transaction_content
-from ledger.models import CURRENCY, Account, Checkpoint, Posting, Transaction, Withdrawal
+from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
 
@@ -206,3 +208,21 @@ def transaction_proof(*, user, tx_id: int) -> dict:
         "merkle_proof": proof,
         "merkle_algorithm": "RFC 6962: leaf = sha256(0x00 || hash), node = sha256(0x01 || left || right)",
     }
+
+
+def credit_grants() -> QuerySet[CreditGrant]:
+    """Every staff credit grant, newest first, for the audit list: each row is the grant's ledger transaction with
+    `granted_by_name` (the staff member who granted), `recipient_name` and `granted_micro` (the credited amount).
+    A constant number of queries however many rows (subqueries, no per-row lookups)."""
+    credited = Posting.objects.filter(transaction=OuterRef("pk"), amount__gt=0)
+    users = get_user_model().objects
+    return (
+        CreditGrant.objects.filter(kind=Transaction.Kind.GRANT)
+        .annotate(granted_by_id=Cast(KT("metadata__granted_by"), IntegerField()))
+        .annotate(
+            granted_by_name=Subquery(users.filter(pk=OuterRef("granted_by_id")).values("username")[:1]),
+            recipient_name=Subquery(credited.values("account__owner__username")[:1]),
+            granted_micro=Subquery(credited.values("amount")[:1]),
+        )
+        .order_by("-seq")
+    )

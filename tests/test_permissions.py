@@ -78,6 +78,9 @@ PAGES = [
     ("GET", "/api/docs/", 200, 200, 200, 200, 200),
     ("GET", "/api/schema/", 200, 200, 200, 200, 200),
     ("GET", "/admin/", LOGIN, LOGIN, LOGIN, LOGIN, 200),
+    # staff here is a superuser; staff without the permission to grant get 403 (tests/ledger/test_grants.py)
+    ("GET", "/admin/ledger/account/grant/", LOGIN, LOGIN, LOGIN, LOGIN, 200),
+    ("GET", "/admin/ledger/creditgrant/", LOGIN, LOGIN, LOGIN, LOGIN, 200),
 ]
 API = [
     ("GET", "/api/v1/base-models/", 401, 200, 200, 200, 200),

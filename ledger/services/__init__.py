@@ -5,7 +5,7 @@ what every money movement goes through; see its docstring for the rules.
     errors           LedgerError and its kinds
     engine           the posting engine (_commit), request_fingerprint
     transfers        account_for_user, transfer
-    grants           credit_grant, grant_signup_credit
+    grants           credit_grant (staff, with ledger.grant_credit), grant_signup_credit
     holds            hold_create, hold_release
     settlement       policy_check, settlement_post, settlement_post_many
     settlement_fast  their PostgreSQL paths (one SQL function call per settlement or per batch)
@@ -21,10 +21,11 @@ from ledger.services.errors import (
     InsufficientFunds,
     InvalidRequest,
     LedgerError,
+    NotAllowed,
     PolicyOutOfBounds,
     WithdrawalNotOpen,
 )
-from ledger.services.grants import credit_grant, grant_signup_credit
+from ledger.services.grants import GRANT_PERMISSION, credit_grant, grant_signup_credit
 from ledger.services.holds import hold_create, hold_release
 from ledger.services.settlement import (
     SETTLEMENT_BATCH_MAX,
@@ -38,6 +39,7 @@ from ledger.services.transfers import account_for_user, transfer
 from ledger.services.withdrawals import withdrawal_cancel, withdrawal_complete, withdrawal_request
 
 __all__ = [
+    "GRANT_PERMISSION",
     "MAX_ATTEMPTS",
     "SETTLEMENT_BATCH_MAX",
     "HoldNotOpen",
@@ -45,6 +47,7 @@ __all__ = [
     "InsufficientFunds",
     "InvalidRequest",
     "LedgerError",
+    "NotAllowed",
     "PolicyOutOfBounds",
     "SettlementRequest",
     "Share",

@@ -14,6 +14,12 @@ class InvalidRequest(LedgerError, ValueError):
     code = "invalid"
 
 
+class NotAllowed(LedgerError, PermissionError):
+    """The acting user lacks the permission this needs (e.g. ledger.grant_credit); nothing was written."""
+
+    code = "not_allowed"
+
+
 class IdempotencyConflict(LedgerError):
     code = "idempotency_conflict"
 

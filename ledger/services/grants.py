@@ -6,9 +6,10 @@ import uuid
 
 from django.conf import settings
 
+from ledger.calc.money import MICRO, format_credits
 from ledger.models import Account, Transaction
 from ledger.services.engine import _commit, _legs, _lock_accounts, _Plan, _positive_amount, _shard, request_fingerprint
-from ledger.services.errors import InvalidRequest
+from ledger.services.errors import InvalidRequest, NotAllowed
 
 
 def _issue(*, key: str, kind: str, user_id: int, amount_micro: int, memo: str, metadata: dict) -> Transaction:
@@ -24,16 +25,33 @@ def _issue(*, key: str, kind: str, user_id: int, amount_micro: int, memo: str, m
     return _commit(key=key, request_hash=request_hash, build=build)
 
 
+GRANT_PERMISSION = "ledger.grant_credit"
+
+
 def credit_grant(*, user_id: int, amount_micro: int, granted_by, memo: str = "", key: str | None = None) -> Transaction:
-    """Staff give credit (issued from the issuance account, which is the only one allowed below zero)."""
-    if not getattr(granted_by, "is_staff", False):
-        raise InvalidRequest("Only staff can grant credit.")
+    """Staff give credit (issued from the issuance account, which is the only one allowed below zero).
+
+    Refused, with nothing written: without the permission to grant (staff with ledger.grant_credit, or a superuser),
+    to oneself, and above settings.MF_LEDGER_GRANT_MAX_CREDITS. The same key twice is one grant."""
+    if not (getattr(granted_by, "is_staff", False) and granted_by.has_perm(GRANT_PERMISSION)):
+        raise NotAllowed(
+            'Only staff with the permission "Can grant credit to a user" can grant credit; ask an administrator.'
+        )
+    if granted_by.pk == user_id:
+        raise InvalidRequest("You cannot grant credit to yourself; ask another member of staff.")
+    amount = _positive_amount(amount_micro)
+    ceiling = settings.MF_LEDGER_GRANT_MAX_CREDITS
+    if amount > ceiling * MICRO:
+        raise InvalidRequest(
+            f"One grant can give at most {ceiling:,} credits (MF_LEDGER_GRANT_MAX_CREDITS); "
+            f"this one asks for {format_credits(amount)}."
+        )
     key = key or f"grant:{uuid.uuid4()}"
     return _issue(
         key=key,
         kind=Transaction.Kind.GRANT,
         user_id=user_id,
-        amount_micro=amount_micro,
+        amount_micro=amount,
         memo=memo or "Credit granted by staff",
         metadata={"granted_by": granted_by.pk},
     )

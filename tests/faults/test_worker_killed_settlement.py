@@ -49,7 +49,10 @@ def answer(shared_db, fault_settings, tmp_path, monkeypatch):
     """A completed answer of a trained model whose fee is held, not yet handed to the attribution queue; returns
     complete() which completes it the way the serving code does (inference-completed hooks, enqueue after commit)."""
     owner, alice, bob = (UserFactory(username=name) for name in ("owner", "alice", "bob"))
-    caller, staff = UserFactory(username="caller"), UserFactory(username="staff", is_staff=True)
+    caller, staff = (
+        UserFactory(username="caller"),
+        UserFactory(username="staff", is_staff=True, permissions=["ledger.grant_credit"]),
+    )
     datanet = datanet_services.datanet_create(
         owner=owner, name="Zorb facts", kind="instruction", summary="Made-up facts.", policy=Datanet.Policy.OPEN
     )

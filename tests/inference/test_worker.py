@@ -26,7 +26,7 @@ base = build_tiny_model_dir(root / "base")
 adapter = save_random_adapter(base, root / "adapter", rank=4, targets=["q_proj", "v_proj"], seed=7)
 owner = User.objects.create_user("owner", password="x")
 caller = User.objects.create_user("caller", password="x")
-staff = User.objects.create_user("staff", password="x", is_staff=True)
+staff = User.objects.create_superuser("staff", password="x")
 make_model(owner=owner, tiny_dirs=(base, adapter))
 credit_grant(user_id=caller.pk, amount_micro=5_000_000, granted_by=staff, key="grant")
 """

@@ -2,7 +2,7 @@ import pytest
 from django.db import connection
 
 from ledger.models import Account, Posting, Transaction
-from ledger.services import account_for_user, credit_grant
+from ledger.services import GRANT_PERMISSION, account_for_user, credit_grant
 from tests.factories import UserFactory
 
 CREDIT = 1_000_000
@@ -16,7 +16,7 @@ postgres_only = pytest.mark.skipif(
 
 @pytest.fixture
 def staff(db):
-    return UserFactory(username="ledger-staff", is_staff=True)
+    return UserFactory(username="ledger-staff", is_staff=True, permissions=[GRANT_PERMISSION])
 
 
 @pytest.fixture

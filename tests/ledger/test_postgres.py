@@ -13,6 +13,7 @@ from django.db.models import Sum
 
 from ledger.models import Account, Hold, Transaction, Withdrawal
 from ledger.services import (
+    GRANT_PERMISSION,
     HoldNotOpen,
     InsufficientFunds,
     account_for_user,
@@ -121,7 +122,7 @@ def test_200_concurrent_settlements_and_withdrawals_conserve_every_micro_unit(se
     settings.MF_LEDGER_WITHDRAWAL_MIN_MICRO = CREDIT
     settings.MF_LEDGER_CHECKPOINT_EVERY = 0
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    staff = UserFactory(username="conc-staff", is_staff=True)
+    staff = UserFactory(username="conc-staff", is_staff=True, permissions=[GRANT_PERMISSION])
     payers = [UserFactory(username=f"payer{i}") for i in range(6)]
     owner = UserFactory(username="conc-owner")
     contributors = [UserFactory(username=f"contrib{i}") for i in range(3)]

@@ -14,6 +14,7 @@ from ledger.services import (
     IdempotencyConflict,
     InsufficientFunds,
     InvalidRequest,
+    NotAllowed,
     PolicyOutOfBounds,
     WithdrawalNotOpen,
     account_for_user,
@@ -117,7 +118,7 @@ def test_unknown_account_is_refused(cast):
 
 def test_only_staff_grant(cast):
     before = snapshot()
-    with pytest.raises(InvalidRequest, match="Only staff"):
+    with pytest.raises(NotAllowed, match="Only staff"):
         credit_grant(user_id=cast.owner.pk, amount_micro=CREDIT, granted_by=cast.outsider)
     assert snapshot() == before
 

@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from ledger.models import Account, Hold, Posting, Transaction
 from ledger.services import (
+    GRANT_PERMISSION,
     HoldNotOpen,
     IdempotencyConflict,
     InsufficientFunds,
@@ -251,7 +252,7 @@ def test_the_function_declines_a_malformed_call(people):
 def test_in_its_own_transaction_a_batch_commits_once_and_waits_for_the_flush_once(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MF_LEDGER_SHARDS = 1
-    staff = UserFactory(username="batch-staff", is_staff=True)
+    staff = UserFactory(username="batch-staff", is_staff=True, permissions=[GRANT_PERMISSION])
     payer, owner = UserFactory(username="batch-payer"), UserFactory(username="batch-owner")
     credit_grant(user_id=payer.pk, amount_micro=5 * CREDIT, granted_by=staff)
     account_for_user(user_id=owner.pk)
@@ -284,7 +285,7 @@ def test_concurrent_batches_and_single_settlements_conserve_every_micro_unit(set
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MF_LEDGER_CHECKPOINT_EVERY = 0
     settings.MF_LEDGER_SHARDS = 4
-    staff = UserFactory(username="cb-staff", is_staff=True)
+    staff = UserFactory(username="cb-staff", is_staff=True, permissions=[GRANT_PERMISSION])
     payers = [UserFactory(username=f"cb-payer{i}") for i in range(4)]
     owners = [UserFactory(username=f"cb-owner{i}") for i in range(2)]
     contributors = [UserFactory(username=f"cb-contrib{i}") for i in range(4)]

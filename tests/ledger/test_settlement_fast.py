@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ledger.models import Account, Hold, Posting, Transaction
 from ledger.services import (
+    GRANT_PERMISSION,
     HoldNotOpen,
     IdempotencyConflict,
     InsufficientFunds,
@@ -227,7 +228,7 @@ def test_in_its_own_transaction_it_releases_locks_early_and_waits_for_the_flush(
     WAL message; the settlement is committed and visible from another connection when settlement_post returns."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MF_LEDGER_SHARDS = 1
-    staff = UserFactory(username="early-staff", is_staff=True)
+    staff = UserFactory(username="early-staff", is_staff=True, permissions=[GRANT_PERMISSION])
     payer, owner = UserFactory(username="early-payer"), UserFactory(username="early-owner")
     from ledger.services import credit_grant
 
@@ -281,7 +282,7 @@ def test_the_general_path_can_release_its_locks_before_the_flush(people):
 def test_general_path_writes_wait_for_the_flush_unless_early_release_is_off(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     payer = UserFactory(username="hold-payer")
-    staff = UserFactory(username="hold-staff", is_staff=True)
+    staff = UserFactory(username="hold-staff", is_staff=True, permissions=[GRANT_PERMISSION])
     from ledger.services import credit_grant
 
     credit_grant(user_id=payer.pk, amount_micro=5 * CREDIT, granted_by=staff)
