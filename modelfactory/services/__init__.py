@@ -26,6 +26,7 @@ from modelfactory.services.finetune_jobs import (
     finetune_control,
     finetune_launch,
     finetune_reap_stale,
+    launch_fingerprint,
 )
 from modelfactory.services.finetune_worker import PHASE_MESSAGES, finetune_run, trained_model_create_from_job
 from modelfactory.services.inference_requests import (
@@ -66,6 +67,7 @@ __all__ = [
     "finetune_control",
     "finetune_launch",
     "finetune_reap_stale",
+    "launch_fingerprint",
     "finetune_run",
     "inference_channel",
     "inference_complete",
