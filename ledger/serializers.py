@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ledger.calc.money import AmountError, format_credits, parse_credits
+from ledger.calc.money import MAX_CREDITS, AmountError, format_credits, parse_credits
 from ledger.models import Checkpoint, Posting, Withdrawal
 
 
@@ -26,7 +26,7 @@ class CreditsField(serializers.Field):
         "type": "string",
         "pattern": r"^([0-9]+\.?[0-9]{0,6}|\.[0-9]{1,6})$",
         "example": "12.5",
-        "description": "Credits as plain digits with at most one '.' and 6 decimal places, at most 10^12.",
+        "description": f"Credits as plain digits with at most one '.' and 6 decimal places, at most {MAX_CREDITS:,}.",
     }
 )
 class CreditsInputField(CreditsField):

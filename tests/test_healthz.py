@@ -1,13 +1,12 @@
-import socket
-
 import pytest
-from django.db import OperationalError, connection, connections
+from django.db import OperationalError
 from django.utils import timezone
 from kombu import Connection
 
 from config.celery import app
 from core.models import WorkerHeartbeat
 from tests.factories import UserFactory
+from tests.faults.conftest import database_unreachable
 
 pytestmark = pytest.mark.django_db
 
@@ -141,19 +140,8 @@ def test_staff_see_the_exception_text(staff_client, monkeypatch):
 def test_a_signed_in_visitor_still_gets_an_answer_while_the_database_is_down(staff_client, tmp_path):
     """Telling staff from others reads the session's user from the database: while it is down, /healthz answers as
     for anyone (503 naming the database), not with an error page."""
-    old = connections["default"]
-    if connection.vendor == "sqlite":
-        broken = {**old.settings_dict, "NAME": str(tmp_path / "missing" / "db.sqlite3")}
-    else:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            broken = {**old.settings_dict, "HOST": "127.0.0.1", "PORT": probe.getsockname()[1]}
-    connections["default"] = old.__class__(broken, "default")
-    try:
+    with database_unreachable(tmp_path):
         response = staff_client.get("/healthz")
-    finally:
-        connections["default"].close()
-        connections["default"] = old
     assert response.status_code == 503
     assert response.json()["failing"] == ["database", "worker"]
     assert response.json()["checks"]["database"] == {"ok": False, "detail": "the database cannot be reached"}

@@ -3,8 +3,6 @@ or fails jobs whose worker died. The worker side (claim, train, heartbeat) is in
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from core.jobs import enqueue_or_fail
+from ledger.calc.canonical import canonical_json, jsonable, sha256_hex
 from modelfactory import selectors
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
 from modelfactory.training import model_files
@@ -114,8 +113,7 @@ def launch_fingerprint(
         "hyperparameters": hyperparameters or {},
         "name": (name or "").strip(),
     }
-    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256_hex(canonical_json(jsonable(request)))
 
 
 def _replayed(job: FineTuneJob, *, key: str, fingerprint: str) -> FineTuneJob:

@@ -54,6 +54,25 @@ class SharedDb:
     url: str  # DATABASE_URL for the processes the test starts
 
 
+@contextlib.contextmanager
+def database_unreachable(tmp_path: Path):
+    """Points this thread's default connection at a database that cannot be reached (SQLite: a file in a folder that
+    does not exist; PostgreSQL: a port where nothing listens), then puts the real one back."""
+    old = connections["default"]
+    if connection.vendor == "sqlite":
+        broken = {**old.settings_dict, "NAME": str(tmp_path / "missing" / "db.sqlite3")}
+    else:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            broken = {**old.settings_dict, "HOST": "127.0.0.1", "PORT": probe.getsockname()[1]}
+    connections["default"] = old.__class__(broken, "default")
+    try:
+        yield
+    finally:
+        connections["default"].close()
+        connections["default"] = old
+
+
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory):
     path = tmp_path_factory.mktemp("faults-db") / "template.sqlite3"

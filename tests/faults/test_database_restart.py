@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from accounts.services import api_token_create
 from datanets import services as datanet_services
 from datanets.models import Datanet
 from tests.factories import UserFactory
-from tests.faults.conftest import ROOT, TcpProxy, needs_postgresql, wait_for
+from tests.faults.conftest import ROOT, TcpProxy, database_unreachable, needs_postgresql, wait_for
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 CONCURRENT = 8
@@ -136,21 +136,10 @@ def test_requests_fail_cleanly_while_the_database_is_down_and_recover_without_a_
 def test_an_unreachable_database_is_a_clean_503_in_process_on_any_backend(db, client, tmp_path):
     """The same answers without gunicorn or PostgreSQL: this thread's connection is pointed at a database that cannot
     be reached (SQLite: a file in a folder that does not exist; PostgreSQL: a port where nothing listens), then back."""
-    old = connections["default"]
-    if connection.vendor == "sqlite":
-        broken = {**old.settings_dict, "NAME": str(tmp_path / "missing" / "db.sqlite3")}
-    else:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            broken = {**old.settings_dict, "HOST": "127.0.0.1", "PORT": probe.getsockname()[1]}
-    connections["default"] = old.__class__(broken, "default")
-    try:
+    with database_unreachable(tmp_path):
         api = client.get("/api/v1/datanets/", HTTP_AUTHORIZATION="Token abc")
         page = client.get("/datanets/")
         health = client.get("/healthz")
-    finally:
-        connections["default"].close()
-        connections["default"] = old
     assert (api.status_code, api["Retry-After"]) == (503, "30")
     assert api.json()["error"]["code"] == "database_unavailable"
     assert page.status_code == 503 and b"<h1>Temporarily unavailable</h1>" in page.content
