@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 from attribution.models import Attribution, AttributionShare
 from modelfactory.models import FineTuneEvent, FineTuneJob, Inference
 from tests.browser.conftest import visit
+from tests.faults.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,7 +86,9 @@ def test_the_live_loss_chart_follows_the_polls(owner_page, world):
     )
     FineTuneJob.objects.filter(pk=job.pk).update(step=7, heartbeat_at=timezone.now())
     expect(progress).to_contain_text("step 7 of 8", timeout=10_000)  # the progress section was swapped by a poll
-    page.wait_for_function(f"{LOSS_POINTS}[0] === 7", timeout=10_000)
+    # Polled from here: wait_for_function re-evaluates a string with eval() in the page, which the page's CSP forbids
+    # (it only passed when the points had already arrived at the first try).
+    wait_for(lambda: page.evaluate(LOSS_POINTS)[0] == 7, timeout=10, what="the loss chart to get the new points")
     assert page.evaluate(LOSS_POINTS) == [7, 1]
     # The same chart, updated in place: not a second one drawn over the first.
     assert page.evaluate("Chart.getChart('loss-chart') === window.__lossChart") is True
