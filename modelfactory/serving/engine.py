@@ -32,7 +32,9 @@ ROLES = ("system", "user", "assistant")
 
 class IncrementalDecoder:
     """Turns generated token ids into text deltas. A delta is only released when the decoded text does not end in
-    an incomplete UTF-8 sequence (U+FFFD), so a multi-byte character split over tokens arrives whole."""
+    an incomplete UTF-8 sequence (U+FFFD), so a multi-byte character split over tokens arrives whole. A NUL
+    character (tiny or badly tuned models babble any token) becomes U+FFFD here, so what is streamed, returned and
+    stored is the same text: PostgreSQL text cannot hold NUL."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -40,7 +42,8 @@ class IncrementalDecoder:
         self.text = ""  # what has been released so far
 
     def _decode(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text.replace("\x00", "\ufffd")
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)

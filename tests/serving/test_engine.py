@@ -196,3 +196,18 @@ def test_unknown_adapter_folder_is_a_clear_error(warm, adapters, tmp_path):
     with pytest.raises(AdapterLoadError, match="has no adapter_config.json"):
         engine.prepare(GenerationRequest(prompt="hi", adapter=tmp_path / "empty"))
     assert len(adapters) == 0
+
+
+class _BytesTokenizer:
+    """Each id is one character; decodes like a tokenizer that can emit NUL."""
+
+    def decode(self, ids, **kwargs):
+        return "".join(chr(i) for i in ids)
+
+
+def test_incremental_decoder_streams_a_nul_as_the_replacement_character():
+    decoder = IncrementalDecoder(_BytesTokenizer())
+    deltas = [decoder.push(token) for token in [ord("a"), 0, ord("b"), 0]]
+    deltas.append(decoder.flush())
+    assert deltas == ["a", "", "\ufffdb", "", "\ufffd"]
+    assert decoder.text == "a\ufffdb\ufffd"
