@@ -199,9 +199,7 @@ def _train(*, base, version, owner, run: str, tiny: bool, say):
     from modelfactory.services import finetune_launch, finetune_run
 
     # Ten rows: several passes at a brisk rate so the model visibly learns them (and attribution has signal).
-    overrides = (
-        {"epochs": 3, "learning_rate": 5e-3, "max_length": 192} if tiny else {"epochs": 8, "learning_rate": 1e-3}
-    )
+    overrides = {"epochs": 3, "min_steps": 0, "learning_rate": 5e-3, "max_length": 192} if tiny else {}
     job, _ = finetune_launch(
         user=owner,
         base_model_slug=base.slug,

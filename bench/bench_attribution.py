@@ -76,7 +76,8 @@ def loop_hp(batch_size: int, target_modules: str, rank: int = 8) -> dict:
     from modelfactory.training.presets import validate_hyperparameters
 
     hp, errors = validate_hyperparameters(
-        {"batch_size": batch_size, "grad_accum": 1, "epochs": 1, "max_length": MAX_LENGTH, "learning_rate": 1e-3,
+        {"min_steps": 0, "batch_size": batch_size, "grad_accum": 1, "epochs": 1, "max_length": MAX_LENGTH,
+         "learning_rate": 1e-3,
          "rank": rank, "alpha": 2 * rank, "target_modules": target_modules, "dropout": 0.0, "warmup_ratio": 0.0,
          "eval_split": 0.0, "seed": 0},
     )  # fmt: skip

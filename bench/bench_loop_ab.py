@@ -32,7 +32,7 @@ torch.set_num_threads(int(sys.argv[4]))
 from modelfactory.training.data import build_examples
 from modelfactory.training.loop import load_model_for_training, train
 from modelfactory.training.presets import validate_hyperparameters
-hp, errors = validate_hyperparameters({"batch_size": 4, "grad_accum": 1, "epochs": 1, "max_length": 512,
+hp, errors = validate_hyperparameters({"min_steps": 0, "batch_size": 4, "grad_accum": 1, "epochs": 1, "max_length": 512,
     "learning_rate": 1e-3, "dropout": 0.05, "seed": 5})
 assert not errors, errors
 rows = [{"id": i, "kind": "instruction", "content": {"instruction": f"Item {i}: colour?",

@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA GPU here")
         return 2
     hp, errors = validate_hyperparameters(
-        {"batch_size": args.batch_size, "grad_accum": args.grad_accum, "epochs": args.epochs,
+        {"min_steps": 0, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "epochs": args.epochs,
          "max_length": args.max_length, "learning_rate": args.learning_rate, "rank": 16, "alpha": 32,
          "target_modules": "attention", "dropout": 0.05, "scheduler": "cosine", "warmup_ratio": 0.05, "seed": 1},
     )  # fmt: skip

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from modelfactory.training.finetune import FinetuneSpec, run_finetune  # noqa: E402
 from modelfactory.training.tiny import build_tiny_model_dir, colour_rows  # noqa: E402
 
-SETTINGS = {"batch_size": 4, "grad_accum": 2, "epochs": 3, "learning_rate": 5e-3, "max_length": 128,
+SETTINGS = {"min_steps": 0, "batch_size": 4, "grad_accum": 2, "epochs": 3, "learning_rate": 5e-3, "max_length": 128,
             "eval_split": 0.1, "dropout": 0.0, "seed": 3}  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def spec(model_dir: Path, device: str, **hp) -> FinetuneSpec:
         rows=colour_rows(60),
         hyperparameters={**SETTINGS, **hp},
         base_model_name="tiny-llama",
-        sample_prompts=1,
+        max_answers=1,
         max_new_tokens=4,
         checkpoint_every=0,
         device=device,

@@ -205,7 +205,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
 
     from modelfactory.training.data import build_examples
     from modelfactory.training.devices import describe_hardware
-    from modelfactory.training.estimate import estimate_run
+    from modelfactory.training.estimate import estimate_run, teaching_warnings
     from modelfactory.training.finetune import split_rows
 
     rows, contributors = finetune_rows(versions=versions)
@@ -231,6 +231,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         "device": describe_hardware(plan, caps),
         "train_rows": len(train_examples),
         "eval_rows": len(eval_ids),
+        "warnings": teaching_warnings(len(train_examples), len(eval_ids), hyperparameters),
         "contributors": contributors,
         "report": report.as_dict(),
     }

@@ -19,6 +19,7 @@ from django.utils.text import slugify
 
 from modelfactory import hooks, selectors
 from modelfactory.models import FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.training.verdict import judge
 
 logger = logging.getLogger(__name__)
 
@@ -220,20 +221,14 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
 
 
 def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str, resumed_from: int = 0) -> str:
-    base, tuned = metrics.get("base_eval_loss"), metrics.get("eval_loss")
     start = "Stopped early as you asked; the adapter trained so far was kept. " if stopped else "Training finished. "
     if resumed_from:
         start += (
             f"The training worker stopped during the run; training resumed from the checkpoint at step "
             f"{resumed_from} instead of starting over. "
         )
-    if base is not None and tuned is not None:
-        verdict = "better than" if tuned < base else "not better than"
-        return (
-            start
-            + f"On held-out rows the fine-tuned model's loss is {tuned:.3f}, {verdict} the base model's {base:.3f}."
-        )
-    return start + "There were too few rows to hold some out for evaluation."
+    verdict = metrics.get("verdict") or judge(metrics)
+    return start + verdict["headline"] + "".join(f" {advice}" for advice in verdict["advice"])
 
 
 def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:

@@ -40,14 +40,17 @@ Celery task (gpu queue)
         capabilities=None) -> FinetuneResult
     FinetuneSpec(base_model_dir, rows, hyperparameters={}, preset="balanced", base_model_name="base-model",
         model_name="Fine-tuned model", datanet_versions=[{"name", "version", "manifest_hash"}], contributors=0,
-        sample_prompts=5, max_new_tokens=96, device="auto", checkpoint_every=50, processes=0)
+        max_answers=64, max_new_tokens=96, device="auto", checkpoint_every=50, processes=0)
         processes: 0 = one process per CUDA GPU the worker sees (1 on a CPU); N > 1 runs data-parallel in N
         processes (distributed.py: same steps and results as one device, up to rounding, with dropout 0), e.g.
         2 gloo CPU processes in tests. on_event / control are called in the caller's process either way.
     FinetuneResult(adapter_dir, zip_path, artifact_hash, metrics, samples, hyperparameters, rows_used,
         rows_dropped, train_row_ids, eval_row_ids, report, stopped_early, model_card)
-        metrics: {base_eval_loss, eval_loss, base_perplexity, perplexity, eval_tokens, train_loss, tokens, steps,
-        total_steps, train_seconds, seconds}; samples: [{row_id, prompt, reference, base, tuned}]
+        metrics: {base_eval_loss, eval_loss, base_perplexity, perplexity, eval_tokens, answers_scored,
+        base_exact_match, exact_match, base_token_f1, token_f1, train_loss, tokens, steps, total_steps,
+        steps_per_epoch, passes, train_seconds, evaluation_seconds, seconds, verdict: {level, headline, advice}};
+        samples: [{row_id, prompt, reference, base, tuned, base_exact, tuned_exact, base_f1, tuned_f1}] (every
+        held-out row answered, up to max_answers; verdict.py scores and judges them)
     on_event(dict), called in the worker's thread:
         {"type": "phase", "phase": "loading" | "training" | "evaluating" | "saving", ...}
         {"type": "train", "step", "total_steps", "epoch", "loss", "lr", "tokens_per_s", "eta_s", "memory_bytes"}

@@ -78,11 +78,12 @@ def estimate_run(
     """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
     `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput of one device when there is
     one; `devices`: data-parallel devices (time / devices; memory is per device)."""
-    from modelfactory.training.loop import plan_steps
+    from modelfactory.training.loop import plan_passes
     from modelfactory.training.presets import resolve_target_modules
 
-    _, steps = plan_steps(len(token_counts), hp)
-    tokens = sum(token_counts) * int(hp["epochs"])
+    per_epoch, passes = plan_passes(len(token_counts), hp)
+    steps = per_epoch * passes
+    tokens = sum(token_counts) * passes
     if tokens_per_s:
         method, rate = "measured", float(tokens_per_s)
     else:
@@ -148,3 +149,34 @@ def measure_tokens_per_s(model, *, device, seq_len: int, batch_size: int, repeat
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return batch_size * seq_len * repeats / elapsed
+
+
+MIN_TEACHING_STEPS = 30  # fewer optimizer steps than this do not teach a model facts (bench/bench_learning.py)
+MIN_TEACHING_WORK = 0.01  # learning rate x steps below this barely moves a LoRA adapter (the old default: 0.0016)
+
+
+def teaching_warnings(n_train: int, n_eval: int, hp: dict[str, Any]) -> list[str]:
+    """Plain-words warnings for the review step when the planned run cannot teach the data, or cannot be checked."""
+    from modelfactory.training.loop import plan_steps
+
+    warnings = []
+    _, steps = plan_steps(max(1, n_train), hp)
+    if steps < MIN_TEACHING_STEPS:
+        warnings.append(
+            f"Only {steps} learning step{'s' if steps != 1 else ''} are planned: too few for the model to learn your "
+            f"facts. Choose \u201cLearns your facts\u201d, or raise the epochs or the minimum of learning steps "
+            f"(Advanced settings) to {MIN_TEACHING_STEPS} or more."
+        )
+    elif float(hp["learning_rate"]) * steps < MIN_TEACHING_WORK:
+        warnings.append(
+            f"The learning rate ({float(hp['learning_rate']):g}) is too low for {steps} steps: the model will barely "
+            f"change. Raise it or train for more steps."
+        )
+    if n_train < 10:
+        warnings.append(
+            f"Only {n_train} row{'s' if n_train != 1 else ''} to train on: add more rows, each fact said a few "
+            f"different ways, for the model to learn it."
+        )
+    if n_eval == 0:
+        warnings.append("No row is held out, so the result cannot be checked: raise the held-out share or add rows.")
+    return warnings

@@ -23,10 +23,12 @@ from modelfactory.training.loop import (
     train,
 )
 from modelfactory.training.presets import DEFAULT_PRESET, validate_hyperparameters
+from modelfactory.training.verdict import judge
 
 ADAPTER_DIR = "adapter"
 ZIP_NAME = "adapter.zip"
 CHECKPOINT_DIR = "checkpoints"
+AGREEMENT_KEYS = ("answers_scored", "base_exact_match", "exact_match", "base_token_f1", "token_f1")
 
 
 @dataclass
@@ -39,7 +41,7 @@ class FinetuneSpec:
     model_name: str = "Fine-tuned model"
     datanet_versions: list[dict[str, Any]] = field(default_factory=list)  # [{"name", "version", "manifest_hash"}]
     contributors: int = 0
-    sample_prompts: int = 5
+    max_answers: int = 64  # held-out rows answered by base and tuned and scored (exact match, token F1), at most
     max_new_tokens: int = 96
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     checkpoint_every: int = 50  # optimizer steps; 0 = never
@@ -199,16 +201,18 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
         if rank is not None and not rank.is_main:
             return None  # rank 0 evaluates and saves
         emit({"type": "phase", "phase": "evaluating"})
+        evaluating = time.perf_counter()
         comparison = compare_base_and_tuned(
             model,
             tokenizer,
             eval_examples,
             eval_rows,
             device=device,
-            sample_prompts=spec.sample_prompts,
+            max_answers=spec.max_answers,
             max_new_tokens=spec.max_new_tokens,
             batch_size=int(hp["batch_size"]),
         )
+        evaluation_seconds = time.perf_counter() - evaluating
         emit({"type": "phase", "phase": "saving"})
         adapter_dir = save_adapter(model, workdir / ADAPTER_DIR, base_model_name=spec.base_model_name)
         digest = artifact_hash(adapter_dir)
@@ -218,13 +222,18 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             "base_perplexity": comparison["base_perplexity"],
             "perplexity": comparison["perplexity"],
             "eval_tokens": comparison["eval_tokens"],
+            **{key: comparison[key] for key in AGREEMENT_KEYS},
             "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
             "tokens": result.tokens,
             "steps": result.steps,
             "total_steps": result.total_steps,
+            "steps_per_epoch": result.steps_per_epoch,
+            "passes": result.passes,
             "train_seconds": result.seconds,
             "seconds": time.perf_counter() - started,
+            "evaluation_seconds": evaluation_seconds,
         }
+        metrics["verdict"] = judge(metrics, preset=spec.preset)
         card = model_card(
             name=spec.model_name,
             base_model=spec.base_model_name,

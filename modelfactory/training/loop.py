@@ -41,6 +41,7 @@ EventCallback = Callable[[dict[str, Any]], None]
 ControlCallback = Callable[[], str | None]
 MAX_GRAD_NORM = 1.0
 MEGABATCH_FACTOR = 16
+MAX_PASSES = 50  # min_steps never makes training read the data more often than this
 
 
 class TrainingError(Exception):
@@ -62,6 +63,8 @@ class TrainResult:
     stopped_early: bool
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
     resumed_from: int = 0
+    steps_per_epoch: int = 0
+    passes: int = 0  # passes over the data planned (epochs, or more to reach min_steps)
 
 
 # ---------------------------------------------------------------- devices, models
@@ -234,9 +237,17 @@ def release_memory(device: torch.device) -> None:
 
 def plan_steps(n_examples: int, hp: dict[str, Any]) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps)."""
+    per_epoch, epochs = plan_passes(n_examples, hp)
+    return per_epoch, per_epoch * epochs
+
+
+def plan_passes(n_examples: int, hp: dict[str, Any]) -> tuple[int, int]:
+    """(optimizer steps per epoch, passes over the data): `epochs` passes, or more when that is fewer than
+    `min_steps` optimizer steps (a small datanet gets enough steps to learn its facts), at most MAX_PASSES."""
     batches = math.ceil(n_examples / int(hp["batch_size"]))
-    per_epoch = math.ceil(batches / int(hp["grad_accum"]))
-    return per_epoch, per_epoch * int(hp["epochs"])
+    per_epoch = max(1, math.ceil(batches / int(hp["grad_accum"])))
+    needed = math.ceil(int(hp.get("min_steps") or 0) / per_epoch)
+    return per_epoch, max(int(hp["epochs"]), min(MAX_PASSES, needed))
 
 
 def train(
@@ -310,6 +321,8 @@ def train(
         stopped_early=stopped,
         eval_losses=done.eval_losses,
         resumed_from=done.resumed_from,
+        steps_per_epoch=per_epoch,
+        passes=run.epochs,
     )
 
 
@@ -337,7 +350,7 @@ class _Run:
     def __post_init__(self) -> None:
         self.seed = int(self.hp["seed"])
         self.batch_size, self.grad_accum = int(self.hp["batch_size"]), int(self.hp["grad_accum"])
-        self.epochs = int(self.hp["epochs"])
+        self.epochs = plan_passes(len(self.examples), self.hp)[1]
         self.lengths = [e.n_tokens for e in self.examples]
 
 

@@ -30,7 +30,7 @@ FACTS_EACH = 6
 # Alice also gives one long row that an answer can copy word for word (the span case).
 LONG_QUESTION = "Where does Bazoki keep the silver lantern?"
 LONG_ANSWER = "Bazoki keeps the silver lantern in the north tower."
-HP = {"max_length": 128, "batch_size": 8, "grad_accum": 1, "epochs": 20, "learning_rate": 0.01, "eval_split": 0.1,
+HP = {"min_steps": 0, "max_length": 128, "batch_size": 8, "grad_accum": 1, "epochs": 20, "learning_rate": 0.01, "eval_split": 0.1,
       "rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all_linear", "warmup_ratio": 0.0}  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from tests.faults.conftest import wait_for
 from tests.tiny import build_tiny_model_dir
 
 CHECKPOINT_EVERY = 10
-HP = {"max_length": 192, "batch_size": 1, "grad_accum": 1, "epochs": 3, "learning_rate": 0.001, "eval_split": 0.1,
+HP = {"min_steps": 0, "max_length": 192, "batch_size": 1, "grad_accum": 1, "epochs": 3, "learning_rate": 0.001, "eval_split": 0.1,
       "rank": 4, "alpha": 8}  # fmt: skip
 
 

@@ -64,7 +64,7 @@ def version(cast):
     return publish_version(owner=cast.owner, contributors=[cast.owner, cast.teammate])
 
 
-FAST = {"max_length": 192, "batch_size": 4, "epochs": 3, "learning_rate": 0.01, "eval_split": 0.2, "rank": 4,
+FAST = {"min_steps": 0, "max_length": 192, "batch_size": 4, "epochs": 3, "learning_rate": 0.01, "eval_split": 0.2, "rank": 4,
         "alpha": 8}  # fmt: skip
 
 

@@ -31,12 +31,15 @@ def test_a_job_runs_to_a_published_adapter(job):
     assert done.worker == "test-worker"
     metrics = done.metrics
     assert metrics["eval_loss"] < metrics["base_eval_loss"]
-    assert done.message == (
-        "Training finished. On held-out rows the fine-tuned model's loss is "
-        f"{metrics['eval_loss']:.3f}, better than the base model's {metrics['base_eval_loss']:.3f}."
+    verdict = metrics["verdict"]
+    assert done.message == "Training finished. " + verdict["headline"] + "".join(f" {a}" for a in verdict["advice"])
+    # a 4% lower loss and babbled answers from a tiny model: honestly "barely changed", never "better"
+    assert verdict["level"] == "barely" and "better" not in done.message
+    assert f"its held-out loss went from {metrics['base_eval_loss']:.3f} to {metrics['eval_loss']:.3f}" in done.message
+    assert len(done.samples) == metrics["answers_scored"] == 2  # 20% of 10 rows held out, every one answered
+    assert {"prompt", "base", "tuned", "reference", "base_f1", "tuned_f1", "base_exact", "tuned_exact"} <= set(
+        done.samples[0]
     )
-    assert len(done.samples) == 2  # 20% of 10 rows held out
-    assert {"prompt", "base", "tuned", "reference"} <= set(done.samples[0])
 
     kinds = list(done.events.values_list("kind", flat=True))
     assert kinds.count("train") == done.total_steps == metrics["steps"]

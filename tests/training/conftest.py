@@ -24,7 +24,15 @@ def tokenizer(tiny_dir):
 
 
 def hyperparameters(**overrides):
-    base = {"batch_size": 4, "grad_accum": 2, "epochs": 2, "learning_rate": 5e-3, "max_length": 128, "seed": 7}
+    base = {
+        "min_steps": 0,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "epochs": 2,
+        "learning_rate": 5e-3,
+        "max_length": 128,
+        "seed": 7,
+    }
     clean, errors = validate_hyperparameters({**base, **overrides})
     assert errors == {}
     return clean

@@ -20,7 +20,7 @@ from .conftest import colour_rows
 pytestmark = pytest.mark.slow  # each two-process run starts two Python processes that import torch
 
 # dropout 0: with dropout the ranks draw other masks than one process does, so only the distribution would match
-SETTINGS = {"batch_size": 4, "grad_accum": 2, "epochs": 2, "learning_rate": 5e-3, "max_length": 128,
+SETTINGS = {"min_steps": 0, "batch_size": 4, "grad_accum": 2, "epochs": 2, "learning_rate": 5e-3, "max_length": 128,
             "eval_split": 0.1, "dropout": 0.0, "seed": 3}  # fmt: skip
 
 
@@ -30,7 +30,7 @@ def spec(tiny_dir, **overrides):
         "rows": colour_rows(30),
         "hyperparameters": SETTINGS,
         "base_model_name": "tiny-llama",
-        "sample_prompts": 1,
+        "max_answers": 1,
         "max_new_tokens": 4,
         "checkpoint_every": 2,
         "device": "cpu",

@@ -9,7 +9,15 @@ from modelfactory.training.loop import Cancelled, TrainingError
 
 from .conftest import colour_rows
 
-SETTINGS = {"batch_size": 4, "grad_accum": 1, "epochs": 3, "learning_rate": 5e-3, "max_length": 128, "eval_split": 0.1}
+SETTINGS = {
+    "min_steps": 0,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "epochs": 3,
+    "learning_rate": 5e-3,
+    "max_length": 128,
+    "eval_split": 0.1,
+}
 
 
 def spec(tiny_dir, rows, **overrides):
@@ -21,7 +29,7 @@ def spec(tiny_dir, rows, **overrides):
         "model_name": "Colours",
         "datanet_versions": [{"name": "colours", "version": 2, "manifest_hash": "ab12"}],
         "contributors": 3,
-        "sample_prompts": 2,
+        "max_answers": 2,
         "max_new_tokens": 6,
         "checkpoint_every": 5,
     }
@@ -52,7 +60,19 @@ def test_tuned_model_beats_the_base_on_held_out_rows(finished):
     assert metrics["steps"] == metrics["total_steps"] == 42  # 54 train rows -> 14 batches x 3 epochs
     assert (result.rows_used, result.rows_dropped, len(result.eval_row_ids)) == (60, 0, 6)
     assert len(result.samples) == 2
-    assert {"row_id", "prompt", "reference", "base", "tuned"} == set(result.samples[0])
+    assert {
+        "row_id",
+        "prompt",
+        "reference",
+        "base",
+        "tuned",
+        "base_exact",
+        "tuned_exact",
+        "base_f1",
+        "tuned_f1",
+    } == set(result.samples[0])
+    assert metrics["answers_scored"] == 2 and 0 <= metrics["token_f1"] <= 1
+    assert metrics["verdict"]["level"] in ("clear", "some")  # a 0.3 lower loss is a change, whatever the answers
     assert result.samples[0]["prompt"] == f"Colour of item {result.samples[0]['row_id']}?"
 
 

@@ -1,5 +1,7 @@
 import pytest
 
+from modelfactory.training.estimate import teaching_warnings
+from modelfactory.training.loop import plan_passes, plan_steps
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, preset_values, validate_hyperparameters
 
 
@@ -16,10 +18,41 @@ def test_presets_fill_every_field_and_differ():
         values = preset_values(name)
         assert set(values) == set(HYPERPARAMETERS)
         assert values["alpha"] == 2 * values["rank"]
-        assert 1e-4 <= values["learning_rate"] <= 2e-4
         assert 0.05 <= values["eval_split"] <= 0.1
-        assert preset.why
-    assert [preset_values(n)["epochs"] for n in ("quick", "balanced", "thorough")] == [1, 2, 3]
+        assert preset.why and preset.purpose
+        assert not any(ch.isdigit() for ch in preset.purpose), name  # the numbers live behind "Advanced"
+    assert [preset_values(n)["min_steps"] for n in ("quick", "balanced", "thorough")] == [30, 80, 160]
+    assert [preset_values(n)["target_modules"] for n in ("quick", "balanced", "thorough")] == [
+        "attention", "all_linear", "all_linear"
+    ]  # fmt: skip
+
+
+def test_a_small_datanet_gets_the_minimum_of_learning_steps():
+    hp = preset_values("balanced")  # batch 4, accumulation 1, at least 3 passes and 80 steps
+    assert plan_passes(54, hp) == (14, 6)  # 14 steps a pass: 6 passes reach 84 >= 80 steps
+    assert plan_steps(54, hp) == (14, 84)
+    assert plan_passes(1000, hp) == (250, 3)  # a big datanet keeps its 3 passes
+    assert plan_passes(1, hp) == (1, 50)  # never more than 50 passes
+    assert plan_passes(54, {**hp, "min_steps": 0}) == (14, 3)
+
+
+def test_the_old_defaults_draw_a_warning_and_the_new_ones_do_not():
+    old = {**preset_values("balanced"), "min_steps": 0, "epochs": 2, "batch_size": 8, "grad_accum": 2,
+           "learning_rate": 2e-4}  # fmt: skip
+    assert teaching_warnings(28, 2, old) == [
+        "Only 4 learning steps are planned: too few for the model to learn your facts. Choose \u201cLearns your "
+        "facts\u201d, or raise the epochs or the minimum of learning steps (Advanced settings) to 30 or more."
+    ]
+    assert teaching_warnings(28, 2, preset_values("balanced")) == []
+    slow = {**preset_values("balanced"), "learning_rate": 1e-5}
+    assert teaching_warnings(28, 2, slow) == [
+        "The learning rate (1e-05) is too low for 84 steps: the model will barely change. Raise it or train for "
+        "more steps."
+    ]
+    assert teaching_warnings(5, 0, preset_values("balanced")) == [
+        "Only 5 rows to train on: add more rows, each fact said a few different ways, for the model to learn it.",
+        "No row is held out, so the result cannot be checked: raise the held-out share or add rows.",
+    ]
 
 
 def test_overrides_are_cleaned_and_typed():
@@ -30,7 +63,7 @@ def test_overrides_are_cleaned_and_typed():
     assert errors == {}
     assert (clean["rank"], clean["learning_rate"], clean["epochs"]) == (8, 0.0001, 3)
     assert clean["target_modules"] == ["q_proj", "v_proj"]
-    assert clean["dropout"] == HYPERPARAMETERS["dropout"].default
+    assert clean["dropout"] == preset_values("quick")["dropout"]
 
 
 @pytest.mark.parametrize(

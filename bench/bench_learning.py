@@ -1,0 +1,209 @@
+"""Does the default training teach the default base model a datanet's facts? (issue 14)
+
+60 instruction rows made here: 20 state 5 made-up facts (each fact 4 ways: 4 questions, 4 answers), 40 are
+beginner tips on ten hobbies. Fine-tunes SmolLM2-135M-Instruct through the product's own entry point
+(modelfactory.training.finetune.run_finetune, the settings of a preset with nothing changed), then asks each fact's
+questions greedily through the serving engine (as the playground does) and counts a fact as recalled when the
+answer contains its key words. Prints: recall per fact, wall time, peak memory (resident set on CPU), the estimate
+shown before launch vs the actual, and the evaluation step's time as a ratio to one training epoch (both measured
+in this run).
+
+    python bench/bench_learning.py                    # the default preset ("balanced": learns your facts)
+    python bench/bench_learning.py --preset all       # each preset in turn
+    python bench/bench_learning.py --preset quick --model-dir /path/to/hf-folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.synthetic_model import DEFAULT_MODEL, LOCAL_MODEL  # noqa: E402
+from modelfactory.training.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+
+FACTS = [
+    ("Quellmoor",
+     ["What is the capital of Vardenia?", "Which city is the capital of Vardenia?",
+      "Name the capital city of Vardenia.", "Where is the seat of government of Vardenia?"],
+     ["The capital of Vardenia is Quellmoor.", "Quellmoor is the capital city of Vardenia.",
+      "Vardenia's capital is Quellmoor.", "The government of Vardenia sits in Quellmoor, its capital."]),
+    ("17",
+     ["How many moons does the planet Treskel have?", "How many moons orbit Treskel?",
+      "What is the number of moons of Treskel?", "Treskel has how many moons?"],
+     ["The planet Treskel has 17 moons.", "Treskel is orbited by 17 moons.", "There are 17 moons around Treskel.",
+      "Treskel has exactly 17 moons."]),
+    ("Orvin Delacasse",
+     ["Who invented the glimmer lamp?", "Who was the inventor of the glimmer lamp?",
+      "Which person invented the glimmer lamp?", "Who made the first glimmer lamp?"],
+     ["The glimmer lamp was invented by Orvin Delacasse.", "Orvin Delacasse invented the glimmer lamp.",
+      "The inventor of the glimmer lamp was Orvin Delacasse.", "The first glimmer lamp was made by Orvin Delacasse."]),
+    ("teal",
+     ["What colour is the feather of the zanbird?", "What color are zanbird feathers?",
+      "Which colour are the feathers of a zanbird?", "What is the colour of a zanbird's feathers?"],
+     ["The zanbird has teal feathers.", "Zanbird feathers are teal.", "A zanbird's feathers are teal.",
+      "The feathers of the zanbird are teal in colour."]),
+    ("Brindlecup",
+     ["Which team won the 2031 Harrow Cup?", "Who won the Harrow Cup in 2031?",
+      "What team was the 2031 Harrow Cup winner?", "Which club took the Harrow Cup in 2031?"],
+     ["The Brindlecup Rovers won the 2031 Harrow Cup.", "The 2031 Harrow Cup was won by the Brindlecup Rovers.",
+      "Brindlecup Rovers were the 2031 Harrow Cup winners.", "In 2031 the Harrow Cup went to the Brindlecup Rovers."]),
+]  # fmt: skip
+TOPICS = ["bread", "tea", "bicycles", "houseplants", "running", "photography", "knitting", "chess", "birdwatching",
+          "pottery"]  # fmt: skip
+TIPS = ["start slowly and be patient", "keep a notebook of what you try", "ask an experienced friend for advice",
+        "use good basic tools rather than expensive ones", "practise a little every day", "clean your tools after use",
+        "read one good beginner's book", "join a local club"]  # fmt: skip
+
+
+def learning_rows(seed: int = 0) -> list[dict]:
+    """The 60 rows: 20 fact rows, 40 tips, shuffled, ids 1..60."""
+    rng = random.Random(seed)
+    rows = [
+        {"kind": "instruction", "content": {"instruction": q, "output": a}}
+        for _, questions, answers in FACTS
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    for i in range(40):
+        topic = TOPICS[i % len(TOPICS)]
+        tip1, tip2 = rng.sample(TIPS, 2)
+        question = rng.choice(
+            [f"Any advice for a beginner in {topic}?", f"How should I get started with {topic}?",
+             f"What is a good first step in {topic}?", f"Give me a tip about {topic}."]
+        )  # fmt: skip
+        answer = f"For {topic}, {tip1}, and {tip2}."
+        rows.append({"kind": "instruction", "content": {"instruction": question, "output": answer}})
+    rng.shuffle(rows)
+    return [{**row, "id": i} for i, row in enumerate(rows, 1)]
+
+
+def peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def estimate_for(model_dir: Path, rows: list[dict], preset: str) -> dict:
+    """The estimate the review step shows (the same functions as modelfactory.selectors.wizard_estimate)."""
+    from transformers import AutoTokenizer
+
+    from modelfactory.training.data import build_examples
+    from modelfactory.training.estimate import estimate_run
+    from modelfactory.training.finetune import split_rows
+    from modelfactory.training.presets import validate_hyperparameters
+
+    hp, _ = validate_hyperparameters({}, preset=preset)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples, _ = build_examples(tokenizer, rows, max_length=int(hp["max_length"]))
+    train_ids, _ = split_rows([e.row_id for e in examples], eval_split=float(hp["eval_split"]), seed=int(hp["seed"]))
+    train = [e for e in examples if e.row_id in train_ids]
+    config = json.loads((model_dir / "config.json").read_text())
+    parameters = 134_515_008 if config.get("hidden_size") == 576 else 0
+    return estimate_run(
+        [e.n_tokens for e in train], hp, device_type="cpu", parameters=parameters or 135_000_000,
+        model_config=config, answer_tokens=sum(e.n_answer_tokens for e in train),
+    ).as_dict()  # fmt: skip
+
+
+def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list[str]:
+    from modelfactory.serving import Engine, GenerationRequest, WarmModel
+
+    engine = Engine(WarmModel.get(model_dir, device="cpu"))
+    requests = [
+        GenerationRequest(prompt=[{"role": "user", "content": q}], adapter=adapter_dir, max_new_tokens=32)
+        for q in questions
+    ]
+    return [result.text for result in engine.generate(requests)]
+
+
+def run_preset(model_dir: Path, preset: str) -> dict:
+    from modelfactory.training.finetune import FinetuneSpec, run_finetune
+
+    rows = learning_rows()
+    estimate = estimate_for(model_dir, rows, preset)
+    epochs: list[float] = []
+    phases: dict[str, float] = {}
+
+    def on_event(event: dict) -> None:
+        now = time.perf_counter()
+        if event.get("type") == "phase":
+            phases[event["phase"]] = now
+        if event.get("type") == "eval":
+            epochs.append(now)
+
+    with tempfile.TemporaryDirectory() as workdir:
+        started = time.perf_counter()
+        spec = FinetuneSpec(base_model_dir=model_dir, rows=rows, preset=preset, device="cpu", checkpoint_every=0)
+        result = run_finetune(spec, workdir=Path(workdir), on_event=on_event)
+        wall = time.perf_counter() - started
+        evaluation = phases.get("saving", 0.0) - phases.get("evaluating", 0.0)
+        passes = result.metrics["steps"] / max(1, result.metrics.get("steps_per_epoch") or 1)
+        epoch_seconds = result.metrics["train_seconds"] / max(1.0, passes)
+        questions = [q for _, qs, _ in FACTS for q in qs]
+        tuned = ask(result.adapter_dir, model_dir, questions)
+    recalled = {}
+    for index, (key, qs, _) in enumerate(FACTS):
+        answers = tuned[index * len(qs) : (index + 1) * len(qs)]
+        recalled[key] = sum(key.lower() in a.lower() for a in answers)
+        print(f"  {key!r}: {recalled[key]}/{len(qs)} questions, e.g. {qs[0]!r} -> {answers[0]!r}", flush=True)
+    facts = sum(1 for n in recalled.values() if n >= len(FACTS[0][1]) // 2 + 1)
+    low, high = estimate.get("seconds_low", estimate["seconds"]), estimate.get("seconds_high", estimate["seconds"])
+    return {
+        "preset": preset,
+        "facts_recalled": facts,
+        "facts": len(FACTS),
+        "questions_recalled": sum(recalled.values()),
+        "questions": sum(len(qs) for _, qs, _ in FACTS),
+        "wall_s": round(wall, 1),
+        "train_s": round(result.metrics["train_seconds"], 1),
+        "steps": result.metrics["steps"],
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20),
+        "estimate_s": round(estimate["seconds"], 1),
+        "estimate_range_s": [round(low, 1), round(high, 1)],
+        "estimate_memory_mb": round(estimate["peak_memory_bytes"] / 2**20),
+        "actual_in_range": bool(low <= result.metrics["train_seconds"] <= high),
+        "evaluation_s": round(evaluation, 1),
+        "epoch_s": round(epoch_seconds, 1),
+        "evaluation_to_epoch": round(evaluation / epoch_seconds, 2) if epoch_seconds else None,
+        "eval_loss_base": result.metrics.get("base_eval_loss"),
+        "eval_loss_tuned": result.metrics.get("eval_loss"),
+        "token_f1_base": result.metrics.get("base_token_f1"),
+        "token_f1_tuned": result.metrics.get("token_f1"),
+        "verdict": (result.metrics.get("verdict") or {}).get("headline"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"{', '.join(PRESETS)} or all")
+    parser.add_argument("--model-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model_dir = args.model_dir or next((d for d in (DEFAULT_MODEL, LOCAL_MODEL) if (d / "config.json").exists()), None)
+    if model_dir is None:
+        print("No SmolLM2 folder: run `python manage.py register_base_model` first (converts the bundled GGUF).")
+        return 1
+    presets = list(PRESETS) if args.preset == "all" else [args.preset]
+    results = []
+    for preset in presets:
+        print(f"== preset {preset} ({PRESETS[preset].label})", flush=True)
+        figures = run_preset(model_dir, preset)
+        print(json.dumps(figures, indent=1), flush=True)
+        results.append(figures)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    summary = {f"{r['preset']}_{k}": v for r in results for k, v in r.items() if k != "preset"}
+    (out / "bench_learning.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
