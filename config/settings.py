@@ -3,6 +3,7 @@ need no server. A bad value stops start-up with an EnvError naming the variable.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -93,6 +94,23 @@ try:
 except ValueError as exc:  # dj_database_url explains what is wrong with the URL
     raise EnvError("DATABASE_URL", DATABASE_URL, f"a database URL ({exc})") from None
 IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# The development server (`manage.py runserver`, which `make run` starts) answers each request in a new thread: with
+# persistent connections every finished thread left its connection open, and about 100 requests used up
+# PostgreSQL's. There, connections come from a pool of at most MF_DB_POOL_MAX_SIZE that threads borrow per request and
+# give back. MF_DB_POOL=on pools in every process (gunicorn, Celery) too; off never pools. Pooled connections are not
+# kept per thread, so CONN_MAX_AGE is 0 with it; a request waits up to 30 s for a free connection.
+MF_DB_POOL = env.str("MF_DB_POOL", "auto")
+if MF_DB_POOL not in ("auto", "on", "off"):
+    raise EnvError("MF_DB_POOL", MF_DB_POOL, "auto, on or off")
+MF_DB_POOL_MAX_SIZE = env.int("MF_DB_POOL_MAX_SIZE", 10, min_value=1, max_value=1000)
+_DEV_SERVER = sys.argv[1:2] == ["runserver"]
+if IS_POSTGRES and (MF_DB_POOL == "on" or (MF_DB_POOL == "auto" and _DEV_SERVER)):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": MF_DB_POOL_MAX_SIZE,
+        "timeout": 30,
+    }
 if not IS_POSTGRES:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
