@@ -152,8 +152,18 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+# Failed log-ins are counted per account and per client address. After MF_LOGIN_MAX_FAILURES failures for an account
+# (MF_LOGIN_ADDRESS_MAX_FAILURES from one address), each further try must wait: MF_LOGIN_DELAY_SECONDS, doubling with
+# each failure, at most MF_LOGIN_DELAY_MAX_SECONDS. A browser that logged in to the account before (a signed cookie
+# kept MF_LOGIN_KNOWN_DEVICE_DAYS) is not held back by the account's count, only by its own address's.
 MF_LOGIN_MAX_FAILURES = env.int("MF_LOGIN_MAX_FAILURES", 5, min_value=1)
-MF_LOGIN_LOCKOUT_SECONDS = env.int("MF_LOGIN_LOCKOUT_SECONDS", 900, min_value=1)
+MF_LOGIN_ADDRESS_MAX_FAILURES = env.int("MF_LOGIN_ADDRESS_MAX_FAILURES", 20, min_value=1)
+MF_LOGIN_DELAY_SECONDS = env.int("MF_LOGIN_DELAY_SECONDS", 30, min_value=1)
+MF_LOGIN_DELAY_MAX_SECONDS = env.int("MF_LOGIN_DELAY_MAX_SECONDS", 900, min_value=1)
+MF_LOGIN_KNOWN_DEVICE_DAYS = env.int("MF_LOGIN_KNOWN_DEVICE_DAYS", 180, min_value=1)
+# Reverse proxies in front of the app that append the client's address to X-Forwarded-For (0: none; the address is
+# the connection's). With N, the client is the N-th address from the right; anything left of it is the client's own.
+MF_TRUSTED_PROXY_COUNT = env.int("MF_TRUSTED_PROXY_COUNT", 0, min_value=0, max_value=10)
 
 # --- I18N / static / media --------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -241,9 +251,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
     "PAGE_SIZE": 50,
+    "NUM_PROXIES": MF_TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "core.throttling.AnonRateThrottle",
+        "core.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("MF_THROTTLE_ANON", "60/min"),

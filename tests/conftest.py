@@ -33,3 +33,13 @@ def cast(db):
 @pytest.fixture
 def api_client():
     return APIClient()
+
+
+@pytest.fixture
+def login_clock(monkeypatch):
+    """The failed-log-in throttle's clock, frozen; `login_clock.now += 30` moves it (no test waits for real)."""
+    from accounts.services import login_throttle
+
+    clock = SimpleNamespace(now=1_800_000_000.0)
+    monkeypatch.setattr(login_throttle, "time", SimpleNamespace(time=lambda: clock.now))
+    return clock
