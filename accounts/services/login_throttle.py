@@ -126,7 +126,7 @@ def known_device_cookie_value(*, cookie: str | None, username: str) -> str:
 
 
 def wait_in_words(seconds: int) -> str:
-    if seconds < 60:
+    if seconds < 120:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     minutes = -(-seconds // 60)
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
