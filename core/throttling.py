@@ -1,8 +1,8 @@
 """DRF rate limits counted atomically (core.counters): DRF's own throttles keep a list of request times that each
 request reads and writes back, so requests arriving together all see the old list and all pass. These count
-requests per fixed window (the rate's period) with one atomic increment each; at most `num_requests` pass per
-window. An anonymous caller is counted by its address: REMOTE_ADDR, or the one the trusted proxies saw
-(REST_FRAMEWORK["NUM_PROXIES"] = MF_TRUSTED_PROXY_COUNT)."""
+requests in a window that opens at a caller's first request and lasts the rate's period, with one atomic increment
+each; at most `num_requests` pass per window. An anonymous caller is counted by its address: REMOTE_ADDR, or the
+one the trusted proxies saw (REST_FRAMEWORK["NUM_PROXIES"] = MF_TRUSTED_PROXY_COUNT)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import time
 
 from django.conf import settings
+from django.core.cache import cache
 from rest_framework import throttling
 
 from common.net import client_address
@@ -23,10 +24,12 @@ class AtomicRateThrottle(throttling.SimpleRateThrottle):
         self.key = self.get_cache_key(request, view)
         if self.key is None:
             return True
+        # The window opens at the caller's first request (the add() that wins) and lasts the rate's period.
         now = time.time()
-        window = int(now // self.duration)
-        count = counter_add(f"{self.key}:{window}", ttl=self.duration + 1)
-        self._wait = math.ceil((window + 1) * self.duration - now)
+        start_key = f"{self.key}:start"
+        start = now if cache.add(start_key, now, self.duration) else (cache.get(start_key) or now)
+        count = counter_add(f"{self.key}:{start:.6f}", ttl=self.duration + 1)
+        self._wait = math.ceil(start + self.duration - now)
         return count <= self.num_requests
 
     def wait(self):
