@@ -89,3 +89,12 @@ def test_runserver_burst_keeps_connections_bounded(shared_db, fault_settings, tm
     # Before the fix: one open connection per request thread, up to REQUESTS. After: at most the pool.
     assert before <= POOL_SIZE
     assert after <= POOL_SIZE, f"{after} connections open after {REQUESTS} requests"
+
+
+def test_a_bad_pool_setting_stops_start_up_naming_it():
+    env = {**os.environ, "MF_DB_POOL": "sometimes"}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "Environment variable MF_DB_POOL='sometimes' is not valid: expected auto, on or off." in done.stderr
