@@ -2,11 +2,18 @@ from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, permissions
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts.serializers import TokenObtainRequestSerializer, TokenObtainResponseSerializer
-from accounts.services import api_token_create, login_failure_record, login_locked_seconds, login_success_record
+from accounts.services import (
+    KNOWN_DEVICE_COOKIE,
+    api_token_create,
+    login_attempt_begin,
+    login_attempt_failed,
+    login_attempt_succeeded,
+    login_is_known_device,
+)
+from core.throttling import ScopedRateThrottle, client_address_of
 
 
 class TokenObtainView(APIView):
@@ -25,14 +32,17 @@ class TokenObtainView(APIView):
         serializer = TokenObtainRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         username = serializer.validated_data["username"]
-        ip = request.META.get("REMOTE_ADDR", "")
-        wait = login_locked_seconds(username=username, ip=ip)
-        if wait:
-            raise exceptions.Throttled(wait=wait, detail="Too many failed log-in attempts.")
+        attempt = login_attempt_begin(
+            username=username,
+            address=client_address_of(request),
+            known_device=login_is_known_device(cookie=request.COOKIES.get(KNOWN_DEVICE_COOKIE), username=username),
+        )
+        if not attempt.allowed:
+            raise exceptions.Throttled(wait=attempt.wait_seconds, detail="Too many failed log-in attempts.")
         user = authenticate(request, username=username, password=serializer.validated_data["password"])
         if user is None:
-            login_failure_record(username=username, ip=ip)
+            login_attempt_failed(attempt=attempt)
             raise exceptions.AuthenticationFailed("That user name and password do not match.")
-        login_success_record(username=username)
+        login_attempt_succeeded(attempt=attempt, username=username)
         token, key = api_token_create(user=user, name=serializer.validated_data["name"])
         return Response(TokenObtainResponseSerializer({"token": key, "name": token.name}).data, status=201)

@@ -2,34 +2,45 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
-from accounts.services import login_failure_record, login_locked_seconds, login_success_record
-
-
-def client_ip(request) -> str:
-    return request.META.get("REMOTE_ADDR", "") if request is not None else ""
+from accounts.services import (
+    KNOWN_DEVICE_COOKIE,
+    login_attempt_begin,
+    login_attempt_failed,
+    login_attempt_succeeded,
+    login_is_known_device,
+    username_check_not_lookalike,
+    wait_in_words,
+)
+from core.throttling import client_address_of
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
     error_messages = {
         **AuthenticationForm.error_messages,
         "invalid_login": "That user name and password do not match. Check both and try again.",
-        "throttled": "Too many failed attempts. Wait %(minutes)s minute(s) before trying again.",
+        "throttled": "Too many failed attempts. Wait %(wait)s before trying again.",
     }
 
     def clean(self):
         username = self.cleaned_data.get("username") or ""
-        ip = client_ip(self.request)
-        wait = login_locked_seconds(username=username, ip=ip)
-        if wait:
+        if not username or not self.cleaned_data.get("password"):
+            return super().clean()
+        cookie = self.request.COOKIES.get(KNOWN_DEVICE_COOKIE) if self.request is not None else None
+        attempt = login_attempt_begin(
+            username=username,
+            address=client_address_of(self.request) if self.request is not None else "",
+            known_device=login_is_known_device(cookie=cookie, username=username),
+        )
+        if not attempt.allowed:
             raise forms.ValidationError(
-                self.error_messages["throttled"], code="throttled", params={"minutes": max(1, round(wait / 60))}
+                self.error_messages["throttled"], code="throttled", params={"wait": wait_in_words(attempt.wait_seconds)}
             )
         try:
             cleaned = super().clean()
         except forms.ValidationError:
-            login_failure_record(username=username, ip=ip)
+            login_attempt_failed(attempt=attempt)
             raise
-        login_success_record(username=username)
+        login_attempt_succeeded(attempt=attempt, username=username)
         return cleaned
 
 
@@ -39,6 +50,11 @@ class SignupForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         model = get_user_model()
         fields = ["username", "email"]
+
+    def clean_username(self):
+        username = super().clean_username()
+        username_check_not_lookalike(username=username)
+        return username
 
 
 class ProfileForm(forms.ModelForm):

@@ -1,14 +1,23 @@
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
 from django.views.decorators.http import require_POST
 
 from accounts.forms import ApiTokenForm, ProfileForm, SignupForm, ThrottledAuthenticationForm
 from accounts.models import ApiToken
-from accounts.services import api_token_create, api_token_revoke, user_signup
+from accounts.services import (
+    KNOWN_DEVICE_COOKIE,
+    api_token_create,
+    api_token_revoke,
+    known_device_cookie_value,
+    user_sign_out_everywhere,
+    user_signup,
+)
 
 
 class LoginView(auth_views.LoginView):
@@ -16,14 +25,48 @@ class LoginView(auth_views.LoginView):
     authentication_form = ThrottledAuthenticationForm
     redirect_authenticated_user = True
 
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        # This browser is now known for the account: others' failed guesses no longer hold it back.
+        value = known_device_cookie_value(
+            cookie=self.request.COOKIES.get(KNOWN_DEVICE_COOKIE), username=form.get_user().username
+        )
+        response.set_cookie(
+            KNOWN_DEVICE_COOKIE,
+            value,
+            max_age=settings.MF_LOGIN_KNOWN_DEVICE_DAYS * 86400,
+            httponly=True,
+            secure=settings.SESSION_COOKIE_SECURE,
+            samesite="Lax",
+        )
+        return response
+
 
 class PasswordChangeView(auth_views.PasswordChangeView):
     template_name = "accounts/password_change.html"
     success_url = reverse_lazy("accounts:profile")
 
     def form_valid(self, form):
-        messages.success(self.request, "Your password was changed.")
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        # Whoever knew the old password may hold an API key or a session: both end with it.
+        revoked = user_sign_out_everywhere(user=self.request.user)
+        update_session_auth_hash(self.request, self.request.user)
+        messages.success(self.request, _signed_out_message("Your password was changed.", revoked))
+        return response
+
+
+def _signed_out_message(first: str, revoked: int) -> str:
+    keys = f"{revoked} API key{'s' if revoked != 1 else ''} revoked" if revoked else "no API keys to revoke"
+    return f"{first} You were signed out everywhere else ({keys}); this browser stays signed in."
+
+
+@login_required
+@require_POST
+def sign_out_everywhere(request):
+    revoked = user_sign_out_everywhere(user=request.user)
+    update_session_auth_hash(request, request.user)  # this browser stays signed in
+    messages.success(request, _signed_out_message("Done.", revoked))
+    return redirect("accounts:profile")
 
 
 def signup(request):
@@ -31,14 +74,18 @@ def signup(request):
         return redirect("home")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = user_signup(
-            username=form.cleaned_data["username"],
-            email=form.cleaned_data["email"],
-            password=form.cleaned_data["password1"],
-        )
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome, {user.username}! Your account is ready.")
-        return redirect("home")
+        try:
+            user = user_signup(
+                username=form.cleaned_data["username"],
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password1"],
+            )
+        except ValidationError as error:  # a look-alike name signed up since the form checked
+            form.add_error("username", error)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, f"Welcome, {user.username}! Your account is ready.")
+            return redirect("home")
     return render(request, "accounts/signup.html", {"form": form})
 
 

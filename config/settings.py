@@ -3,6 +3,7 @@ need no server. A bad value stops start-up with an EnvError naming the variable.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -93,6 +94,23 @@ try:
 except ValueError as exc:  # dj_database_url explains what is wrong with the URL
     raise EnvError("DATABASE_URL", DATABASE_URL, f"a database URL ({exc})") from None
 IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+# The development server (`manage.py runserver`, which `make run` starts) answers each request in a new thread: with
+# persistent connections every finished thread left its connection open, and about 100 requests used up
+# PostgreSQL's. There, connections come from a pool of at most MF_DB_POOL_MAX_SIZE that threads borrow per request and
+# give back. MF_DB_POOL=on pools in every process (gunicorn, Celery) too; off never pools. Pooled connections are not
+# kept per thread, so CONN_MAX_AGE is 0 with it; a request waits up to 30 s for a free connection.
+MF_DB_POOL = env.str("MF_DB_POOL", "auto")
+if MF_DB_POOL not in ("auto", "on", "off"):
+    raise EnvError("MF_DB_POOL", MF_DB_POOL, "auto, on or off")
+MF_DB_POOL_MAX_SIZE = env.int("MF_DB_POOL_MAX_SIZE", 10, min_value=1, max_value=1000)
+_DEV_SERVER = sys.argv[1:2] == ["runserver"]
+if IS_POSTGRES and (MF_DB_POOL == "on" or (MF_DB_POOL == "auto" and _DEV_SERVER)):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": MF_DB_POOL_MAX_SIZE,
+        "timeout": 30,
+    }
 if not IS_POSTGRES:
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
@@ -134,8 +152,18 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+# Failed log-ins are counted per account and per client address. After MF_LOGIN_MAX_FAILURES failures for an account
+# (MF_LOGIN_ADDRESS_MAX_FAILURES from one address), each further try must wait: MF_LOGIN_DELAY_SECONDS, doubling with
+# each failure, at most MF_LOGIN_DELAY_MAX_SECONDS. A browser that logged in to the account before (a signed cookie
+# kept MF_LOGIN_KNOWN_DEVICE_DAYS) is not held back by the account's count, only by its own address's.
 MF_LOGIN_MAX_FAILURES = env.int("MF_LOGIN_MAX_FAILURES", 5, min_value=1)
-MF_LOGIN_LOCKOUT_SECONDS = env.int("MF_LOGIN_LOCKOUT_SECONDS", 900, min_value=1)
+MF_LOGIN_ADDRESS_MAX_FAILURES = env.int("MF_LOGIN_ADDRESS_MAX_FAILURES", 20, min_value=1)
+MF_LOGIN_DELAY_SECONDS = env.int("MF_LOGIN_DELAY_SECONDS", 30, min_value=1)
+MF_LOGIN_DELAY_MAX_SECONDS = env.int("MF_LOGIN_DELAY_MAX_SECONDS", 900, min_value=1)
+MF_LOGIN_KNOWN_DEVICE_DAYS = env.int("MF_LOGIN_KNOWN_DEVICE_DAYS", 180, min_value=1)
+# Reverse proxies in front of the app that append the client's address to X-Forwarded-For (0: none; the address is
+# the connection's). With N, the client is the N-th address from the right; anything left of it is the client's own.
+MF_TRUSTED_PROXY_COUNT = env.int("MF_TRUSTED_PROXY_COUNT", 0, min_value=0, max_value=10)
 
 # --- I18N / static / media --------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -223,9 +251,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "core.api.Pagination",
     "PAGE_SIZE": 50,
+    "NUM_PROXIES": MF_TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "core.throttling.AnonRateThrottle",
+        "core.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("MF_THROTTLE_ANON", "60/min"),

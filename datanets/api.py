@@ -6,9 +6,9 @@ from rest_framework.exceptions import APIException, NotFound
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 
 from core.api import error_responses
+from core.throttling import ScopedRateThrottle
 from datanets import selectors, services
 from datanets.models import Contribution, Datanet, Record
 from datanets.serializers import (

@@ -3,10 +3,10 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from core.api import error_responses
+from core.throttling import ScopedRateThrottle
 from ledger import selectors, services
 from ledger.models import Transaction
 from ledger.serializers import (

@@ -4,9 +4,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 
 from core.api import error_body, error_responses
+from core.throttling import ScopedRateThrottle
 from ledger.calc.money import format_credits
 from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob, Inference

@@ -12,9 +12,9 @@ from django.http import JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from core.throttling import ScopedRateThrottle
 from modelfactory import selectors, services
 from modelfactory.models import Inference, TrainedModel
 

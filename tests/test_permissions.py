@@ -75,6 +75,7 @@ PAGES = [
     ("GET", "/accounts/tokens/", LOGIN, 200, 200, 200, 200),
     ("POST", "/accounts/tokens/{token}/revoke/", LOGIN, 302, 302, 302, 302),
     ("GET", "/accounts/password/", LOGIN, 200, 200, 200, 200),
+    ("POST", "/accounts/sign-out-everywhere/", LOGIN, 302, 302, 302, 302),
     ("GET", "/api/docs/", 200, 200, 200, 200, 200),
     ("GET", "/api/schema/", 200, 200, 200, 200, 200),
     ("GET", "/admin/", LOGIN, LOGIN, LOGIN, LOGIN, 200),
@@ -120,6 +121,11 @@ BODIES = {
 
 # Writes whose status does not tell (a page redirects either way): what they change, and which roles change it.
 EFFECTS = {
+    # Each role revokes only its own keys: the owner's key stays unless the owner signs out everywhere.
+    "POST /accounts/sign-out-everywhere/": (
+        lambda w: ApiToken.objects.filter(user__username="owner", name="matrix", revoked_at__isnull=True).count(),
+        {"owner"},
+    ),
     "POST /accounts/tokens/{token}/revoke/": (
         lambda w: ApiToken.objects.filter(user__username="owner", name="matrix", revoked_at__isnull=True).count(),
         {"owner"},

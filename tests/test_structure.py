@@ -42,7 +42,7 @@ def test_no_function_in_services_is_over_80_lines():
     assert {name: n for name, n in functions.items() if n > MAX_SERVICE_FUNCTION_LINES} == {}
 
 
-@pytest.mark.parametrize("app", ["attribution", "datanets", "ledger", "modelfactory"])
+@pytest.mark.parametrize("app", ["accounts", "attribution", "datanets", "ledger", "modelfactory"])
 def test_services_are_a_package_that_re_exports_every_public_name(app):
     package = importlib.import_module(f"{app}.services")
     assert Path(package.__file__).name == "__init__.py"
