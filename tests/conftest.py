@@ -3,12 +3,24 @@ from types import SimpleNamespace
 import pytest
 import torch
 from django.core.cache import cache
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from tests.factories import PASSWORD, UserFactory
 
 # Small torch ops on 2 shared cores are far slower with 2 threads when the other core is busy.
 torch.set_num_threads(1)
+
+
+def _allow_ledger_truncate(sender, connection, **kwargs):
+    # The ledger's tables refuse TRUNCATE (ledger/migrations/0007) except in a test database whose session asks;
+    # Django empties the database with TRUNCATE between transactional tests.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET ledger.allow_truncate = on")
+
+
+connection_created.connect(_allow_ledger_truncate, dispatch_uid="tests-allow-ledger-truncate")
 
 
 @pytest.fixture(autouse=True)
