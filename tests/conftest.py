@@ -30,6 +30,14 @@ def _clear_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _ledger_anchors_in_tmp(settings, tmp_path_factory):
+    # Checkpoints append signed anchors (ledger/services/anchors.py): each test its own file and key, never var/.
+    folder = tmp_path_factory.mktemp("anchors")
+    settings.MF_LEDGER_ANCHORS_PATH = folder / "anchors.jsonl"
+    settings.MF_LEDGER_ANCHOR_KEY = folder / "anchor-key.pem"
+
+
 @pytest.fixture
 def cast(db):
     """The fixed cast for permission tests: owner, teammate, outsider, staff."""
