@@ -175,3 +175,61 @@ def test_no_key_to_check_with_is_a_clear_error(anchored, settings):
 
 def test_no_anchors_file_is_a_clear_error(db, settings):
     assert verify_anchors() == f"Ledger breach: anchors: there is no anchors file at {settings.MF_LEDGER_ANCHORS_PATH}"
+
+
+ANCHOR_FIELDS = {
+    "sequence",
+    "prev_anchor",
+    "checkpoint_first_seq",
+    "last_seq",
+    "last_tx_id",
+    "tx_count",
+    "root",
+    "merkle_root",
+    "created_at",
+    "key_id",
+    "public_key",
+    "signature",
+    "signature_algorithm",
+}
+
+
+def _check_signed(anchor: dict, settings) -> None:
+    """The anchor a user received is the newest line of the file, and its signature checks with the trusted key."""
+    newest = lines(settings.MF_LEDGER_ANCHORS_PATH)[-1]
+    assert set(anchor) == ANCHOR_FIELDS
+    assert {k: v for k, v in anchor.items() if k != "signature_algorithm"} == newest
+    trusted = load_public_key(settings.MF_LEDGER_ANCHOR_KEY)
+    signed = {k: v for k, v in anchor.items() if k != "signature_algorithm"}
+    trusted.verify(bytes.fromhex(anchor["signature"]), anchor_message(signed))
+
+
+def test_a_proof_carries_the_newest_signed_root(anchored, api_client, cast, settings):
+    t1 = Transaction.objects.get(idempotency_key="t1")
+    api_client.force_authenticate(cast.teammate)
+    anchor = api_client.get(f"/api/v1/ledger/proofs/{t1.pk}/").json()["anchor"]
+    _check_signed(anchor, settings)
+    assert (anchor["sequence"], anchor["last_seq"], anchor["root"]) == (3, 4, Transaction.objects.get(seq=4).hash)
+
+
+def test_a_statement_carries_the_newest_signed_root(anchored, api_client, cast, settings):
+    api_client.force_authenticate(cast.owner)
+    body = api_client.get("/api/v1/ledger/transactions/").json()
+    assert body["count"] == 4
+    _check_signed(body["anchor"], settings)
+    assert body["anchor"]["sequence"] == 3
+
+
+def test_statement_and_proof_before_any_anchor_say_null(api_client, cast, fund):
+    tx = fund(cast.owner, 1)
+    api_client.force_authenticate(cast.owner)
+    assert api_client.get("/api/v1/ledger/transactions/").json()["anchor"] is None
+    assert api_client.get(f"/api/v1/ledger/proofs/{tx.pk}/").json()["anchor"] is None
+
+
+def test_the_wallet_page_shows_the_newest_signed_root(anchored, client, cast):
+    newest = lines(anchored)[-1]
+    client.force_login(cast.owner)
+    body = client.get("/wallet/").content.decode()
+    assert f"every transaction up to #4 is fixed by\n  root <code>{newest['root']}</code>" in body
+    assert f"Signature <code>{newest['signature']}</code> by key <code>{newest['public_key']}</code>" in body
