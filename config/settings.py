@@ -361,6 +361,11 @@ MF_LEDGER_FAST_SETTLEMENT = env.bool("MF_LEDGER_FAST_SETTLEMENT", True)
 MF_LEDGER_EARLY_RELEASE = env.bool("MF_LEDGER_EARLY_RELEASE", True)
 # A Merkle checkpoint is queued every N transactions (0: only by `manage.py ledger_checkpoint` / `ledger_verify`).
 MF_LEDGER_CHECKPOINT_EVERY = env.int("MF_LEDGER_CHECKPOINT_EVERY", 1000, min_value=0)
+# Each checkpoint appends a signed anchor (Ed25519) to this append-only file, outside the database; keep a copy
+# (or the file itself) where database administrators cannot write. `ledger_verify --anchors` checks against it.
+MF_LEDGER_ANCHORS_PATH = Path(env.str("MF_LEDGER_ANCHORS_PATH", str(VAR_DIR / "ledger" / "anchors.jsonl")))
+# The anchors' private signing key (PEM), created on first use with mode 0600; the database never holds it.
+MF_LEDGER_ANCHOR_KEY = Path(env.str("MF_LEDGER_ANCHOR_KEY", str(VAR_DIR / "ledger" / "anchor-key.pem")))
 # Bounds operators put on a model's fee split, in basis points (10,000 = 100%).
 MF_LEDGER_OWNER_BP_MAX = env.int("MF_LEDGER_OWNER_BP_MAX", 5_000, min_value=0, max_value=10_000)
 MF_LEDGER_CONTRIBUTORS_BP_MIN = env.int("MF_LEDGER_CONTRIBUTORS_BP_MIN", 5_000, min_value=0, max_value=10_000)

@@ -5,11 +5,12 @@ from rest_framework import exceptions, generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import error_responses
+from core.api import Pagination, error_responses
 from core.throttling import ScopedRateThrottle
 from ledger import selectors, services
 from ledger.models import Transaction
 from ledger.serializers import (
+    AnchorSerializer,
     BalanceSerializer,
     ProofSerializer,
     StatementLineSerializer,
@@ -34,10 +35,31 @@ class BalanceView(APIView):
         return Response(BalanceSerializer(selectors.wallet_summary(user=request.user)).data)
 
 
+class StatementPagination(Pagination):
+    """Pages of a statement, each carrying the newest signed root of the chain (`anchor`, null before the first
+    checkpoint): a copy, signed outside the database, that the user can keep."""
+
+    def get_paginated_response(self, data):
+        response = super().get_paginated_response(data)
+        anchor = selectors.latest_anchor()
+        response.data["anchor"] = None if anchor is None else AnchorSerializer(anchor).data
+        return response
+
+    def get_paginated_response_schema(self, schema):
+        schema = super().get_paginated_response_schema(schema)
+        schema["properties"]["anchor"] = {
+            "type": "object",
+            "nullable": True,
+            "description": "The newest signed root of the chain (the fields of a proof's anchor).",
+        }
+        return schema
+
+
 class TransactionListView(generics.ListAPIView):
     """The caller's statement, newest first, with the balance after each line. Filters: kind, from, to (dates)."""
 
     serializer_class = StatementLineSerializer
+    pagination_class = StatementPagination
 
     @extend_schema(
         parameters=[

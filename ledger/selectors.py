@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Window
@@ -13,6 +14,7 @@ from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from common.merkle import inclusion_proof
+from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
 from ledger.calc.canonical import transaction_content
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
@@ -172,6 +174,16 @@ def transaction_for(*, user, tx_id: int) -> Transaction:
     return Transaction.objects.filter(pk=tx_id, postings__account__owner=user).distinct().get()
 
 
+def latest_anchor() -> dict | None:
+    """The newest signed root of the chain (ledger/calc/anchors.py), which statements and proofs carry so a user
+    keeps a copy signed outside the database; None before the first checkpoint (or if the file is unreadable)."""
+    try:
+        anchor = anchor_latest(settings.MF_LEDGER_ANCHORS_PATH)
+    except (OSError, ValueError):
+        return None
+    return None if anchor is None else {**anchor, "signature_algorithm": SIGNATURE_ALGORITHM}
+
+
 def transaction_proof(*, user, tx_id: int) -> dict:
     """Everything needed to check one transaction independently: its canonical content (hash = SHA-256(prev_hash
     bytes || content)), and, once checkpointed, a Merkle inclusion proof to the checkpoint's root (RFC 6962)."""
@@ -207,6 +219,7 @@ def transaction_proof(*, user, tx_id: int) -> dict:
         "leaf_index": tx.seq - checkpoint.first_seq if checkpoint else None,
         "merkle_proof": proof,
         "merkle_algorithm": "RFC 6962: leaf = sha256(0x00 || hash), node = sha256(0x01 || left || right)",
+        "anchor": latest_anchor(),
     }
 
 

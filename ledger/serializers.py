@@ -69,6 +69,24 @@ class ProofStepSerializer(serializers.Serializer):
     hash = serializers.CharField()
 
 
+class AnchorSerializer(serializers.Serializer):
+    """The newest signed root of the chain, signed outside the database (README, "Signed anchors")."""
+
+    sequence = serializers.IntegerField()
+    prev_anchor = serializers.CharField(help_text="SHA-256 of the anchor before this one.")
+    checkpoint_first_seq = serializers.IntegerField()
+    last_seq = serializers.IntegerField(help_text="The chain is signed up to this transaction seq.")
+    last_tx_id = serializers.IntegerField()
+    tx_count = serializers.IntegerField()
+    root = serializers.CharField(help_text="Chain hash of transaction last_seq (it commits to every earlier one).")
+    merkle_root = serializers.CharField()
+    created_at = serializers.CharField()
+    key_id = serializers.CharField()
+    public_key = serializers.CharField(help_text="Ed25519 public key, raw, hex.")
+    signature = serializers.CharField(help_text="Ed25519 signature, hex.")
+    signature_algorithm = serializers.CharField()
+
+
 class ProofSerializer(serializers.Serializer):
     transaction_id = serializers.IntegerField()
     seq = serializers.IntegerField()
@@ -80,6 +98,7 @@ class ProofSerializer(serializers.Serializer):
     leaf_index = serializers.IntegerField(allow_null=True)
     merkle_proof = ProofStepSerializer(many=True, allow_null=True)
     merkle_algorithm = serializers.CharField()
+    anchor = AnchorSerializer(allow_null=True, help_text="The newest signed root; null before the first checkpoint.")
 
 
 class WithdrawalSerializer(serializers.ModelSerializer):

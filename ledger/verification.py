@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from django.db.models import Q, Sum
+from django.conf import settings
+from django.db.models import Max, Q, Sum
 
 from common.merkle import merkle_root
+from ledger.calc.anchors import AnchorError, anchors_check, anchors_read, load_public_key
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
 from ledger.models import Account, ChainHead, Checkpoint, Hold, Posting, Transaction, Withdrawal
 
@@ -158,6 +161,46 @@ def ledger_verify(*, since_seq: int = 0) -> VerifyReport:
     _verify_open_items()
     checkpoints = _verify_checkpoints() if not since_seq else Checkpoint.objects.count()
     return VerifyReport(count, postings, accounts, checkpoints, last_seq, last_hash)
+
+
+def _trusted_key(public_key_path: Path | None):
+    """The key anchors must be signed with: --public-key, else the public half of this machine's signing key. Never
+    the key written in the anchors file itself: whoever rewrote the file could have signed it with their own."""
+    if public_key_path is not None:
+        return load_public_key(public_key_path)
+    if Path(settings.MF_LEDGER_ANCHOR_KEY).exists():
+        return load_public_key(settings.MF_LEDGER_ANCHOR_KEY)
+    raise AnchorError(
+        f"no signing key at {settings.MF_LEDGER_ANCHOR_KEY} (MF_LEDGER_ANCHOR_KEY) to check the anchors with; "
+        "give the public key with --public-key"
+    )
+
+
+def anchors_verify(*, path: Path, public_key_path: Path | None = None) -> int:
+    """Checks every anchor in the file (sequence, link to the one before, signature by the trusted key), then that
+    the database's chain still reproduces each signed root. Raises LedgerBreach naming the first failure; returns
+    how many anchors were checked. Run after `ledger_verify` (which recomputes every chain hash from the rows)."""
+    try:
+        anchors = anchors_read(path)
+        key = _trusted_key(public_key_path)
+        anchors_check(anchors, key)
+    except AnchorError as error:
+        raise LedgerBreach(f"anchors: {error}") from None
+    newest = Transaction.objects.aggregate(m=Max("seq"))["m"] or 0
+    for anchor in anchors:
+        name = f"anchor {anchor['sequence']}"
+        row = Transaction.objects.filter(seq=anchor["last_seq"]).values("id", "hash").first()
+        if row is None:
+            raise LedgerBreach(
+                f"{name} signed the chain up to transaction seq {anchor['last_seq']}, but the database's chain ends "
+                f"at seq {newest}: anchored transactions were removed"
+            )
+        if row["hash"] != anchor["root"] or row["id"] != anchor["last_tx_id"]:
+            raise LedgerBreach(
+                f"{name}: the database's chain at seq {anchor['last_seq']} no longer gives the signed root "
+                f"{anchor['root']}: history before it was rewritten"
+            )
+    return len(anchors)
 
 
 def user_visible(tx_id: int, user) -> bool:

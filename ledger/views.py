@@ -45,6 +45,7 @@ def wallet(request):
         "earnings": selectors.earnings(user=request.user),
         "query": request.GET.copy().urlencode() if request.GET else "",
         "filters_query": _without_page(request.GET),
+        "anchor": selectors.latest_anchor(),
     }
     template = "ledger/wallet.html#statement" if request.htmx else "ledger/wallet.html"
     response = render(request, template, context)

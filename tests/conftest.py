@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from django.core.cache import cache
+from django.db.backends.signals import connection_created
 from rest_framework.test import APIClient
 
 from accounts.services import login_throttle
@@ -12,11 +13,30 @@ from tests.factories import PASSWORD, UserFactory
 torch.set_num_threads(1)
 
 
+def _allow_ledger_truncate(sender, connection, **kwargs):
+    # The ledger's tables refuse TRUNCATE (ledger/migrations/0007) except in a test database whose session asks;
+    # Django empties the database with TRUNCATE between transactional tests.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET ledger.allow_truncate = on")
+
+
+connection_created.connect(_allow_ledger_truncate, dispatch_uid="tests-allow-ledger-truncate")
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _ledger_anchors_in_tmp(settings, tmp_path_factory):
+    # Checkpoints append signed anchors (ledger/services/anchors.py): each test its own file and key, never var/.
+    folder = tmp_path_factory.mktemp("anchors")
+    settings.MF_LEDGER_ANCHORS_PATH = folder / "anchors.jsonl"
+    settings.MF_LEDGER_ANCHOR_KEY = folder / "anchor-key.pem"
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ what every money movement goes through; see its docstring for the rules.
     settlement_fast  their PostgreSQL paths (one SQL function call per settlement or per batch)
     withdrawals      withdrawal_request, withdrawal_complete, withdrawal_cancel
     checkpoints      checkpoint_create
+    anchors          anchor_checkpoint (each checkpoint's signed anchor, outside the database)
 """
 
+from ledger.services.anchors import anchor_checkpoint
 from ledger.services.checkpoints import checkpoint_create
 from ledger.services.engine import MAX_ATTEMPTS, request_fingerprint
 from ledger.services.errors import (
@@ -53,6 +55,7 @@ __all__ = [
     "Share",
     "WithdrawalNotOpen",
     "account_for_user",
+    "anchor_checkpoint",
     "checkpoint_create",
     "credit_grant",
     "grant_signup_credit",

@@ -1,6 +1,6 @@
 """Checkpoints: a Merkle root over the hashes of the transactions since the last one, so a later change to the chain
 shows against a root that was published; the posting engine schedules one every MF_LEDGER_CHECKPOINT_EVERY
-transactions."""
+transactions. Each checkpoint also appends a signed anchor outside the database (services/anchors.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.db import connection, transaction
 
 from common.merkle import merkle_root
 from ledger.models import Checkpoint, Transaction
+from ledger.services.anchors import anchor_checkpoint
 
 
 def checkpoint_create() -> Checkpoint | None:
@@ -22,13 +23,15 @@ def checkpoint_create() -> Checkpoint | None:
         rows = list(Transaction.objects.filter(seq__gte=first_seq).order_by("seq").values_list("seq", "hash"))
         if not rows:
             return None
-        return Checkpoint.objects.create(
+        checkpoint = Checkpoint.objects.create(
             first_seq=first_seq,
             last_seq=rows[-1][0],
             tx_count=len(rows),
             merkle_root=merkle_root([digest for _, digest in rows]),
             last_hash=rows[-1][1],
         )
+        anchor_checkpoint(checkpoint=checkpoint)
+        return checkpoint
 
 
 def _maybe_schedule_checkpoint(seq: int) -> None:
