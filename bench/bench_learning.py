@@ -136,6 +136,8 @@ def run_preset(model_dir: Path, preset: str) -> dict:
             phases[event["phase"]] = now
         if event.get("type") == "eval":
             epochs.append(now)
+        if event.get("type") == "train" and event["step"] % 10 == 0:
+            print(f"  step {event['step']}/{event['total_steps']} loss {event['loss']:.3f}", flush=True)
 
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()

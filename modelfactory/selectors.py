@@ -99,6 +99,40 @@ def job_queue_position(*, job: FineTuneJob) -> int | None:
     return ahead.count() + 1
 
 
+def job_queue_wait_seconds(*, job: FineTuneJob) -> float | None:
+    """About how long before a queued job starts: the estimated time left of the running jobs and of the queued jobs
+    ahead of it (each job's launch estimate), shared among the live training workers. None when it is not queued or
+    a job ahead has no estimate."""
+    from core.models import WorkerHeartbeat
+
+    if job.status != FineTuneJob.Status.QUEUED:
+        return None
+    ahead = FineTuneJob.objects.filter(
+        Q(status=FineTuneJob.Status.RUNNING)
+        | Q(status=FineTuneJob.Status.QUEUED)
+        & (Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk))
+    ).only("status", "progress", "estimate")
+    total = 0.0
+    for other in ahead:
+        seconds = (other.estimate or {}).get("run_seconds")
+        if seconds is None:
+            return None
+        total += float(seconds) * (1 - other.progress if other.status == FineTuneJob.Status.RUNNING else 1)
+    fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
+    workers = sum(
+        1 for queues in WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after).values_list("queues", flat=True)
+        if "gpu" in queues
+    )  # fmt: skip
+    return total / max(1, workers)
+
+
+def job_peak_memory_bytes(*, job: FineTuneJob) -> int | None:
+    """The highest memory a training step reported (peak GPU memory, or the worker's resident memory on a CPU)."""
+    from django.db.models import Max
+
+    return job.events.filter(kind="train").aggregate(peak=Max("memory_bytes"))["peak"]
+
+
 def job_chart_points(*, job: FineTuneJob, after_id: int = 0) -> dict:
     """Loss and eval-loss points for the live chart (only those after `after_id`, for incremental polling)."""
     events = job.events.filter(id__gt=after_id, kind__in=["train", "eval"]).values_list(
@@ -199,13 +233,15 @@ def quantization_problem(quantization: str, *, caps=None) -> str | None:
 
 
 def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict:
-    """Step 5: tokens, steps, time and memory for these settings on this worker's hardware (how many devices
-    included: time is divided among them, memory is per device)."""
+    """Step 5 (and each launched job's `estimate`): tokens, steps, the run's time as a range calibrated on this
+    machine's past runs (past_runs), and memory, on this worker's hardware (how many devices included: time is
+    divided among them, memory is per device)."""
     import json
 
     from modelfactory.training.data import build_examples
     from modelfactory.training.devices import describe_hardware
-    from modelfactory.training.estimate import estimate_run, teaching_warnings
+    from modelfactory.training.estimate import estimate_run, rough_run_seconds, run_time_range, teaching_warnings
+    from modelfactory.training.evaluate import MAX_ANSWERS
     from modelfactory.training.finetune import split_rows
 
     rows, contributors = finetune_rows(versions=versions)
@@ -226,15 +262,49 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         answer_tokens=sum(e.n_answer_tokens for e in train_examples),
         devices=plan.world_size,
     )
+    hardware = describe_hardware(plan, caps)
+    answers = min(len(eval_ids), MAX_ANSWERS)
+    time_range = run_time_range(
+        tokens=estimate.tokens,
+        answers=answers,
+        past=past_runs(base=base, hardware=hardware),
+        rough_seconds=rough_run_seconds(estimate, answers=answers, parameters=base.parameters),
+    )
     return {
         **estimate.as_dict(),
-        "device": describe_hardware(plan, caps),
+        **{f"run_{key}": value for key, value in time_range.items()},
+        "device": hardware,
         "train_rows": len(train_examples),
         "eval_rows": len(eval_ids),
         "warnings": teaching_warnings(len(train_examples), len(eval_ids), hyperparameters),
         "contributors": contributors,
         "report": report.as_dict(),
     }
+
+
+def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
+    """The calibration of this machine: what the last `limit` finished runs of this base model on this hardware
+    measured (estimate.PastRun), newest first."""
+    from modelfactory.training.estimate import PastRun
+
+    jobs = FineTuneJob.objects.filter(
+        base_model=base, status=FineTuneJob.Status.SUCCEEDED, metrics__hardware=hardware, started_at__isnull=False
+    ).order_by("-finished_at")[:limit]
+    runs = []
+    for job in jobs.only("metrics", "started_at", "finished_at"):
+        m = job.metrics
+        train, evaluation = float(m.get("train_seconds") or 0), float(m.get("evaluation_seconds") or 0)
+        if not train or not m.get("tokens") or not job.finished_at:
+            continue
+        total = (job.finished_at - job.started_at).total_seconds()
+        runs.append(
+            PastRun(
+                tokens_per_s=float(m["tokens"]) / train,
+                seconds_per_answer=evaluation / max(1, int(m.get("answers_scored") or 0)),
+                overhead_seconds=max(0.0, total - train - evaluation),
+            )
+        )
+    return runs
 
 
 def dashboard_jobs(*, user, limit: int = 5) -> list[FineTuneJob]:

@@ -141,6 +141,8 @@ def _job_context(request, job: FineTuneJob) -> dict:
     return {
         "job": job,
         "queue_position": selectors.job_queue_position(job=job),
+        "queue_wait": selectors.job_queue_wait_seconds(job=job) if job.status == FineTuneJob.Status.QUEUED else None,
+        "peak_memory": None if job.is_active else selectors.job_peak_memory_bytes(job=job),
         "latest": selectors.job_latest_train_event(job=job),
         "chart": selectors.job_chart_points(job=job),
         "model_version": getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None,

@@ -3,6 +3,7 @@ or fails jobs whose worker died. The worker side (claim, train, heartbeat) is in
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from modelfactory import selectors
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
 from modelfactory.training import model_files
 from modelfactory.training.presets import PRESETS, validate_hyperparameters
+
+logger = logging.getLogger(__name__)
 
 
 class LaunchError(Exception):
@@ -90,6 +93,7 @@ def finetune_launch(
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
                 message="Waiting for a free training worker.",
+                estimate=_launch_estimate(base=base, versions=versions, hp=hp),
             )
             job.datanet_versions.set(versions)
             FineTuneEvent.objects.create(job=job, kind=FineTuneEvent.Kind.PHASE, data={"phase": "queued"})
@@ -99,6 +103,19 @@ def finetune_launch(
         return _replayed(winner, key=idempotency_key, fingerprint=fingerprint), False
     job.refresh_from_db()
     return job, True
+
+
+def _launch_estimate(*, base, versions, hp: dict[str, Any]) -> dict[str, Any]:
+    """The estimate the review step showed, kept with the job so that its page shows it beside the actual. {} when
+    it cannot be made (the launch does not depend on it)."""
+    try:
+        estimate = selectors.wizard_estimate(base=base, versions=versions, hyperparameters=hp)
+    except Exception:
+        logger.exception("no estimate for a launch on %s", base.slug)
+        return {}
+    keep = ("steps", "tokens", "peak_memory_bytes", "device", "run_seconds", "run_low", "run_high", "run_method",
+            "run_runs", "warnings")  # fmt: skip
+    return {key: estimate[key] for key in keep if key in estimate}
 
 
 def launch_fingerprint(

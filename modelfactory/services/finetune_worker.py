@@ -186,7 +186,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         trained = trained_model_create_from_job(job=job, result=result)
         stopped = result.stopped_early
         job.status = FineTuneJob.Status.SUCCEEDED
-        job.metrics = result.metrics
+        job.metrics = {**result.metrics, "hardware": _hardware(job.hyperparameters)}
         job.samples = result.samples
         job.report = {**result.report, "stage_errors": stage_errors} if stage_errors else result.report
         job.progress = 1.0
@@ -197,6 +197,18 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         ) + "".join(f" Note: {error}" for error in stage_errors.values())
         job.save()
     return job
+
+
+def _hardware(hyperparameters: dict[str, Any]) -> str:
+    """This worker's hardware in the words the estimate uses: runs on the same hardware calibrate the next ones."""
+    from modelfactory.training.devices import HardwareError, describe_hardware, detect_capabilities
+
+    caps = detect_capabilities()
+    try:
+        plan, _ = selectors.training_plan(caps=caps, quantization=hyperparameters.get("quantization", "none"))
+    except HardwareError:
+        return ""
+    return describe_hardware(plan, caps)
 
 
 def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:

@@ -180,3 +180,59 @@ def teaching_warnings(n_train: int, n_eval: int, hp: dict[str, Any]) -> list[str
     if n_eval == 0:
         warnings.append("No row is held out, so the result cannot be checked: raise the held-out share or add rows.")
     return warnings
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """What one finished run on the same base model and hardware measured (the calibration of this machine)."""
+
+    tokens_per_s: float  # training tokens / training seconds
+    seconds_per_answer: float  # the base-vs-tuned comparison's seconds per held-out row answered
+    overhead_seconds: float  # everything else from start to finish: loading, saving, indexing
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+ROUGH_FACTOR = 3.0  # no run on this machine yet: the FLOP-rate guess may be off by this much either way
+CALIBRATED_FACTOR = 1.35  # calibrated: the machine is shared, a run may be this much slower or faster
+
+
+def run_time_range(*, tokens: int, answers: int, past: list[PastRun], rough_seconds: float) -> dict[str, Any]:
+    """The whole run's time (training + comparison + the rest) as a range, from the medians of up to the last 10
+    runs on this base model and hardware; the range is widened to cover every one of those runs' rates, and at
+    least x/÷ CALIBRATED_FACTOR. Without a past run: `rough_seconds` (the FLOP-rate guess) x/÷ ROUGH_FACTOR.
+    {"seconds", "low", "high", "method": "calibrated" | "rough", "runs"}"""
+    past = [run for run in past if run.tokens_per_s > 0][:10]
+    if not past:
+        seconds = max(1.0, rough_seconds)
+        return {"seconds": seconds, "low": seconds / ROUGH_FACTOR, "high": seconds * ROUGH_FACTOR,
+                "method": "rough", "runs": 0}  # fmt: skip
+    rate = _median([run.tokens_per_s for run in past])
+    per_answer = _median([run.seconds_per_answer for run in past])
+    overhead = _median([run.overhead_seconds for run in past])
+    seconds = tokens / rate + answers * per_answer + overhead
+    slowest = max(rate / run.tokens_per_s for run in past)
+    fastest = max(run.tokens_per_s / rate for run in past)
+    return {
+        "seconds": seconds,
+        "low": seconds / max(CALIBRATED_FACTOR, fastest * 1.1),
+        "high": seconds * max(CALIBRATED_FACTOR, slowest * 1.1),
+        "method": "calibrated",
+        "runs": len(past),
+    }
+
+
+ROUGH_OVERHEAD_SECONDS = 20.0  # loading the model, saving the adapter, building the attribution index (CPU)
+ROUGH_ANSWER_TOKENS = 80  # tokens generated per held-out row: base and tuned answers of about 40 tokens
+
+
+def rough_run_seconds(estimate: Estimate, *, answers: int, parameters: int) -> float:
+    """Without a past run: training from the FLOP rate, plus the comparison (2N FLOPs per generated token) and a
+    fixed overhead."""
+    flops_per_s = estimate.tokens_per_s * 4.0 * max(1, parameters) / max(1, estimate.devices)
+    generation = answers * ROUGH_ANSWER_TOKENS * 2.0 * max(1, parameters) / flops_per_s
+    return estimate.seconds + generation + ROUGH_OVERHEAD_SECONDS
