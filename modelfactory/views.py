@@ -206,7 +206,8 @@ def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
     price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
-    context = {"model": model, "version": version, "price_credits": price_credits}
+    card = selectors.model_card_for(user=request.user, version=version) if version else ""
+    context = {"model": model, "version": version, "model_card": card, "price_credits": price_credits}
     return render(request, "modelfactory/model_detail.html", context)
 
 
