@@ -110,3 +110,29 @@ def test_json_nested_too_deeply_in_the_openai_api_and_the_playground(cast, clien
     response = client.post("/models/anything/playground/start/", body, content_type="application/json")
     assert response.status_code == 400
     assert response.json() == {"error": {"code": "nested_too_deeply", "message": TOO_DEEP}}
+
+
+def test_a_json_body_over_the_memory_limit_is_a_413_and_creates_nothing(cast, settings):
+    from datanets.models import Datanet
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    _, key = api_token_create(user=cast.owner, name="t")
+    body = (
+        '{"name": "Big", "kind": "text", "summary": "s", "visibility": "public", "description": "' + "x" * 1000 + '"}'
+    )
+    message = "The request body is larger than 1000\xa0bytes; nothing was read from it."
+    response = APIClient(HTTP_AUTHORIZATION=f"Token {key}").post(
+        "/api/v1/datanets/", body, content_type="application/json"
+    )
+    assert response.status_code == 413
+    assert response.json() == {"error": {"code": "request_too_large", "message": message, "details": {}}}
+    assert not Datanet.objects.exists()
+    response = APIClient(HTTP_AUTHORIZATION=f"Bearer {key}").post(
+        "/v1/chat/completions",
+        '{"model": "m", "messages": [], "x": "' + "x" * 1000 + '"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+    }
