@@ -86,6 +86,7 @@ def test_a_body_declared_too_large_is_refused_before_it_is_read(client, cast, da
     else:
         assert message in response.content.decode()
     assert not response.has_header("Content-Length")  # so Django's development server closes the connection
+    assert response["Content-Security-Policy"].startswith("default-src 'self'")
     assert body.position == 0  # not one byte read
     assert peak < 2 * MiB, peak
     assert not Contribution.objects.exists()
