@@ -104,8 +104,8 @@ def finetune_launch(
 
 
 def _default_name(base: BaseModel, versions) -> str:
-    """ "<base> on <datanet> v<n>, ...": a private datanet is not named, as the model's name is shown to everyone once
-    it is published (in its address too)."""
+    """Like "Tiny base on Zorb facts v1, a private datanet v2": a private datanet is not named, as the model's name
+    is shown to everyone once it is published (in its address too)."""
     used = (f"{_public_name(v.datanet)} v{v.number}" for v in versions)
     return f"{base.name} on {', '.join(used)}"
 
