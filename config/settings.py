@@ -54,6 +54,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before anything that may read the body (sessions, CSRF, views); after the ones that add security headers.
+    "core.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -208,6 +210,19 @@ CELERY_BROKER_URL = env.url(
     "CELERY_BROKER_URL", "filesystem://", schemes={"filesystem", "redis", "rediss", "amqp", "memory"}
 )
 CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"
+# A broker that is down must not hold a web request (each one that enqueues work waited 19-25 s): connect with a
+# short timeout, reconnect at most once and at once, then fail with the caller's plain message (core/jobs.py).
+# Workers pass their own retry count when they connect to consume (broker_connection_max_retries), so this only
+# shortens sending. Applied to kombu's connection (max_retries, interval_*) and Redis sockets (socket_connect_timeout).
+MF_BROKER_CONNECT_TIMEOUT_SECONDS = 1.0
+MF_BROKER_FAIL_FAST = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+    "socket_connect_timeout": MF_BROKER_CONNECT_TIMEOUT_SECONDS,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = MF_BROKER_CONNECT_TIMEOUT_SECONDS
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_BROKER_DIR),
@@ -220,12 +235,18 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     for _sub in ("broker", "control", "results"):
         (VAR_DIR / "celery" / _sub).mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600, **MF_BROKER_FAIL_FAST}
     _default_result_backend = CELERY_BROKER_URL
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    CELERY_BROKER_TRANSPORT_OPTIONS = dict(MF_BROKER_FAIL_FAST) if CELERY_BROKER_URL.startswith("amqp") else {}
     _default_result_backend = "cache+memory://"
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", _default_result_backend)
+# A result store that is down must not hold a request either: Celery's Redis result backend retries 20 times, a
+# second apart, before it gives up (about 19 s for every enqueue). One retry, and a short connect timeout.
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+    "retry_policy": {k: v for k, v in MF_BROKER_FAIL_FAST.items() if k != "socket_connect_timeout"}
+}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = MF_BROKER_CONNECT_TIMEOUT_SECONDS
 CELERY_TASK_ALWAYS_EAGER = False
 # How long a worker may be silent before /healthz and the job watchdog consider it gone.
 MF_WORKER_HEARTBEAT_SECONDS = env.int("MF_WORKER_HEARTBEAT_SECONDS", 10, min_value=1)
@@ -270,6 +291,12 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # DRF's three defaults, with JSON nested too deeply refused as a 400 (core/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ModelFactory API",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
+from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
@@ -33,8 +36,23 @@ def _first_code(codes) -> str:
     return "error"
 
 
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+
+
+def known_exception(exc):
+    """The API exception for an error Django raises while reading a request: a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE (DRF reads JSON through request.body) is a 413 that says so, not a 500."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = filesizeformat(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        return RequestTooLarge(f"The request body is larger than {limit}; nothing was read from it.")
+    return exc
+
+
 def api_exception_handler(exc, context):
     """DRF exception handler: every error becomes {"error": {"code", "message", "details"}}."""
+    exc = known_exception(exc)
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected: ApiErrorMiddleware turns it into a JSON 500

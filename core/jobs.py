@@ -22,10 +22,13 @@ def enqueue_or_fail(
     fail: Callable[[Exception], object] | None = None,
 ) -> bool:
     """Sends the Celery task at dotted path `task` (looked up by name: task modules import the services that call
-    this) with no broker retries. Returns True if it was sent; otherwise logs "could not enqueue <what>", calls
-    `fail(exc)` if given (None: the row stays as it is and a sweep enqueues it later) and returns False."""
+    this) with no publish retries; a broker that is down fails within about a second (the connection options in
+    config/settings.py, MF_BROKER_FAIL_FAST). Returns True if it was sent; otherwise logs "could not enqueue
+    <what>", calls `fail(exc)` if given (None: the row stays as it is and a sweep enqueues it later) and returns
+    False. Job state lives in our own rows, so the task's Celery result is not kept: sending needs the broker only,
+    not the result store as well (with Redis results, Celery subscribes to every task's result before sending)."""
     try:
-        import_string(task).apply_async(args=args, kwargs=kwargs or {}, retry=False)
+        import_string(task).apply_async(args=args, kwargs=kwargs or {}, retry=False, ignore_result=True)
     except Exception as exc:
         logger.warning("could not enqueue %s: %s", what, exc)
         if fail is not None:

@@ -1,14 +1,62 @@
+import html
 import logging
 
 from django.conf import settings
+from django.core.handlers.wsgi import LimitedStream
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, HttpResponseBadRequest
+from django.template.defaultfilters import filesizeformat
 
 from core.api import error_response
 
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/v1/")
+# Room for a form's other fields and the multipart framing around an upload of MF_UPLOAD_MAX_BYTES.
+FORM_ALLOWANCE_BYTES = 1024 * 1024
+
+
+class RequestSizeLimitMiddleware:
+    """Refuses a request whose declared body (Content-Length) is larger than any upload may be, before anything
+    reads it: 413, the body never read. An upload whose body stays within this but whose file passes the limit is
+    stopped while it streams in (datanets/uploads.py); Django's own limit (DATA_UPLOAD_MAX_MEMORY_SIZE) covers
+    everything else that is read into memory. Without this an over-limit upload was read to its end (1.2 GB)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > settings.MF_UPLOAD_MAX_BYTES + FORM_ALLOWANCE_BYTES:
+            return request_too_large(request)
+        return self.get_response(request)
+
+
+TOO_LARGE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Too large · ModelFactory</title></head>
+<body><h1>Too large</h1><p>{message}</p><p><a href="{back}">Back</a></p></body></html>
+"""
+
+
+def request_too_large(request) -> HttpResponse:
+    limit = filesizeformat(settings.MF_UPLOAD_MAX_BYTES)
+    message = f"The upload is larger than the limit of {limit}, so it was not read. Split it into smaller files."
+    if request.path.startswith(API_PREFIXES):
+        response = error_response("file_too_large", message, 413)
+    else:
+        page = TOO_LARGE_PAGE.format(message=html.escape(message), back=html.escape(request.path))
+        response = HttpResponse(page, status=413, content_type="text/html; charset=utf-8")
+    # Django's development server (`make run`) would read what is left of the body into memory when the response
+    # ends: tell its stream nothing is left. The answer has no Content-Length (this runs before CommonMiddleware),
+    # so that server closes the connection after it, and the unread body is never taken for a next request (a WSGI
+    # application may not send `Connection: close` itself). Other servers discard the rest or close.
+    stream = request.META.get("wsgi.input")
+    if isinstance(stream, LimitedStream):
+        stream.limit = 0
+    return response
 
 
 class ApiErrorMiddleware:

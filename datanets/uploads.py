@@ -1,6 +1,9 @@
 """An upload handler that stops a file as soon as it passes MF_UPLOAD_MAX_BYTES, so an over-limit file is never
 stored whole (Django's later handlers keep at most one chunk of it in memory; the partial temporary file is
-discarded by the parser)."""
+discarded by the parser). The rest of the body is not read either: Django would read it line by line to discard it,
+and a body without line breaks is one line, read whole into memory. What is left is at most the form allowance of
+core.middleware.RequestSizeLimitMiddleware, which refuses larger bodies before they are read; the server discards it
+(or closes the connection)."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ class UploadLimitHandler(FileUploadHandler):
         self.received += len(raw_data)
         if self.received > self.max_bytes:
             self.request.upload_too_large = True
-            raise StopUpload(connection_reset=False)
+            raise StopUpload(connection_reset=True)
         return raw_data
 
     def file_complete(self, file_size):

@@ -14,6 +14,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api import known_exception
 from core.throttling import ScopedRateThrottle
 from modelfactory import selectors, services
 from modelfactory.models import Inference, TrainedModel
@@ -26,6 +27,7 @@ TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_exceeded",
 }
 
@@ -35,6 +37,7 @@ def openai_error(message: str, *, status: int, code: str | None, param: str | No
 
 
 def openai_exception_handler(exc, context):
+    exc = known_exception(exc)
     if isinstance(exc, exceptions.ParseError):
         status, code, message = 400, "invalid_json", f"We could not parse the JSON body of your request. {exc.detail}"
     elif isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):

@@ -11,7 +11,12 @@ from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Q, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from datanets.models import Datanet
+from datanets.selectors import datanet_ids_visible
 from modelfactory.models import BaseModel, FineTuneJob, ModelVersion, TrainedModel
+
+PRIVATE_DATANET = "a private datanet"
+CARD_TABLE_HEADER = "| datanet | version | manifest hash |"  # modelfactory/training/artifacts.py model_card
 
 
 def base_model_list() -> QuerySet[BaseModel]:
@@ -315,3 +320,21 @@ def dashboard_jobs(*, user, limit: int = 5) -> list[FineTuneJob]:
 def dashboard_models(*, user, limit: int = 5) -> list[TrainedModel]:
     """The models the user owns, newest first."""
     return list(TrainedModel.objects.filter(owner=user)[:limit])
+
+
+def model_card_for(*, user, version: ModelVersion) -> str:
+    """The version's model card as `user` may read it. The card was written at training time with every datanet's
+    name; a private datanet the user may not see is shown as "a private datanet" (its version number and
+    fingerprint stay: they name nothing and show no rows). The training-data table lists the job's versions in the
+    order the worker read them (by id), so each row is found by its place, whatever the datanet is called now."""
+    lines = version.model_card.split("\n")
+    if CARD_TABLE_HEADER not in lines:
+        return version.model_card
+    used = list(version.job.datanet_versions.select_related("datanet").order_by("pk"))
+    private = {v.datanet_id for v in used if v.datanet.visibility != Datanet.Visibility.PUBLIC}
+    hidden = private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
+    first = lines.index(CARD_TABLE_HEADER) + 2  # after the header and its |---| line
+    for index, used_version in enumerate(used, start=first):
+        if used_version.datanet_id in hidden and index < len(lines) and lines[index].startswith("| "):
+            lines[index] = f"| {PRIVATE_DATANET} | {used_version.number} | `{used_version.manifest_hash}` |"
+    return "\n".join(lines)

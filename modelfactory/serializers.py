@@ -35,7 +35,8 @@ class FineTuneJobSerializer(serializers.ModelSerializer):
         model = FineTuneJob
         fields = [
             "id", "name", "status", "phase", "progress", "step", "total_steps", "message", "base_model",
-            "datanet_versions", "preset", "hyperparameters", "estimate", "metrics", "samples", "queue_position", "model",
+            "datanet_versions", "preset", "hyperparameters", "estimate", "metrics", "samples", "queue_position",
+            "model",
             "created_at", "started_at", "finished_at",
         ]  # fmt: skip
 

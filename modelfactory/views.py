@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
+from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits
@@ -207,7 +208,8 @@ def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
     price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
-    context = {"model": model, "version": version, "price_credits": price_credits}
+    card = selectors.model_card_for(user=request.user, version=version) if version else ""
+    context = {"model": model, "version": version, "model_card": card, "price_credits": price_credits}
     return render(request, "modelfactory/model_detail.html", context)
 
 
@@ -279,7 +281,14 @@ def _json_error(exc) -> JsonResponse:
 def playground_start(request, slug: str):
     """JSON in ({messages, temperature, max_new_tokens, compare}); JSON out: where to stream the answer(s) from."""
     try:
-        data = json.loads(request.body or b"{}")
+        data = loads_bounded(request.body or b"{}")
+    except JsonTooDeep as exc:
+        return JsonResponse({"error": {"code": "nested_too_deeply", "message": str(exc)}}, status=400)
+    except ValueError:
+        data = None
+    try:
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
         temperature = float(data.get("temperature", 0.7))
         max_new_tokens = int(data.get("max_new_tokens", 128))
     except (ValueError, TypeError):

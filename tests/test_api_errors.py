@@ -59,3 +59,80 @@ def test_a_nul_character_in_a_query_or_path_is_a_clear_400_not_a_database_error(
     page = client.get("/datanets/", {"q": "\x00"})
     assert page.status_code == 400
     assert page.content == b"The address contains a NUL character, which is never valid here."
+
+
+TOO_DEEP = "The JSON is nested too deeply: at most 100 levels of arrays and objects inside one another."
+
+
+def _nested(depth: int) -> str:
+    """An object holding arrays: `depth` levels of nesting in all (the object is the first)."""
+    return (
+        '{"name": "Deep notes", "kind": "text", "summary": "s", "visibility": "public", "extra": '
+        + "[" * (depth - 1)
+        + "]" * (depth - 1)
+        + "}"
+    )
+
+
+def test_json_nested_100000_deep_is_a_clear_400_and_creates_nothing(cast):
+    from datanets.models import Datanet
+
+    _, key = api_token_create(user=cast.owner, name="t")
+    api = APIClient(HTTP_AUTHORIZATION=f"Token {key}")
+    body = "[" * 100_000 + "]" * 100_000
+    response = api.post("/api/v1/datanets/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "nested_too_deeply", "message": TOO_DEEP, "details": {}}}
+    response = api.post("/api/v1/datanets/", _nested(101), content_type="application/json")
+    assert response.json()["error"]["code"] == "nested_too_deeply"
+    assert not Datanet.objects.exists()
+    # At the limit the body is read as usual (the unknown field is ignored).
+    response = api.post("/api/v1/datanets/", _nested(100), content_type="application/json")
+    assert response.status_code == 201, response.content
+    assert list(Datanet.objects.values_list("name", flat=True)) == ["Deep notes"]
+
+
+def test_json_nested_too_deeply_in_the_openai_api_and_the_playground(cast, client):
+    _, key = api_token_create(user=cast.outsider, name="openai")
+    api = APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
+    body = '{"model": "m", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = api.post("/v1/chat/completions", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": f"We could not parse the JSON body of your request. {TOO_DEEP}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_json",
+        }
+    }
+    client.force_login(cast.outsider)
+    response = client.post("/models/anything/playground/start/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": "nested_too_deeply", "message": TOO_DEEP}}
+
+
+def test_a_json_body_over_the_memory_limit_is_a_413_and_creates_nothing(cast, settings):
+    from datanets.models import Datanet
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    _, key = api_token_create(user=cast.owner, name="t")
+    body = (
+        '{"name": "Big", "kind": "text", "summary": "s", "visibility": "public", "description": "' + "x" * 1000 + '"}'
+    )
+    message = "The request body is larger than 1000\xa0bytes; nothing was read from it."
+    response = APIClient(HTTP_AUTHORIZATION=f"Token {key}").post(
+        "/api/v1/datanets/", body, content_type="application/json"
+    )
+    assert response.status_code == 413
+    assert response.json() == {"error": {"code": "request_too_large", "message": message, "details": {}}}
+    assert not Datanet.objects.exists()
+    response = APIClient(HTTP_AUTHORIZATION=f"Bearer {key}").post(
+        "/v1/chat/completions",
+        '{"model": "m", "messages": [], "x": "' + "x" * 1000 + '"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+    }

@@ -1,5 +1,6 @@
 """Real Celery round trips: a worker process, a broker, a result. Nothing eager."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,72 @@ def test_round_trip_through_the_embedded_filesystem_broker(tmp_path):
     assert producer.returncode == 0, producer.stderr
     assert producer.stdout.strip().splitlines()[-1] == token
     assert (tmp_path / "celery" / "broker").is_dir()
+
+
+BROKER_DOWN_SCRIPT = """
+import json, time
+import kombu
+from celery.backends.redis import RedisBackend
+from config.celery import app
+from core.jobs import enqueue_or_fail
+
+seen = {"broker_connect": [], "result_store_calls": 0, "failed_with": []}
+ensure_connection = kombu.Connection._ensure_connection
+def spy_connect(self, *args, **kwargs):
+    seen["broker_connect"].append({"port": self.port, **kwargs})
+    return ensure_connection(self, *args, **kwargs)
+kombu.Connection._ensure_connection = spy_connect
+on_task_call = RedisBackend.on_task_call
+def spy_result_store(self, *args, **kwargs):
+    seen["result_store_calls"] += 1
+    return on_task_call(self, *args, **kwargs)
+RedisBackend.on_task_call = spy_result_store
+
+started = time.monotonic()
+seen["sent"] = enqueue_or_fail(
+    "core.tasks.health_ping_task", args=["x"], what="a ping", fail=lambda exc: seen["failed_with"].append(str(exc))
+)
+seen["seconds"] = round(time.monotonic() - started, 2)
+seen["result_store_policy"] = app.backend.retry_policy
+seen["result_store_connect_timeout"] = app.backend.connparams["socket_connect_timeout"]
+print("RESULT " + json.dumps(seen))
+"""
+
+
+def test_broker_down_fails_fast_with_one_quick_reconnect(tmp_path):
+    """A broker on a port where nothing listens (a real refused connection): enqueue_or_fail gives up after one
+    immediate reconnection with a 1 s connect timeout (not kombu's default of retrying for 4 s, nor the Redis result
+    store's 20 retries a second apart), never touches the result store, and calls the caller's fail callback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CELERY_RESULT_BACKEND", "DATABASE_URL")}
+    env.update(CELERY_BROKER_URL="redis://127.0.0.1:1/0", MF_VAR_DIR=str(tmp_path))
+    run = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", BROKER_DOWN_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.split("RESULT ", 1)[1])
+    print(f"enqueue with the broker down gave up after {seen['seconds']} s")  # measured, not asserted
+    assert seen["sent"] is False
+    assert seen["failed_with"] == ["Error 111 connecting to 127.0.0.1:1. Connection refused."]
+    assert seen["broker_connect"] == [
+        {
+            "port": 1,
+            "timeout": 1.0,
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        }
+    ]
+    assert seen["result_store_calls"] == 0
+    assert seen["result_store_policy"] == {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.2,
+    }
+    assert seen["result_store_connect_timeout"] == 1.0

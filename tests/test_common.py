@@ -2,6 +2,7 @@
 No database and no Django: these run on plain data."""
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,15 @@ def test_common_imports_without_django():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_json_depth_counts_arrays_and_objects_but_not_brackets_in_strings():
+    from common.jsonlimits import JsonTooDeep, json_depth, loads_bounded
+
+    assert json_depth(b"3") == 0
+    assert json_depth('"[[[["') == 0
+    assert json_depth(b'[[1, {"a": "[[[[\\"[["}], []]') == 3
+    assert json_depth("[" * 100_000 + "]" * 100_000) == 100_000
+    assert loads_bounded("[" * 100 + "]" * 100) == json.loads("[" * 100 + "]" * 100)
+    with pytest.raises(JsonTooDeep, match="^The JSON is nested too deeply: at most 100 levels"):
+        loads_bounded("[" * 101 + "]" * 101)

@@ -14,9 +14,11 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from core.jobs import enqueue_or_fail
+from datanets.models import Datanet
 from ledger.calc.canonical import canonical_json, jsonable, sha256_hex
 from modelfactory import selectors
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
+from modelfactory.selectors import PRIVATE_DATANET
 from modelfactory.training import model_files
 from modelfactory.training.presets import PRESETS, validate_hyperparameters
 
@@ -81,7 +83,7 @@ def finetune_launch(
         preset=preset,
         hyperparameters=hyperparameters,
     )
-    name = (name or "").strip() or f"{base.name} on {', '.join(f'{v.datanet.name} v{v.number}' for v in versions)}"
+    name = (name or "").strip() or _default_name(base, versions)
     try:
         with transaction.atomic():
             job = FineTuneJob.objects.create(
@@ -116,6 +118,17 @@ def _launch_estimate(*, base, versions, hp: dict[str, Any]) -> dict[str, Any]:
     keep = ("steps", "tokens", "peak_memory_bytes", "device", "run_seconds", "run_low", "run_high", "run_method",
             "run_runs", "warnings")  # fmt: skip
     return {key: estimate[key] for key in keep if key in estimate}
+
+
+def _default_name(base: BaseModel, versions) -> str:
+    """Like "Tiny base on Zorb facts v1, a private datanet v2": a private datanet is not named, as the model's name
+    is shown to everyone once it is published (in its address too)."""
+    used = (f"{_public_name(v.datanet)} v{v.number}" for v in versions)
+    return f"{base.name} on {', '.join(used)}"
+
+
+def _public_name(datanet: Datanet) -> str:
+    return datanet.name if datanet.visibility == Datanet.Visibility.PUBLIC else PRIVATE_DATANET
 
 
 def launch_fingerprint(
