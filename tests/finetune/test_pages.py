@@ -3,7 +3,7 @@ from django.test import TestCase
 from django.urls import reverse
 
 from datanets.models import Datanet
-from modelfactory import services
+from modelfactory import selectors, services
 from modelfactory.models import FineTuneJob
 from tests.finetune.conftest import publish_version
 
@@ -37,10 +37,15 @@ def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, v
         and "Advanced settings" in page
     )
 
-    form = {"action": "next", "preset": "quick", "name": "Wizard model", "hp_max_length": "192", "hp_epochs": "2"}
+    form = {"action": "next", "preset": "quick", "name": "Wizard model", "hp_max_length": "192", "hp_epochs": "2",
+            "hp_min_steps": "0"}  # fmt: skip
     page = post(client, **form).content.decode()
     assert "5. Review and launch" in page
     assert "Estimated time" in page and "Estimated memory" in page
+    assert "a rough guess: it gets sharper after the first run on this computer" in page  # no earlier run here
+    # 9 training rows, batch 4, 2 passes, no minimum: 6 steps, and the review says so before launch
+    assert "Only 6 learning steps are planned: too few for the model to learn your facts." in page
+    assert "Only 9 rows to train on" in page
 
     response = post(client, action="launch")
     job = FineTuneJob.objects.get()
@@ -116,11 +121,16 @@ def test_job_page_progress_partial_and_download(client, cast, tiny_base, version
     assert "Waiting in line" in page and "number 1 in line" in page
     assert 'hx-trigger="every 2s"' in page
 
+    estimate = FineTuneJob.objects.get().estimate
+    assert estimate["run_method"] == "rough" and estimate["run_low"] < estimate["run_seconds"] < estimate["run_high"]
+
     services.finetune_run(job_id=job.pk, hostname="w")
     partial = client.get(f"/train/jobs/{job.pk}/?partial=progress", HTTP_HX_REQUEST="true")
     assert partial.status_code == 286  # htmx stops polling
     page = client.get(f"/train/jobs/{job.pk}/").content.decode()
     assert "Finished" in page and "Held-out questions, answered by both" in page
+    assert "(a rough guess: no earlier run on this computer)" in page and "peak <strong>" in page
+    assert 'id="verdict"' in page and "Answers that match the expected ones" in page
     chart = client.get(f"/train/jobs/{job.pk}/chart/").json()
     assert len(chart["train"]) == FineTuneJob.objects.get().total_steps and chart["active"] is False
 
@@ -225,3 +235,27 @@ def test_api_refuses_qlora_on_a_cpu_worker(cast, tiny_base, version):
         )
     assert caught.value.errors == {"hyperparameters.quantization": QLORA_ON_CPU.replace("&#x27;", "'")}
     assert FineTuneJob.objects.count() == 0
+
+
+def test_a_second_run_is_estimated_from_the_first_and_the_queue_says_how_long(client, cast, tiny_base, version):
+    from tests.finetune.conftest import FAST, launch_job
+
+    first, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                          hyperparameters=FAST, name="First", idempotency_key="e1")  # fmt: skip
+    services.finetune_run(job_id=first.pk, hostname="w")
+    first.refresh_from_db()
+    assert first.metrics["hardware"] == "this server's CPU"
+    second, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                           hyperparameters=FAST, name="Second", idempotency_key="e2")  # fmt: skip
+    third, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                          hyperparameters=FAST, name="Third", idempotency_key="e3")  # fmt: skip
+    assert (second.estimate["run_method"], second.estimate["run_runs"]) == ("calibrated", 1)
+    # the same data and settings as the calibrating run: the estimate is that run's time (up to rounding)
+    took = (first.finished_at - first.started_at).total_seconds()
+    assert abs(second.estimate["run_seconds"] - took) < 0.05 * took + 0.05
+    assert second.estimate["run_low"] < took < second.estimate["run_high"]
+    assert selectors.job_queue_wait_seconds(job=second) == 0.0  # first in line, nothing running
+    assert selectors.job_queue_wait_seconds(job=third) == pytest.approx(second.estimate["run_seconds"])
+    client.force_login(cast.owner)
+    page = client.get(f"/train/jobs/{third.pk}/").content.decode()
+    assert "number 2 in line, about " in page and " before it starts" in page

@@ -1,6 +1,14 @@
 import json
 
-from modelfactory.training.estimate import estimate_run, lora_parameters, measure_tokens_per_s
+from modelfactory.training.estimate import (
+    CALIBRATED_FACTOR,
+    ROUGH_FACTOR,
+    PastRun,
+    estimate_run,
+    lora_parameters,
+    measure_tokens_per_s,
+    run_time_range,
+)
 from modelfactory.training.model_files import inspect_model_dir
 
 from .conftest import CPU, fresh_model, hyperparameters
@@ -52,3 +60,24 @@ def test_several_devices_divide_the_time_not_the_memory(tiny_dir):
     assert (one.seconds, four.seconds) == (18.0, 4.5)
     assert (one.devices, four.devices, four.tokens_per_s) == (1, 4, 4000.0)
     assert (four.steps, four.tokens, four.peak_memory_bytes) == (one.steps, one.tokens, one.peak_memory_bytes)
+
+
+def test_run_time_range_without_a_past_run_is_a_wide_rough_range():
+    assert run_time_range(tokens=1000, answers=5, past=[], rough_seconds=60.0) == {
+        "seconds": 60.0, "low": 60.0 / ROUGH_FACTOR, "high": 60.0 * ROUGH_FACTOR, "method": "rough", "runs": 0
+    }  # fmt: skip
+
+
+def test_run_time_range_from_past_runs_uses_their_medians_and_covers_their_spread():
+    past = [PastRun(100.0, 0.5, 10.0), PastRun(80.0, 0.7, 12.0), PastRun(200.0, 0.6, 11.0)]
+    got = run_time_range(tokens=10_000, answers=10, past=past, rough_seconds=1.0)
+    assert (got["method"], got["runs"]) == ("calibrated", 3)
+    assert got["seconds"] == 10_000 / 100.0 + 10 * 0.6 + 11.0  # the medians: 100 tokens/s, 0.6 s an answer, 11 s
+    assert got["high"] == got["seconds"] * 1.25 * 1.1  # the slowest ran at 80 tokens/s, 1.25x slower than 100
+    assert 1.25 * 1.1 > CALIBRATED_FACTOR
+    assert got["low"] == got["seconds"] / (2.0 * 1.1)  # the fastest ran at twice the median rate
+
+
+def test_run_time_range_ignores_runs_without_a_rate():
+    got = run_time_range(tokens=100, answers=0, past=[PastRun(0.0, 0.0, 0.0)], rough_seconds=9.0)
+    assert got["method"] == "rough"
