@@ -71,21 +71,30 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         data.is_valid(raise_exception=True)
         key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key") or uuid.uuid4().hex
         try:
-            job, created = services.finetune_launch(
-                user=request.user,
-                base_model_slug=data.validated_data["base_model"],
-                version_ids=data.validated_data["datanet_versions"],
-                preset=data.validated_data["preset"],
-                hyperparameters=data.validated_data["hyperparameters"],
-                name=data.validated_data["name"],
-                idempotency_key=key,
-            )
+            job, created = self._launch(request.user, data.validated_data, key)
         except services.IdempotencyConflict as exc:
             raise IdempotencyConflict(exc.errors["idempotency_key"]) from None
         except services.LaunchError as exc:
             raise exceptions.ValidationError(exc.errors) from None
         code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(FineTuneJobSerializer(job).data, status=code)
+
+    @staticmethod
+    def _launch(user, data: dict, key: str):
+        if data.get("from_model"):
+            return services.finetune_continue(
+                user=user, model_slug=data["from_model"], version_ids=data["datanet_versions"], name=data["name"],
+                idempotency_key=key,
+            )  # fmt: skip
+        return services.finetune_launch(
+            user=user,
+            base_model_slug=data["base_model"],
+            version_ids=data["datanet_versions"],
+            preset=data["preset"],
+            hyperparameters=data["hyperparameters"],
+            name=data["name"],
+            idempotency_key=key,
+        )
 
     @extend_schema(request=FineTuneControlSerializer, responses={200: FineTuneJobSerializer})
     @action(detail=True, methods=["post"])

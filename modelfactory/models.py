@@ -74,6 +74,14 @@ class FineTuneJob(Job):
         default="",
         help_text="SHA-256 of the launch request: the same key with a different request is refused (empty: older).",
     )
+    parent_version = models.ForeignKey(
+        "ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="child_jobs",
+        help_text="Training continued from this model version's adapter (its lineage); empty: a fresh adapter.",
+    )
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     control = models.CharField(max_length=8, choices=Control.choices, default=Control.NONE, blank=True)
     phase = models.CharField(max_length=20, blank=True)

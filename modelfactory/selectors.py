@@ -338,3 +338,33 @@ def model_card_for(*, user, version: ModelVersion) -> str:
         if used_version.datanet_id in hidden and index < len(lines) and lines[index].startswith("| "):
             lines[index] = f"| {PRIVATE_DATANET} | {used_version.number} | `{used_version.manifest_hash}` |"
     return "\n".join(lines)
+
+
+def model_lineage_for(*, user, model: TrainedModel) -> list[dict]:
+    """The model's versions, oldest first, each with what it was trained on (a private datanet the user may not see
+    is named "a private datanet"), what it started from, when, and its result: the page's "v1 -> v2" lineage."""
+    versions = list(
+        model.versions.select_related("job__parent_version").prefetch_related("job__datanet_versions__datanet")
+        .order_by("number")
+    )  # fmt: skip
+    used = {v.datanet_id: v.datanet for version in versions for v in version.job.datanet_versions.all()}
+    private = {pk for pk, datanet in used.items() if datanet.visibility != Datanet.Visibility.PUBLIC}
+    hidden = private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
+    lineage = []
+    for version in versions:
+        data = [
+            f"{PRIVATE_DATANET if v.datanet_id in hidden else v.datanet.name} v{v.number}"
+            for v in sorted(version.job.datanet_versions.all(), key=lambda v: v.pk)
+        ]
+        parent = version.job.parent_version
+        lineage.append(
+            {
+                "version": version,
+                "data": data,
+                "from_number": parent.number if parent and parent.model_id == model.pk else None,
+                "verdict": (version.metrics.get("verdict") or {}).get("level"),
+                "eval_loss": version.metrics.get("eval_loss"),
+                "token_f1": version.metrics.get("token_f1"),
+            }
+        )
+    return lineage

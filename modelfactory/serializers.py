@@ -13,7 +13,15 @@ class BaseModelSerializer(serializers.ModelSerializer):
 
 
 class FineTuneCreateSerializer(serializers.Serializer):
-    base_model = serializers.SlugField(help_text="Slug of a base model (GET /api/v1/base-models/).")
+    base_model = serializers.SlugField(
+        required=False, help_text="Slug of a base model (GET /api/v1/base-models/). Not needed with from_model."
+    )
+    from_model = serializers.SlugField(
+        required=False,
+        help_text="Train again from this model of yours: training starts from its newest version's adapter, with "
+        "that version's settings (base model, preset and hyperparameters are then ignored), and the result becomes "
+        "the model's next version.",
+    )
     datanet_versions = serializers.ListField(child=serializers.IntegerField(min_value=1), allow_empty=False)
     preset = serializers.ChoiceField(choices=list(PRESETS), default="balanced")
     hyperparameters = serializers.DictField(required=False, default=dict, help_text="Overrides on top of the preset.")
@@ -23,6 +31,11 @@ class FineTuneCreateSerializer(serializers.Serializer):
         max_length=64,
         help_text="Send the same key again (or the Idempotency-Key header) to get the same job instead of a new one.",
     )
+
+    def validate(self, attrs):
+        if not attrs.get("base_model") and not attrs.get("from_model"):
+            raise serializers.ValidationError({"base_model": ["This field is required (or give from_model)."]})
+        return attrs
 
 
 class FineTuneJobSerializer(serializers.ModelSerializer):

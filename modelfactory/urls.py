@@ -12,6 +12,7 @@ urlpatterns = [
     path("models/", views.models_list, name="models"),
     path("models/<slug:slug>/", views.model_detail, name="model"),
     path("models/<slug:slug>/download/", views.model_download, name="model_download"),
+    path("models/<slug:slug>/train-again/", views.model_train_again, name="model_train_again"),
     path("models/<slug:slug>/publish/", views.model_publish, name="model_publish"),
     path("models/<slug:slug>/unpublish/", views.model_unpublish, name="model_unpublish"),
     path("models/<slug:slug>/playground/", views.playground, name="playground"),

@@ -210,7 +210,32 @@ def model_detail(request, slug: str):
     price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
     card = selectors.model_card_for(user=request.user, version=version) if version else ""
     context = {"model": model, "version": version, "model_card": card, "price_credits": price_credits}
+    context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
+    if model.owner_id == request.user.pk and version:
+        context["train_again_versions"] = version_list_usable(user=request.user)
     return render(request, "modelfactory/model_detail.html", context)
+
+
+@login_required
+@require_POST
+def model_train_again(request, slug: str):
+    """Launches the model's next version: training continues from its adapter on the chosen datanet versions."""
+    model = _model_or_404(request, slug)
+    version_ids = sorted({int(v) for v in request.POST.getlist("versions") if v.isdigit()})
+    latest = model.latest_version
+    # the same choices from the same version are the same request: a double click launches one job
+    key = f"again-{latest.pk if latest else 0}-" + "-".join(map(str, version_ids))
+    try:
+        job, _ = services.finetune_continue(
+            user=request.user, model_slug=model.slug, version_ids=version_ids, idempotency_key=key[:64]
+        )
+    except services.LaunchError as exc:
+        messages.error(request, " ".join(exc.errors.values()))
+        return redirect("modelfactory:model", slug=model.slug)
+    except services.IdempotencyConflict:
+        messages.error(request, "This form was already sent with other choices: reload the page and try again.")
+        return redirect("modelfactory:model", slug=model.slug)
+    return redirect("modelfactory:job", job_id=job.pk)
 
 
 @login_required

@@ -68,6 +68,7 @@ PAGES = [
     ("GET", "/models/", 200, 200, 200, 200, 200),
     ("GET", "/models/{model}/", 404, 404, 404, 200, 200),
     ("GET", "/models/{model}/download/", LOGIN, 404, 404, None, None),
+    ("POST", "/models/{model}/train-again/", LOGIN, 404, 404, 302, 302),  # no versions chosen: back, nothing made
     ("GET", "/wallet/", LOGIN, 200, 200, 200, 200),
     ("GET", "/wallet/statement.csv", LOGIN, 200, 200, 200, 200),
     ("POST", "/wallet/withdrawals/", LOGIN, None, None, None, None),

@@ -1,7 +1,8 @@
 """The "indexing" stage of a fine-tune: the attribution index of the finished job and the data valuation of its
 contributions, built inside the training job after training succeeded.
 
-Which rows are indexed: the job's training rows only (result.train_row_ids), tokenised exactly as training did
+Which rows are indexed: the job's training rows only (result.train_row_ids) and, for a model trained again from an
+earlier version, the training rows of every job in its lineage; tokenised exactly as training did
 (modelfactory.training.data.build_examples with the job's max_length). The held-out eval rows did not shape the
 weights, so they earn no attribution; they are the queries of the curators' data valuation instead. The span index
 covers the same training rows.
@@ -20,16 +21,40 @@ from attribution.models import ContributionValue, ModelIndex
 from datanets.models import Contribution
 from datanets.selectors import version_records
 from modelfactory.selectors import finetune_rows
+from modelfactory.services import lineage_jobs
 from modelfactory.training.data import build_examples
+from modelfactory.training.finetune import split_rows
 
 INDEX_FOLDER = "attribution"
 
 
+def _lineage_versions(job) -> list:
+    """The datanet versions of the job and of every job its adapter continued from (each once)."""
+    versions = {}
+    for ancestor in lineage_jobs(job=job):
+        versions.update({v.pk: v for v in ancestor.datanet_versions.all()})
+    return [versions[pk] for pk in sorted(versions)]
+
+
+def _ancestors_train_ids(job, examples) -> set[int]:
+    """The rows the jobs before this one in its lineage trained on: each one's split of its own rows (split_rows
+    with its own settings, as its training did)."""
+    built = {e.row_id for e in examples}
+    ids: set[int] = set()
+    for ancestor in lineage_jobs(job=job)[:-1]:
+        rows, _ = finetune_rows(versions=list(ancestor.datanet_versions.order_by("pk")))
+        hp = ancestor.hyperparameters
+        usable = [int(r["id"]) for r in rows if int(r["id"]) in built]
+        train, _ = split_rows(usable, eval_split=float(hp["eval_split"]), seed=int(hp["seed"]))
+        ids |= train
+    return ids
+
+
 def _job_rows(job) -> tuple[list[dict], dict]:
-    """The job's rows (as training read them) and {record id: RowOwner(contributor, contribution)}."""
+    """The rows of the job's lineage (as training read them) and {record id: RowOwner(contributor, contribution)}."""
     from attribution.engine import RowOwner  # the engine loads torch: only the training process needs it
 
-    versions = list(job.datanet_versions.order_by("pk"))
+    versions = _lineage_versions(job)
     rows, _ = finetune_rows(versions=versions)
     owners = {}
     for version in versions:
@@ -53,7 +78,9 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
     rows, owners = _job_rows(job)
     model, tokenizer = runtime.load_peft_model(base_dir=job.base_model.path, adapter_dir=result.adapter_dir)
     examples, _ = build_examples(tokenizer, rows, max_length=int(job.hyperparameters["max_length"]))
-    train_ids, eval_ids = set(result.train_row_ids), set(result.eval_row_ids)
+    # a continued model also carries what its earlier versions learned: their training rows stay credited
+    train_ids = set(result.train_row_ids) | _ancestors_train_ids(job, examples)
+    eval_ids = set(result.eval_row_ids) - train_ids
     train = [(e.row_id, e.input_ids, e.labels) for e in examples if e.row_id in train_ids]
     evals = [_split_prompt(e.input_ids, e.labels) for e in examples if e.row_id in eval_ids]
     total = len(train) + len(evals)

@@ -2,6 +2,7 @@
 
 - base_models: registering base-model folders (and the bundled default).
 - finetune_jobs: launching a fine-tune (validate, create, enqueue), stop/cancel, the stale-job sweep.
+- continue_training: train again from a model (its next version starts from its adapter), and the lineage.
 - finetune_worker: a job on the training worker (claim or resume, heartbeat and progress, post-training stages,
   the trained model).
 - publishing: publish/unpublish a trained model within the price policy; the fee rule.
@@ -17,6 +18,7 @@ To replace a function in a test, patch the module that looks it up (e.g. finetun
 
 from modelfactory.services.base_compare import base_compare_start, base_generate
 from modelfactory.services.base_models import base_model_ensure_default, base_model_register
+from modelfactory.services.continue_training import finetune_continue, lineage_jobs, model_lineage
 from modelfactory.services.errors import ServingRefused
 from modelfactory.services.finetune_jobs import (
     RESUME_QUEUED_MESSAGE,
@@ -51,6 +53,9 @@ from modelfactory.services.inference_worker import (
 from modelfactory.services.publishing import fee_for_tokens, trained_model_publish, trained_model_unpublish
 
 __all__ = [
+    "finetune_continue",
+    "lineage_jobs",
+    "model_lineage",
     "ERROR_STATUS",
     "PHASE_MESSAGES",
     "RESUME_QUEUED_MESSAGE",

@@ -59,6 +59,7 @@ def finetune_launch(
     hyperparameters: dict[str, Any] | None = None,
     name: str = "",
     idempotency_key: str,
+    parent_version=None,
 ) -> tuple[FineTuneJob, bool]:
     """Validates everything, creates a queued job and enqueues it after commit. Returns (job, created).
 
@@ -72,6 +73,7 @@ def finetune_launch(
         preset=preset,
         hyperparameters=hyperparameters,
         name=name,
+        parent_version_id=parent_version.pk if parent_version else None,
     )
     existing = FineTuneJob.objects.filter(owner=user, idempotency_key=idempotency_key).first()
     if existing is not None:
@@ -96,6 +98,7 @@ def finetune_launch(
                 request_fingerprint=fingerprint,
                 message="Waiting for a free training worker.",
                 estimate=_launch_estimate(base=base, versions=versions, hp=hp),
+                parent_version=parent_version,
             )
             job.datanet_versions.set(versions)
             FineTuneEvent.objects.create(job=job, kind=FineTuneEvent.Kind.PHASE, data={"phase": "queued"})
@@ -132,7 +135,13 @@ def _public_name(datanet: Datanet) -> str:
 
 
 def launch_fingerprint(
-    *, base_model_slug: str, version_ids: list[int], preset: str, hyperparameters: dict[str, Any] | None, name: str
+    *,
+    base_model_slug: str,
+    version_ids: list[int],
+    preset: str,
+    hyperparameters: dict[str, Any] | None,
+    name: str,
+    parent_version_id: int | None = None,
 ) -> str:
     """SHA-256 of the canonical JSON of a launch request as given: what "the same request" means for a replayed
     idempotency key. The order and repeats of version ids and an absent or empty name or settings do not count."""
@@ -143,6 +152,8 @@ def launch_fingerprint(
         "hyperparameters": hyperparameters or {},
         "name": (name or "").strip(),
     }
+    if parent_version_id is not None:  # absent for a fresh adapter, so older fingerprints still match
+        request["parent_version"] = parent_version_id
     return sha256_hex(canonical_json(jsonable(request)))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Max, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -148,6 +148,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         rows=rows,
         hyperparameters=job.hyperparameters,
         preset=job.preset,
+        init_adapter_dir=Path(job.parent_version.adapter_path) if job.parent_version_id else None,
         base_model_name=job.base_model.name,
         model_name=job.name,
         datanet_versions=[
@@ -244,6 +245,13 @@ def _success_message(metrics: dict[str, Any], *, stopped: bool, slug: str, resum
 
 
 def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:
+    """A new model with the job's adapter as version 1, or, for a job that continued training a model, that
+    model's next version (same model, same address: what it serves and sells moves to the new version)."""
+    if job.parent_version_id is not None:
+        trained = TrainedModel.objects.select_for_update().get(pk=job.parent_version.model_id)
+        number = (trained.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+        _version_create(trained=trained, number=number, job=job, result=result)
+        return trained
     base_slug = slugify(job.name)[:100] or f"model-{job.pk}"
     slug = base_slug
     n = 2
@@ -251,9 +259,14 @@ def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:
         slug = f"{base_slug[:100]}-{n}"
         n += 1
     trained = TrainedModel.objects.create(owner=job.owner, slug=slug, name=job.name, base_model=job.base_model)
-    ModelVersion.objects.create(
+    _version_create(trained=trained, number=1, job=job, result=result)
+    return trained
+
+
+def _version_create(*, trained: TrainedModel, number: int, job: FineTuneJob, result) -> ModelVersion:
+    return ModelVersion.objects.create(
         model=trained,
-        number=1,
+        number=number,
         job=job,
         adapter_path=str(result.adapter_dir),
         zip_path=str(result.zip_path),
@@ -261,4 +274,3 @@ def trained_model_create_from_job(*, job: FineTuneJob, result) -> TrainedModel:
         model_card=result.model_card,
         metrics=result.metrics,
     )
-    return trained

@@ -46,6 +46,7 @@ class FinetuneSpec:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     checkpoint_every: int = 50  # optimizer steps; 0 = never
     processes: int = 0  # data-parallel processes: 0 = one per GPU of the worker (1 on a CPU); N = exactly N
+    init_adapter_dir: Path | None = None  # continue training this adapter (same base model) instead of a fresh one
 
 
 @dataclass
@@ -171,7 +172,9 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
     try:
         emit({"type": "phase", "phase": "loading"})
         try:
-            model, tokenizer = load_model_for_training(Path(spec.base_model_dir), hp, device=device)
+            model, tokenizer = load_model_for_training(
+                Path(spec.base_model_dir), hp, device=device, init_adapter=spec.init_adapter_dir
+            )
         except ModelFilesError as exc:
             raise TrainingError(f"The base model cannot be loaded: {exc}") from None
         examples, report = build_examples(tokenizer, spec.rows, max_length=int(hp["max_length"]))

@@ -110,8 +110,11 @@ def linear_module_names(model) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
-def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torch.device):
-    """Loads the base model (4-bit when asked and possible), wraps it with a fresh LoRA adapter. (model, tokenizer)"""
+def load_model_for_training(
+    model_dir: Path, hp: dict[str, Any], *, device: torch.device, init_adapter: Path | None = None
+):
+    """Loads the base model (4-bit when asked and possible), wraps it with a fresh LoRA adapter, or with the trained
+    adapter in `init_adapter` to continue training it (its rank and layers then apply). (model, tokenizer)"""
     # peft and transformers take seconds to import: only a process that loads a model pays for them
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,6 +164,12 @@ def load_model_for_training(model_dir: Path, hp: dict[str, Any], *, device: torc
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(int(hp["seed"]))  # the LoRA init is drawn from the global generator
+    if init_adapter is not None:
+        from peft import PeftModel  # as above
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        model.to(device)
+        return model, tokenizer
     model = get_peft_model(model, config)
     return model, tokenizer
 
