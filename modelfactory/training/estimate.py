@@ -78,7 +78,7 @@ def estimate_run(
     """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
     `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput of one device when there is
     one; `devices`: data-parallel devices (time / devices; memory is per device)."""
-    from modelfactory.training.loop import plan_passes
+    from modelfactory.training.schedule import plan_passes
     from modelfactory.training.presets import resolve_target_modules
 
     per_epoch, passes = plan_passes(len(token_counts), hp)
@@ -157,7 +157,7 @@ MIN_TEACHING_WORK = 0.01  # learning rate x steps below this barely moves a LoRA
 
 def teaching_warnings(n_train: int, n_eval: int, hp: dict[str, Any]) -> list[str]:
     """Plain-words warnings for the review step when the planned run cannot teach the data, or cannot be checked."""
-    from modelfactory.training.loop import plan_steps
+    from modelfactory.training.schedule import plan_steps
 
     warnings = []
     _, steps = plan_steps(max(1, n_train), hp)

@@ -36,12 +36,12 @@ from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
+from modelfactory.training.schedule import lr_lambda, plan_passes, plan_steps  # noqa: F401 (plan_steps re-exported)
 
 EventCallback = Callable[[dict[str, Any]], None]
 ControlCallback = Callable[[], str | None]
 MAX_GRAD_NORM = 1.0
 MEGABATCH_FACTOR = 16
-MAX_PASSES = 50  # min_steps never makes training read the data more often than this
 
 
 class TrainingError(Exception):
@@ -221,20 +221,6 @@ def answer_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"), count
 
 
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -242,21 +228,6 @@ def release_memory(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-
-
-def plan_steps(n_examples: int, hp: dict[str, Any]) -> tuple[int, int]:
-    """(optimizer steps per epoch, total optimizer steps)."""
-    per_epoch, epochs = plan_passes(n_examples, hp)
-    return per_epoch, per_epoch * epochs
-
-
-def plan_passes(n_examples: int, hp: dict[str, Any]) -> tuple[int, int]:
-    """(optimizer steps per epoch, passes over the data): `epochs` passes, or more when that is fewer than
-    `min_steps` optimizer steps (a small datanet gets enough steps to learn its facts), at most MAX_PASSES."""
-    batches = math.ceil(n_examples / int(hp["batch_size"]))
-    per_epoch = max(1, math.ceil(batches / int(hp["grad_accum"])))
-    needed = math.ceil(int(hp.get("min_steps") or 0) / per_epoch)
-    return per_epoch, max(int(hp["epochs"]), min(MAX_PASSES, needed))
 
 
 def train(

@@ -1,7 +1,7 @@
 import pytest
 
 from modelfactory.training.estimate import teaching_warnings
-from modelfactory.training.loop import plan_passes, plan_steps
+from modelfactory.training.schedule import plan_passes, plan_steps
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, preset_values, validate_hyperparameters
 
 
