@@ -112,9 +112,10 @@ def estimate_for(model_dir: Path, rows: list[dict], preset: str) -> dict:
 
 
 def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list[str]:
-    from modelfactory.serving import Engine, GenerationRequest, WarmModel
+    from modelfactory.serving import AdapterCache, Engine, GenerationRequest, WarmModel
 
-    engine = Engine(WarmModel.get(model_dir, device="cpu"))
+    warm = WarmModel.get(model_dir, device="cpu")
+    engine = Engine(warm, AdapterCache(warm))
     requests = [
         GenerationRequest(prompt=[{"role": "user", "content": q}], adapter=adapter_dir, max_new_tokens=32)
         for q in questions
@@ -144,6 +145,10 @@ def run_preset(model_dir: Path, preset: str) -> dict:
         spec = FinetuneSpec(base_model_dir=model_dir, rows=rows, preset=preset, device="cpu", checkpoint_every=0)
         result = run_finetune(spec, workdir=Path(workdir), on_event=on_event)
         wall = time.perf_counter() - started
+        shown = ("steps", "passes", "train_seconds", "evaluation_seconds", "base_eval_loss", "eval_loss",
+                 "base_token_f1", "token_f1", "base_exact_match", "exact_match")  # fmt: skip
+        print("  trained:", json.dumps({k: result.metrics.get(k) for k in shown}), flush=True)
+        print("  verdict:", result.metrics["verdict"]["headline"], flush=True)
         evaluation = phases.get("saving", 0.0) - phases.get("evaluating", 0.0)
         passes = result.metrics["steps"] / max(1, result.metrics.get("steps_per_epoch") or 1)
         epoch_seconds = result.metrics["train_seconds"] / max(1.0, passes)

@@ -78,8 +78,8 @@ def estimate_run(
     """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
     `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput of one device when there is
     one; `devices`: data-parallel devices (time / devices; memory is per device)."""
-    from modelfactory.training.schedule import plan_passes
     from modelfactory.training.presets import resolve_target_modules
+    from modelfactory.training.schedule import plan_passes
 
     per_epoch, passes = plan_passes(len(token_counts), hp)
     steps = per_epoch * passes

@@ -1,8 +1,8 @@
 import pytest
 
 from modelfactory.training.estimate import teaching_warnings
-from modelfactory.training.schedule import plan_passes, plan_steps
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, preset_values, validate_hyperparameters
+from modelfactory.training.schedule import plan_passes, plan_steps
 
 
 def test_every_field_has_help_and_a_valid_default():
