@@ -94,6 +94,7 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             hyperparameters=data["hyperparameters"],
             name=data["name"],
             idempotency_key=key,
+            test_version_ids=data["test_versions"],
         )
 
     @extend_schema(request=FineTuneControlSerializer, responses={200: FineTuneJobSerializer})

@@ -65,6 +65,12 @@ class FineTuneJob(Job):
     name = models.CharField(max_length=200)
     base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
     datanet_versions = models.ManyToManyField("datanets.DatanetVersion", related_name="finetune_jobs")
+    test_versions = models.ManyToManyField(
+        "datanets.DatanetVersion",
+        related_name="test_set_of_jobs",
+        blank=True,
+        help_text="A test set the owner chose: answered by base and tuned and scored, besides the held-out rows.",
+    )
     preset = models.CharField(max_length=20)
     hyperparameters = models.JSONField(default=dict, help_text="Every setting, preset applied and validated.")
     idempotency_key = models.CharField(max_length=64, help_text="Same key, same owner: the same job.")

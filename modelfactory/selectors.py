@@ -75,7 +75,7 @@ def job_list_detailed(*, user) -> QuerySet[FineTuneJob]:
     return (
         job_list_for(user=user)
         .select_related("model_version__model")
-        .prefetch_related("datanet_versions")
+        .prefetch_related("datanet_versions", "test_versions")
         .annotate(
             queue_position=Case(
                 When(status=FineTuneJob.Status.QUEUED, then=Coalesce(Subquery(ahead), Value(0)) + 1),

@@ -23,6 +23,14 @@ class FineTuneCreateSerializer(serializers.Serializer):
         "the model's next version.",
     )
     datanet_versions = serializers.ListField(child=serializers.IntegerField(min_value=1), allow_empty=False)
+    test_versions = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        default=list,
+        help_text="Datanet versions (instruction or chat) to use as a test set: answered by base and tuned and "
+        "scored (exact match, token F1) besides the held-out rows; rows the model trained on are left out of the "
+        "score and counted.",
+    )
     preset = serializers.ChoiceField(choices=list(PRESETS), default="balanced")
     hyperparameters = serializers.DictField(required=False, default=dict, help_text="Overrides on top of the preset.")
     name = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
@@ -41,6 +49,7 @@ class FineTuneCreateSerializer(serializers.Serializer):
 class FineTuneJobSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     datanet_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    test_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     model = serializers.SerializerMethodField()
     queue_position = serializers.SerializerMethodField()
 
@@ -48,9 +57,8 @@ class FineTuneJobSerializer(serializers.ModelSerializer):
         model = FineTuneJob
         fields = [
             "id", "name", "status", "phase", "progress", "step", "total_steps", "message", "base_model",
-            "datanet_versions", "preset", "hyperparameters", "estimate", "metrics", "samples", "queue_position",
-            "model",
-            "created_at", "started_at", "finished_at",
+            "datanet_versions", "test_versions", "preset", "hyperparameters", "estimate", "metrics", "samples",
+            "queue_position", "model", "created_at", "started_at", "finished_at",
         ]  # fmt: skip
 
     def get_model(self, job) -> str | None:

@@ -60,6 +60,7 @@ def finetune_launch(
     name: str = "",
     idempotency_key: str,
     parent_version=None,
+    test_version_ids: list[int] | None = None,
 ) -> tuple[FineTuneJob, bool]:
     """Validates everything, creates a queued job and enqueues it after commit. Returns (job, created).
 
@@ -74,6 +75,7 @@ def finetune_launch(
         hyperparameters=hyperparameters,
         name=name,
         parent_version_id=parent_version.pk if parent_version else None,
+        test_version_ids=test_version_ids,
     )
     existing = FineTuneJob.objects.filter(owner=user, idempotency_key=idempotency_key).first()
     if existing is not None:
@@ -85,6 +87,7 @@ def finetune_launch(
         preset=preset,
         hyperparameters=hyperparameters,
     )
+    test_versions = _test_set_validated(user=user, version_ids=test_version_ids or [])
     name = (name or "").strip() or _default_name(base, versions)
     try:
         with transaction.atomic():
@@ -101,6 +104,7 @@ def finetune_launch(
                 parent_version=parent_version,
             )
             job.datanet_versions.set(versions)
+            job.test_versions.set(test_versions)
             FineTuneEvent.objects.create(job=job, kind=FineTuneEvent.Kind.PHASE, data={"phase": "queued"})
             transaction.on_commit(lambda: _enqueue(job.pk))
     except IntegrityError:  # a concurrent submit with the same key won the race
@@ -142,6 +146,7 @@ def launch_fingerprint(
     hyperparameters: dict[str, Any] | None,
     name: str,
     parent_version_id: int | None = None,
+    test_version_ids: list[int] | None = None,
 ) -> str:
     """SHA-256 of the canonical JSON of a launch request as given: what "the same request" means for a replayed
     idempotency key. The order and repeats of version ids and an absent or empty name or settings do not count."""
@@ -154,6 +159,8 @@ def launch_fingerprint(
     }
     if parent_version_id is not None:  # absent for a fresh adapter, so older fingerprints still match
         request["parent_version"] = parent_version_id
+    if test_version_ids:  # absent without a test set, as above
+        request["test_versions"] = sorted({int(v) for v in test_version_ids})
     return sha256_hex(canonical_json(jsonable(request)))
 
 
@@ -162,6 +169,25 @@ def _replayed(job: FineTuneJob, *, key: str, fingerprint: str) -> FineTuneJob:
     if job.request_fingerprint and job.request_fingerprint != fingerprint:
         raise IdempotencyConflict(key=key, job=job)
     return job
+
+
+def _test_set_validated(*, user, version_ids: list[int]) -> list:
+    """The datanet versions of a chosen test set: the user may use them, and they hold questions with expected
+    answers (instruction or chat rows). LaunchError on "test_versions" otherwise, before anything is created."""
+    if not version_ids:
+        return []
+    versions, error = selectors.versions_usable_by(user=user, version_ids=version_ids)
+    if error:
+        raise LaunchError({"test_versions": error})
+    for version in versions:
+        if version.datanet.kind == "text":
+            raise LaunchError(
+                {"test_versions": f"“{version.datanet.name}” holds plain text, not questions with expected answers: "
+                 "a test set needs instruction or chat rows."}
+            )  # fmt: skip
+        if version.row_count == 0:
+            raise LaunchError({"test_versions": f"Version {version.number} of “{version.datanet.name}” has no rows."})
+    return versions
 
 
 def _launch_validated(

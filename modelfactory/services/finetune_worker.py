@@ -149,6 +149,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         hyperparameters=job.hyperparameters,
         preset=job.preset,
         init_adapter_dir=Path(job.parent_version.adapter_path) if job.parent_version_id else None,
+        test_rows=selectors.finetune_rows(versions=list(job.test_versions.order_by("pk")))[0],
         base_model_name=job.base_model.name,
         model_name=job.name,
         datanet_versions=[

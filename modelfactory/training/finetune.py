@@ -47,6 +47,7 @@ class FinetuneSpec:
     checkpoint_every: int = 50  # optimizer steps; 0 = never
     processes: int = 0  # data-parallel processes: 0 = one per GPU of the worker (1 on a CPU); N = exactly N
     init_adapter_dir: Path | None = None  # continue training this adapter (same base model) instead of a fresh one
+    test_rows: list[dict[str, Any]] = field(default_factory=list)  # a test set the user chose, scored like held-out
 
 
 @dataclass
@@ -92,6 +93,35 @@ def no_examples_message(report: BuildReport, max_length: int) -> str:
     if report.invalid:
         parts.append(f"{len(report.invalid)} could not be read ({next(iter(report.invalid.values()))})")
     return parts[0] + " " + "; ".join(parts[1:]) + "."
+
+
+def row_fingerprint(row: dict[str, Any]) -> str:
+    """The content of a row, whatever its id: the same question and answer in two datanets are the same row."""
+    import json
+
+    return json.dumps([row.get("kind"), row.get("content")], sort_keys=True, ensure_ascii=False)
+
+
+def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device) -> dict[str, Any] | None:
+    """Base vs tuned on the test set the user chose, without the rows the model trained on (counted in
+    "overlap"): the same measures and per-row samples as on the held-out rows, plus "rows" (all of the test set)
+    and "overlap". None without a test set."""
+    from modelfactory.training.evaluate import compare_base_and_tuned
+
+    if not spec.test_rows:
+        return None
+    trained = {row_fingerprint(r) for r in spec.rows if int(r["id"]) in train_ids}
+    kept = [r for r in spec.test_rows if row_fingerprint(r) not in trained]
+    test_examples, _ = build_examples(tokenizer, kept, max_length=int(hp["max_length"]))
+    usable = {e.row_id for e in test_examples}
+    rows = sorted((r for r in kept if int(r["id"]) in usable), key=lambda r: int(r["id"]))
+    result = compare_base_and_tuned(
+        model, tokenizer, test_examples, rows, device=device, max_answers=spec.max_answers,
+        max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]),
+    )  # fmt: skip
+    result["rows"] = len(spec.test_rows)
+    result["overlap"] = len(spec.test_rows) - len(kept)
+    return result
 
 
 def run_finetune(
@@ -215,6 +245,7 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             max_new_tokens=spec.max_new_tokens,
             batch_size=int(hp["batch_size"]),
         )
+        test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device)
         evaluation_seconds = time.perf_counter() - evaluating
         emit({"type": "phase", "phase": "saving"})
         adapter_dir = save_adapter(model, workdir / ADAPTER_DIR, base_model_name=spec.base_model_name)
@@ -237,6 +268,8 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             "evaluation_seconds": evaluation_seconds,
         }
         metrics["verdict"] = judge(metrics, preset=spec.preset)
+        if test is not None:
+            metrics["test"] = test
         card = model_card(
             name=spec.model_name,
             base_model=spec.base_model_name,

@@ -11,7 +11,8 @@ from attribution.models import ModelIndex
 from datanets import services as datanet_services
 from modelfactory import services
 from modelfactory.models import FineTuneJob, ModelVersion, TrainedModel
-from tests.finetune.conftest import FAST, launch_job
+from modelfactory.selectors import finetune_rows
+from tests.finetune.conftest import FACTS, FAST, launch_job, publish_version
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +44,9 @@ def first_model(cast, tiny_base, version):
 
 def continue_on(user, model, version_ids, key="v2"):
     with TestCase.captureOnCommitCallbacks(execute=True):
-        return services.finetune_continue(user=user, model_slug=model.slug, version_ids=version_ids, idempotency_key=key)
+        return services.finetune_continue(
+            user=user, model_slug=model.slug, version_ids=version_ids, idempotency_key=key
+        )
 
 
 def test_training_again_makes_the_next_version_from_the_adapter_with_lineage(client, cast, first_model, version):
@@ -97,7 +100,9 @@ def test_the_page_form_launches_once_and_refuses_a_stranger(client, cast, first_
     job = FineTuneJob.objects.get(parent_version__isnull=False)
     assert response.status_code == 302 and response["Location"] == f"/train/jobs/{job.pk}/"
 
-    services.trained_model_publish(user=cast.owner, slug=first_model.slug, price_per_1k_tokens=1000, visibility="public")
+    services.trained_model_publish(
+        user=cast.owner, slug=first_model.slug, price_per_1k_tokens=1000, visibility="public"
+    )
     client.force_login(cast.outsider)
     response = client.post(f"/models/{first_model.slug}/train-again/", {"versions": [str(version.pk)]}, follow=True)
     assert "You have no trained model called “zorb-expert”." in response.content.decode()
@@ -121,3 +126,55 @@ def test_api_from_model(cast, first_model, version):
     assert response.status_code == 400 and "base_model" in response.json()["error"]["details"]
     assert FineTuneJob.objects.count() == 2
     assert ModelVersion.objects.count() == 1
+
+
+def test_a_chosen_test_set_is_scored_without_the_rows_trained_on(client, cast, tiny_base, version):
+    extra = [("What colour is the sea on Zorb?", "The sea on Zorb is orange.")]
+    test_set = publish_version(owner=cast.owner, contributors=[cast.owner], name="Zorb exam", rows=FACTS[:2] + extra)
+    job, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                        hyperparameters=FAST, name="Examined", idempotency_key="t1",
+                        test_version_ids=[test_set.pk])  # fmt: skip
+    assert list(job.test_versions.all()) == [test_set]
+    done = services.finetune_run(job_id=job.pk, hostname="w")
+    assert done.status == FineTuneJob.Status.SUCCEEDED, done.message
+    test = done.metrics["test"]
+    # the two FACTS rows were trained on unless the split held them out; what is left is scored, row by row
+    held_out = {s["row_id"] for s in done.samples}
+    trained = {r["content"]["instruction"] for r in finetune_rows(versions=[version])[0] if r["id"] not in held_out}
+    overlap = sum(1 for question, _ in FACTS[:2] if question in trained)
+    assert overlap >= 1  # 2 of 10 rows are held out: at least one of the two was trained on
+    assert (test["rows"], test["overlap"]) == (3, overlap)
+    assert test["answers_scored"] == len(test["samples"]) == 3 - overlap
+    assert "What colour is the sea on Zorb?" in [s["prompt"] for s in test["samples"]]
+    client.force_login(cast.owner)
+    page = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert 'id="test-set"' in page and "What colour is the sea on Zorb?" in page
+
+
+WRONG_KIND = (
+    "“Zorb prose” holds plain text, not questions with expected answers: a test set needs instruction or chat rows."
+)
+
+
+def test_a_test_set_of_the_wrong_kind_is_refused_before_anything_is_created(cast, tiny_base, version):
+    from datanets.models import Datanet
+
+    prose = datanet_services.datanet_create(
+        owner=cast.owner, name="Zorb prose", kind="text", summary="Text.", visibility=Datanet.Visibility.PUBLIC,
+        policy=Datanet.Policy.OPEN,
+    )  # fmt: skip
+    data = b'{"text": "Zorb has green skies and blue moss."}\n'
+    contribution = datanet_services.contribution_create(
+        datanet=prose, contributor=cast.owner, upload=SimpleUploadedFile("p.jsonl", data)
+    )
+    datanet_services.contribution_ingest(contribution_id=contribution.pk)
+    prose_v1 = datanet_services.version_publish(datanet=prose, actor=cast.owner)
+    with pytest.raises(services.LaunchError) as caught:
+        launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                   hyperparameters=FAST, idempotency_key="t2", test_version_ids=[prose_v1.pk])  # fmt: skip
+    assert caught.value.errors == {"test_versions": WRONG_KIND}
+    with pytest.raises(services.LaunchError) as caught:
+        launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                   hyperparameters=FAST, idempotency_key="t3", test_version_ids=[999_999])  # fmt: skip
+    assert list(caught.value.errors) == ["test_versions"]
+    assert FineTuneJob.objects.count() == 0
