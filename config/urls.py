@@ -10,7 +10,7 @@ from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
 from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
-from modelfactory.openai_api import ChatCompletionsView, ModelListView, openai_not_found
+from modelfactory.openai_api import ChatCompletionsView, ModelDetailView, ModelListView, openai_not_found
 
 router = DefaultRouter()
 router.register("base-models", BaseModelViewSet, basename="base-model")
@@ -50,6 +50,7 @@ urlpatterns = [
     # OpenAI-compatible API: answers and errors in OpenAI's shapes.
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
     path("v1/models", ModelListView.as_view(), name="openai-models"),
+    path("v1/models/<str:slug>", ModelDetailView.as_view(), name="openai-model"),
     re_path(r"^v1/", openai_not_found),
 ]
 
