@@ -9,7 +9,7 @@ from config import views as config_views
 from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
-from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
+from modelfactory.api import BaseModelViewSet, FineTuneViewSet, InferenceDetailView, TrainedModelViewSet
 from modelfactory.openai_api import ChatCompletionsView, ModelDetailView, ModelListView, openai_not_found
 
 router = DefaultRouter()
@@ -23,6 +23,7 @@ api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("", include(router.urls)),
     path("ledger/", include("ledger.api_urls")),
+    path("inferences/<int:inference_id>/", InferenceDetailView.as_view(), name="inference-detail"),
     path(
         "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
     ),

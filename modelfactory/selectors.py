@@ -11,7 +11,7 @@ from django.db.models import Case, Count, IntegerField, OuterRef, Prefetch, Q, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from modelfactory.models import BaseModel, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelVersion, TrainedModel
 
 
 def base_model_list() -> QuerySet[BaseModel]:
@@ -245,3 +245,8 @@ def dashboard_jobs(*, user, limit: int = 5) -> list[FineTuneJob]:
 def dashboard_models(*, user, limit: int = 5) -> list[TrainedModel]:
     """The models the user owns, newest first."""
     return list(TrainedModel.objects.filter(owner=user)[:limit])
+
+
+def inference_get_for(*, user, inference_id: int) -> Inference:
+    """A past answer, for the caller who asked for it only; raises Inference.DoesNotExist for anyone else."""
+    return Inference.objects.select_related("model", "model_version").get(pk=inference_id, caller_id=user.pk)

@@ -11,8 +11,10 @@ from urllib.parse import urlparse
 import httpx2
 import openai
 import pytest
+from django.test import Client
 
 from accounts.services import api_token_create
+from ledger.calc.money import format_credits
 from ledger.models import Hold
 from modelfactory import selectors
 from modelfactory.models import Inference
@@ -224,3 +226,30 @@ def test_hang_up_pays_exactly_for_what_was_read(live_server, cast, served, monke
     assert decode(ids) == received and len(decode(ids[:-1])) < len(received)  # the fewest tokens that made it
     assert inference.completion_tokens == len(ids)
     assert inference.fee_micro == fee_for_tokens(price_per_1k_tokens=PRICE, tokens=inference.prompt_tokens + len(ids))
+
+
+def test_completion_id_names_the_inference_the_rest_api_shows(client, cast, served):
+    """chatcmpl-<N> is inference N: GET /api/v1/inferences/N/ shows the past answer to its caller only."""
+    answer = client.chat.completions.create(
+        model="zorb-expert", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8, temperature=0
+    )
+    number = int(answer.id.removeprefix("chatcmpl-"))
+    inference = Inference.objects.get(pk=number)
+    web = Client()
+    web.force_login(cast.outsider)
+    body = web.get(f"/api/v1/inferences/{number}/").json()
+    assert body == {
+        "id": number, "completion_id": answer.id, "model": "zorb-expert", "model_version": 1, "source": "openai",
+        "status": "completed", "output": answer.choices[0].message.content,
+        "finish_reason": answer.choices[0].finish_reason,
+        "usage": {"prompt_tokens": answer.usage.prompt_tokens, "completion_tokens": answer.usage.completion_tokens},
+        "fee": format_credits(inference.fee_micro), "fee_reserved": format_credits(inference.fee_reserved_micro),
+        "error": "", "created": body["created"], "completed": body["completed"],
+        "attribution": f"http://testserver/api/v1/inferences/{number}/attribution/",
+    }  # fmt: skip
+    assert body["created"].startswith(inference.created_at.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert inference.fee_micro > 0
+    web.force_login(cast.owner)  # the model's owner did not ask: not theirs to read
+    response = web.get(f"/api/v1/inferences/{number}/")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
