@@ -1,7 +1,6 @@
 import uuid
 
 from django.urls import reverse
-
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
