@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import controls
+from . import controls, guided
 from .adapters import AdapterCache, adapter_key, check_adapter_folder
+from .decoding import IncrementalDecoder
 from .lora import LoraRunner
 from .types import (
     BASE,
@@ -32,38 +33,6 @@ logger = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 
 
-class IncrementalDecoder:
-    """Turns generated token ids into text deltas. A delta is only released when the decoded text does not end in
-    an incomplete UTF-8 sequence (U+FFFD), so a multi-byte character split over tokens arrives whole. A NUL
-    character (tiny or badly tuned models babble any token) becomes U+FFFD here, so what is streamed, returned and
-    stored is the same text: PostgreSQL text cannot hold NUL."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""  # what has been released so far
-
-    def _decode(self) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return text.replace("\x00", "\ufffd")
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self._decode()
-        if text.endswith("\ufffd") or not text.startswith(self.text):
-            return ""
-        delta, self.text = text[len(self.text) :], text
-        return delta
-
-    def flush(self) -> str:
-        """The rest at the end of generation (including a trailing incomplete character, as U+FFFD)."""
-        text = self._decode()
-        if not text.startswith(self.text):
-            return ""
-        delta, self.text = text[len(self.text) :], text
-        return delta
-
-
 @dataclass
 class Prepared:
     """A validated, tokenized request. `tag` is free for the caller (the Batcher keeps its ticket there)."""
@@ -72,6 +41,7 @@ class Prepared:
     prompt_ids: list[int]
     adapter_key: str | None
     tag: object = None
+    grammar: str | None = None  # the compiled JSON constraint (response_format), if any
 
 
 @dataclass
@@ -121,6 +91,7 @@ class Engine:
         self._positions: torch.Tensor | None = None  # [rows] position of each row's next token
         self.forward_passes = 0
         self.prefills = 0
+        self._guide_tokenizer: guided.GuideTokenizer | None = None
 
     # --- validation --------------------------------------------------------------------------------------------
 
@@ -163,7 +134,8 @@ class Engine:
             if self.adapters is None:
                 raise InvalidRequest("This engine serves the base model only (no adapter cache).", code="no_adapters")
             key = adapter_key(check_adapter_folder(request.adapter))
-        return Prepared(request=request, prompt_ids=list(ids), adapter_key=key)
+        grammar = None if request.json_schema is None else guided.grammar_for(request.json_schema)
+        return Prepared(request=request, prompt_ids=list(ids), adapter_key=key, grammar=grammar)
 
     def _prompt_text(self, prompt) -> str:
         if isinstance(prompt, str):
@@ -187,6 +159,13 @@ class Engine:
         messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
         with self.warm.tokenizer_lock:
             return self.warm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _guides(self) -> guided.GuideTokenizer:
+        if self._guide_tokenizer is None:
+            self._guide_tokenizer = guided.GuideTokenizer(
+                self.warm.tokenizer, vocab_size=self.warm.model.config.vocab_size, eos_token_ids=self.warm.eos_token_ids
+            )
+        return self._guide_tokenizer
 
     # --- synchronous API ---------------------------------------------------------------------------------------
 
@@ -240,7 +219,9 @@ class Engine:
             if item.request.seed is not None:
                 generator = torch.Generator(device=self.warm.device).manual_seed(item.request.seed)
             decoder = IncrementalDecoder(self.warm.tokenizer)
-            rows.append(_Row(item, name, decoder, generator, controls.StopFilter(item.request.stop)))
+            row = _Row(item, name, decoder, generator, controls.StopFilter(item.request.stop))
+            row.guide = None if item.grammar is None else guided.Guide(self._guides(), item.grammar)
+            rows.append(row)
         if not rows:
             return finished, failed
         try:
@@ -380,9 +361,14 @@ class Engine:
             row_logits = logits[i]
             if controls.needs_adjusting(request):
                 row_logits = controls.adjust_logits(row_logits, request, row.generated)
+            if row.guide is not None:
+                row_logits = row.guide.mask(row_logits)
+            if controls.needs_adjusting(request) or row.guide is not None:
                 chosen[i] = int(row_logits.argmax())
             if request.temperature > 0:
                 chosen[i] = controls.sample(row_logits, request.temperature, request.top_p, row.generator)
+            if row.guide is not None:
+                row.guide.consume(chosen[i])
             if request.top_logprobs is not None:
                 with self.warm.tokenizer_lock:
                     entry = controls.token_logprobs(row_logits, chosen[i], request.top_logprobs, self.warm.tokenizer)
@@ -399,6 +385,8 @@ class Engine:
             row.lengths.append(len(row.decoder.text))
             if delta and not self._release_text(row, delta):
                 continue
+            if row.finish_reason is None and row.guide is not None and row.guide.done:
+                row.finish_reason = FINISH_STOP
             if row.finish_reason is None and len(row.generated) >= request.max_new_tokens:
                 row.finish_reason = FINISH_LENGTH
 
