@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.throttling import ScopedRateThrottle
-from modelfactory import selectors, services
+from modelfactory import openai_params, selectors, services
 from modelfactory.models import Inference, TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -130,23 +130,16 @@ class ChatCompletionsView(OpenAIView):
         messages = _messages(data.get("messages"))
         if messages is None:
             return _invalid("`messages` must be a list of {role, content}.", "messages")
-        if data.get("n") not in (None, 1):
-            return _invalid("Only n=1 is supported.", "n")
-        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
-        stream = bool(data.get("stream"))
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage")) if stream else False
+        try:
+            arguments = openai_params.chat_arguments(data)
+        except openai_params.ParamError as exc:
+            return _invalid(exc.message, exc.param)
+        include_usage = arguments.pop("include_usage")
         try:
             inference = services.inference_start(
-                user=request.user,
-                slug=slug,
-                source=Inference.Source.OPENAI,
-                messages=messages,
-                max_new_tokens=max_tokens,
-                temperature=data.get("temperature", 1.0),
-                top_p=data.get("top_p"),
-                stream=stream,
+                user=request.user, slug=slug, source=Inference.Source.OPENAI, messages=messages, **arguments
             )
-            if stream:
+            if arguments["stream"]:
                 return _sse_response(_stream_chunks(inference, include_usage=include_usage))
             inference = services.inference_wait(inference=inference)
         except services.ServingRefused as exc:
@@ -162,7 +155,9 @@ class ChatCompletionsView(OpenAIView):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": inference.output, "refusal": None},
-                        "logprobs": None,
+                        "logprobs": None
+                        if inference.logprobs is None
+                        else {"content": inference.logprobs, "refusal": None},
                         "finish_reason": _finish(inference.finish_reason),
                     }
                 ],
