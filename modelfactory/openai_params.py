@@ -38,7 +38,18 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
 def _check_unsupported(data: dict) -> None:
+    for name, value in data.items():  # PostgreSQL cannot store NUL in text or JSON: refused, not a 500
+        if _has_nul(name) or _has_nul(value):
+            raise ParamError("The request contains a NUL character, which is never valid here.", name)
     for name, value in data.items():
         if value is None or name in SUPPORTED:
             continue

@@ -84,6 +84,17 @@ class Verdict(BaseModel):
     sure: bool
 
 
+def test_stop_in_a_streamed_answer(client):
+    sampled = {"max_tokens": 16, "temperature": 1.0, "seed": 3}
+    text = ask(client, **sampled).choices[0].message.content
+    at = next(p for p in range(2, 12) if text.find(text[p : p + 2]) == p)
+    chunks = list(ask(client, stop=text[at : at + 2], stream=True, stream_options={"include_usage": True}, **sampled))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text[:at]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    inference = Inference.objects.get(pk=int(chunks[0].id.removeprefix("chatcmpl-")))
+    assert inference.output == text[:at] and chunks[-1].usage.completion_tokens == inference.completion_tokens
+
+
 def test_json_schema_with_the_sdks_parse(client):
     """The SDK's structured-output example: it sends a strict json_schema and parses the answer into the model."""
     completion = client.chat.completions.parse(
@@ -123,6 +134,7 @@ def test_json_mode_starts_an_object(client):
          "logit_bias values must be numbers from -100 to 100 (got 101 for token 5)."),
         ({"logit_bias": {"x": 1}}, "logit_bias", "`logit_bias` keys must be token ids (got 'x')."),
         ({"seed": -1}, "seed", "seed must be a whole number from 0 to 2^63 - 1 (got -1)."),
+        ({"stop": "a\x00"}, "stop", "The request contains a NUL character, which is never valid here."),
         ({"response_format": {"type": "yaml"}}, "response_format",
          "`response_format.type` must be text, json_object or json_schema."),
     ],
