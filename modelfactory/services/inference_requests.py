@@ -21,6 +21,7 @@ Who pays what, and when:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from datetime import timedelta
@@ -181,6 +182,8 @@ def _checked_controls(controls: dict[str, Any], *, base: BaseModel) -> dict[str,
         clean["logit_bias"] = {str(token): bias for token, bias in clean["logit_bias"].items()}
     if "stop" in clean:
         clean["stop"] = list(clean["stop"])
+    if "json_schema" in clean:  # as text: PostgreSQL's jsonb reorders keys, and the properties' order is the answer's
+        clean["json_schema"] = json.dumps(clean["json_schema"])
     return clean
 
 

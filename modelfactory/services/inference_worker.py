@@ -4,6 +4,7 @@ sweep that fails inferences nobody answered. The billing rule is in inference_re
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -66,6 +67,8 @@ def _controls(params: dict) -> dict:
     controls = {key: params[key] for key in CONTROLS if params.get(key) is not None}
     if "logit_bias" in controls:
         controls["logit_bias"] = {int(token): bias for token, bias in controls["logit_bias"].items()}
+    if "json_schema" in controls:  # stored as text, keeping the order of its keys
+        controls["json_schema"] = json.loads(controls["json_schema"])
     return controls
 
 
