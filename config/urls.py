@@ -9,8 +9,8 @@ from config import views as config_views
 from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
-from modelfactory.api import BaseModelViewSet, FineTuneViewSet, TrainedModelViewSet
-from modelfactory.openai_api import ChatCompletionsView, ModelListView, openai_not_found
+from modelfactory.api import BaseModelViewSet, FineTuneViewSet, InferenceDetailView, TrainedModelViewSet
+from modelfactory.openai_api import ChatCompletionsView, ModelDetailView, ModelListView, openai_not_found
 
 router = DefaultRouter()
 router.register("base-models", BaseModelViewSet, basename="base-model")
@@ -23,6 +23,7 @@ api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("", include(router.urls)),
     path("ledger/", include("ledger.api_urls")),
+    path("inferences/<int:inference_id>/", InferenceDetailView.as_view(), name="inference-detail"),
     path(
         "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
     ),
@@ -50,6 +51,7 @@ urlpatterns = [
     # OpenAI-compatible API: answers and errors in OpenAI's shapes.
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
     path("v1/models", ModelListView.as_view(), name="openai-models"),
+    path("v1/models/<str:slug>", ModelDetailView.as_view(), name="openai-model"),
     re_path(r"^v1/", openai_not_found),
 ]
 

@@ -1,9 +1,11 @@
 import uuid
 
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from core.api import error_body, error_responses
 from core.throttling import ScopedRateThrottle
@@ -17,6 +19,7 @@ from modelfactory.serializers import (
     FineTuneJobSerializer,
     GenerateRequestSerializer,
     GenerateResponseSerializer,
+    InferenceSerializer,
     PublishSerializer,
     TrainedModelSerializer,
 )
@@ -190,6 +193,31 @@ def generate_payload(inference) -> dict:
         "fee": format_credits(inference.fee_micro),
         "fee_reserved": format_credits(inference.fee_reserved_micro),
     }
+
+
+class InferenceDetailView(APIView):
+    """One of your past answers: its text, tokens, fee and status, and a link to its attribution. `chatcmpl-41` from
+    the OpenAI-compatible API is inference 41. Only the caller who asked sees it (others get 404)."""
+
+    @extend_schema(responses={200: InferenceSerializer}, operation_id="inference_retrieve")
+    def get(self, request, inference_id: int):
+        try:
+            inference = selectors.inference_get_for(user=request.user, inference_id=inference_id)
+        except Inference.DoesNotExist:
+            raise exceptions.NotFound("You have no answer with this id.") from None
+        path = reverse("inference-attribution", kwargs={"inference_id": inference.pk})
+        payload = {
+            **generate_payload(inference),
+            "id": inference.pk,
+            "completion_id": f"chatcmpl-{inference.pk}",
+            "source": inference.source,
+            "status": inference.status,
+            "error": inference.error,
+            "created": inference.created_at,
+            "completed": inference.completed_at,
+            "attribution": request.build_absolute_uri(path),
+        }
+        return Response(InferenceSerializer(payload).data)
 
 
 def _refused(exc):

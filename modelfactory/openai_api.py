@@ -9,6 +9,7 @@ import logging
 import time
 
 from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -16,10 +17,12 @@ from rest_framework.views import APIView
 
 from core.api import known_exception
 from core.throttling import ScopedRateThrottle
-from modelfactory import selectors, services
+from modelfactory import openai_params, selectors, services
 from modelfactory.models import Inference, TrainedModel
 
 logger = logging.getLogger(__name__)
+
+KNOWN_PATHS = ("/v1/chat/completions", "/v1/models")
 
 TYPES = {
     400: "invalid_request_error",
@@ -27,13 +30,16 @@ TYPES = {
     402: "insufficient_quota",
     403: "permission_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_exceeded",
 }
+QUOTA_RETRY_SECONDS = 60  # Retry-After on a lack of credit: adding credit takes a person, not a quick retry
 
 
 def openai_error(message: str, *, status: int, code: str | None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
+    kind = "insufficient_quota" if code == "insufficient_quota" else TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def openai_exception_handler(exc, context):
@@ -58,6 +64,8 @@ def openai_exception_handler(exc, context):
     response = Response(openai_error(message, status=status, code=code), status=status)
     if status == 401:
         response["WWW-Authenticate"] = "Bearer"
+    if status == 429:
+        response["Retry-After"] = str(int(exc.wait or 1))
     return response
 
 
@@ -67,9 +75,14 @@ class OpenAIView(APIView):
 
 
 def _refused(exc: services.ServingRefused) -> JsonResponse:
-    code = "insufficient_quota" if exc.code == "insufficient_credit" else exc.code
     param = {"max_new_tokens": "max_tokens"}.get(exc.param, exc.param)
-    return JsonResponse(openai_error(exc.message, status=exc.status, code=code, param=param), status=exc.status)
+    if exc.code == "insufficient_credit":  # OpenAI's answer to "no credit": 429 insufficient_quota, never retried
+        body = openai_error(exc.message, status=429, code="insufficient_quota", param=param)
+        response = JsonResponse(body, status=429)
+        response["Retry-After"] = str(QUOTA_RETRY_SECONDS)
+        response["X-Should-Retry"] = "false"  # the openai SDK otherwise retries a 429 on its own
+        return response
+    return JsonResponse(openai_error(exc.message, status=exc.status, code=exc.code, param=param), status=exc.status)
 
 
 def _invalid(message: str, param: str) -> JsonResponse:
@@ -120,23 +133,16 @@ class ChatCompletionsView(OpenAIView):
         messages = _messages(data.get("messages"))
         if messages is None:
             return _invalid("`messages` must be a list of {role, content}.", "messages")
-        if data.get("n") not in (None, 1):
-            return _invalid("Only n=1 is supported.", "n")
-        max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
-        stream = bool(data.get("stream"))
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage")) if stream else False
+        try:
+            arguments = openai_params.chat_arguments(data)
+        except openai_params.ParamError as exc:
+            return _invalid(exc.message, exc.param)
+        include_usage = arguments.pop("include_usage")
         try:
             inference = services.inference_start(
-                user=request.user,
-                slug=slug,
-                source=Inference.Source.OPENAI,
-                messages=messages,
-                max_new_tokens=max_tokens,
-                temperature=data.get("temperature", 1.0),
-                top_p=data.get("top_p"),
-                stream=stream,
+                user=request.user, slug=slug, source=Inference.Source.OPENAI, messages=messages, **arguments
             )
-            if stream:
+            if arguments["stream"]:
                 return _sse_response(_stream_chunks(inference, include_usage=include_usage))
             inference = services.inference_wait(inference=inference)
         except services.ServingRefused as exc:
@@ -152,7 +158,9 @@ class ChatCompletionsView(OpenAIView):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": inference.output, "refusal": None},
-                        "logprobs": None,
+                        "logprobs": None
+                        if inference.logprobs is None
+                        else {"content": inference.logprobs, "refusal": None},
                         "finish_reason": _finish(inference.finish_reason),
                     }
                 ],
@@ -174,10 +182,14 @@ def _sse(data) -> str:
 
 def relay(inference: Inference, *, on_delta, on_done, on_error):
     """Relays the worker's events for a streamed inference as SSE chunks (made by the callbacks) and tells the
-    worker how many deltas reached the client: all of them at the end, or those before a disconnect (the server
-    closes this generator at the `yield` whose write failed)."""
+    worker how many deltas reached the client: all of them at the end, or those it read before it hung up.
+
+    The server closes this generator at the `yield` whose write failed. A write to a connection the client has
+    already closed still succeeds once (the bytes go out; the client's side answers with a reset), so the chunk
+    written just before the failed one never reached a reader: a delta there is not counted as delivered."""
     delivered = 0
     finished = False
+    last_was_delta = False
     try:
         channel = services.inference_channel(inference.pk)
         for event in services.inference_events(channel=channel, inference_id=inference.pk):
@@ -185,6 +197,7 @@ def relay(inference: Inference, *, on_delta, on_done, on_error):
             if kind == "delta":
                 yield on_delta(event["text"])
                 delivered += 1
+                last_was_delta = True
             elif kind == "end":
                 services.inference_stream_ack(inference_id=inference.pk, delivered=delivered, cancelled=False)
             elif kind == "done":
@@ -195,7 +208,8 @@ def relay(inference: Inference, *, on_delta, on_done, on_error):
                 yield on_error(event)
     finally:
         if not finished:
-            services.inference_stream_ack(inference_id=inference.pk, delivered=delivered, cancelled=True)
+            unread = 1 if last_was_delta else 0
+            services.inference_stream_ack(inference_id=inference.pk, delivered=delivered - unread, cancelled=True)
 
 
 def _stream_chunks(inference: Inference, *, include_usage: bool):
@@ -222,24 +236,40 @@ def _stream_chunks(inference: Inference, *, include_usage: bool):
     yield from relay(inference, on_delta=lambda text: chunk({"content": text}), on_done=on_done, on_error=on_error)
 
 
+def _callable_models(user):
+    models = selectors.trained_models_visible(user=user).filter(status=TrainedModel.Status.PUBLISHED)
+    if not user.is_staff:
+        models = models.filter(visibility=TrainedModel.Visibility.PUBLIC) | models.filter(owner=user)
+    return models
+
+
+def _model_payload(model: TrainedModel) -> dict:
+    created = int((model.published_at or model.created_at).timestamp())
+    return {"id": model.slug, "object": "model", "created": created, "owned_by": model.owner.username}
+
+
 class ModelListView(OpenAIView):
     @extend_schema(exclude=True)
     def get(self, request):
-        models = selectors.trained_models_visible(user=request.user).filter(status=TrainedModel.Status.PUBLISHED)
-        if not request.user.is_staff:
-            models = models.filter(visibility=TrainedModel.Visibility.PUBLIC) | models.filter(owner=request.user)
-        data = [
-            {
-                "id": m.slug,
-                "object": "model",
-                "created": int((m.published_at or m.created_at).timestamp()),
-                "owned_by": m.owner.username,
-            }  # fmt: skip
-            for m in models
-        ]
+        data = [_model_payload(m) for m in _callable_models(request.user)]
         return JsonResponse({"object": "list", "data": data})
 
 
+class ModelDetailView(OpenAIView):
+    @extend_schema(exclude=True)
+    def get(self, request, slug: str):
+        model = _callable_models(request.user).filter(slug=slug).first()
+        if model is None:
+            message = f"There is no published model called “{slug}”."
+            return JsonResponse(openai_error(message, status=404, code="model_not_found", param="model"), status=404)
+        return JsonResponse(_model_payload(model))
+
+
+@csrf_exempt  # it changes nothing; without this a POST to an unknown /v1 path got Django's HTML CSRF page
 def openai_not_found(request, *args, **kwargs) -> JsonResponse:
-    message = f"Unknown request URL: {request.method} {request.path}. See /v1/chat/completions and /v1/models."
+    message = f"Unknown request URL: {request.method} {request.path}."
+    if request.path.endswith("/") and request.path.rstrip("/") in KNOWN_PATHS:
+        message += f" Did you mean {request.path.rstrip('/')} (no trailing slash)?"
+    else:
+        message += " See /v1/chat/completions, /v1/models and /v1/models/{model}."
     return JsonResponse(openai_error(message, status=404, code="unknown_url"), status=404)

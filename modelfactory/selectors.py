@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from datanets.models import Datanet
 from datanets.selectors import datanet_ids_visible
-from modelfactory.models import BaseModel, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelVersion, TrainedModel
 
 PRIVATE_DATANET = "a private datanet"
 CARD_TABLE_HEADER = "| datanet | version | manifest hash |"  # modelfactory/training/artifacts.py model_card
@@ -368,3 +368,8 @@ def model_lineage_for(*, user, model: TrainedModel) -> list[dict]:
             }
         )
     return lineage
+
+
+def inference_get_for(*, user, inference_id: int) -> Inference:
+    """A past answer, for the caller who asked for it only; raises Inference.DoesNotExist for anyone else."""
+    return Inference.objects.select_related("model", "model_version").get(pk=inference_id, caller_id=user.pk)

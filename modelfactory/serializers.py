@@ -132,3 +132,21 @@ class GenerateResponseSerializer(serializers.Serializer):
     usage = UsageSerializer()
     fee = serializers.CharField(help_text="Credits owed for this answer, decimal string with 6 places.")
     fee_reserved = serializers.CharField(help_text="Credits held before generating (the most it could cost).")
+
+
+class InferenceSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The inference id; the OpenAI API calls it `chatcmpl-<id>`.")
+    completion_id = serializers.CharField(help_text="The `id` the OpenAI-compatible API answered: chatcmpl-<id>.")
+    model = serializers.CharField()
+    model_version = serializers.IntegerField(help_text="The exact version that answered.")
+    source = serializers.ChoiceField(choices=["api", "openai", "playground"])
+    status = serializers.ChoiceField(choices=["pending", "completed", "failed", "cancelled"])
+    output = serializers.CharField(allow_blank=True)
+    finish_reason = serializers.CharField(allow_blank=True, help_text="stop, length or cancelled; empty while pending.")
+    usage = UsageSerializer()
+    fee = serializers.CharField(help_text="Credits owed for this answer, decimal string with 6 places.")
+    fee_reserved = serializers.CharField(help_text="Credits held before generating (the most it could cost).")
+    error = serializers.CharField(allow_blank=True)
+    created = serializers.DateTimeField()
+    completed = serializers.DateTimeField(allow_null=True)
+    attribution = serializers.URLField(help_text="Who shaped this answer and what each was paid.")

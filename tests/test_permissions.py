@@ -20,9 +20,10 @@ import pytest
 from django.db import transaction
 from django.test import Client
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, User
 from accounts.services import api_token_create
 from datanets.models import Datanet, Record
+from modelfactory.models import Inference
 from tests.world import module_world
 
 ROLES = ("anonymous", "outsider", "teammate", "owner", "staff")
@@ -31,7 +32,14 @@ LOGIN = 302  # pages: redirect to the log-in page
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker, tmp_path_factory):
-    yield from module_world(django_db_blocker, tmp_path_factory)
+    for built in module_world(django_db_blocker, tmp_path_factory):
+        with django_db_blocker.unblock():  # the outsider asked the owner's model once (see the inference row)
+            built.inference = Inference.objects.create(
+                caller=User.objects.get(username="outsider"), model=built.model, source=Inference.Source.OPENAI,
+                model_version=built.model.latest_version, messages=[{"role": "user", "content": "Hi"}],
+                price_per_1k_tokens=0, status=Inference.Status.COMPLETED, output="Hello",
+            )  # fmt: skip
+        yield built
 
 
 #       method  path                                                   anon   outsider teammate owner staff
@@ -106,6 +114,8 @@ API = [
     ("GET", "/api/v1/ledger/transactions/", 401, 200, 200, 200, 200),
     ("GET", "/api/v1/ledger/proofs/{proof}/", 401, 404, 404, 200, 200),
     ("GET", "/api/v1/ledger/withdrawals/", 401, 200, 200, 200, 200),
+    # a past answer: only the caller who asked for it (the outsider) sees it
+    ("GET", "/api/v1/inferences/{inference}/", 401, 200, 404, 404, 404),
 ]
 BODIES = {
     "/datanets/{datanet}/settings/": {"name": "Renamed"},
@@ -155,7 +165,7 @@ def fill(path: str, world, cast) -> str:
     return path.format(
         datanet=world.datanet.slug, public=world.public_datanet.slug, version_number=world.version.number,
         contribution=world.contribution.pk, record=world.datanet.records.first().pk, job=world.job.pk,
-        model=world.model.slug, proof=world.proof_tx.pk, token=token.pk,
+        model=world.model.slug, proof=world.proof_tx.pk, token=token.pk, inference=world.inference.pk,
     )  # fmt: skip
 
 

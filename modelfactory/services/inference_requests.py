@@ -21,6 +21,7 @@ Who pays what, and when:
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from datetime import timedelta
@@ -122,16 +123,19 @@ def inference_start(
     temperature: float = 0.0,
     top_p: float | None = None,
     stream: bool = False,
+    controls: dict[str, Any] | None = None,
 ) -> Inference:
     """Validates the call, counts the prompt's tokens, and in one transaction creates the pending Inference and
-    holds the most it can cost; the worker is handed the job when that transaction commits. Raises ServingRefused
-    (nothing created, nothing held)."""
+    holds the most it can cost; the worker is handed the job when that transaction commits. `controls`: the
+    serving engine's per-answer controls (stop, seed, presence_penalty, frequency_penalty, logit_bias {token id:
+    bias}, top_logprobs, json_schema). Raises ServingRefused (nothing created, nothing held)."""
     model = model_servable(user=user, slug=slug)
     version = model.latest_version
     if version is None:
         raise ServingRefused("This model has no trained version to answer with.", code="model_not_found", status=404)
     clean = _clean_messages(messages=messages, prompt=prompt)
     temperature = _checked_sampling(temperature=temperature, top_p=top_p)
+    controls = _checked_controls(controls or {}, base=model.base_model)
     policy = ServingPolicy.current()
     _check_max_new_tokens(max_new_tokens, policy=policy)
     prompt_ids = _count_prompt_tokens(base=model.base_model, messages=clean)
@@ -143,7 +147,8 @@ def inference_start(
     )
     if not inference_worker_alive():
         raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
-    parameters = {"max_new_tokens": max_new_tokens, "temperature": float(temperature), "top_p": top_p, "stream": stream}
+    parameters = {"max_new_tokens": max_new_tokens, "temperature": float(temperature), "top_p": top_p, "stream": stream,
+                  **controls}  # fmt: skip
     return _create_with_hold(
         user=user,
         model=model,
@@ -153,6 +158,33 @@ def inference_start(
         prompt_ids=prompt_ids,
         parameters=parameters,
     )
+
+
+def _checked_controls(controls: dict[str, Any], *, base: BaseModel) -> dict[str, Any]:
+    """The controls as the worker will get them (JSON: logit_bias keys as text), or ServingRefused naming the
+    parameter at fault; checked here, before anything is held, by the serving engine's own rules."""
+    from modelfactory.serving import GenerationRequest, InvalidRequest  # torch: only when a call comes
+    from modelfactory.serving.controls import validate_controls
+    from modelfactory.serving.guided import grammar_for
+
+    with _tokenizer_lock:
+        vocab_size = len(selectors.base_tokenizer(base.path))
+    try:
+        request = GenerationRequest(prompt="", **controls)
+        validate_controls(request, vocab_size=vocab_size)
+        if request.json_schema is not None:
+            grammar_for(request.json_schema)
+    except InvalidRequest as exc:
+        param = "response_format" if exc.code == "invalid_response_format" else exc.code.removeprefix("invalid_")
+        raise ServingRefused(exc.message, code=exc.code, param=param) from None
+    clean = {key: value for key, value in controls.items() if value is not None}
+    if "logit_bias" in clean:
+        clean["logit_bias"] = {str(token): bias for token, bias in clean["logit_bias"].items()}
+    if "stop" in clean:
+        clean["stop"] = list(clean["stop"])
+    if "json_schema" in clean:  # as text: PostgreSQL's jsonb reorders keys, and the properties' order is the answer's
+        clean["json_schema"] = json.dumps(clean["json_schema"])
+    return clean
 
 
 def _checked_sampling(*, temperature: float | None, top_p: float | None) -> float:

@@ -41,11 +41,17 @@ def inference_stream_ack(*, inference_id: int, delivered: int, cancelled: bool) 
 
 
 def inference_wait(*, inference: Inference) -> Inference:
-    """Waits for a non-streamed answer; returns the completed Inference or raises ServingRefused."""
+    """Waits for a non-streamed answer; returns the completed Inference (with `logprobs`, not stored: the answer's
+    log-probabilities when asked for, else None) or raises ServingRefused."""
+    logprobs = None
     for event in inference_events(channel=_channel(inference.pk), inference_id=inference.pk):
         if event["type"] == "error":
             raise ServingRefused(event["message"], code=event["code"], status=ERROR_STATUS.get(event["code"], 400))
-    return Inference.objects.select_related("model", "model_version").get(pk=inference.pk)
+        if event["type"] == "done":
+            logprobs = event.get("logprobs")
+    done = Inference.objects.select_related("model", "model_version").get(pk=inference.pk)
+    done.logprobs = logprobs
+    return done
 
 
 def inference_channel(inference_id: int) -> str:

@@ -4,6 +4,7 @@ sweep that fails inferences nobody answered. The billing rule is in inference_re
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -61,6 +62,19 @@ def _delta_sink(publisher: streams.Publisher, *, stream: bool, deltas: list[str]
     return on_delta
 
 
+def _controls(params: dict) -> dict:
+    """The serving engine's per-answer controls stored with the inference (see inference_start)."""
+    controls = {key: params[key] for key in CONTROLS if params.get(key) is not None}
+    if "logit_bias" in controls:
+        controls["logit_bias"] = {int(token): bias for token, bias in controls["logit_bias"].items()}
+    if "json_schema" in controls:  # stored as text, keeping the order of its keys
+        controls["json_schema"] = json.loads(controls["json_schema"])
+    return controls
+
+
+CONTROLS = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "top_logprobs", "json_schema")
+
+
 def inference_generate(*, inference_id: int) -> str:
     """The inference worker's job (the Celery task calls this; tests call it in a thread): generates with the
     warm base model and the version's adapter, publishes text deltas to the stream channel, and completes or fails
@@ -88,6 +102,7 @@ def inference_generate(*, inference_id: int) -> str:
                 temperature=float(params.get("temperature") or 0.0),
                 top_p=params.get("top_p"),
                 on_delta=on_delta,
+                **_controls(params),
             ),
             timeout=settings.MF_INFERENCE_TIMEOUT_SECONDS,
         )
@@ -110,6 +125,7 @@ def inference_generate(*, inference_id: int) -> str:
         output_token_ids=token_ids,
         finish_reason=finish_reason,
         latency_ms=latency_ms,
+        logprobs=None if result.logprobs is None else list(result.logprobs[: len(token_ids)]),
     )
 
 
@@ -138,8 +154,10 @@ def _record_answer(
     output_token_ids: list[int],
     finish_reason: str,
     latency_ms: int,
+    logprobs: list[dict] | None = None,
 ) -> str:
-    """Completes the inference and publishes `done` with what was billed; returns the inference's status."""
+    """Completes the inference and publishes `done` with what was billed (and the answer's log-probabilities when
+    asked for: they are not stored); returns the inference's status."""
     try:
         done = inference_complete(
             inference_id=inference_id,
@@ -161,6 +179,7 @@ def _record_answer(
             "completion_tokens": done.completion_tokens,
             "finish_reason": done.finish_reason,
             "fee_micro": done.fee_micro,
+            "logprobs": logprobs,
         }  # fmt: skip
     )
     return done.status

@@ -6,13 +6,16 @@ An Engine is driven by one thread at a time (`generate`, or the Batcher's worker
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from . import controls, guided
 from .adapters import AdapterCache, adapter_key, check_adapter_folder
+from .decoding import IncrementalDecoder
 from .lora import LoraRunner
 from .types import (
     BASE,
@@ -30,38 +33,6 @@ logger = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 
 
-class IncrementalDecoder:
-    """Turns generated token ids into text deltas. A delta is only released when the decoded text does not end in
-    an incomplete UTF-8 sequence (U+FFFD), so a multi-byte character split over tokens arrives whole. A NUL
-    character (tiny or badly tuned models babble any token) becomes U+FFFD here, so what is streamed, returned and
-    stored is the same text: PostgreSQL text cannot hold NUL."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""  # what has been released so far
-
-    def _decode(self) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        return text.replace("\x00", "\ufffd")
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self._decode()
-        if text.endswith("\ufffd") or not text.startswith(self.text):
-            return ""
-        delta, self.text = text[len(self.text) :], text
-        return delta
-
-    def flush(self) -> str:
-        """The rest at the end of generation (including a trailing incomplete character, as U+FFFD)."""
-        text = self._decode()
-        if not text.startswith(self.text):
-            return ""
-        delta, self.text = text[len(self.text) :], text
-        return delta
-
-
 @dataclass
 class Prepared:
     """A validated, tokenized request. `tag` is free for the caller (the Batcher keeps its ticket there)."""
@@ -70,6 +41,7 @@ class Prepared:
     prompt_ids: list[int]
     adapter_key: str | None
     tag: object = None
+    grammar: str | None = None  # the compiled JSON constraint (response_format), if any
 
 
 @dataclass
@@ -78,7 +50,12 @@ class _Row:
     adapter_name: str
     decoder: IncrementalDecoder
     generator: torch.Generator | None
+    stop: controls.StopFilter
+    guide: object = None  # a grammar matcher (response_format), or None
     generated: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # the decoder's text length after each generated token
+    logprobs: list[dict] = field(default_factory=list)
+    text: str = ""  # what has been released to the caller
     finish_reason: str | None = None
 
     @property
@@ -114,6 +91,7 @@ class Engine:
         self._positions: torch.Tensor | None = None  # [rows] position of each row's next token
         self.forward_passes = 0
         self.prefills = 0
+        self._guide_tokenizer: guided.GuideTokenizer | None = None
 
     # --- validation --------------------------------------------------------------------------------------------
 
@@ -134,6 +112,7 @@ class Engine:
         top_p = request.top_p
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
             raise InvalidRequest(f"top_p must be > 0 and <= 1 (got {top_p!r}).", code="invalid_top_p")
+        controls.validate_controls(request, vocab_size=self.warm.model.config.vocab_size)
         text = self._prompt_text(request.prompt)
         with self.warm.tokenizer_lock:
             ids = self.warm.tokenizer(text, add_special_tokens=isinstance(request.prompt, str))["input_ids"]
@@ -155,7 +134,8 @@ class Engine:
             if self.adapters is None:
                 raise InvalidRequest("This engine serves the base model only (no adapter cache).", code="no_adapters")
             key = adapter_key(check_adapter_folder(request.adapter))
-        return Prepared(request=request, prompt_ids=list(ids), adapter_key=key)
+        grammar = None if request.json_schema is None else guided.grammar_for(request.json_schema)
+        return Prepared(request=request, prompt_ids=list(ids), adapter_key=key, grammar=grammar)
 
     def _prompt_text(self, prompt) -> str:
         if isinstance(prompt, str):
@@ -179,6 +159,13 @@ class Engine:
         messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
         with self.warm.tokenizer_lock:
             return self.warm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _guides(self) -> guided.GuideTokenizer:
+        if self._guide_tokenizer is None:
+            self._guide_tokenizer = guided.GuideTokenizer(
+                self.warm.tokenizer, vocab_size=self.warm.model.config.vocab_size, eos_token_ids=self.warm.eos_token_ids
+            )
+        return self._guide_tokenizer
 
     # --- synchronous API ---------------------------------------------------------------------------------------
 
@@ -231,7 +218,10 @@ class Engine:
             generator = None
             if item.request.seed is not None:
                 generator = torch.Generator(device=self.warm.device).manual_seed(item.request.seed)
-            rows.append(_Row(item, name, IncrementalDecoder(self.warm.tokenizer), generator))
+            decoder = IncrementalDecoder(self.warm.tokenizer)
+            row = _Row(item, name, decoder, generator, controls.StopFilter(item.request.stop))
+            row.guide = None if item.grammar is None else guided.Guide(self._guides(), item.grammar)
+            rows.append(row)
         if not rows:
             return finished, failed
         try:
@@ -366,22 +356,57 @@ class Engine:
     def _sample_and_stream(self, rows: list[_Row], logits: torch.Tensor) -> None:
         logits = logits.float()
         chosen = logits.argmax(dim=-1).tolist()
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows):  # per-row controls, inside the batch
             request = row.prepared.request
+            row_logits = logits[i]
+            if controls.needs_adjusting(request):
+                row_logits = controls.adjust_logits(row_logits, request, row.generated)
+            if row.guide is not None:
+                row_logits = row.guide.mask(row_logits)
+            if controls.needs_adjusting(request) or row.guide is not None:
+                chosen[i] = int(row_logits.argmax())
             if request.temperature > 0:
-                chosen[i] = _sample(logits[i], request.temperature, request.top_p, row.generator)
+                chosen[i] = controls.sample(row_logits, request.temperature, request.top_p, row.generator)
+            if row.guide is not None:
+                row.guide.consume(chosen[i])
+            if request.top_logprobs is not None:
+                with self.warm.tokenizer_lock:
+                    entry = controls.token_logprobs(row_logits, chosen[i], request.top_logprobs, self.warm.tokenizer)
+                row.logprobs.append(entry)
         eos = self.warm.eos_token_ids
         for token, row in zip(chosen, rows, strict=True):
             request = row.prepared.request
             if token in eos:
                 row.finish_reason = FINISH_STOP
+                row.logprobs[len(row.generated) :] = []
                 continue
             row.generated.append(token)
             delta = row.decoder.push(token)
-            if delta and request.on_delta is not None and not self._deliver(row, delta):
+            row.lengths.append(len(row.decoder.text))
+            if delta and not self._release_text(row, delta):
                 continue
-            if len(row.generated) >= request.max_new_tokens:
+            if row.finish_reason is None and row.guide is not None and row.guide.done:
+                row.finish_reason = FINISH_STOP
+            if row.finish_reason is None and len(row.generated) >= request.max_new_tokens:
                 row.finish_reason = FINISH_LENGTH
+
+    def _release_text(self, row: _Row, delta: str) -> bool:
+        """Passes decoded text through the row's stop strings to the caller; False if the consumer is gone."""
+        text, stopped = row.stop.push(delta)
+        return self._emit(row, text, stopped=stopped)
+
+    def _emit(self, row: _Row, text: str, *, stopped: bool) -> bool:
+        """Hands released text to the caller. At a stop string the row ends (finish "stop") and keeps only the
+        tokens that made the released text: the caller pays for nothing after it."""
+        row.text += text
+        delivered = not text or row.prepared.request.on_delta is None or self._deliver(row, text)
+        if stopped and row.finish_reason != FINISH_CANCELLED:
+            row.finish_reason = FINISH_STOP
+            keep = (
+                next((n + 1 for n, length in enumerate(row.lengths) if length >= len(row.text)), 0) if row.text else 0
+            )
+            del row.generated[keep:], row.logprobs[keep:]
+        return delivered
 
     def _deliver(self, row: _Row, delta: str) -> bool:
         try:
@@ -395,11 +420,15 @@ class Engine:
 
     def _finish(self, row: _Row) -> tuple[Prepared, GenerationResult]:
         self._release(row)
-        if row.finish_reason != FINISH_CANCELLED:
+        if row.finish_reason != FINISH_CANCELLED and not row.stop.stopped:
             tail = row.decoder.flush()
-            if tail and row.prepared.request.on_delta is not None:
-                self._deliver(row, tail)
-        result = self._result(row.prepared, row.generated, row.decoder.text, row.finish_reason)
+            if tail and row.lengths:
+                row.lengths[-1] = len(row.decoder.text)
+            text, stopped = row.stop.push(tail)
+            self._emit(row, text if stopped else text + row.stop.flush(), stopped=stopped)
+        result = self._result(row.prepared, row.generated, row.text, row.finish_reason)
+        if row.prepared.request.top_logprobs is not None:
+            result = dataclasses.replace(result, logprobs=tuple(row.logprobs[: len(row.generated)]))
         return row.prepared, result
 
     def _release(self, row: _Row) -> None:
@@ -421,17 +450,6 @@ class Engine:
             finish_reason=reason,
             adapter=item.adapter_key,
         )
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float | None, generator) -> int:
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p is not None and top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the most likely token
-        sorted_probs = sorted_probs * keep
-        pick = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-        return int(order[pick])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _pad_left(tensor: torch.Tensor, length: int, *, dim: int) -> torch.Tensor:

@@ -42,7 +42,10 @@ class AdapterLoadError(ServingError):
 class GenerationRequest:
     """One generation. `prompt` is raw text or chat messages [{"role": ..., "content": ...}] (the model's chat
     template is applied, with the assistant turn opened). `adapter` is the folder of a peft LoRA adapter trained on
-    this base model, or None for the base model. temperature 0 is greedy decoding. `on_delta` receives each new piece
+    this base model, or None for the base model. temperature 0 is greedy decoding; `seed` makes sampling repeatable.
+    `stop`: up to 4 strings; the answer ends before the first one (finish "stop", the stop text not included).
+    `presence_penalty`, `frequency_penalty` (-2..2) and `logit_bias` ({token id: -100..100}) as OpenAI applies them.
+    `on_delta` receives each new piece
     of text as soon as it is complete (never half a multi-byte character); if it raises, the request is cancelled.
     Call `cancel()` from any thread to stop generating for this request only."""
 
@@ -52,6 +55,12 @@ class GenerationRequest:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
+    stop: tuple[str, ...] | list[str] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    top_logprobs: int | None = None  # None: no log-probabilities; 0: the chosen token's only
+    json_schema: dict | None = None  # the answer must be JSON matching it ({} or {"type": "object"}: any object)
     on_delta: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
@@ -70,6 +79,7 @@ class GenerationResult:
     completion_tokens: int
     finish_reason: str
     adapter: str | None
+    logprobs: tuple[dict, ...] | None = None  # per token: {token, logprob, bytes, top_logprobs} (top_logprobs set)
 
     @property
     def total_tokens(self) -> int:

@@ -33,6 +33,7 @@ def test_openai_path_is_throttled_in_openai_shape(api_client, cast):
     assert response.status_code == 429
     assert response.json()["error"]["type"] == "rate_limit_exceeded"
     assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(response["Retry-After"]) <= 60
 
 
 def test_unexpected_error_on_the_openai_path_is_a_500_in_openai_shape(api_client, cast, monkeypatch):
