@@ -197,14 +197,16 @@ def _train(*, base, version, owner, run: str, tiny: bool, say):
     """Runs the job in this process and prints its progress; if a running worker claimed it first, follows it."""
     from modelfactory.models import FineTuneJob
     from modelfactory.services import finetune_launch, finetune_run
+    from modelfactory.training.presets import DEFAULT_PRESET
 
-    # Ten rows: several passes at a brisk rate so the model visibly learns them (and attribution has signal).
+    # SmolLM2: the default preset, as a user who changes nothing gets it. The tiny model: a few brisk passes, so it
+    # visibly learns in seconds (and attribution has signal).
     overrides = {"epochs": 3, "min_steps": 0, "learning_rate": 5e-3, "max_length": 192} if tiny else {}
     job, _ = finetune_launch(
         user=owner,
         base_model_slug=base.slug,
         version_ids=[version.pk],
-        preset="quick",
+        preset="quick" if tiny else DEFAULT_PRESET,
         hyperparameters=overrides,
         name=f"Kitchen garden demo {run}",
         idempotency_key=f"demo-{run}",

@@ -190,10 +190,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"{', '.join(PRESETS)} or all")
     parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a busy machine"
+    )
     args = parser.parse_args(argv)
-    import torch
+    if args.threads:
+        import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(args.threads)
     model_dir = args.model_dir or next((d for d in (DEFAULT_MODEL, LOCAL_MODEL) if (d / "config.json").exists()), None)
     if model_dir is None:
         print("No SmolLM2 folder: run `python manage.py register_base_model` first (converts the bundled GGUF).")
