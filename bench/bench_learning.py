@@ -89,26 +89,36 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def estimate_for(model_dir: Path, rows: list[dict], preset: str) -> dict:
-    """The estimate the review step shows (the same functions as modelfactory.selectors.wizard_estimate)."""
+def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> dict:
+    """The estimate the review step shows (the same functions as modelfactory.selectors.wizard_estimate): the run's
+    time as a range, calibrated on `past` (the runs before this one in this bench, as the product calibrates on the
+    machine's finished runs), or rough without one."""
     from transformers import AutoTokenizer
 
     from modelfactory.training.data import build_examples
-    from modelfactory.training.estimate import estimate_run
+    from modelfactory.training.estimate import estimate_run, rough_run_seconds, run_time_range
     from modelfactory.training.finetune import split_rows
+    from modelfactory.training.model_files import inspect_model_dir
     from modelfactory.training.presets import validate_hyperparameters
 
     hp, _ = validate_hyperparameters({}, preset=preset)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples, _ = build_examples(tokenizer, rows, max_length=int(hp["max_length"]))
-    train_ids, _ = split_rows([e.row_id for e in examples], eval_split=float(hp["eval_split"]), seed=int(hp["seed"]))
+    train_ids, eval_ids = split_rows(
+        [e.row_id for e in examples], eval_split=float(hp["eval_split"]), seed=int(hp["seed"])
+    )
     train = [e for e in examples if e.row_id in train_ids]
     config = json.loads((model_dir / "config.json").read_text())
-    parameters = 134_515_008 if config.get("hidden_size") == 576 else 0
-    return estimate_run(
-        [e.n_tokens for e in train], hp, device_type="cpu", parameters=parameters or 135_000_000,
-        model_config=config, answer_tokens=sum(e.n_answer_tokens for e in train),
-    ).as_dict()  # fmt: skip
+    parameters = inspect_model_dir(model_dir).parameters
+    estimate = estimate_run(
+        [e.n_tokens for e in train], hp, device_type="cpu", parameters=parameters, model_config=config,
+        answer_tokens=sum(e.n_answer_tokens for e in train),
+    )  # fmt: skip
+    rough = rough_run_seconds(estimate, answers=len(eval_ids), parameters=parameters)
+    return {
+        **estimate.as_dict(),
+        **run_time_range(tokens=estimate.tokens, answers=len(eval_ids), past=past, rough_seconds=rough),
+    }
 
 
 def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list[str]:
@@ -123,13 +133,15 @@ def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list
     return [result.text for result in engine.generate(requests)]
 
 
-def run_preset(model_dir: Path, preset: str) -> dict:
+def run_preset(model_dir: Path, preset: str, past: list) -> dict:
+    from modelfactory.training.estimate import PastRun
     from modelfactory.training.finetune import FinetuneSpec, run_finetune
 
     rows = learning_rows()
-    estimate = estimate_for(model_dir, rows, preset)
+    estimate = estimate_for(model_dir, rows, preset, past)
     epochs: list[float] = []
     phases: dict[str, float] = {}
+    memory: list[int] = []
 
     def on_event(event: dict) -> None:
         now = time.perf_counter()
@@ -137,6 +149,8 @@ def run_preset(model_dir: Path, preset: str) -> dict:
             phases[event["phase"]] = now
         if event.get("type") == "eval":
             epochs.append(now)
+        if event.get("type") == "train":
+            memory.append(int(event.get("memory_bytes") or 0))
         if event.get("type") == "train" and event["step"] % 10 == 0:
             print(f"  step {event['step']}/{event['total_steps']} loss {event['loss']:.3f}", flush=True)
 
@@ -160,7 +174,15 @@ def run_preset(model_dir: Path, preset: str) -> dict:
         recalled[key] = sum(key.lower() in a.lower() for a in answers)
         print(f"  {key!r}: {recalled[key]}/{len(qs)} questions, e.g. {qs[0]!r} -> {answers[0]!r}", flush=True)
     facts = sum(1 for n in recalled.values() if n >= len(FACTS[0][1]) // 2 + 1)
-    low, high = estimate.get("seconds_low", estimate["seconds"]), estimate.get("seconds_high", estimate["seconds"])
+    m = result.metrics
+    past.append(
+        PastRun(
+            tokens_per_s=m["tokens"] / m["train_seconds"],
+            seconds_per_answer=m["evaluation_seconds"] / max(1, m["answers_scored"]),
+            overhead_seconds=max(0.0, wall - m["train_seconds"] - m["evaluation_seconds"]),
+        )
+    )
+    low, high = estimate["low"], estimate["high"]
     return {
         "preset": preset,
         "facts_recalled": facts,
@@ -170,11 +192,13 @@ def run_preset(model_dir: Path, preset: str) -> dict:
         "wall_s": round(wall, 1),
         "train_s": round(result.metrics["train_seconds"], 1),
         "steps": result.metrics["steps"],
+        "peak_training_memory_mb": round(max(memory, default=0) / 2**20),
         "peak_rss_mb": round(peak_rss_bytes() / 2**20),
+        "estimate_method": estimate["method"],
         "estimate_s": round(estimate["seconds"], 1),
         "estimate_range_s": [round(low, 1), round(high, 1)],
         "estimate_memory_mb": round(estimate["peak_memory_bytes"] / 2**20),
-        "actual_in_range": bool(low <= result.metrics["train_seconds"] <= high),
+        "actual_in_range": bool(low <= wall <= high),
         "evaluation_s": round(evaluation, 1),
         "epoch_s": round(epoch_seconds, 1),
         "evaluation_to_epoch": round(evaluation / epoch_seconds, 2) if epoch_seconds else None,
@@ -203,10 +227,10 @@ def main(argv: list[str]) -> int:
         print("No SmolLM2 folder: run `python manage.py register_base_model` first (converts the bundled GGUF).")
         return 1
     presets = list(PRESETS) if args.preset == "all" else [args.preset]
-    results = []
+    results, past = [], []
     for preset in presets:
         print(f"== preset {preset} ({PRESETS[preset].label})", flush=True)
-        figures = run_preset(model_dir, preset)
+        figures = run_preset(model_dir, preset, past)
         print(json.dumps(figures, indent=1), flush=True)
         results.append(figures)
     out = HERE / "results"
