@@ -20,6 +20,7 @@ from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
+AUTOMATIC_MEMOS = {Transaction.Kind.SETTLEMENT, Transaction.Kind.HOLD, Transaction.Kind.HOLD_RELEASE}
 
 
 def wallet_summary(*, user) -> dict:
@@ -180,6 +181,8 @@ def statement_describe(rows, *, user_id: int) -> list[Posting]:
         kind = row.transaction.kind
         row.role = kind
         row.label = LABELS.get(kind) or row.transaction.get_kind_display()
+        # A person's own words (a grant's reason, a transfer's note), not the memos the answer flow writes itself.
+        row.note = "" if kind in AUTOMATIC_MEMOS else row.transaction.memo
         if kind == Transaction.Kind.SETTLEMENT:
             settlements[row.transaction_id].append(row)
     for postings in settlements.values():
