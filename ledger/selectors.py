@@ -20,7 +20,9 @@ from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
-AUTOMATIC_MEMOS = {Transaction.Kind.SETTLEMENT, Transaction.Kind.HOLD, Transaction.Kind.HOLD_RELEASE}
+AUTOMATIC_MEMOS = {
+    Transaction.Kind.SETTLEMENT, Transaction.Kind.HOLD, Transaction.Kind.HOLD_RELEASE, Transaction.Kind.SIGNUP_GRANT
+}  # fmt: skip
 
 
 def wallet_summary(*, user) -> dict:

@@ -174,7 +174,7 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     expect(ada.get_by_text(f"{len(ROWS)} of {len(ROWS)} rows will be used")).to_be_visible()
     ada.steps.shot("wizard-preview")
     ada.get_by_role("button", name="Next").click()
-    ada.get_by_label(re.compile("Quick")).check()
+    ada.get_by_label(re.compile("Learns your tone")).check()
     ada.get_by_label("Model name").fill("Zorb guide")
     ada.locator("summary", has_text="Advanced settings").click()
     ada.locator("#id_hp_epochs").fill("3")
@@ -280,10 +280,11 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     assert sorted(settled.locator("td:nth-child(4) span").evaluate_all("spans => spans.map(s => s.title)")) == sorted(
         [f"{format_credits(contributor_share)} credits", f"{format_credits(earned - contributor_share)} credits"]
     )
-    # bruno's wallet: the unused part of the fee he reserved came back as a refund, not as earnings.
+    # bruno only paid: nothing of his is earnings, nothing is called "settled" (refunds: test_money_pages_browser).
     bruno.locator("header nav").get_by_role("link", name="Wallet").click()
-    expect(bruno.locator("#statement tbody tr", has_text="Refund: the unused part of a reserved fee")).to_have_count(1)
     expect(bruno.get_by_text("No earnings yet.", exact=False)).to_be_visible()
+    expect(bruno.locator("#statement tbody tr", has_text="Fee reserved for an answer")).to_have_count(1)
+    expect(bruno.locator("#statement")).not_to_contain_text("Inference fee settled")
     ada.steps.shot("wallet-credited")
 
     assert "OK" in stack.manage("ledger_verify")
