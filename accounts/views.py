@@ -19,6 +19,9 @@ from accounts.services import (
     user_signup,
 )
 
+# Set in the session that signed up: its dashboard says "Your dashboard", not "Welcome back" under the welcome.
+NEW_ACCOUNT_SESSION_KEY = "mf_new_account"
+
 
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
@@ -84,6 +87,7 @@ def signup(request):
             form.add_error("username", error)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session[NEW_ACCOUNT_SESSION_KEY] = True  # this session greets once: no "welcome back" in it
             messages.success(request, f"Welcome, {user.username}! Your account is ready.")
             return redirect("home")
     return render(request, "accounts/signup.html", {"form": form})

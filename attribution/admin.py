@@ -13,6 +13,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+# "Model indexes", not Django's "Model indexs". Set here rather than in Meta: that would need a migration (a no-op
+# AlterModelOptions), which this change does not add; move it to Meta with the next migration of the app.
+ModelIndex._meta.verbose_name_plural = "model indexes"
+
+
 @admin.register(ModelIndex)
 class ModelIndexAdmin(ReadOnlyAdmin):
     list_display = ("id", "job", "rows", "k", "seed", "method_version", "bytes", "build_seconds", "created_at")

@@ -14,6 +14,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from attribution.models import Attribution, AttributionShare, ContributionValue
+from ledger.calc.money import format_credits_short
 
 
 def attribution_get_for(*, user, inference_id: int) -> Attribution:
@@ -52,14 +53,20 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
             "share": s.share,
             "settled_share": s.settled_share,
             "amount": s.amount_micro if settled else None,
+            "why": why_paid(
+                name=s.contributor.username, traced=s.share, settled_share=s.settled_share,
+                amount=s.amount_micro if settled else None, unattributed=attribution.unattributed,
+                fallback=attribution.status == Attribution.Status.FALLBACK,
+            ),
         }
         for s in shares
-    ]
+    ]  # fmt: skip
     record_ids = [r["record_id"] for r in attribution.top_rows[:top]] + [s["record_id"] for s in attribution.spans]
     records = {r.pk: r for r in Record.objects.filter(pk__in=record_ids)}
     users = dict(User.objects.filter(pk__in=[r.contributor_id for r in records.values()]).values_list("pk", "username"))
     readable = datanet_ids_visible(user=user, datanet_ids={r.datanet_id for r in records.values()})
     rows = []
+    influence_total = sum(max(0.0, row["score"]) for row in attribution.top_rows[:top])
     for row in attribution.top_rows[:top]:
         record = records.get(row["record_id"])
         hidden = record is not None and record.datanet_id not in readable and record.contributor_id != user.pk
@@ -68,6 +75,7 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
                 "record_id": row["record_id"],
                 "contributor": users.get(record.contributor_id, "") if record else "",
                 "score": row["score"],
+                "influence": max(0.0, row["score"]) / influence_total if influence_total else 0.0,
                 "text": None if hidden else (record.text if record else ""),
                 "text_hidden": hidden,
             }
@@ -86,6 +94,43 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
         "owner_amount": split.get("owner") if settled else None,
         "platform_amount": split.get("platform") if settled else None,
     }
+
+
+def credits(micro: int) -> str:
+    return f"{format_credits_short(micro)} credits"
+
+
+def percent(value: float) -> str:
+    """A share 0..1 as a person reads it: '40%', '<1%' for a sliver, '0%' for none."""
+    if value <= 0:
+        return "0%"
+    return "<1%" if value < 0.005 else f"{int(value * 100 + 0.5):d}%"  # half up
+
+
+def why_paid(
+    *, name: str, traced: float, settled_share: float, amount: int | None, unattributed: float, fallback: bool
+) -> str:
+    """One plain sentence on why a contributor got what they got for one answer (settlement rule "settle-1": the
+    traced share, plus a part of the untraced rest by how many training rows each person gave)."""
+    paid = "is owed" if amount is None else ("was paid nothing" if amount == 0 else f"was paid {credits(amount)}")
+    part = f"{percent(settled_share)} of what the answer paid its contributors"
+    if fallback:
+        return (
+            f"{name} {paid} ({part}) for the training rows they gave: this answer could not be traced to single "
+            "rows, so the contributors were paid by how many rows each gave."
+        )
+    untraced = f"the {percent(unattributed)} of the answer that could not be traced to anyone"
+    if traced <= 0:
+        return (
+            f"{name} {paid} ({part}) although none of the answer was traced to their rows: {untraced} is shared "
+            "by how many training rows each person gave."
+        )
+    if unattributed <= 0:
+        return f"{name} {paid} ({part}) because {percent(traced)} of the answer was traced to their rows."
+    return (
+        f"{name} {paid} ({part}): {percent(traced)} of the answer was traced to their rows, and {untraced} is "
+        "shared by how many training rows each person gave."
+    )
 
 
 def answer_pieces(text: str, spans: list[dict]) -> list[dict]:
@@ -153,7 +198,9 @@ def contributor_summary(*, user) -> dict:
     from datanets.models import Datanet
     from ledger.selectors import earnings
 
-    shares = AttributionShare.objects.filter(contributor=user, share__gt=0)
+    # Every answer that traced to the user's rows or paid them (a share of the untraced part, by rows given, is
+    # pay for their data too): the same answers whose shares the wallet shows as earnings.
+    shares = AttributionShare.objects.filter(Q(share__gt=0) | Q(amount_micro__gt=0), contributor=user)
     per_model = list(
         shares.values("model__slug", "model__name")
         .annotate(answers=Count("id"), share=Sum("share"), amount=Sum("amount_micro"))
@@ -188,6 +235,8 @@ def datanet_summary(*, datanet, user) -> dict:
         .annotate(answers=Count("id"), share=Sum("share"), amount=Sum("amount_micro"))
         .order_by("-share", "contributor__username")
     )
+    for row in per_contributor:
+        row["mean_share"] = row["share"] / row["answers"] if row["answers"] else 0.0
     curator = datanet_can_curate(user=user, datanet=datanet)
     values = []
     if curator:
@@ -196,6 +245,9 @@ def datanet_summary(*, datanet, user) -> dict:
             .select_related("contribution", "contributor", "index__job")
             .order_by("z", "id")
         )
+        strongest = max((abs(v.value) for v in values), default=0.0)
+        for v in values:  # relative to the strongest effect on this page, not a raw score
+            v.relative = abs(v.value) / strongest if strongest else 0.0
     return {
         "per_contributor": per_contributor,
         "values": values,

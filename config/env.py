@@ -6,7 +6,9 @@ Plain Python (no Django import) so that settings.py can use it before Django is 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -91,3 +93,27 @@ class Env:
         if scheme not in schemes:
             raise EnvError(name, value, "a URL starting with " + " or ".join(sorted(f"{s}://" for s in schemes)))
         return value
+
+
+def embedded_secret_key(path) -> str:
+    """The secret key of an installation that sets none: generated once, kept in `path` (readable by its owner only)
+    and read back by every later process. Two processes starting at once agree: the file appears whole or not at
+    all (written aside, then linked into place), and the loser reads the winner's key."""
+    path = Path(path)
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        key = ""
+    if len(key) >= 50:
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    aside.write_text(secrets.token_urlsafe(50) + "\n", encoding="utf-8")
+    aside.chmod(0o600)
+    try:
+        os.link(aside, path)
+    except FileExistsError:
+        pass
+    finally:
+        aside.unlink()
+    return path.read_text(encoding="utf-8").strip()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import Env, EnvError, load_dotenv
+from config.env import Env, EnvError, embedded_secret_key, load_dotenv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv(BASE_DIR / ".env")
@@ -17,17 +17,22 @@ env = Env()
 VAR_DIR = Path(env.str("MF_VAR_DIR", str(BASE_DIR / "var")))
 
 # --- Core -------------------------------------------------------------------------------------------------------
-DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 (refused when DEBUG is off)
-DEBUG = env.bool("DJANGO_DEBUG", True)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", DEV_SECRET_KEY)
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+# DEBUG is off unless DJANGO_DEBUG=true (developers): people get the site's own error pages, never Django's debug
+# pages. Without DJANGO_SECRET_KEY the installation is "embedded" (this machine only, `make run`): a key generated
+# once and kept in MF_VAR_DIR/secret_key, local host names, plain HTTP, static files served from the source folders.
+# With DJANGO_SECRET_KEY and DEBUG off it is a production deployment: HTTPS only, collected static files.
+DEBUG = env.bool("DJANGO_DEBUG", False)
+EMBEDDED = env.str("DJANGO_SECRET_KEY", "") == ""
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+SECRET_KEY = embedded_secret_key(VAR_DIR / "secret_key") if EMBEDDED else env.str("DJANGO_SECRET_KEY", "")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", LOCAL_HOSTS if DEBUG or EMBEDDED else [])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
-if not DEBUG:
-    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
-        raise EnvError("DJANGO_SECRET_KEY", "<hidden>", "a secret of at least 32 characters when DJANGO_DEBUG=false")
-    if not ALLOWED_HOSTS:
-        raise EnvError("DJANGO_ALLOWED_HOSTS", "", "a comma-separated list of host names when DJANGO_DEBUG=false")
+if not EMBEDDED and len(SECRET_KEY) < 32:
+    raise EnvError("DJANGO_SECRET_KEY", "<hidden>", "a secret of at least 32 characters (or unset: one is generated)")
+if not DEBUG and not ALLOWED_HOSTS:
+    raise EnvError("DJANGO_ALLOWED_HOSTS", "", "a comma-separated list of host names when DJANGO_DEBUG=false")
+PRODUCTION = not DEBUG and not EMBEDDED
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -63,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "core.middleware.HtmxLoginRedirectMiddleware",
     "core.middleware.ApiErrorMiddleware",
 ]
 
@@ -181,9 +187,9 @@ MEDIA_ROOT = Path(env.str("MEDIA_ROOT", str(VAR_DIR / "media")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
 MF_UPLOAD_MAX_BYTES = env.int("MF_UPLOAD_MAX_BYTES", 200 * 1024 * 1024, min_value=1024)
@@ -344,7 +350,7 @@ MF_CONTENT_SECURITY_POLICY = {
 }
 # Report violations instead of blocking (to try a policy change on a live site first).
 MF_CSP_REPORT_ONLY = env.bool("MF_CSP_REPORT_ONLY", False)
-if not DEBUG:
+if PRODUCTION:
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
@@ -362,7 +368,8 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-WHITENOISE_USE_FINDERS = DEBUG
+# Embedded and DEBUG: WhiteNoise serves static files straight from the source folders (no collectstatic).
+WHITENOISE_USE_FINDERS = not PRODUCTION
 
 for _path in (VAR_DIR, MEDIA_ROOT, MF_BASE_MODEL_DIR, STATIC_ROOT):
     _path.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 from django.shortcuts import render
 
+from accounts.views import NEW_ACCOUNT_SESSION_KEY
 from datanets.selectors import dashboard_datanets, dashboard_uploads
 from ledger.selectors import wallet_summary
 from modelfactory.selectors import dashboard_jobs, dashboard_models
@@ -18,5 +19,6 @@ def home(request):
         "uploads": dashboard_uploads(user=user),
         "jobs": dashboard_jobs(user=user),
         "models": dashboard_models(user=user),
+        "new_account": request.session.get(NEW_ACCOUNT_SESSION_KEY, False),
     }
     return render(request, "core/dashboard.html", context)

@@ -1,11 +1,16 @@
 import html
 import logging
+from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
+from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.core.handlers.wsgi import LimitedStream
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, HttpResponseBadRequest
+from django.shortcuts import resolve_url
 from django.template.defaultfilters import filesizeformat
+from django.utils.cache import patch_vary_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from core.api import error_response
 
@@ -128,3 +133,26 @@ class ContentSecurityPolicyMiddleware:
         if self.header and self.header_name not in response:
             response[self.header_name] = self.header
         return response
+
+
+class HtmxLoginRedirectMiddleware:
+    """A partial (htmx) request that needs a log-in (a session that ended, a log-out in another tab) gets the whole
+    page sent to the log-in page (HX-Redirect), coming back to the page the person was on, instead of the log-in
+    page drawn inside the part of the page that asked."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if not getattr(request, "htmx", False) or response.status_code not in (301, 302):
+            return response
+        login = resolve_url(settings.LOGIN_URL)
+        location = urlsplit(response.get("Location", ""))
+        if location.path != login:
+            return response
+        current = urlsplit(request.htmx.current_url or "")
+        back = current.path + (f"?{current.query}" if current.query else "") if current.path else request.path
+        redirect = HttpResponseClientRedirect(f"{login}?{urlencode({REDIRECT_FIELD_NAME: back})}")
+        patch_vary_headers(redirect, ("HX-Request",))
+        return redirect

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -266,7 +267,8 @@ def contribution_list(request, slug):
 def review_queue(request, slug):
     datanet = _datanet(request, slug)
     if not selectors.datanet_can_curate(user=request.user, datanet=datanet):
-        raise Http404("No such datanet.")
+        # The datanet is visible to this person: say why they cannot go on (a hidden one is 404 above).
+        raise PermissionDenied("Only this datanet's curators can review its contributions.")
     queue = selectors.contribution_list(datanet=datanet, user=request.user, review_only=True)
     context = {**_base(request, datanet, "review"), "queue": queue, "reject_form": ReasonForm()}
     return render(request, "datanets/review.html", context)

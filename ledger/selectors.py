@@ -13,12 +13,16 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
-from common.merkle import inclusion_proof
+from common.merkle import inclusion_proof, verify_inclusion
 from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
-from ledger.calc.canonical import transaction_content
+from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
+from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
+AUTOMATIC_MEMOS = {
+    Transaction.Kind.SETTLEMENT, Transaction.Kind.HOLD, Transaction.Kind.HOLD_RELEASE, Transaction.Kind.SIGNUP_GRANT
+}  # fmt: skip
 
 
 def wallet_summary(*, user) -> dict:
@@ -141,26 +145,53 @@ def earnings(*, user, days: int = 30) -> dict:
 
 
 def _earnings(*, user, days: int) -> dict:
+    """Only earnings: the owner's and the contributors' shares of settled fees (ledger.calc.statement), never the
+    refund of an unused reservation that a caller gets back in the same transaction."""
     since = timezone.now() - timedelta(days=days)
     rows = Posting.objects.filter(
         account__owner=user,
         amount__gt=0,
         transaction__kind=Transaction.Kind.SETTLEMENT,
         transaction__created_at__gte=since,
-    ).values_list("amount", "transaction__metadata", "transaction__created_at")
+    ).values_list("transaction_id", "amount", "transaction__metadata", "transaction__created_at")
+    by_tx: dict[int, list] = defaultdict(list)
+    for tx_id, amount, metadata, created_at in rows:
+        by_tx[tx_id].append((amount, metadata, created_at))
     by_model: dict[str, int] = defaultdict(int)
     by_datanet: dict[str, int] = defaultdict(int)
     by_day: dict[str, int] = defaultdict(int)
-    for amount, metadata, created_at in rows:
-        payer = (metadata.get("settlement") or {}).get("payer_user_id")
-        if payer == user.pk and (metadata.get("settlement") or {}).get("owner_user_id") != user.pk:
-            continue
-        model, datanet = _labels(metadata, user.pk)
-        by_model[model] += amount
-        by_datanet[datanet] += amount
-        by_day[timezone.localtime(created_at).date().isoformat()] += amount
+    for postings in by_tx.values():
+        metadata, created_at = postings[0][1], postings[0][2]
+        roles = settlement_roles(metadata, user.pk, [amount for amount, _, _ in postings])
+        for (amount, _, _), role in zip(postings, roles, strict=True):
+            if role not in EARNINGS:
+                continue
+            model, datanet = _labels(metadata, user.pk)
+            by_model[model] += amount
+            by_datanet[datanet] += amount
+            by_day[timezone.localtime(created_at).date().isoformat()] += amount
     ordered = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
     return {"by_model": ordered(by_model), "by_datanet": ordered(by_datanet), "by_day": dict(sorted(by_day.items()))}
+
+
+def statement_describe(rows, *, user_id: int) -> list[Posting]:
+    """Sets `label` (what the line is, in words) and `role` on each posting of a page of the user's statement: in a
+    settlement, the owner's share, the contributor's share, the refund of an unused reservation or the fee paid."""
+    rows = list(rows)
+    settlements: dict[int, list[Posting]] = defaultdict(list)
+    for row in rows:
+        kind = row.transaction.kind
+        row.role = kind
+        row.label = LABELS.get(kind) or row.transaction.get_kind_display()
+        # A person's own words (a grant's reason, a transfer's note), not the memos the answer flow writes itself.
+        row.note = "" if kind in AUTOMATIC_MEMOS else row.transaction.memo
+        if kind == Transaction.Kind.SETTLEMENT:
+            settlements[row.transaction_id].append(row)
+    for postings in settlements.values():
+        roles = settlement_roles(postings[0].transaction.metadata, user_id, [p.amount for p in postings])
+        for posting, role in zip(postings, roles, strict=True):
+            posting.role, posting.label = role, LABELS[role]
+    return rows
 
 
 def withdrawals_for(*, user) -> QuerySet[Withdrawal]:
@@ -220,6 +251,48 @@ def transaction_proof(*, user, tx_id: int) -> dict:
         "merkle_proof": proof,
         "merkle_algorithm": "RFC 6962: leaf = sha256(0x00 || hash), node = sha256(0x01 || left || right)",
         "anchor": latest_anchor(),
+    }
+
+
+def transaction_receipt(*, user, tx_id: int) -> dict:
+    """One transaction as a receipt for a person: what it was, when, the user's lines in it (labelled as on the
+    statement), the settlement's split if it is one, and the checks re-done now: the content still gives the recorded
+    fingerprint, the fingerprint before it is the previous transaction's, and (once checkpointed) the Merkle path
+    leads to the checkpoint's root. Raises Transaction.DoesNotExist like `transaction_for`."""
+    proof = transaction_proof(user=user, tx_id=tx_id)
+    tx = Transaction.objects.get(pk=proof["transaction_id"])
+    lines = statement_describe(
+        Posting.objects.filter(transaction=tx, account__owner=user).select_related("transaction").order_by("id"),
+        user_id=user.pk,
+    )
+    previous = Transaction.objects.filter(seq=tx.seq - 1).values_list("hash", flat=True).first()
+    checks = {
+        "content": chain_hash(tx.prev_hash, proof["content"].encode()) == tx.hash,
+        "link": tx.prev_hash == (previous if previous is not None else GENESIS_HASH),
+        "checkpoint": None,
+    }
+    if proof["checkpoint"] is not None:
+        checks["checkpoint"] = verify_inclusion(tx.hash, proof["merkle_proof"], proof["checkpoint"].merkle_root)
+    split = None
+    if tx.kind == Transaction.Kind.SETTLEMENT:
+        record = tx.metadata.get("settlement") or {}
+        parts = record.get("split") or {}
+        contributors = parts.get("contributors") or {}
+        split = {
+            "fee": record.get("fee_micro", 0),
+            "owner": parts.get("owner", 0),
+            "contributors": sum(contributors.values()),
+            "contributor_count": len(contributors),
+            "platform": parts.get("platform", 0),
+            "fallback_reason": record.get("fallback_reason"),
+        }
+    return {
+        "tx": tx,
+        "lines": lines,
+        "split": split,
+        "checks": checks,
+        "verified": checks["content"] and checks["link"] and checks["checkpoint"] is not False,
+        "proof": proof,
     }
 
 

@@ -5,7 +5,7 @@ import csv
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -13,6 +13,7 @@ from common.csvsafe import csv_safe
 from ledger import selectors, services
 from ledger.calc.money import format_credits
 from ledger.forms import StatementFilterForm, WithdrawalForm
+from ledger.models import Transaction
 
 
 def _statement(request):
@@ -35,7 +36,9 @@ def wallet(request):
     if not filtered:
         paginator.count = selectors.statement_size(user=request.user)
     page = paginator.get_page(request.GET.get("page"))
-    page.object_list = selectors.statement_running_balances(page.object_list)
+    page.object_list = selectors.statement_describe(
+        selectors.statement_running_balances(page.object_list), user_id=request.user.pk
+    )
     context = {
         "summary": selectors.wallet_summary(user=request.user),
         "filter_form": form,
@@ -51,6 +54,16 @@ def wallet(request):
     response = render(request, template, context)
     response["Vary"] = "HX-Request"
     return response
+
+
+@login_required
+def receipt(request, tx_id: int):
+    """One transaction as a readable receipt, with the integrity checks explained; the raw proof is the API's."""
+    try:
+        context = selectors.transaction_receipt(user=request.user, tx_id=tx_id)
+    except Transaction.DoesNotExist:
+        raise Http404("You have no transaction with that number.") from None
+    return render(request, "ledger/receipt.html", context)
 
 
 @login_required

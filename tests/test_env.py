@@ -83,7 +83,7 @@ def _manage(args, **env):
         ({"DATABASE_URL": "mongodb://localhost/x"}, "DATABASE_URL"),
         ({"CELERY_BROKER_URL": "kafka://localhost"}, "CELERY_BROKER_URL"),
         ({"MF_UPLOAD_MAX_BYTES": "lots"}, "MF_UPLOAD_MAX_BYTES"),
-        ({"DJANGO_DEBUG": "false"}, "DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "too-short"}, "DJANGO_SECRET_KEY"),
         ({"DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "x" * 40}, "DJANGO_ALLOWED_HOSTS"),
     ],
 )

@@ -62,7 +62,7 @@ PAGES = [
     ("GET", "/datanets/{public}/", 200, 200, 200, 200, 200),
     ("GET", "/datanets/{public}/upload/", LOGIN, 200, 200, 200, 200),
     ("GET", "/datanets/{public}/settings/", LOGIN, 404, 404, 200, 200),
-    ("GET", "/datanets/{public}/review/", LOGIN, 404, 404, 200, 200),
+    ("GET", "/datanets/{public}/review/", LOGIN, 403, 403, 200, 200),
     ("GET", "/datanets/contributions/{contribution}/", LOGIN, 404, 200, 200, 200),
     ("POST", "/datanets/contributions/{contribution}/retry/", LOGIN, 404, None, None, None),
     ("POST", "/datanets/contributions/{contribution}/approve/", LOGIN, 404, None, None, None),

@@ -67,3 +67,26 @@ def format_credits(micro: int) -> str:
     sign = "-" if micro < 0 else ""
     whole, frac = divmod(abs(int(micro)), MICRO)
     return f"{sign}{whole}.{frac:06d}"
+
+
+def format_credits_short(micro: int) -> str:
+    """What a person needs to read, for pages (exact values stay in the API and in details views):
+    one credit or more -> 2 decimals with thousands separators (10_000_000 -> '10.00', 1_234_567_890 -> '1,234.57');
+    below one credit -> 3 significant digits, at least 2 decimals, never past the micro-unit (11_200 -> '0.0112',
+    202_000 -> '0.202', 500_000 -> '0.50', 1 -> '0.000001'); zero -> '0.00'. Rounds half away from zero, on the
+    integer itself (no float)."""
+    micro = int(micro)
+    sign = "-" if micro < 0 else ""
+    value = abs(micro)
+    if value >= MICRO:
+        cents = (value + 5_000) // 10_000  # half up, to hundredths of a credit
+        return f"{sign}{cents // 100:,}.{cents % 100:02d}"
+    if value == 0:
+        return "0.00"
+    places = min(PLACES, max(2, 6 - len(str(value)) + 3))  # 3 significant digits, 2 to 6 decimals
+    step = 10 ** (PLACES - places)
+    rounded = (value + step // 2) // step if step > 1 else value
+    if rounded * step >= MICRO:  # 0.9996 rounds to one credit
+        return f"{sign}1.00"
+    digits = f"{rounded:0{places}d}".rstrip("0")
+    return f"{sign}0.{digits.ljust(2, '0')}"

@@ -109,6 +109,9 @@ def test_datanet_page_shows_the_valuation_to_curators_only(planted, cast, client
     client.force_login(cast.owner)
     page = client.get(url).content.decode()
     assert "1 contribution flagged for review." in page and "Review: made the model worse" in page
+    assert f"{value.value:.4f}" not in page  # effects relative to the strongest one, never raw scores
+    strongest = max(abs(v) for v in ContributionValue.objects.filter(index=index).values_list("value", flat=True))
+    assert f"({int(abs(value.value) / strongest * 100 + 0.5)}% of the strongest effect)" in page
     client.force_login(cast.outsider)
     page = client.get(url).content.decode()
     assert "Which contributions help the models" not in page and "flagged" not in page
@@ -120,3 +123,41 @@ def test_admin_lists_every_model(answered, cast, client):
         assert client.get(reverse(f"admin:attribution_{name}_changelist")).status_code == 200
     attribution = Attribution.objects.get()
     assert client.get(reverse("admin:attribution_attribution_change", args=[attribution.pk])).status_code == 200
+
+
+def test_every_contributor_gets_a_sentence_and_no_raw_score_is_shown(answered, cast, client):
+    from attribution.models import AttributionShare
+
+    client.force_login(cast.teammate)
+    response = client.get(reverse("attribution:inference", args=[answered.pk]))
+    page = response.content.decode()
+    contributors = response.context["d"]["contributors"]
+    assert [c["username"] for c in contributors] == ["alice"]
+    for c in contributors:
+        share = AttributionShare.objects.get(attribution__inference=answered, contributor_id=c["user_id"])
+        assert c["why"].startswith(f"{c['username']} was paid ")
+        assert f'<td class="why-paid">{c["why"]}</td>' in page.replace("&#x27;", "'")
+        assert share.amount_micro == c["amount"]
+    assert "influence 0." not in page and "influence 1" not in page and "Share 0%" not in page
+    assert "of the influence of the rows listed here" in page
+    influences = [row["influence"] for row in response.context["d"]["rows"]]
+    assert sum(influences) == pytest.approx(1.0)
+    assert '<details id="how-computed"><summary>How this was computed</summary>' in page
+    details = page.split('<details id="how-computed">')[1]
+    assert "poa-2" in details and "settle-1" in details
+
+
+def test_the_overview_counts_answers_that_paid_for_untraced_data(answered, cast, client):
+    """A contributor paid only for the untraced part (by rows given) sees that answer, and the wallet's sum."""
+    from attribution.models import AttributionShare
+    from ledger.selectors import earnings
+
+    paid = AttributionShare.objects.filter(attribution__inference=answered, amount_micro__gt=0).order_by("id").last()
+    AttributionShare.objects.filter(pk=paid.pk).update(share=0.0)
+    client.force_login(paid.contributor)
+    page = client.get(reverse("attribution:index")).content.decode()
+    assert "No answer has been traced to your data yet" not in page
+    assert "Your data was used in <strong>1</strong> answer of <strong>1</strong> model" in page
+    wallet = sum(earnings(user=paid.contributor, days=365)["by_day"].values())
+    assert wallet == paid.amount_micro
+    assert f'title="{paid.amount_micro / 1_000_000:.6f} credits"' in page

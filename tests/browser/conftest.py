@@ -122,3 +122,27 @@ def visit(page, path: str) -> None:
     violations = page.evaluate("window.__cspViolations")
     assert violations == [], f"{path}: {violations}"
     assert page.problems == [], f"{path}: {page.problems}"
+
+
+SCREENS = ARTIFACTS / "pages"
+
+
+def keep_screenshots(page, name: str) -> None:
+    """Full-page screenshots at 1280 and 390 px wide, kept whatever the outcome in test-artifacts/pages/
+    (<name>-1280.png, <name>-390.png); the page must fit the narrow screen without sideways scrolling."""
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    for width, height in ((1280, 900), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.screenshot(path=str(SCREENS / f"{name}-{width}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name} is wider than {width} px"
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def log_in(page, live_server, user) -> None:
+    """Gives the browser `user`'s session cookie."""
+    client = Client()
+    client.force_login(user)
+    page.context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+          "url": live_server.url}]
+    )  # fmt: skip

@@ -25,7 +25,7 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
-from ledger.calc.money import format_credits
+from ledger.calc.money import format_credits, format_credits_short
 from tests.browser.conftest import ARTIFACTS, Steps
 from tests.browser.stack import Stack
 from tests.tiny import build_tiny_model_dir
@@ -117,7 +117,8 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     ada = people("ada")
     sign_up(ada, "ada")
     ada.steps.shot("signed-up")
-    assert available(ada) == "10.000000 credits"  # the welcome credit
+    assert available(ada) == "10.00 credits"  # the welcome credit (exact value on hover)
+    assert ada.locator("#available span").get_attribute("title") == "10.000000 credits"
 
     # --- A datanet, and an upload watched until its report is ready ------------------------------------------------
     ada.locator("header nav").get_by_role("link", name="Datanets").click()
@@ -173,7 +174,7 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     expect(ada.get_by_text(f"{len(ROWS)} of {len(ROWS)} rows will be used")).to_be_visible()
     ada.steps.shot("wizard-preview")
     ada.get_by_role("button", name="Next").click()
-    ada.get_by_label(re.compile("Quick")).check()
+    ada.get_by_label(re.compile("Learns your tone")).check()
     ada.get_by_label("Model name").fill("Zorb guide")
     ada.locator("summary", has_text="Advanced settings").click()
     ada.locator("#id_hp_epochs").fill("3")
@@ -203,14 +204,14 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     publish.get_by_label("Price per 1,000 tokens (credits)").fill("1")
     publish.get_by_label("Who can use it").select_option("public")
     publish.get_by_role("button", name="Publish").click()
-    expect(ada.locator("#publish header")).to_have_text("Published at 1.000000 credits per 1,000 tokens")
+    expect(ada.locator("#publish header")).to_have_text("Published at 1.00 credits per 1,000 tokens")
     ada.steps.shot("model-published")
     model_url = ada.url
 
     # --- Bruno chats with it, and sees who shaped the answer --------------------------------------------------------
     bruno = people("bruno")
     sign_up(bruno, "bruno")
-    assert available(bruno) == "10.000000 credits"
+    assert available(bruno) == "10.00 credits"
     bruno.steps.shot("signed-up")
     bruno.locator("header nav").get_by_role("link", name="Models").click()
     bruno.get_by_role("link", name="Zorb guide").click()
@@ -253,21 +254,37 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     assert figures["status"] == "settled"
     fee = figures["fee"]
     assert fee > 0
-    expect(contributors.locator("td").nth(2)).to_have_text(f"{format_credits(figures['contributor']['ada'])} credits")
-    assert available(bruno) == f"{format_credits(10_000_000 - fee)} credits"
+    ada_paid = figures["contributor"]["ada"]
+    expect(contributors.locator("td").nth(1)).to_have_text(f"{format_credits_short(ada_paid)} credits")
+    expect(contributors.locator("td").nth(1).locator("span")).to_have_attribute(
+        "title", f"{format_credits(ada_paid)} credits"
+    )
+    expect(contributors.locator("td.why-paid")).to_contain_text(
+        f"ada was paid {format_credits_short(ada_paid)} credits"
+    )
+    assert available(bruno) == f"{format_credits_short(10_000_000 - fee)} credits"
     bruno.steps.shot("wallet-debited")
     ada_after = available(ada)
     earned = figures["wallets"]["ada"] - 10_000_000
     assert 0 < earned < fee  # the owner's and the contributor's shares; the platform keeps the rest
-    assert ada_after == f"{format_credits(10_000_000 + earned)} credits"
-    # Two lines for the one answer: the owner's share and the contributor's share.
-    settled = ada.locator("#statement tbody tr", has_text="Inference fee settled")
+    assert ada_after == f"{format_credits_short(10_000_000 + earned)} credits"
+    # Two lines for the one answer, each named for what it is: the owner's share and the contributor's share.
+    settled = ada.locator("#statement tbody tr", has_text="Your share as")
     expect(settled).to_have_count(2)
+    assert sorted(settled.locator("td:nth-child(2)").all_inner_texts()) == [
+        "Your share as a data contributor",
+        "Your share as the model's owner",
+    ]
     assert settled.locator("td:nth-child(3)").all_inner_texts() == ["zorb-guide", "zorb-guide"]
     contributor_share = figures["contributor"]["ada"]
-    assert sorted(settled.locator("td:nth-child(4)").all_inner_texts()) == sorted(
-        [format_credits(contributor_share), format_credits(earned - contributor_share)]
+    assert sorted(settled.locator("td:nth-child(4) span").evaluate_all("spans => spans.map(s => s.title)")) == sorted(
+        [f"{format_credits(contributor_share)} credits", f"{format_credits(earned - contributor_share)} credits"]
     )
+    # bruno only paid: nothing of his is earnings, nothing is called "settled" (refunds: test_money_pages_browser).
+    bruno.locator("header nav").get_by_role("link", name="Wallet").click()
+    expect(bruno.get_by_text("No earnings yet.", exact=False)).to_be_visible()
+    expect(bruno.locator("#statement tbody tr", has_text="Fee reserved for an answer")).to_have_count(1)
+    expect(bruno.locator("#statement")).not_to_contain_text("Inference fee settled")
     ada.steps.shot("wallet-credited")
 
     assert "OK" in stack.manage("ledger_verify")

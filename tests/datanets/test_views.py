@@ -86,7 +86,10 @@ def test_review_queue_approve_reject_and_permissions(client, cast, datanet):
     a = ingest(datanet, cast.teammate, "a.jsonl", jsonl(QA[:2]))
     b = ingest(datanet, cast.outsider, "b.jsonl", jsonl(QA[2:]))
     client.force_login(cast.outsider)
-    assert client.get(f"/datanets/{datanet.slug}/review/").status_code == 404
+    denied = client.get(f"/datanets/{datanet.slug}/review/")
+    assert denied.status_code == 403  # the datanet is public: say why, not "no such datanet"
+    assert "Only this datanet&#x27;s curators can review its contributions." in denied.content.decode()
+    assert [t.name for t in denied.templates][:2] == ["403.html", "base.html"]
     assert client.get(f"/datanets/contributions/{a.pk}/").status_code == 404
     client.post(f"/datanets/contributions/{b.pk}/approve/")
     b.refresh_from_db()
