@@ -121,11 +121,16 @@ def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> 
     }
 
 
+_ENGINES: dict = {}
+
+
 def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list[str]:
     from modelfactory.serving import AdapterCache, Engine, GenerationRequest, WarmModel
 
-    warm = WarmModel.get(model_dir, device="cpu")
-    engine = Engine(warm, AdapterCache(warm))
+    if model_dir not in _ENGINES:  # one engine per process: adapters are injected into the shared warm model
+        warm = WarmModel.get(model_dir, device="cpu")
+        _ENGINES[model_dir] = Engine(warm, AdapterCache(warm))
+    engine = _ENGINES[model_dir]
     requests = [
         GenerationRequest(prompt=[{"role": "user", "content": q}], adapter=adapter_dir, max_new_tokens=32)
         for q in questions
