@@ -230,6 +230,7 @@ def finetune_reap_stale() -> list[int]:
                 pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before
             ).update(
                 status=FineTuneJob.Status.QUEUED,
+                phase="queued",  # the phase it was in ("Building the index") is not where it stands now
                 heartbeat_at=timezone.now(),
                 worker="",
                 message=RESUME_QUEUED_MESSAGE,
