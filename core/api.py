@@ -56,9 +56,26 @@ def api_exception_handler(exc, context):
     return response
 
 
-class Pagination(PageNumberPagination):
+class StrictPageSizeMixin:
+    """`page_size` must be a whole number from 1 to `max_page_size`: anything else (`null`, `-1`, `ten`, `1000`) is
+    a 400 naming the parameter, where DRF silently used its default."""
+
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Enter a whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+
+class Pagination(StrictPageSizeMixin, PageNumberPagination):
+    pass
 
 
 class ErrorBodySerializer(serializers.Serializer):

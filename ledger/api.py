@@ -2,10 +2,11 @@
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import Pagination, error_responses
+from core.api import StrictPageSizeMixin, error_responses
 from core.throttling import ScopedRateThrottle
 from ledger import selectors, services
 from ledger.models import Transaction
@@ -35,9 +36,15 @@ class BalanceView(APIView):
         return Response(BalanceSerializer(selectors.wallet_summary(user=request.user)).data)
 
 
-class StatementPagination(Pagination):
-    """Pages of a statement, each carrying the newest signed root of the chain (`anchor`, null before the first
-    checkpoint): a copy, signed outside the database, that the user can keep."""
+class StatementPagination(StrictPageSizeMixin, CursorPagination):
+    """Cursor pages of a statement (an ever-growing list: page N of a moving list repeats or skips lines, a cursor
+    does not), newest first by chain position then posting, each page carrying the newest signed root of the
+    chain (`anchor`, null before the first checkpoint): a copy, signed outside the database, that the user can
+    keep."""
+
+    ordering = ("-seq", "-id")  # seq: the transaction's chain position, annotated by selectors.statement
+    page_size_query_param = "page_size"
+    max_page_size = 200
 
     def get_paginated_response(self, data):
         response = super().get_paginated_response(data)

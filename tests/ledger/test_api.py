@@ -43,7 +43,7 @@ def test_balance_shape(api_client, cast, settled):
 def test_transactions_are_the_callers_only(api_client, cast, settled):
     api_client.force_authenticate(cast.teammate)
     body = api_client.get("/api/v1/ledger/transactions/").json()
-    assert body["count"] == 1
+    assert len(body["results"]) == 1
     line = body["results"][0]
     assert (line["transaction_id"], line["kind"], line["amount"], line["running_balance"]) == (
         settled.pk,
@@ -52,7 +52,53 @@ def test_transactions_are_the_callers_only(api_client, cast, settled):
         "1.400000",
     )
     api_client.force_authenticate(cast.staff)
-    assert api_client.get("/api/v1/ledger/transactions/").json()["count"] == 0
+    assert api_client.get("/api/v1/ledger/transactions/").json()["results"] == []
+
+
+def test_statement_has_one_line_per_posting_each_with_its_own_id(api_client, cast, fund):
+    """The owner who also contributed is paid twice by one settlement: two lines, told apart by posting_id."""
+    fund(cast.outsider, 10)
+    settled = settlement_post(
+        key="inference:2", payer_user_id=cast.outsider.pk, fee_micro=2 * CREDIT, owner_user_id=cast.owner.pk,
+        contributor_shares={cast.owner.pk: 1}, metadata={}, memo="",
+    )  # fmt: skip
+    postings = list(settled.postings.filter(account__owner=cast.owner).order_by("-id").values_list("id", "amount"))
+    assert len(postings) == 2
+    api_client.force_authenticate(cast.owner)
+    lines = api_client.get("/api/v1/ledger/transactions/").json()["results"]
+    assert [(line["posting_id"], line["transaction_id"]) for line in lines] == [(p, settled.pk) for p, _ in postings]
+    assert [line["amount"] for line in lines] == [f"{a / CREDIT:.6f}" for _, a in postings]
+
+
+def test_statement_pages_by_cursor(api_client, cast, fund):
+    for n in range(5):
+        fund(cast.owner, n + 1)
+    api_client.force_authenticate(cast.owner)
+    everything = api_client.get("/api/v1/ledger/transactions/?page_size=200").json()
+    assert set(everything) == {"next", "previous", "results", "anchor"}
+    expected = [line["posting_id"] for line in everything["results"]]
+    assert len(expected) == 5
+    seen, url, pages = [], "/api/v1/ledger/transactions/?page_size=2", 0
+    while url:
+        body = api_client.get(url).json()
+        seen += [line["posting_id"] for line in body["results"]]
+        assert "cursor=" in (body["next"] or "cursor=") and "page=" not in (body["next"] or "")
+        url, pages = body["next"], pages + 1
+        fund(cast.owner, 1)  # new lines arriving while the client pages never shift what it reads
+    assert (seen, pages) == (expected, 3)
+
+
+@pytest.mark.parametrize("value", ["null", "0", "-1", "201", "ten", "1e2", "9" * 5000])
+def test_a_bad_page_size_is_refused_naming_it(api_client, cast, value):
+    api_client.force_authenticate(cast.owner)
+    for path in ("/api/v1/ledger/transactions/", "/api/v1/ledger/withdrawals/"):
+        response = api_client.get(f"{path}?page_size={value}")
+        assert response.status_code == 400, path
+        assert response.json()["error"] == {
+            "code": "invalid",
+            "message": "Some values are not valid: page_size",
+            "details": {"page_size": ["Enter a whole number from 1 to 200."]},
+        }
 
 
 def test_transactions_filter_errors_are_in_the_error_shape(api_client, cast):
