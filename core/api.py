@@ -6,9 +6,10 @@ import logging
 
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,52 @@ class ErrorSerializer(serializers.Serializer):
 def error_responses(**descriptions: str) -> dict[int, OpenApiResponse]:
     """`responses` entries for extend_schema: error_responses(_409="Already exists.") -> {409: ...}."""
     return {int(k.lstrip("_")): OpenApiResponse(ErrorSerializer, description=v) for k, v in descriptions.items()}
+
+
+IDEMPOTENCY_KEY_MAX = 64
+
+IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description=f"Up to {IDEMPOTENCY_KEY_MAX} characters of your choice. Sending the same key with the same request "
+    "again answers what the first request answered (same status, same object) and creates nothing more; the same "
+    "key with a different request is a 409.",
+)
+
+
+class IdempotencyConflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "idempotency_conflict"
+
+    def __init__(self, key: str):
+        super().__init__(
+            f"The Idempotency-Key “{key}” was already used with a different request; send a new key, or the same "
+            "request to get the first answer back."
+        )
+
+
+def idempotency_key(request, given: str | None = None) -> str | None:
+    """The caller's key (`given`, e.g. from the body, wins over the Idempotency-Key header), or None; a key that is
+    too long or not printable is a 400 naming the header."""
+    key = given or request.headers.get("Idempotency-Key") or None
+    if key is not None and (len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable()):
+        raise exceptions.ValidationError({"Idempotency-Key": [f"Use 1 to {IDEMPOTENCY_KEY_MAX} printable characters."]})
+    return key
+
+
+IDEMPOTENCY_CONFLICT_RESPONSE = {
+    409: OpenApiResponse(
+        ErrorSerializer,
+        description="The Idempotency-Key was used before with a different request; nothing was created.",
+    )
+}
+
+
+def created(request, data, *, location: str) -> Response:
+    """201 with the new object and a `Location` header naming where to read it again."""
+    return Response(data, status=status.HTTP_201_CREATED, headers={"Location": request.build_absolute_uri(location)})
 
 
 @csrf_exempt  # it changes nothing; without this a POST to an unknown API path got Django's HTML CSRF page

@@ -39,9 +39,19 @@ def test_idempotency_key_header_returns_the_same_job(api_client, cast, tiny_base
     api_client.force_authenticate(cast.owner)
     first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
     again = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
-    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.status_code, again.status_code) == (201, 201)  # a replay answers as the first request did
     assert first.json()["id"] == again.json()["id"]
+    location = f"http://testserver/api/v1/finetunes/{first.json()['id']}/"
+    assert first["Location"] == again["Location"] == location
     assert FineTuneJob.objects.count() == 1
+
+
+def test_an_idempotency_key_header_too_long_is_refused_naming_it(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="k" * 65)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"Idempotency-Key": ["Use 1 to 64 printable characters."]}
+    assert FineTuneJob.objects.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -60,7 +70,6 @@ def test_idempotency_key_reused_with_a_different_request_is_409(api_client, cast
     api_client.force_authenticate(cast.owner)
     first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
     assert first.status_code == 201
-    job_id = first.json()["id"]
     before = list(FineTuneJob.objects.values()), len(enqueued)
 
     response = api_client.post("/api/v1/finetunes/", {**body(version), **change}, format="json",
@@ -69,8 +78,8 @@ def test_idempotency_key_reused_with_a_different_request_is_409(api_client, cast
     assert response.json() == {
         "error": {
             "code": "idempotency_conflict",
-            "message": f"The idempotency key “abc” was already used to launch job #{job_id} with different settings; "
-            "send a new key to launch another job, or the same settings to get that job back.",
+            "message": "The Idempotency-Key “abc” was already used with a different request; send a new key, or the "
+            "same request to get the first answer back.",
             "details": {},
         }
     }
@@ -97,7 +106,7 @@ def test_idempotency_key_with_the_same_request_in_another_spelling_returns_the_s
         "base_model": "tiny-base",
     }
     response = api_client.post("/api/v1/finetunes/", again, format="json", HTTP_IDEMPOTENCY_KEY="k")
-    assert (first.status_code, response.status_code) == (201, 200)
+    assert (first.status_code, response.status_code) == (201, 201)
     assert response.json()["id"] == first.json()["id"]
     assert FineTuneJob.objects.count() == 1
 
@@ -119,8 +128,9 @@ def test_the_schema_documents_the_conflict(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     launch = schema["paths"]["/api/v1/finetunes/"]["post"]
     assert launch["responses"]["409"]["description"] == (
-        "The idempotency key launched a job before, from a different request."
+        "The Idempotency-Key was used before with a different request; nothing was created."
     )
+    assert "200" not in launch["responses"]
     assert "Idempotency-Key" in [p["name"] for p in launch["parameters"]]
 
 

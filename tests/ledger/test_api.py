@@ -101,6 +101,28 @@ def test_a_bad_page_size_is_refused_naming_it(api_client, cast, value):
         }
 
 
+@pytest.mark.parametrize(
+    ("query", "details"),
+    [
+        ("from=yesterday", {"from": ["Enter a valid date."]}),
+        ("to=2026-13-01", {"to": ["Enter a valid date."]}),
+        ("kind=nope", {"kind": ["Select a valid choice. nope is not one of the available choices."]}),
+    ],
+)
+def test_statement_filter_errors_name_the_parameter_sent(api_client, cast, query, details):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.get(f"/api/v1/ledger/transactions/?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == details
+
+
+def test_statement_dates_are_typed_in_the_schema(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    params = {p["name"]: p["schema"] for p in schema["paths"]["/api/v1/ledger/transactions/"]["get"]["parameters"]}
+    assert params["from"] == params["to"] == {"type": "string", "format": "date"}
+    assert params["cursor"]["type"] == "string" and params["page_size"]["type"] == "integer"
+
+
 def test_transactions_filter_errors_are_in_the_error_shape(api_client, cast):
     api_client.force_authenticate(cast.owner)
     response = api_client.get("/api/v1/ledger/transactions/?kind=nope")
@@ -134,7 +156,13 @@ def test_withdrawal_api(api_client, cast, settled, settings):
     assert response.status_code == 201, response.json()
     assert response.json()["amount"] == "2.500000" and response.json()["status"] == "requested"
     again = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "2.5"}, HTTP_IDEMPOTENCY_KEY="k1")
-    assert again.json()["id"] == response.json()["id"]
+    assert again.status_code == 201
+    assert again.json() == response.json()
+    location = f"http://testserver/api/v1/ledger/withdrawals/{response.json()['id']}/"
+    assert response["Location"] == again["Location"] == location
+    assert api_client.get(location).json() == response.json()
+    api_client.force_authenticate(cast.owner)
+    assert api_client.get(location).status_code == 404  # only its owner reads it
     assert Withdrawal.objects.count() == 1
     assert wallet_balance(cast.outsider) == 8 * CREDIT - 2_500_000
 
@@ -160,7 +188,12 @@ def test_idempotency_conflict_is_409(api_client, cast, settled, settings):
     before = snapshot()
     response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "3"}, HTTP_IDEMPOTENCY_KEY="k")
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert response.json()["error"] == {  # the ledger's own key (withdrawal:<user id>:k) is not shown
+        "code": "idempotency_conflict",
+        "message": "The Idempotency-Key “k” was already used with a different request; send a new key, or the "
+        "same request to get the first answer back.",
+        "details": {},
+    }
     assert snapshot() == before
 
 
