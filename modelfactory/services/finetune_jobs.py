@@ -197,11 +197,19 @@ def finetune_control(*, user, job_id: int, mode: str) -> FineTuneJob:
             job.save(update_fields=["status", "control", "finished_at", "message"])
         elif job.status == FineTuneJob.Status.RUNNING:
             job.control = mode
-            job.message = (
-                "Stopping at the next step; the adapter trained so far will be kept and evaluated."
-                if mode == FineTuneJob.Control.STOP
-                else "Cancelling at the next step; nothing will be kept."
-            )
+            training = job.phase in ("", "queued", "loading", "training")
+            if mode == FineTuneJob.Control.STOP:
+                job.message = (
+                    "Stopping at the next step; the adapter trained so far will be kept and evaluated."
+                    if training
+                    else "Training has already finished; the adapter will be kept."
+                )
+            else:
+                job.message = (
+                    "Cancelling at the next step; nothing will be kept."
+                    if training
+                    else "Cancelling; nothing will be kept."
+                )
             job.save(update_fields=["control", "message"])
         else:
             raise JobStateError(f"This job has already ended ({job.get_status_display().lower()}).")

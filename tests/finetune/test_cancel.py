@@ -45,6 +45,22 @@ def cancel_by_page(job):
     assert FineTuneJob.objects.get(pk=job.pk).control == "cancel"
 
 
+def test_what_cancel_and_stop_say_follows_the_phase(job):
+    said = {}
+    for phase in ("training", "evaluating", "indexing"):
+        for mode in ("cancel", "stop"):
+            FineTuneJob.objects.filter(pk=job.pk).update(status="running", phase=phase, control="")
+            said[phase, mode] = services.finetune_control(user=job.owner, job_id=job.pk, mode=mode).message
+    assert said == {
+        ("training", "cancel"): "Cancelling at the next step; nothing will be kept.",
+        ("training", "stop"): "Stopping at the next step; the adapter trained so far will be kept and evaluated.",
+        ("evaluating", "cancel"): "Cancelling; nothing will be kept.",
+        ("evaluating", "stop"): "Training has already finished; the adapter will be kept.",
+        ("indexing", "cancel"): "Cancelling; nothing will be kept.",
+        ("indexing", "stop"): "Training has already finished; the adapter will be kept.",
+    }
+
+
 def cancel_at_phase(monkeypatch, job, phase, cancel=cancel_by_api):
     """The owner presses Cancel as soon as the job reports `phase`."""
     original = finetune_worker._JobProgress.on_event
