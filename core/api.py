@@ -34,13 +34,30 @@ def _first_code(codes) -> str:
     return "error"
 
 
+def flat_field_errors(data, prefix: str = "") -> dict[str, list[str]]:
+    """Validation errors in one shape whatever the nesting: {"field": ["message", ...]}, with nested fields named by
+    their path ("messages.0.role", "datanet_versions.1")."""
+    if isinstance(data, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in data.items():
+            flat.update(flat_field_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(data, list) and any(isinstance(item, dict | list) for item in data):
+        flat = {}
+        for index, value in enumerate(data):
+            flat.update(flat_field_errors(value, f"{prefix}.{index}" if prefix else str(index)))
+        return flat
+    messages = [str(item) for item in data] if isinstance(data, list) else [str(data)]
+    return {prefix or "non_field_errors": messages} if messages else {}
+
+
 def api_exception_handler(exc, context):
     """DRF exception handler: every error becomes {"error": {"code", "message", "details"}}."""
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected: ApiErrorMiddleware turns it into a JSON 500
     if isinstance(exc, exceptions.ValidationError):
-        details = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        details = flat_field_errors(response.data)
         code = "invalid"
         message = "Some values are not valid: " + ", ".join(sorted(details)) if details else "The request is not valid."
     else:
