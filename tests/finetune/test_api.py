@@ -141,8 +141,8 @@ def test_bad_launch_names_each_field_and_creates_nothing(api_client, cast, tiny_
     )
     assert response.status_code == 400
     assert response.json()["error"]["details"] == {
-        "hyperparameters.epochs": "must be between 1 and 20",
-        "hyperparameters.max_length": "must be at most 256, the longest input Tiny base can read",
+        "hyperparameters.epochs": ["must be between 1 and 20"],  # a list of messages, as for every field
+        "hyperparameters.max_length": ["must be at most 256, the longest input Tiny base can read"],
     }
     response = api_client.post("/api/v1/finetunes/", {"datanet_versions": []}, format="json")
     assert response.json()["error"]["details"] == {
@@ -173,7 +173,7 @@ def test_someone_elses_private_version_is_answered_as_a_missing_one(api_client, 
     assert (hidden.status_code, absent.status_code) == (400, 400)
     # The same answer, the id aside, and the datanet's name nowhere in it.
     assert hidden.json() == _with_id(absent.json(), missing, private.pk)
-    assert hidden.json()["error"]["details"] == {"datanet_versions": f"There is no datanet version {private.pk}."}
+    assert hidden.json()["error"]["details"] == {"datanet_versions": [f"There is no datanet version {private.pk}."]}
     assert "Secret" not in hidden.content.decode() and "private" not in hidden.content.decode()
     assert FineTuneJob.objects.count() == 0
 
