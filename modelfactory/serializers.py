@@ -38,6 +38,12 @@ class FineTuneJobSerializer(serializers.ModelSerializer):
             "datanet_versions", "preset", "hyperparameters", "metrics", "samples", "queue_position", "model",
             "created_at", "started_at", "finished_at",
         ]  # fmt: skip
+        extra_kwargs = {
+            "phase": {
+                "help_text": "queued while status is queued; loading, training, evaluating, saving or a post-training "
+                "stage (indexing) while running; done once succeeded; the phase it ended in once failed or cancelled."
+            }
+        }
 
     def get_model(self, job) -> str | None:
         version = getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None

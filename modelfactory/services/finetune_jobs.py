@@ -89,6 +89,7 @@ def finetune_launch(
                 hyperparameters=hp,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
+                phase="queued",
                 message="Waiting for a free training worker.",
             )
             job.datanet_versions.set(versions)

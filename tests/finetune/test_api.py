@@ -21,6 +21,7 @@ def test_launch_follow_and_cancel(api_client, cast, tiny_base, version, enqueued
     assert response.status_code == 201
     job = response.json()
     assert (job["status"], job["name"], job["queue_position"], job["model"]) == ("queued", "API job", 1, None)
+    assert job["phase"] == "queued"
     assert job["datanet_versions"] == [version.pk]
     assert enqueued == [(job["id"], False)]
 
