@@ -54,6 +54,18 @@ class StatementPagination(StrictPageSizeMixin, CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:  # DRF's answer to a malformed cursor; it is a bad parameter, not a missing page
+            raise exceptions.ValidationError(
+                {
+                    self.cursor_query_param: [
+                        "This is not a cursor this list gave out; follow `next` from the first page."
+                    ]
+                }
+            ) from None
+
     def get_paginated_response(self, data):
         response = super().get_paginated_response(data)
         anchor = selectors.latest_anchor()

@@ -88,6 +88,16 @@ def test_statement_pages_by_cursor(api_client, cast, fund):
     assert (seen, pages) == (expected, 3)
 
 
+@pytest.mark.parametrize("cursor", ["null", "%F4%86%B1%96", "bz0tMQ%3D%3D"])  # the last: a negative offset
+def test_a_bad_cursor_is_refused_naming_it(api_client, cast, cursor):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.get(f"/api/v1/ledger/transactions/?cursor={cursor}")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "cursor": ["This is not a cursor this list gave out; follow `next` from the first page."]
+    }
+
+
 @pytest.mark.parametrize("value", ["null", "0", "-1", "201", "ten", "1e2", "9" * 5000])
 def test_a_bad_page_size_is_refused_naming_it(api_client, cast, value):
     api_client.force_authenticate(cast.owner)
