@@ -1,7 +1,7 @@
 from django.contrib.auth import authenticate
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, permissions
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.serializers import TokenObtainRequestSerializer, TokenObtainResponseSerializer
@@ -13,6 +13,7 @@ from accounts.services import (
     login_attempt_succeeded,
     login_is_known_device,
 )
+from core.api import created, error_responses
 from core.throttling import ScopedRateThrottle, client_address_of
 
 
@@ -27,7 +28,13 @@ class TokenObtainView(APIView):
     def get_authenticate_header(self, request):
         return "Token"  # a failed log-in is a 401, as for any other bad credential
 
-    @extend_schema(request=TokenObtainRequestSerializer, responses={201: TokenObtainResponseSerializer})
+    @extend_schema(
+        request=TokenObtainRequestSerializer,
+        responses={
+            201: TokenObtainResponseSerializer,
+            **error_responses(_401="That user name and password do not match."),
+        },
+    )
     def post(self, request):
         serializer = TokenObtainRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -45,4 +52,5 @@ class TokenObtainView(APIView):
             raise exceptions.AuthenticationFailed("That user name and password do not match.")
         login_attempt_succeeded(attempt=attempt, username=username)
         token, key = api_token_create(user=user, name=serializer.validated_data["name"])
-        return Response(TokenObtainResponseSerializer({"token": key, "name": token.name}).data, status=201)
+        data = TokenObtainResponseSerializer({"token": key, "name": token.name}).data
+        return created(request, data, location=reverse("accounts:tokens"))  # the page that lists and revokes it

@@ -15,6 +15,7 @@ class AttributionConfig(AppConfig):
                 name="indexing",
                 label="Building the attribution index over the training rows",
                 run=services.index_stage_run,
+                discard=services.index_stage_discard,
             )
         )
         register_inference_completed(services.inference_completed)

@@ -9,9 +9,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,23 @@ def known_exception(exc):
     return exc
 
 
+def flat_field_errors(data, prefix: str = "") -> dict[str, list[str]]:
+    """Validation errors in one shape whatever the nesting: {"field": ["message", ...]}, with nested fields named by
+    their path ("messages.0.role", "datanet_versions.1")."""
+    if isinstance(data, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in data.items():
+            flat.update(flat_field_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(data, list) and any(isinstance(item, dict | list) for item in data):
+        flat = {}
+        for index, value in enumerate(data):
+            flat.update(flat_field_errors(value, f"{prefix}.{index}" if prefix else str(index)))
+        return flat
+    messages = [str(item) for item in data] if isinstance(data, list) else [str(data)]
+    return {prefix or "non_field_errors": messages} if messages else {}
+
+
 def api_exception_handler(exc, context):
     """DRF exception handler: every error becomes {"error": {"code", "message", "details"}}."""
     exc = known_exception(exc)
@@ -57,7 +75,7 @@ def api_exception_handler(exc, context):
     if response is None:
         return None  # unexpected: ApiErrorMiddleware turns it into a JSON 500
     if isinstance(exc, exceptions.ValidationError):
-        details = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        details = flat_field_errors(response.data)
         code = "invalid"
         message = "Some values are not valid: " + ", ".join(sorted(details)) if details else "The request is not valid."
     else:
@@ -74,9 +92,26 @@ def api_exception_handler(exc, context):
     return response
 
 
-class Pagination(PageNumberPagination):
+class StrictPageSizeMixin:
+    """`page_size` must be a whole number from 1 to `max_page_size`: anything else (`null`, `-1`, `ten`, `1000`) is
+    a 400 naming the parameter, where DRF silently used its default."""
+
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or not 1 <= int(raw) <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Enter a whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+
+class Pagination(StrictPageSizeMixin, PageNumberPagination):
+    pass
 
 
 class ErrorBodySerializer(serializers.Serializer):
@@ -94,6 +129,52 @@ class ErrorSerializer(serializers.Serializer):
 def error_responses(**descriptions: str) -> dict[int, OpenApiResponse]:
     """`responses` entries for extend_schema: error_responses(_409="Already exists.") -> {409: ...}."""
     return {int(k.lstrip("_")): OpenApiResponse(ErrorSerializer, description=v) for k, v in descriptions.items()}
+
+
+IDEMPOTENCY_KEY_MAX = 64
+
+IDEMPOTENCY_KEY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description=f"Up to {IDEMPOTENCY_KEY_MAX} characters of your choice. Sending the same key with the same request "
+    "again answers what the first request answered (same status, same object) and creates nothing more; the same "
+    "key with a different request is a 409.",
+)
+
+
+class IdempotencyConflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "idempotency_conflict"
+
+    def __init__(self, key: str):
+        super().__init__(
+            f"The Idempotency-Key “{key}” was already used with a different request; send a new key, or the same "
+            "request to get the first answer back."
+        )
+
+
+def idempotency_key(request, given: str | None = None) -> str | None:
+    """The caller's key (`given`, e.g. from the body, wins over the Idempotency-Key header), or None; a key that is
+    too long or not printable is a 400 naming the header."""
+    key = given or request.headers.get("Idempotency-Key") or None
+    if key is not None and (len(key) > IDEMPOTENCY_KEY_MAX or not key.isprintable()):
+        raise exceptions.ValidationError({"Idempotency-Key": [f"Use 1 to {IDEMPOTENCY_KEY_MAX} printable characters."]})
+    return key
+
+
+IDEMPOTENCY_CONFLICT_RESPONSE = {
+    409: OpenApiResponse(
+        ErrorSerializer,
+        description="The Idempotency-Key was used before with a different request; nothing was created.",
+    )
+}
+
+
+def created(request, data, *, location: str) -> Response:
+    """201 with the new object and a `Location` header naming where to read it again."""
+    return Response(data, status=status.HTTP_201_CREATED, headers={"Location": request.build_absolute_uri(location)})
 
 
 @csrf_exempt  # it changes nothing; without this a POST to an unknown API path got Django's HTML CSRF page

@@ -4,7 +4,8 @@ drf-spectacular documents only the success answer of each operation; clients (an
 tests/test_schema_fuzz.py) need the errors too. Added to every operation, including ones added later, unless the
 view documents that status itself: 400 where it takes a body or query parameters, 415 where it takes a body, 401
 and 403 where it needs authentication, 404 where it has path parameters or pages, and 429 (throttled) and 503
-(the database is unreachable; core.middleware.database_unavailable) everywhere."""
+(the database is unreachable; core.middleware.database_unavailable) everywhere; 409 where the operation honours
+an Idempotency-Key header, and a `Location` header on every 201."""
 
 ERROR_COMPONENT = "Error"
 ERROR_SCHEMA = {
@@ -28,9 +29,14 @@ DESCRIPTIONS = {
     "401": "No valid credentials (send `Authorization: Token <key>`).",
     "403": "Authenticated, but not allowed to do this.",
     "404": "No such object, or not visible to you.",
+    "409": "The Idempotency-Key was used before with a different request; nothing was created.",
     "415": "The body's Content-Type is not one this operation reads (send JSON, or multipart for uploads).",
     "429": "Too many requests; details.retry_after_seconds says when to retry.",
     "503": "The database cannot be reached right now (code database_unavailable); retry after Retry-After seconds.",
+}
+LOCATION_HEADER = {
+    "description": "Where the new object can be read again.",
+    "schema": {"type": "string", "format": "uri"},
 }
 HTTP_METHODS = {"get", "put", "patch", "post", "delete", "head", "options", "trace"}
 
@@ -46,6 +52,8 @@ def _error_statuses(operation: dict, method: str) -> list[str]:
         statuses += ["401", "403"]
     if any(p["in"] == "path" or (p["in"] == "query" and p["name"] == "page") for p in parameters):
         statuses.append("404")
+    if any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in parameters):
+        statuses.append("409")
     statuses += ["429", "503"]
     return statuses
 
@@ -59,6 +67,8 @@ def add_error_responses(result, generator, request, public):
             if method not in HTTP_METHODS:
                 continue
             responses = operation.setdefault("responses", {})
+            if "201" in responses:
+                responses["201"].setdefault("headers", {})["Location"] = LOCATION_HEADER
             for status in _error_statuses(operation, method):
                 responses.setdefault(
                     status, {"description": DESCRIPTIONS[status], "content": {"application/json": {"schema": ref}}}

@@ -1,13 +1,19 @@
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
-from core.api import error_responses
+from core.api import (
+    IDEMPOTENCY_KEY_HEADER,
+    IdempotencyConflict,
+    created,
+    error_responses,
+    idempotency_key,
+)
 from core.throttling import ScopedRateThrottle
 from datanets import selectors, services
 from datanets.models import Contribution, Datanet, Record
@@ -83,16 +89,27 @@ class DatanetViewSet(
 
     @extend_schema(
         request=DatanetCreateSerializer,
-        responses={201: DatanetSerializer, **error_responses(_409="The address (slug) is taken.")},
+        responses={
+            201: DatanetSerializer,
+            **error_responses(
+                _409="The address (slug) is taken, or the Idempotency-Key was used before with a different request."
+            ),
+        },
+        parameters=[IDEMPOTENCY_KEY_HEADER],
     )
     def create(self, request, *args, **kwargs):
+        """Create a datanet. A replay (same Idempotency-Key, same request) answers 201 with the datanet created
+        the first time."""
         data = DatanetCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        key = idempotency_key(request) or ""
         try:
-            datanet = services.datanet_create(owner=request.user, **data.validated_data)
+            datanet = services.datanet_create(owner=request.user, idempotency_key=key, **data.validated_data)
         except services.DatanetError as exc:
+            if exc.code == "idempotency_conflict":
+                raise IdempotencyConflict(key) from None
             raise refused(exc) from None
-        return Response(DatanetSerializer(datanet).data, status=status.HTTP_201_CREATED)
+        return created(request, DatanetSerializer(datanet).data, location=f"/api/v1/datanets/{datanet.slug}/")
 
     @extend_schema(request=DatanetUpdateSerializer, responses=DatanetSerializer)
     def partial_update(self, request, *args, **kwargs):
@@ -129,7 +146,8 @@ class DatanetViewSet(
             )
         except services.DatanetError as exc:
             raise refused(exc) from None
-        return Response(ContributionSerializer(contribution).data, status=status.HTTP_201_CREATED)
+        location = f"/api/v1/contributions/{contribution.pk}/"
+        return created(request, ContributionSerializer(contribution).data, location=location)
 
     @extend_schema(methods=["GET"], request=None, responses=VersionSerializer(many=True))
     @extend_schema(methods=["POST"], request=VersionPublishSerializer, responses={201: VersionSerializer})
@@ -146,7 +164,18 @@ class DatanetViewSet(
             version = services.version_publish(datanet=datanet, actor=request.user, notes=data.validated_data["notes"])
         except services.DatanetError as exc:
             raise refused(exc) from None
-        return Response(VersionSerializer(version).data, status=status.HTTP_201_CREATED)
+        location = f"/api/v1/datanets/{datanet.slug}/versions/{version.number}/"
+        return created(request, VersionSerializer(version).data, location=location)
+
+    @extend_schema(request=None, responses=VersionSerializer)
+    @action(detail=True, methods=["get"], url_path=r"versions/(?P<number>[0-9]{1,9})", url_name="version")
+    def version(self, request, slug=None, number=None):
+        """One version of the datanet (where a new version's `Location` points)."""
+        datanet = self.get_object()
+        version = selectors.version_list(datanet=datanet).filter(number=int(number)).first()
+        if version is None:
+            raise NotFound("This datanet has no version with that number.")
+        return Response(VersionSerializer(version).data)
 
     @extend_schema(
         parameters=[
@@ -160,7 +189,10 @@ class DatanetViewSet(
         """Accepted rows (curators may also list rows waiting for review)."""
         datanet = self.get_object()
         statuses = (Record.Status.ACCEPTED,)
-        if request.query_params.get("status") == "pending":
+        wanted = request.query_params.get("status", "accepted")
+        if wanted not in ("accepted", "pending"):
+            raise ValidationError({"status": [f"“{wanted}” is not one of: accepted, pending."]})
+        if wanted == "pending":
             if not selectors.datanet_can_curate(user=request.user, datanet=datanet):
                 raise refused(services.NotAllowed("Only curators can see rows waiting for review."))
             statuses = (Record.Status.PENDING,)

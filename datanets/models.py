@@ -50,11 +50,24 @@ class Datanet(models.Model):
     flag_actions = models.JSONField(
         default=default_flag_actions, help_text=f"Flag kind -> one of {', '.join(ACTIONS)}, applied at upload."
     )
+    idempotency_key = models.CharField(
+        max_length=64, blank=True, default="", help_text="The creator's Idempotency-Key: same key, same datanet."
+    )
+    request_fingerprint = models.CharField(
+        max_length=64, blank=True, default="", help_text="SHA-256 of the create request the key came with."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="datanet_idempotency",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

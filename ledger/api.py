@@ -1,14 +1,23 @@
 """REST endpoints under /api/v1/ledger/, each scoped to the caller."""
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import Pagination, error_responses
+from core.api import (
+    IDEMPOTENCY_CONFLICT_RESPONSE,
+    IDEMPOTENCY_KEY_HEADER,
+    IdempotencyConflict,
+    StrictPageSizeMixin,
+    created,
+    idempotency_key,
+)
 from core.throttling import ScopedRateThrottle
 from ledger import selectors, services
-from ledger.models import Transaction
+from ledger.models import Transaction, Withdrawal
 from ledger.serializers import (
     AnchorSerializer,
     BalanceSerializer,
@@ -35,9 +44,27 @@ class BalanceView(APIView):
         return Response(BalanceSerializer(selectors.wallet_summary(user=request.user)).data)
 
 
-class StatementPagination(Pagination):
-    """Pages of a statement, each carrying the newest signed root of the chain (`anchor`, null before the first
-    checkpoint): a copy, signed outside the database, that the user can keep."""
+class StatementPagination(StrictPageSizeMixin, CursorPagination):
+    """Cursor pages of a statement (an ever-growing list: page N of a moving list repeats or skips lines, a cursor
+    does not), newest first by chain position then posting, each page carrying the newest signed root of the
+    chain (`anchor`, null before the first checkpoint): a copy, signed outside the database, that the user can
+    keep."""
+
+    ordering = ("-seq", "-id")  # seq: the transaction's chain position, annotated by selectors.statement
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:  # DRF's answer to a malformed cursor; it is a bad parameter, not a missing page
+            raise exceptions.ValidationError(
+                {
+                    self.cursor_query_param: [
+                        "This is not a cursor this list gave out; follow `next` from the first page."
+                    ]
+                }
+            ) from None
 
     def get_paginated_response(self, data):
         response = super().get_paginated_response(data)
@@ -64,8 +91,8 @@ class TransactionListView(generics.ListAPIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("kind", str, enum=Transaction.Kind.values),
-            OpenApiParameter("from", str, description="YYYY-MM-DD"),
-            OpenApiParameter("to", str, description="YYYY-MM-DD"),
+            OpenApiParameter("from", OpenApiTypes.DATE, description="First day, YYYY-MM-DD"),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, YYYY-MM-DD"),
         ]
     )
     def get(self, request, *args, **kwargs):
@@ -75,8 +102,9 @@ class TransactionListView(generics.ListAPIView):
         from ledger.forms import StatementFilterForm
 
         form = StatementFilterForm(self.request.query_params)
-        if not form.is_valid():
-            raise exceptions.ValidationError(form.errors)
+        if not form.is_valid():  # named as the client sent them: from/to, not the form's date_from/date_to
+            names = {"date_from": "from", "date_to": "to"}
+            raise exceptions.ValidationError({names.get(k, k): v for k, v in form.errors.items()})
         return selectors.statement(user=self.request.user, **form.filters())
 
     def paginate_queryset(self, queryset):
@@ -111,22 +139,31 @@ class WithdrawalListCreateView(generics.ListCreateAPIView):
 
     @extend_schema(
         request=WithdrawalCreateSerializer,
-        responses={
-            201: WithdrawalSerializer,
-            **error_responses(_409="The Idempotency-Key was used before with a different request."),
-        },
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={201: WithdrawalSerializer, **IDEMPOTENCY_CONFLICT_RESPONSE},
+        parameters=[IDEMPOTENCY_KEY_HEADER],
     )
     def post(self, request, *args, **kwargs):
         serializer = WithdrawalCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key = request.headers.get("Idempotency-Key") or None
+        key = idempotency_key(request)
         try:
             withdrawal = services.withdrawal_request(
                 user=request.user, amount_micro=serializer.validated_data["amount"], key=key
             )
-        except services.IdempotencyConflict as exc:
-            raise LedgerApiError(exc, status.HTTP_409_CONFLICT) from None
+        except services.IdempotencyConflict:
+            raise IdempotencyConflict(key) from None  # the ledger's own key ("withdrawal:<user>:<key>") stays inside
         except (services.InsufficientFunds, services.InvalidRequest) as exc:
             raise LedgerApiError(exc) from None
-        return Response(WithdrawalSerializer(withdrawal).data, status=status.HTTP_201_CREATED)
+        location = f"/api/v1/ledger/withdrawals/{withdrawal.pk}/"
+        return created(request, WithdrawalSerializer(withdrawal).data, location=location)
+
+
+class WithdrawalDetailView(generics.RetrieveAPIView):
+    """One of the caller's withdrawals (where a new one's `Location` points)."""
+
+    serializer_class = WithdrawalSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return Withdrawal.objects.none()
+        return selectors.withdrawals_for(user=self.request.user)

@@ -39,7 +39,7 @@ def statement(
 ) -> QuerySet[Posting]:
     """The user's postings, newest first. Give a page of them to `statement_running_balances` for the wallet
     balance right after each (computed over all of the user's postings, so filters never change it)."""
-    rows = Posting.objects.filter(account__owner=user).select_related("transaction")
+    rows = Posting.objects.filter(account__owner=user).select_related("transaction").annotate(seq=F("transaction__seq"))
     if kind:
         rows = rows.filter(transaction__kind=kind)
     tz = timezone.get_current_timezone()

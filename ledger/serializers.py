@@ -40,6 +40,9 @@ class BalanceSerializer(serializers.Serializer):
 
 
 class StatementLineSerializer(serializers.ModelSerializer):
+    posting_id = serializers.IntegerField(
+        source="id", help_text="This line's own id (a transaction can pay you twice)."
+    )
     transaction_id = serializers.IntegerField(source="transaction.id")
     seq = serializers.IntegerField(source="transaction.seq")
     kind = serializers.CharField(source="transaction.kind")
@@ -52,7 +55,18 @@ class StatementLineSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Posting
-        fields = ["transaction_id", "seq", "kind", "memo", "amount", "running_balance", "model", "created_at", "hash"]
+        fields = [
+            "posting_id",
+            "transaction_id",
+            "seq",
+            "kind",
+            "memo",
+            "amount",
+            "running_balance",
+            "model",
+            "created_at",
+            "hash",
+        ]
 
     def get_model(self, posting) -> str | None:
         return posting.transaction.metadata.get("model")

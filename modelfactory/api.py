@@ -1,13 +1,21 @@
 import uuid
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, mixins, status, viewsets
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, mixins, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.api import error_body, error_responses
+from core.api import (
+    IDEMPOTENCY_CONFLICT_RESPONSE,
+    IDEMPOTENCY_KEY_HEADER,
+    IdempotencyConflict,
+    created,
+    error_body,
+    error_responses,
+    idempotency_key,
+)
 from core.throttling import ScopedRateThrottle
 from ledger.calc.money import format_credits
 from modelfactory import selectors, services
@@ -35,11 +43,6 @@ class BaseModelViewSet(viewsets.ReadOnlyModelViewSet):
         return selectors.base_model_list()
 
 
-class IdempotencyConflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "idempotency_conflict"
-
-
 class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Fine-tuning jobs: launch, follow, stop or cancel. Only the owner sees a job."""
 
@@ -53,34 +56,22 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     @extend_schema(
         request=FineTuneCreateSerializer,
-        responses={
-            201: FineTuneJobSerializer,
-            200: FineTuneJobSerializer,
-            **error_responses(_409="The idempotency key launched a job before, from a different request."),
-        },
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                OpenApiParameter.HEADER,
-                required=False,
-                description="Same key and same request: the job launched the first time (200). "
-                "Same key, different request: 409. The body's idempotency_key wins over this header.",
-            )
-        ],
+        responses={201: FineTuneJobSerializer, **IDEMPOTENCY_CONFLICT_RESPONSE},
+        parameters=[IDEMPOTENCY_KEY_HEADER],
     )
     def create(self, request):
+        """Launch a job. A replay (same Idempotency-Key or body `idempotency_key`, same request) answers 201 with
+        the job launched the first time; the body's key wins over the header."""
         data = FineTuneCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        key = data.validated_data.get("idempotency_key") or request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        key = idempotency_key(request, data.validated_data.get("idempotency_key")) or uuid.uuid4().hex
         try:
-            job, created = self._launch(request.user, data.validated_data, key)
-        except services.IdempotencyConflict as exc:
-            raise IdempotencyConflict(exc.errors["idempotency_key"]) from None
+            job, _ = self._launch(request.user, data.validated_data, key)
+        except services.IdempotencyConflict:
+            raise IdempotencyConflict(key) from None
         except services.LaunchError as exc:
             raise exceptions.ValidationError(exc.errors) from None
-        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(FineTuneJobSerializer(job).data, status=code)
+        return created(request, FineTuneJobSerializer(job).data, location=f"/api/v1/finetunes/{job.pk}/")
 
     @staticmethod
     def _launch(user, data: dict, key: str):
@@ -156,7 +147,13 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
             return _refused(exc)
         return Response(TrainedModelSerializer(model).data)
 
-    @extend_schema(request=GenerateRequestSerializer, responses={200: GenerateResponseSerializer})
+    @extend_schema(
+        request=GenerateRequestSerializer,
+        responses={
+            200: GenerateResponseSerializer,
+            **error_responses(_402="Not enough credit for the most this answer can cost (code insufficient_credit)."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def generate(self, request, slug=None):
         """Ask the model. The most the answer can cost is held first (402 without enough credit); the fee is for

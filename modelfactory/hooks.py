@@ -2,7 +2,9 @@
 them (see DESIGN.md: datanets <- modelfactory <- attribution -> ledger).
 
 - Post-training stages run inside the training job, after the adapter is saved and before the job is marked
-  succeeded, with their own progress phase on the job page (e.g. building the attribution index).
+  succeeded, with their own progress phase on the job page (e.g. building the attribution index). A job cancelled
+  during or after a stage calls the stage's `discard` (nothing of a cancelled job is kept); `on_progress` may raise
+  to stop a stage when the job is cancelled: let it through.
 - Inference-completed handlers run inside the transaction that completes an inference; they should only enqueue
   work with transaction.on_commit.
 
@@ -20,6 +22,7 @@ class PostTrainingStage:
     name: str  # shown as the job's phase, e.g. "indexing"
     label: str  # plain words for the job page
     run: Callable[..., Any]  # run(*, job, result, on_progress: Callable[[int, int], None]) -> None
+    discard: Callable[..., Any] | None = None  # discard(*, job) -> None: undo what run wrote, when the job is cancelled
 
 
 post_training_stages: list[PostTrainingStage] = []

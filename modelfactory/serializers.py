@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from ledger.serializers import CreditsInputField
+from ledger.serializers import CreditsField, CreditsInputField
 from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
 from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
@@ -60,6 +60,12 @@ class FineTuneJobSerializer(serializers.ModelSerializer):
             "datanet_versions", "test_versions", "preset", "hyperparameters", "estimate", "metrics", "samples",
             "queue_position", "model", "created_at", "started_at", "finished_at",
         ]  # fmt: skip
+        extra_kwargs = {
+            "phase": {
+                "help_text": "queued while status is queued; loading, training, evaluating, saving or a post-training "
+                "stage (indexing) while running; done once succeeded; the phase it ended in once failed or cancelled."
+            }
+        }
 
     def get_model(self, job) -> str | None:
         version = getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None
@@ -82,6 +88,9 @@ class TrainedModelSerializer(serializers.ModelSerializer):
     base_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.SerializerMethodField()
     metrics = serializers.SerializerMethodField()
+    price_per_1k_tokens = CreditsField(
+        read_only=True, help_text="Credits per 1,000 tokens, a decimal string with 6 places (as publish takes it)."
+    )
 
     class Meta:
         model = TrainedModel

@@ -50,6 +50,24 @@ def test_validation_errors_list_each_field(api_client):
     }
 
 
+def test_nested_validation_errors_have_the_same_flat_shape(api_client, cast):
+    """details is always {"name": ["message", ...]}: nested fields are named by their path, lists of errors flat."""
+    api_client.force_authenticate(cast.owner)
+    response = api_client.post(
+        "/api/v1/finetunes/", {"base_model": "x", "datanet_versions": [1, "two", 0]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "datanet_versions.1": ["A valid integer is required."],
+        "datanet_versions.2": ["Ensure this value is greater than or equal to 1."],
+    }
+    response = api_client.post("/api/v1/ledger/withdrawals/", ["not", "an", "object"], format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "non_field_errors": ["Invalid data. Expected a dictionary, but got list."]
+    }
+
+
 def test_malformed_json_is_a_400_in_the_error_shape(api_client):
     response = api_client.generic("POST", "/api/v1/auth/token/", "{not json", content_type="application/json")
     assert response.status_code == 400

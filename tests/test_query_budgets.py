@@ -378,7 +378,7 @@ ENDPOINTS = {
     "datanet records": Case("/api/v1/datanets/{datanet}/records/", records, r"qb-row-\d+", 5),
     "finetunes": Case("/api/v1/finetunes/", jobs, r"qb-job-\d+", 4),
     "models": Case("/api/v1/models/", models, r"qb-model-\d+", 4),
-    "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 5),
+    "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 4),  # a cursor page: no count
     "withdrawals": Case("/api/v1/ledger/withdrawals/", withdrawals, results, 3),
     "answer attribution": Case("/api/v1/inferences/{inference}/attribution/", answer_detail, r"qb-contributor-\d+", 7),
     "openai models": Case("/v1/models", models, r"qb-model-\d+", 2),

@@ -12,7 +12,7 @@ Every result stores the rules it was computed with, so that it can be recomputed
 """
 
 from attribution.services.answer import AttributionRetry, attribution_request, attribution_run, inference_completed
-from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_run
+from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
     SETTLEMENT_RULE,
@@ -33,6 +33,7 @@ __all__ = [
     "attribution_sweep_pending",
     "inference_completed",
     "index_build",
+    "index_stage_discard",
     "index_stage_run",
     "settlement_shares",
     "training_row_shares",

@@ -183,3 +183,8 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
 def index_stage_run(*, job, result, on_progress) -> None:
     """The post-training stage registered in AttributionConfig.ready()."""
     index_build(job=job, result=result, on_progress=on_progress)
+
+
+def index_stage_discard(*, job) -> None:
+    """The job was cancelled: its index record goes (its files go with the job's workdir)."""
+    ModelIndex.objects.filter(job=job).delete()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from datanets.ingest.screen import ACTIONS, FLAG_KINDS
@@ -12,13 +15,17 @@ from datanets.selectors import datanet_can_curate
 from datanets.services.common import DatanetError, NotAllowed
 
 
-def _tags(names) -> list[Tag]:
+def _tag_names(names) -> list[str]:
     cleaned = []
     for name in names or []:
         slug = slugify(name)[:50]
         if slug and slug not in cleaned:
             cleaned.append(slug)
-    return [Tag.objects.get_or_create(name=n)[0] for n in cleaned[:20]]
+    return cleaned[:20]
+
+
+def _tags(names) -> list[Tag]:
+    return [Tag.objects.get_or_create(name=n)[0] for n in _tag_names(names)]
 
 
 # Paths under /datanets/ that are not datanets.
@@ -60,9 +67,48 @@ def datanet_create(
     policy: str = Datanet.Policy.APPROVAL,
     slug: str | None = None,
     flag_actions: dict | None = None,
+    idempotency_key: str = "",
 ) -> Datanet:
+    """With an `idempotency_key`, the same key and the same request from the same owner give back the datanet
+    created the first time (nothing new is written); the same key with a different request raises DatanetError
+    (code "idempotency_conflict")."""
     if kind not in Datanet.Kind.values:
         raise DatanetError(f"Unknown kind '{kind}'; use instruction, chat or text.")
+    request = dict(
+        name=name.strip(), kind=kind, summary=summary.strip(), description=description, tags=sorted(_tag_names(tags)),
+        licence=licence or "CC-BY-4.0", visibility=visibility, policy=policy, slug=slug or "",
+        flag_actions=flag_actions or {},
+    )  # fmt: skip
+    fingerprint = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest() if idempotency_key else ""
+    if idempotency_key:
+        existing = _replayed(owner=owner, key=idempotency_key, fingerprint=fingerprint)
+        if existing is not None:
+            return existing
+    try:
+        return _datanet_insert(
+            owner=owner, request=request, key=idempotency_key, fingerprint=fingerprint, flag_actions=flag_actions,
+            tags=tags,
+        )  # fmt: skip
+    except IntegrityError:
+        winner = _replayed(owner=owner, key=idempotency_key, fingerprint=fingerprint) if idempotency_key else None
+        if winner is None:
+            raise
+        return winner  # a concurrent request with the same key won the race
+
+
+def _replayed(*, owner, key: str, fingerprint: str) -> Datanet | None:
+    existing = Datanet.objects.filter(owner=owner, idempotency_key=key).first()
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise DatanetError(
+            f"The idempotency key “{key}” was already used with a different request; send a new key, or the same "
+            "request to get the first answer back.",
+            code="idempotency_conflict",
+        )
+    return existing
+
+
+def _datanet_insert(*, owner, request: dict, key: str, fingerprint: str, flag_actions, tags) -> Datanet:
+    slug, name = request["slug"], request["name"]
     with transaction.atomic(durable=True):
         if slug:
             slug = slugify(slug)[:100]
@@ -70,15 +116,17 @@ def datanet_create(
                 raise DatanetError(f"The address '{slug}' is taken; choose another.", code="slug_taken")
         datanet = Datanet.objects.create(
             slug=slug or _unique_slug(name),
-            name=name.strip(),
-            kind=kind,
-            summary=summary.strip(),
-            description=description,
-            licence=licence or "CC-BY-4.0",
-            visibility=visibility,
-            policy=policy,
+            name=name,
+            kind=request["kind"],
+            summary=request["summary"],
+            description=request["description"],
+            licence=request["licence"],
+            visibility=request["visibility"],
+            policy=request["policy"],
             owner=owner,
             flag_actions={**Datanet._meta.get_field("flag_actions").default(), **_check_flag_actions(flag_actions)},
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
         )
         datanet.tags.set(_tags(tags))
     return datanet

@@ -99,6 +99,7 @@ def finetune_launch(
                 hyperparameters=hp,
                 idempotency_key=idempotency_key,
                 request_fingerprint=fingerprint,
+                phase="queued",
                 message="Waiting for a free training worker.",
                 estimate=_launch_estimate(base=base, versions=versions, hp=hp),
                 parent_version=parent_version,
@@ -264,11 +265,19 @@ def finetune_control(*, user, job_id: int, mode: str) -> FineTuneJob:
             job.save(update_fields=["status", "control", "finished_at", "message"])
         elif job.status == FineTuneJob.Status.RUNNING:
             job.control = mode
-            job.message = (
-                "Stopping at the next step; the adapter trained so far will be kept and evaluated."
-                if mode == FineTuneJob.Control.STOP
-                else "Cancelling at the next step; nothing will be kept."
-            )
+            training = job.phase in ("", "queued", "loading", "training")
+            if mode == FineTuneJob.Control.STOP:
+                job.message = (
+                    "Stopping at the next step; the adapter trained so far will be kept and evaluated."
+                    if training
+                    else "Training has already finished; the adapter will be kept."
+                )
+            else:
+                job.message = (
+                    "Cancelling at the next step; nothing will be kept."
+                    if training
+                    else "Cancelling; nothing will be kept."
+                )
             job.save(update_fields=["control", "message"])
         else:
             raise JobStateError(f"This job has already ended ({job.get_status_display().lower()}).")
@@ -297,6 +306,7 @@ def finetune_reap_stale() -> list[int]:
                 pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before
             ).update(
                 status=FineTuneJob.Status.QUEUED,
+                phase="queued",  # the phase it was in ("Building the index") is not where it stands now
                 heartbeat_at=timezone.now(),
                 worker="",
                 message=RESUME_QUEUED_MESSAGE,

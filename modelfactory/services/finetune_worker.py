@@ -31,6 +31,7 @@ def _claim(job_id: int, *, hostname: str) -> FineTuneJob | None:
     claimable = FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.QUEUED)
     updated = claimable.update(
         status=FineTuneJob.Status.RUNNING,
+        phase="loading",  # never "running" while still showing the "queued" phase
         started_at=now,
         heartbeat_at=now,
         worker=hostname,
@@ -52,6 +53,8 @@ def _claim(job_id: int, *, hostname: str) -> FineTuneJob | None:
 class _JobProgress:
     """Writes the training loop's events to the job and answers its stop/cancel polls. A heartbeat thread keeps
     `heartbeat_at` fresh through long phases (loading, evaluation) so the reaper only catches dead workers."""
+
+    POLL_SECONDS = 1.0  # the control column is read at most this often; a phase change reads it at once
 
     def __init__(self, job: FineTuneJob):
         self.job_id = job.pk
@@ -85,6 +88,7 @@ class _JobProgress:
             FineTuneEvent.objects.create(job_id=self.job_id, kind=FineTuneEvent.Kind.PHASE, data=event)
             fields["phase"] = event["phase"]
             fields["message"] = PHASE_MESSAGES.get(event["phase"], "")
+            self.last_poll = 0.0
         elif kind == "train":
             FineTuneEvent.objects.create(
                 job_id=self.job_id,
@@ -110,7 +114,7 @@ class _JobProgress:
         FineTuneJob.objects.filter(pk=self.job_id).update(**fields)
 
     def control(self) -> str | None:
-        if time.monotonic() - self.last_poll >= 1.0:
+        if time.monotonic() - self.last_poll >= self.POLL_SECONDS:
             self.last_poll = time.monotonic()
             self.control_value = FineTuneJob.objects.filter(pk=self.job_id).values_list("control", flat=True)[0]
         return self.control_value or None
@@ -165,9 +169,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
                 spec, workdir=job.workdir, on_event=progress.on_event, control=progress.control, resume=resume
             )
     except Cancelled:
-        shutil.rmtree(job.workdir, ignore_errors=True)
-        _finish(job_id, status=FineTuneJob.Status.CANCELLED, message="Cancelled: nothing was kept.")
-        return FineTuneJob.objects.get(pk=job_id)
+        return _end_cancelled(job)
     except TrainingError as exc:
         _finish(job_id, status=FineTuneJob.Status.FAILED, message=str(exc))
         return FineTuneJob.objects.get(pk=job_id)
@@ -181,10 +183,15 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         )
         return FineTuneJob.objects.get(pk=job_id)
 
-    stage_errors = _run_post_training_stages(job_id=job_id, result=result)
+    try:
+        stage_errors = _run_post_training_stages(job_id=job_id, result=result)
+    except _CancelledInStage:
+        return _end_cancelled(job)
 
     with transaction.atomic():
         job = FineTuneJob.objects.select_for_update().get(pk=job_id)
+        if job.control == FineTuneJob.Control.CANCEL:  # asked for during the last stage: still nothing is kept
+            return _end_cancelled(job)
         trained = trained_model_create_from_job(job=job, result=result)
         stopped = result.stopped_early
         job.status = FineTuneJob.Status.SUCCEEDED
@@ -213,11 +220,35 @@ def _hardware(hyperparameters: dict[str, Any]) -> str:
     return describe_hardware(plan, caps)
 
 
+class _CancelledInStage(Exception):  # noqa: N818 (a request, like training's Cancelled)
+    """The owner cancelled the job during (or just before) a post-training stage."""
+
+
+def _cancel_requested(job_id: int) -> bool:
+    return FineTuneJob.objects.filter(pk=job_id, control=FineTuneJob.Control.CANCEL).exists()
+
+
+def _end_cancelled(job: FineTuneJob) -> FineTuneJob:
+    """Nothing is kept: what the stages wrote is discarded (their `discard` hooks), then the workdir."""
+    for stage in hooks.post_training_stages:
+        if stage.discard is not None:
+            try:
+                stage.discard(job=job)
+            except Exception:
+                logger.exception("discarding stage %s of cancelled job %s failed", stage.name, job.pk)
+    shutil.rmtree(job.workdir, ignore_errors=True)
+    _finish(job.pk, status=FineTuneJob.Status.CANCELLED, message="Cancelled: nothing was kept.")
+    return FineTuneJob.objects.get(pk=job.pk)
+
+
 def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
     """Runs the stages other apps registered (modelfactory.hooks), each as a phase with its own progress. A stage
-    that fails does not throw the trained adapter away: its error is kept and shown with the result."""
+    that fails does not throw the trained adapter away: its error is kept and shown with the result. A cancel is
+    honoured before each stage and at each progress report (raises _CancelledInStage)."""
     errors: dict[str, str] = {}
     for stage in hooks.post_training_stages:
+        if _cancel_requested(job_id):
+            raise _CancelledInStage
         FineTuneJob.objects.filter(pk=job_id).update(phase=stage.name, message=stage.label, heartbeat_at=timezone.now())
         FineTuneEvent.objects.create(job_id=job_id, kind=FineTuneEvent.Kind.PHASE, data={"phase": stage.name})
 
@@ -225,9 +256,13 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
             FineTuneJob.objects.filter(pk=job_id).update(
                 message=f"{stage.label} ({done} of {total})", heartbeat_at=timezone.now()
             )
+            if _cancel_requested(job_id):
+                raise _CancelledInStage
 
         try:
             stage.run(job=FineTuneJob.objects.get(pk=job_id), result=result, on_progress=on_progress)
+        except _CancelledInStage:
+            raise
         except Exception as exc:
             logger.exception("post-training stage %s of job %s failed", stage.name, job_id)
             errors[stage.name] = f"{stage.label} did not finish ({exc.__class__.__name__}: {exc})."

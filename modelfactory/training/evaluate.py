@@ -7,6 +7,7 @@ Both sides use the same peft model: the base is the same weights with the adapte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,9 +25,16 @@ def perplexity(loss: float) -> float | None:
 
 @torch.no_grad()
 def eval_loss(
-    model, examples: list[Example], *, device: torch.device, pad_id: int, batch_size: int = 8
+    model,
+    examples: list[Example],
+    *,
+    device: torch.device,
+    pad_id: int,
+    batch_size: int = 8,
+    on_batch: Callable[[], None] | None = None,
 ) -> tuple[float, int]:
-    """Token-weighted mean cross-entropy over the answer tokens of `examples`, and the number of those tokens."""
+    """Token-weighted mean cross-entropy over the answer tokens of `examples`, and the number of those tokens.
+    `on_batch()` is called before each batch (the caller's cancel check: it may raise)."""
     from modelfactory.training.loop import answer_loss_sum, autocast, collate
 
     if not examples:
@@ -37,6 +45,8 @@ def eval_loss(
     total, count = 0.0, 0
     try:
         for start in range(0, len(order), batch_size):
+            if on_batch:
+                on_batch()
             group = [examples[i] for i in order[start : start + batch_size]]
             ids, labels = collate(group, pad_id=pad_id, device=device)
             with autocast(device):
@@ -55,7 +65,14 @@ def greedy_answer(model, tokenizer, rendered_prompt: str, *, device: torch.devic
 
 @torch.no_grad()
 def greedy_answers(
-    model, tokenizer, rendered_prompts: list[str], *, device: torch.device, max_new_tokens: int, batch_size: int = 16
+    model,
+    tokenizer,
+    rendered_prompts: list[str],
+    *,
+    device: torch.device,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    on_batch: Callable[[], None] | None = None,
 ) -> list[str]:
     """Greedy answers to many prompts, `batch_size` at a time (left-padded, prompts of similar length together):
     one forward pass per new token for a whole batch instead of one per row."""
@@ -66,6 +83,8 @@ def greedy_answers(
     answers: list[str] = [""] * len(encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(order), batch_size):
+        if on_batch:
+            on_batch()
         group = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in group)
         ids = torch.full((len(group), width), pad_id, dtype=torch.long)
@@ -98,13 +117,15 @@ def compare_base_and_tuned(
     max_answers: int = MAX_ANSWERS,
     max_new_tokens: int = 96,
     batch_size: int = 8,
+    on_batch: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Held-out loss/perplexity with the adapter off (base) and on (tuned), and greedy answers from both to up to
     `max_answers` held-out rows, each scored against the row's answer (verdict.score_rows): {"base_eval_loss",
     "eval_loss", "base_perplexity", "perplexity", "eval_tokens", "answers_scored", "base_exact_match",
     "exact_match", "base_token_f1", "token_f1", "samples": [{"row_id", "prompt", "reference", "base", "tuned",
     "base_exact", "tuned_exact", "base_f1", "tuned_f1"}]}. Answers are capped at the longest reference's length
-    plus a margin (and `max_new_tokens`), so a rambling model does not make the check slow."""
+    plus a margin (and `max_new_tokens`), so a rambling model does not make the check slow. `on_batch()` runs
+    before every batch of either side (the job's cancel check: it may raise)."""
     from modelfactory.training.verdict import score_rows
 
     pad_id = tokenizer.pad_token_id
@@ -122,10 +143,12 @@ def compare_base_and_tuned(
     for side in ("base", "tuned"):
         context = model.disable_adapter() if side == "base" else nullcontext()
         with context:
-            loss, tokens = eval_loss(model, eval_examples, device=device, pad_id=pad_id, batch_size=batch_size)
+            loss, tokens = eval_loss(
+                model, eval_examples, device=device, pad_id=pad_id, batch_size=batch_size, on_batch=on_batch
+            )
             answers[side] = greedy_answers(
                 model, tokenizer, [rendered for _, _, rendered, _ in prompts], device=device,
-                max_new_tokens=answer_tokens, batch_size=max(batch_size, 16),
+                max_new_tokens=answer_tokens, batch_size=max(batch_size, 16), on_batch=on_batch,
             )  # fmt: skip
         prefix = "base_" if side == "base" else ""
         results[f"{prefix}eval_loss"] = loss if tokens else None

@@ -197,6 +197,11 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
     from modelfactory.training.model_files import ModelFilesError
 
     emit = on_event or (lambda event: None)
+
+    def cancel_check() -> None:  # a "cancel" is honoured after training too: between evaluation batches
+        if control is not None and control() == "cancel":
+            raise Cancelled("The run was cancelled.")
+
     started = time.perf_counter()
     model = None
     try:
@@ -234,6 +239,7 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
         if rank is not None and not rank.is_main:
             return None  # rank 0 evaluates and saves
         emit({"type": "phase", "phase": "evaluating"})
+        cancel_check()
         evaluating = time.perf_counter()
         comparison = compare_base_and_tuned(
             model,
@@ -244,9 +250,11 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             max_answers=spec.max_answers,
             max_new_tokens=spec.max_new_tokens,
             batch_size=int(hp["batch_size"]),
+            on_batch=cancel_check,
         )
         test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device)
         evaluation_seconds = time.perf_counter() - evaluating
+        cancel_check()
         emit({"type": "phase", "phase": "saving"})
         adapter_dir = save_adapter(model, workdir / ADAPTER_DIR, base_model_name=spec.base_model_name)
         digest = artifact_hash(adapter_dir)

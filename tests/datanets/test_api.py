@@ -78,6 +78,49 @@ def test_private_datanet_is_invisible_to_outsiders(as_user, cast):
     assert APIClient().get("/api/v1/datanets/").status_code == 401
 
 
+GARDEN = {"name": "Home gardening", "kind": "instruction", "summary": "Growing food.", "visibility": "public",
+          "tags": ["b", "a"]}  # fmt: skip
+
+
+def test_creating_a_datanet_twice_with_one_key_gives_one_datanet(as_user, cast):
+    owner = as_user(cast.owner)
+    first = owner.post("/api/v1/datanets/", GARDEN, format="json", HTTP_IDEMPOTENCY_KEY="garden-1")
+    again = owner.post("/api/v1/datanets/", {**GARDEN, "tags": ["a", "b"]}, format="json",
+                       HTTP_IDEMPOTENCY_KEY="garden-1")  # fmt: skip
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json() == again.json()
+    assert first["Location"] == again["Location"] == "http://testserver/api/v1/datanets/home-gardening/"
+    assert Datanet.objects.count() == 1
+    # another owner's key is another key
+    other = as_user(cast.teammate).post("/api/v1/datanets/", GARDEN, format="json", HTTP_IDEMPOTENCY_KEY="garden-1")
+    assert other.status_code == 201 and other.json()["slug"] == "home-gardening-2"
+    # without a key, two requests are two datanets
+    assert owner.post("/api/v1/datanets/", GARDEN, format="json").json()["slug"] == "home-gardening-3"
+
+
+def test_a_datanet_key_reused_with_a_different_request_is_409_and_creates_nothing(as_user, cast):
+    owner = as_user(cast.owner)
+    owner.post("/api/v1/datanets/", GARDEN, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    before = list(Datanet.objects.values())
+    response = owner.post("/api/v1/datanets/", {**GARDEN, "summary": "Other"}, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": {
+            "code": "idempotency_conflict",
+            "message": "The Idempotency-Key “k” was already used with a different request; send a new key, or the "
+            "same request to get the first answer back.",
+            "details": {},
+        }
+    }
+    assert list(Datanet.objects.values()) == before
+
+
+def test_records_refuse_an_unknown_status(as_user, cast, datanet):
+    response = as_user(cast.owner).get(f"/api/v1/datanets/{datanet.slug}/records/?status=everything")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"status": ["“everything” is not one of: accepted, pending."]}
+
+
 def test_upload_review_publish_and_records(as_user, cast, datanet, django_capture_on_commit_callbacks, _no_broker):
     contributor = as_user(cast.teammate)
     with django_capture_on_commit_callbacks(execute=True):
@@ -88,6 +131,7 @@ def test_upload_review_publish_and_records(as_user, cast, datanet, django_captur
         )
     assert response.status_code == 201
     body = response.json()
+    assert response["Location"] == f"http://testserver/api/v1/contributions/{body['id']}/"
     assert (body["status"], body["original_name"], body["report"]["rows_total"]) == ("uploaded", "qa.jsonl", 0)
     assert _no_broker == [body["id"]]
     services.contribution_ingest(contribution_id=body["id"])
@@ -112,6 +156,9 @@ def test_upload_review_publish_and_records(as_user, cast, datanet, django_captur
     published = as_user(cast.owner).post(f"/api/v1/datanets/{datanet.slug}/versions/", {"notes": "v1"}, format="json")
     assert published.status_code == 201
     v = published.json()
+    assert published["Location"] == f"http://testserver/api/v1/datanets/{datanet.slug}/versions/1/"
+    assert as_user(cast.outsider).get(published["Location"]).json() == v
+    assert as_user(cast.outsider).get(f"/api/v1/datanets/{datanet.slug}/versions/2/").status_code == 404
     assert (v["number"], v["row_count"], v["contributor_count"], len(v["manifest_hash"])) == (1, 4, 1, 64)
     again = as_user(cast.owner).post(f"/api/v1/datanets/{datanet.slug}/versions/", {}, format="json")
     assert again.status_code == 400

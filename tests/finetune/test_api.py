@@ -21,6 +21,7 @@ def test_launch_follow_and_cancel(api_client, cast, tiny_base, version, enqueued
     assert response.status_code == 201
     job = response.json()
     assert (job["status"], job["name"], job["queue_position"], job["model"]) == ("queued", "API job", 1, None)
+    assert job["phase"] == "queued"
     assert job["datanet_versions"] == [version.pk]
     assert enqueued == [(job["id"], False)]
 
@@ -39,9 +40,19 @@ def test_idempotency_key_header_returns_the_same_job(api_client, cast, tiny_base
     api_client.force_authenticate(cast.owner)
     first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
     again = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
-    assert (first.status_code, again.status_code) == (201, 200)
+    assert (first.status_code, again.status_code) == (201, 201)  # a replay answers as the first request did
     assert first.json()["id"] == again.json()["id"]
+    location = f"http://testserver/api/v1/finetunes/{first.json()['id']}/"
+    assert first["Location"] == again["Location"] == location
     assert FineTuneJob.objects.count() == 1
+
+
+def test_an_idempotency_key_header_too_long_is_refused_naming_it(api_client, cast, tiny_base, version):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="k" * 65)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"Idempotency-Key": ["Use 1 to 64 printable characters."]}
+    assert FineTuneJob.objects.count() == 0
 
 
 @pytest.mark.parametrize(
@@ -60,7 +71,6 @@ def test_idempotency_key_reused_with_a_different_request_is_409(api_client, cast
     api_client.force_authenticate(cast.owner)
     first = api_client.post("/api/v1/finetunes/", body(version), format="json", HTTP_IDEMPOTENCY_KEY="abc")
     assert first.status_code == 201
-    job_id = first.json()["id"]
     before = list(FineTuneJob.objects.values()), len(enqueued)
 
     response = api_client.post("/api/v1/finetunes/", {**body(version), **change}, format="json",
@@ -69,8 +79,8 @@ def test_idempotency_key_reused_with_a_different_request_is_409(api_client, cast
     assert response.json() == {
         "error": {
             "code": "idempotency_conflict",
-            "message": f"The idempotency key “abc” was already used to launch job #{job_id} with different settings; "
-            "send a new key to launch another job, or the same settings to get that job back.",
+            "message": "The Idempotency-Key “abc” was already used with a different request; send a new key, or the "
+            "same request to get the first answer back.",
             "details": {},
         }
     }
@@ -97,7 +107,7 @@ def test_idempotency_key_with_the_same_request_in_another_spelling_returns_the_s
         "base_model": "tiny-base",
     }
     response = api_client.post("/api/v1/finetunes/", again, format="json", HTTP_IDEMPOTENCY_KEY="k")
-    assert (first.status_code, response.status_code) == (201, 200)
+    assert (first.status_code, response.status_code) == (201, 201)
     assert response.json()["id"] == first.json()["id"]
     assert FineTuneJob.objects.count() == 1
 
@@ -119,8 +129,9 @@ def test_the_schema_documents_the_conflict(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     launch = schema["paths"]["/api/v1/finetunes/"]["post"]
     assert launch["responses"]["409"]["description"] == (
-        "The idempotency key launched a job before, from a different request."
+        "The Idempotency-Key was used before with a different request; nothing was created."
     )
+    assert "200" not in launch["responses"]
     assert "Idempotency-Key" in [p["name"] for p in launch["parameters"]]
 
 
@@ -131,8 +142,8 @@ def test_bad_launch_names_each_field_and_creates_nothing(api_client, cast, tiny_
     )
     assert response.status_code == 400
     assert response.json()["error"]["details"] == {
-        "hyperparameters.epochs": "must be between 1 and 20",
-        "hyperparameters.max_length": "must be at most 256, the longest input Tiny base can read",
+        "hyperparameters.epochs": ["must be between 1 and 20"],  # a list of messages, as for every field
+        "hyperparameters.max_length": ["must be at most 256, the longest input Tiny base can read"],
     }
     response = api_client.post("/api/v1/finetunes/", {"datanet_versions": []}, format="json")
     assert response.json()["error"]["details"] == {
@@ -163,7 +174,7 @@ def test_someone_elses_private_version_is_answered_as_a_missing_one(api_client, 
     assert (hidden.status_code, absent.status_code) == (400, 400)
     # The same answer, the id aside, and the datanet's name nowhere in it.
     assert hidden.json() == _with_id(absent.json(), missing, private.pk)
-    assert hidden.json()["error"]["details"] == {"datanet_versions": f"There is no datanet version {private.pk}."}
+    assert hidden.json()["error"]["details"] == {"datanet_versions": [f"There is no datanet version {private.pk}."]}
     assert "Secret" not in hidden.content.decode() and "private" not in hidden.content.decode()
     assert FineTuneJob.objects.count() == 0
 

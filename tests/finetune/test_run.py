@@ -143,6 +143,20 @@ def test_dead_worker_is_resumed_once_then_failed(job, enqueued, settings, django
     assert job.message.startswith("The training worker stopped unexpectedly (2 times), so the job was ended.")
 
 
+def test_status_and_phase_agree_when_a_job_is_requeued_and_claimed(job, settings, api_client):
+    from modelfactory.services.finetune_worker import _claim
+
+    old = timezone.now() - timedelta(seconds=settings.MF_JOB_STALE_SECONDS + 5)
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running", phase="indexing", heartbeat_at=old, attempts=1)
+    services.finetune_reap_stale()
+    api_client.force_authenticate(job.owner)
+    shown = api_client.get(f"/api/v1/finetunes/{job.pk}/").json()
+    assert (shown["status"], shown["phase"]) == ("queued", "queued")
+
+    claimed = _claim(job.pk, hostname="w")
+    assert (claimed.status, claimed.phase) == ("running", "loading")
+
+
 def test_workdir_is_under_media(job, settings):
     assert job.workdir == Path(settings.MEDIA_ROOT) / "finetunes" / str(job.pk)
 

@@ -23,9 +23,23 @@ def test_owner_publishes_with_a_price_in_credits(api_client, cast, draft):
     response = _publish(api_client, cast.owner, price_per_1k_tokens="0.002500", visibility="public")
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "published"
+    assert response.json()["price_per_1k_tokens"] == "0.002500"  # the unit it went in with: credits
     draft.refresh_from_db()
     assert (draft.status, draft.visibility, draft.price_per_1k_tokens) == ("published", "public", 2500)
     assert draft.published_at is not None
+    listed = api_client.get("/api/v1/models/").json()["results"]
+    assert [m["price_per_1k_tokens"] for m in listed] == ["0.002500"]
+    shown = api_client.get("/api/v1/models/draft-model/").json()
+    assert shown["price_per_1k_tokens"] == "0.002500"
+
+
+@pytest.mark.parametrize("price", [0.5, 0.0025, True])
+def test_a_json_number_with_a_fraction_is_refused_as_a_price(api_client, cast, draft, price):
+    response = _publish(api_client, cast.owner, price_per_1k_tokens=price, visibility="public")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["price_per_1k_tokens"]
+    draft.refresh_from_db()
+    assert (draft.status, draft.price_per_1k_tokens) == ("draft", 2000)
 
 
 def test_others_cannot_publish(api_client, cast, draft):

@@ -215,7 +215,7 @@ def test_a_proof_carries_the_newest_signed_root(anchored, api_client, cast, sett
 def test_a_statement_carries_the_newest_signed_root(anchored, api_client, cast, settings):
     api_client.force_authenticate(cast.owner)
     body = api_client.get("/api/v1/ledger/transactions/").json()
-    assert body["count"] == 4
+    assert len(body["results"]) == 4
     _check_signed(body["anchor"], settings)
     assert body["anchor"]["sequence"] == 3
 

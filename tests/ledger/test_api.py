@@ -43,7 +43,7 @@ def test_balance_shape(api_client, cast, settled):
 def test_transactions_are_the_callers_only(api_client, cast, settled):
     api_client.force_authenticate(cast.teammate)
     body = api_client.get("/api/v1/ledger/transactions/").json()
-    assert body["count"] == 1
+    assert len(body["results"]) == 1
     line = body["results"][0]
     assert (line["transaction_id"], line["kind"], line["amount"], line["running_balance"]) == (
         settled.pk,
@@ -52,7 +52,85 @@ def test_transactions_are_the_callers_only(api_client, cast, settled):
         "1.400000",
     )
     api_client.force_authenticate(cast.staff)
-    assert api_client.get("/api/v1/ledger/transactions/").json()["count"] == 0
+    assert api_client.get("/api/v1/ledger/transactions/").json()["results"] == []
+
+
+def test_statement_has_one_line_per_posting_each_with_its_own_id(api_client, cast, fund):
+    """The owner who also contributed is paid twice by one settlement: two lines, told apart by posting_id."""
+    fund(cast.outsider, 10)
+    settled = settlement_post(
+        key="inference:2", payer_user_id=cast.outsider.pk, fee_micro=2 * CREDIT, owner_user_id=cast.owner.pk,
+        contributor_shares={cast.owner.pk: 1}, metadata={}, memo="",
+    )  # fmt: skip
+    postings = list(settled.postings.filter(account__owner=cast.owner).order_by("-id").values_list("id", "amount"))
+    assert len(postings) == 2
+    api_client.force_authenticate(cast.owner)
+    lines = api_client.get("/api/v1/ledger/transactions/").json()["results"]
+    assert [(line["posting_id"], line["transaction_id"]) for line in lines] == [(p, settled.pk) for p, _ in postings]
+    assert [line["amount"] for line in lines] == [f"{a / CREDIT:.6f}" for _, a in postings]
+
+
+def test_statement_pages_by_cursor(api_client, cast, fund):
+    for n in range(5):
+        fund(cast.owner, n + 1)
+    api_client.force_authenticate(cast.owner)
+    everything = api_client.get("/api/v1/ledger/transactions/?page_size=200").json()
+    assert set(everything) == {"next", "previous", "results", "anchor"}
+    expected = [line["posting_id"] for line in everything["results"]]
+    assert len(expected) == 5
+    seen, url, pages = [], "/api/v1/ledger/transactions/?page_size=2", 0
+    while url:
+        body = api_client.get(url).json()
+        seen += [line["posting_id"] for line in body["results"]]
+        assert "cursor=" in (body["next"] or "cursor=") and "page=" not in (body["next"] or "")
+        url, pages = body["next"], pages + 1
+        fund(cast.owner, 1)  # new lines arriving while the client pages never shift what it reads
+    assert (seen, pages) == (expected, 3)
+
+
+@pytest.mark.parametrize("cursor", ["null", "%F4%86%B1%96", "bz0tMQ%3D%3D"])  # the last: a negative offset
+def test_a_bad_cursor_is_refused_naming_it(api_client, cast, cursor):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.get(f"/api/v1/ledger/transactions/?cursor={cursor}")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "cursor": ["This is not a cursor this list gave out; follow `next` from the first page."]
+    }
+
+
+@pytest.mark.parametrize("value", ["null", "0", "-1", "201", "ten", "1e2", "9" * 5000])
+def test_a_bad_page_size_is_refused_naming_it(api_client, cast, value):
+    api_client.force_authenticate(cast.owner)
+    for path in ("/api/v1/ledger/transactions/", "/api/v1/ledger/withdrawals/"):
+        response = api_client.get(f"{path}?page_size={value}")
+        assert response.status_code == 400, path
+        assert response.json()["error"] == {
+            "code": "invalid",
+            "message": "Some values are not valid: page_size",
+            "details": {"page_size": ["Enter a whole number from 1 to 200."]},
+        }
+
+
+@pytest.mark.parametrize(
+    ("query", "details"),
+    [
+        ("from=yesterday", {"from": ["Enter a valid date."]}),
+        ("to=2026-13-01", {"to": ["Enter a valid date."]}),
+        ("kind=nope", {"kind": ["Select a valid choice. nope is not one of the available choices."]}),
+    ],
+)
+def test_statement_filter_errors_name_the_parameter_sent(api_client, cast, query, details):
+    api_client.force_authenticate(cast.owner)
+    response = api_client.get(f"/api/v1/ledger/transactions/?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == details
+
+
+def test_statement_dates_are_typed_in_the_schema(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    params = {p["name"]: p["schema"] for p in schema["paths"]["/api/v1/ledger/transactions/"]["get"]["parameters"]}
+    assert params["from"] == params["to"] == {"type": "string", "format": "date"}
+    assert params["cursor"]["type"] == "string" and params["page_size"]["type"] == "integer"
 
 
 def test_transactions_filter_errors_are_in_the_error_shape(api_client, cast):
@@ -88,7 +166,13 @@ def test_withdrawal_api(api_client, cast, settled, settings):
     assert response.status_code == 201, response.json()
     assert response.json()["amount"] == "2.500000" and response.json()["status"] == "requested"
     again = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "2.5"}, HTTP_IDEMPOTENCY_KEY="k1")
-    assert again.json()["id"] == response.json()["id"]
+    assert again.status_code == 201
+    assert again.json() == response.json()
+    location = f"http://testserver/api/v1/ledger/withdrawals/{response.json()['id']}/"
+    assert response["Location"] == again["Location"] == location
+    assert api_client.get(location).json() == response.json()
+    api_client.force_authenticate(cast.owner)
+    assert api_client.get(location).status_code == 404  # only its owner reads it
     assert Withdrawal.objects.count() == 1
     assert wallet_balance(cast.outsider) == 8 * CREDIT - 2_500_000
 
@@ -114,7 +198,12 @@ def test_idempotency_conflict_is_409(api_client, cast, settled, settings):
     before = snapshot()
     response = api_client.post("/api/v1/ledger/withdrawals/", {"amount": "3"}, HTTP_IDEMPOTENCY_KEY="k")
     assert response.status_code == 409
-    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert response.json()["error"] == {  # the ledger's own key (withdrawal:<user id>:k) is not shown
+        "code": "idempotency_conflict",
+        "message": "The Idempotency-Key “k” was already used with a different request; send a new key, or the "
+        "same request to get the first answer back.",
+        "details": {},
+    }
     assert snapshot() == before
 
 
