@@ -109,6 +109,7 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
     page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
     assert owner_name in page and f"{split['contributors'][str(owner_id)] / CREDIT:.6f}" in page
     assert f"{split['owner'] / CREDIT:.6f}" in page and "0.100000" in page
+    assert "that part of the contributors' pay goes to the model owner, not to rows no answer draws on." in page
 
 
 def test_an_answer_copying_a_row_gets_spans_highlighted(planted, make_inference, cast, client, enqueued):
