@@ -24,7 +24,7 @@ from attribution.services.settlement import (
     settlement_terms,
     training_row_shares,
 )
-from attribution.services.settlement_check import attribution_settlement_check
+from attribution.services.settlement_check import attribution_settlement_check, rule_payouts
 from attribution.services.sweep import attribution_sweep_pending
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "inference_completed",
     "index_build",
     "index_stage_run",
+    "rule_payouts",
     "settlement_shares",
     "settlement_terms",
     "training_row_shares",

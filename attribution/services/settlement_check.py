@@ -78,3 +78,29 @@ def _split_problems(record: dict, *, tx_id: int, skip: set[int]) -> list[str]:
     } or any(uid not in split.contributors for uid in paid if uid not in skip):
         problems.append("The ledger's postings do not pay the contributors their split.")
     return problems
+
+
+def rule_payouts(*, attributions, rule: str) -> dict[int, int]:
+    """{user id: micro-units} the contributors would be paid for these finished, fee-bearing answers under `rule`
+    (any rule, not only the one each recorded): to compare rules on the same answers. Writes nothing."""
+    paid: dict[int, int] = {}
+    for attribution in attributions:
+        fee = attribution.inference.fee_micro
+        done = attribution.status == Attribution.Status.DONE
+        row_shares = training_row_shares(job=attribution.inference.model_version.job) if rule == "settle-1" else {}
+        shares = settlement_shares(
+            contributor_shares=attribution.contributor_shares if done else {},
+            unattributed=attribution.unattributed if done else 1.0,
+            row_shares=row_shares,
+            rule=rule,
+        )
+        policy, unattributed = settlement_terms(rule=rule, unattributed=attribution.unattributed if done else 1.0)
+        split = split_fee(
+            fee,
+            policy or SplitPolicy(),
+            {int(uid): to_fraction(share) for uid, share in shares.items()},
+            None if unattributed is None else to_fraction(unattributed),
+        )
+        for uid, amount in split.contributors.items():
+            paid[uid] = paid.get(uid, 0) + amount
+    return paid

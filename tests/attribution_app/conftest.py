@@ -113,13 +113,20 @@ def planted(planted_factory) -> Planted:
 
 
 def _planted(
-    cast, pretrained_dir, *, extra: dict | None = None, seed: int | None = None, private: bool = False
+    cast,
+    pretrained_dir,
+    *,
+    extra: dict | None = None,
+    seed: int | None = None,
+    private: bool = False,
+    rows: dict | None = None,
 ) -> Planted:
     """extra: {username: [(question, answer)]}, contributors uploading after alice, bob and carol (their rows get
     the highest record ids); seed: the job's seed (it also picks the held-out rows); private: the owner makes the
-    datanet private once the rows are in, before publishing the version the model is trained on."""
+    datanet private once the rows are in, before publishing the version the model is trained on; rows: {username:
+    [(question, answer)]} instead of alice's, bob's and carol's."""
     owner = cast.owner
-    rows = {**planted_rows(), **(extra or {})}
+    rows = {**(planted_rows() if rows is None else rows), **(extra or {})}
     people = {name: UserFactory(username=name) for name in rows}
     datanet = datanet_services.datanet_create(
         owner=owner, name="Codes", kind="instruction", summary="Made-up codes.",
