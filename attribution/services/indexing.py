@@ -18,7 +18,7 @@ from django.db import transaction
 from attribution import runtime
 from attribution.models import ContributionValue, ModelIndex
 from datanets.models import Contribution
-from datanets.selectors import version_records
+from datanets.selectors import version_copy_credit, version_records
 from modelfactory.selectors import finetune_rows
 from modelfactory.training.data import build_examples
 
@@ -26,15 +26,19 @@ INDEX_FOLDER = "attribution"
 
 
 def _job_rows(job) -> tuple[list[dict], dict]:
-    """The job's rows (as training read them) and {record id: RowOwner(contributor, contribution)}."""
+    """The job's rows (as training read them) and {record id: RowOwner(contributor, contribution)}. A row that
+    copies another contributor's earlier row (Record.copy_of) is owned by the original's contributor and
+    contribution: its credit goes to them, never to the copier."""
     from attribution.engine import RowOwner  # the engine loads torch: only the training process needs it
 
     versions = list(job.datanet_versions.order_by("pk"))
     rows, _ = finetune_rows(versions=versions)
     owners = {}
     for version in versions:
+        credit = version_copy_credit(version_id=version.pk)
         for record in version_records(version_id=version.pk):
-            owners[record.record_id] = RowOwner(record.contributor_id, record.contribution_id)
+            owner = credit.get(record.record_id, (record.contributor_id, record.contribution_id))
+            owners[record.record_id] = RowOwner(*owner)
     return rows, owners
 
 

@@ -100,3 +100,43 @@ def test_rows_nobody_asks_about_earn_nothing_however_many(planted_factory, make_
     assert all(services.attribution_settlement_check(attribution=a) == [] for a in answers)
     ledger_verify()
 
+
+def lightly_edited(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A copier's re-upload: case and punctuation changed, or a word added, answers kept."""
+    edited = []
+    for question, answer in rows:
+        if question.startswith("code of "):
+            edited.append((question.replace("code of", "Code Of").replace("?", " ?!"), answer))
+        elif question.startswith("what is the code"):
+            edited.append((question.replace("what is", "so what is"), answer))
+    return edited
+
+
+def test_a_copier_earns_nothing_for_rows_copied_from_another_contributor(planted_factory, make_inference, cast):
+    from attribution.models import ModelIndex
+    from attribution.runtime import read_owners
+    from datanets.models import Record
+    from tests.attribution_app.conftest import planted_rows
+
+    copied = lightly_edited(planted_rows()["alice"])
+    assert len(copied) == 12
+    planted = planted_factory(extra={"copier": copied}, approve_flagged=True)
+    alice, copier = planted.people["alice"], planted.people["copier"]
+    copies = list(Record.objects.filter(contributor=copier, status="accepted"))
+    assert len(copies) == 12 and all(r.copy_of.contributor_id == alice.pk and "copied" in r.flags for r in copies)
+    owners = read_owners(ModelIndex.objects.get(job=planted.job).owners_path)
+    trained = [r for r in copies if r.pk in owners]
+    assert trained and all(owners[r.pk].contributor_id == alice.pk for r in trained)  # credit goes to alice
+
+    for question, _ in planted.rows["alice"]:
+        if question.startswith("code of "):
+            inference = make_inference(planted, question, caller=cast.teammate)
+            inference_attribute_task.apply(args=[inference.pk])
+    answers = list(Attribution.objects.all())
+    assert len(answers) == 6 and {a.settlement_status for a in answers} == {"settled"}
+    assert all(str(copier.pk) not in a.contributor_shares for a in answers)
+    assert not Account.objects.filter(owner=copier).exists()  # never paid, so no wallet
+    paid = services.rule_payouts(attributions=answers, rule="settle-2")
+    assert copier.pk not in paid and max(paid, key=paid.get) == alice.pk
+    print(f"\ncopier scenario (settle-2): alice {paid.get(alice.pk, 0)}, copier {paid.get(copier.pk, 0)}")
+    ledger_verify()
