@@ -87,6 +87,7 @@ def normalised_text(text: str) -> str:
 # light edits of a row (a word or two changed, added or removed) are still found.
 COPY_THRESHOLD = 0.7
 COPY_SHINGLE_SIZE = 2
+ANSWER_THRESHOLD = 0.5
 
 
 def _copy_index() -> NearDuplicateIndex:
@@ -96,28 +97,35 @@ def _copy_index() -> NearDuplicateIndex:
 @dataclass
 class CopySources:
     """The datanet's earlier rows that a new row may copy: {record id: contributor id}, their normalised texts and
-    a MinHash index of their word pairs. `find` names the earliest row of another contributor with the same
-    normalised text, or else the most similar row of another contributor (estimated Jaccard similarity of word
-    pairs >= COPY_THRESHOLD)."""
+    answers, and a MinHash index of their word pairs. `find` names the earliest row of another contributor with the
+    same normalised text, or else the most similar row of another contributor (estimated Jaccard similarity of word
+    pairs >= COPY_THRESHOLD) whose answer is also nearly the same (the words of the two answers, Jaccard >=
+    ANSWER_THRESHOLD): the same question with another answer contradicts a row, it does not copy it."""
 
     owners: dict[int, int] = field(default_factory=dict)
     by_text: dict[str, int] = field(default_factory=dict)
+    answers: dict[int, str] = field(default_factory=dict)
     index: NearDuplicateIndex = field(default_factory=_copy_index)
 
-    def add(self, record_id: int, contributor_id: int, text: str) -> None:
+    def add(self, record_id: int, contributor_id: int, text: str, answer: str | None = None) -> None:
         self.owners[record_id] = contributor_id
         key = normalised_text(text)
         if key not in self.by_text or record_id < self.by_text[key]:
             self.by_text[key] = record_id
+        self.answers[record_id] = normalised_text(text if answer is None else answer)
         self.index.add(("record", record_id), text)
 
-    def find(self, text: str, contributor_id: int | None) -> dict | None:
+    def find(self, text: str, contributor_id: int | None, answer: str | None = None) -> dict | None:
         """{"record_id", "contributor_id", "how": "same text" | "nearly the same", "similarity"} or None."""
         same = self.by_text.get(normalised_text(text))
         if same is not None and self.owners[same] != contributor_id:
             return {"record_id": same, "contributor_id": self.owners[same], "how": "same text", "similarity": 1.0}
+        words = set(normalised_text(text if answer is None else answer).split())
         for (where, ref), score in self.index.similar(text):
-            if where == "record" and ref in self.owners and self.owners[ref] != contributor_id:
+            if where != "record" or ref not in self.owners or self.owners[ref] == contributor_id:
+                continue
+            theirs = set(self.answers[ref].split())
+            if words | theirs and len(words & theirs) / len(words | theirs) >= ANSWER_THRESHOLD:
                 return {"record_id": ref, "contributor_id": self.owners[ref], "how": "nearly the same",
                         "similarity": score}  # fmt: skip
         return None

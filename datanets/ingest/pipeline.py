@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datanets.ingest.dedup import CopySources, NearDuplicateIndex
 from datanets.ingest.normalise import canonical_json, content_hash
 from datanets.ingest.screen import DEFAULT_ACTIONS, DROP, FLAG_KINDS, REDACT, Limits, redact, screen_fields
-from datanets.ingest.validate import RowInvalid, row_text, validate_row
+from datanets.ingest.validate import RowInvalid, answer_text, row_text, validate_row
 
 REPORT_LIST_LIMIT = 500  # per list in the stored report; totals are always exact
 
@@ -131,10 +131,10 @@ class RowProcessor:
         reason = "dropped: " + ", ".join(FLAG_KINDS[f][0] for f in sorted(flags))
         report._add(report.dropped, {"line": line, "flags": sorted(flags), "reason": reason})
 
-    def _copied(self, line: int, text: str, found: set, details: dict) -> bool:
+    def _copied(self, line: int, text: str, answer: str, found: set, details: dict) -> bool:
         """Flags a row that copies another contributor's earlier row (details["copied"] names it); True when the
         datanet drops such rows."""
-        copied = self.copy_sources.find(text, self.contributor_id) if self.copy_sources is not None else None
+        copied = self.copy_sources.find(text, self.contributor_id, answer) if self.copy_sources is not None else None
         if copied is None:
             return False
         self.report.flags["copied"] += 1
@@ -184,7 +184,7 @@ class RowProcessor:
                     return None
         details: dict = {}
         near = self.near_index.similar_and_add(("line", line), text) if self.near_index is not None else []
-        if self._copied(line, text, found, details):
+        if self._copied(line, text, answer_text(self.kind, content), found, details):
             return None
         if near:
             (where, ref), score = near[0]

@@ -19,6 +19,7 @@ from datanets.ingest.formats import HEAD_BYTES, detect_format
 from datanets.ingest.pipeline import ProcessedRow, Report, RowProcessor
 from datanets.ingest.readers import read_rows
 from datanets.ingest.tokens import TokenCounter, token_counter_for
+from datanets.ingest.validate import answer_text
 from datanets.models import Contribution, Datanet, Record
 from datanets.services.common import _rows_changed
 
@@ -100,9 +101,10 @@ def _processor(datanet: Datanet, contributor_id: int | None = None) -> RowProces
     existing = set(live.values_list("content_hash", flat=True).iterator(chunk_size=5000))
     near_index = NearDuplicateIndex()
     sources = CopySources()
-    for record_id, owner_id, text in live.values_list("id", "contributor_id", "text").iterator(chunk_size=2000):
+    rows = live.values_list("id", "contributor_id", "text", "content").iterator(chunk_size=2000)
+    for record_id, owner_id, text, content in rows:
         near_index.add(("record", record_id), text)
-        sources.add(record_id, owner_id, text)
+        sources.add(record_id, owner_id, text, answer_text(datanet.kind, content))
     return RowProcessor(
         kind=datanet.kind,
         flag_actions=datanet.flag_actions,

@@ -36,7 +36,7 @@ def test_normalised_text_ignores_case_spacing_and_punctuation():
 def test_copy_sources_name_only_other_contributors_rows():
     sources = CopySources()
     sources.add(7, 1, "Plant garlic in autumn.")
-    sources.add(9, 2, LONG[0]["instruction"] + " " + LONG[0]["output"])
+    sources.add(9, 2, LONG[0]["instruction"] + " " + LONG[0]["output"], LONG[0]["output"])
     assert sources.find("plant GARLIC in autumn", 2) == {
         "record_id": 7, "contributor_id": 1, "how": "same text", "similarity": 1.0,
     }  # fmt: skip
@@ -47,6 +47,10 @@ def test_copy_sources_name_only_other_contributors_rows():
     assert 0.7 <= found["similarity"] < 1.0
     assert sources.find(edited["instruction"] + " " + edited["output"], 2) is None
     assert sources.find(LONG[1]["instruction"] + " " + LONG[1]["output"], 1) is None  # same template, other facts
+    # The same question with another answer contradicts the row; it does not copy it.
+    question = LONG[0]["instruction"]
+    assert sources.find(question + " " + "Nothing grows there.", 1, "Nothing grows there.") is None
+    assert sources.find(edited["instruction"] + " " + edited["output"], 1, edited["output"])["record_id"] == 9
 
 
 def test_a_copier_s_lightly_edited_rows_are_flagged_with_the_original(datanet, cast, client):
@@ -135,3 +139,13 @@ def test_the_admin_shows_the_original_of_a_copy_read_only(datanet, cast, client)
     client.force_login(cast.staff)
     page = client.get(f"/admin/datanets/record/{record.pk}/change/").content.decode()
     assert str(record.copy_of) in page and 'name="copy_of"' not in page
+
+
+def test_the_same_questions_with_other_answers_are_no_copies(datanet, cast):
+    facts = [{"instruction": f"what is the code of the gate number {n}?", "output": f"k{n}q{n}"} for n in range(4)]
+    original = ingest(datanet, cast.teammate, "mine.jsonl", jsonl(facts))
+    services.contribution_approve(contribution=original, curator=cast.owner)
+    other = [{**row, "output": f"z{n}z{n}"} for n, row in enumerate(facts)]
+    contradicting = ingest(datanet, UserFactory(username="mallory"), "other.jsonl", jsonl(other))
+    assert "copied" not in contradicting.report["flags"]
+    assert not Record.objects.filter(contribution=contradicting, copy_of__isnull=False).exists()
