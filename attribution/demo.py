@@ -91,8 +91,19 @@ def _user(username: str, *, staff: bool = False):
     return user
 
 
-def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
-    """Runs the chain; returns the figures it printed (for tests)."""
+FARMER = "demo_farmer"
+FARMER_ROWS = 200
+
+
+def farmer_rows(n: int = FARMER_ROWS) -> list[tuple[str, str]]:
+    """Distinct, clean rows that none of the demo's questions is about (a farmer uploading for volume)."""
+    return [(f"What is entry {i} of the seed catalogue?", f"Entry {i} of the seed catalogue is lot {i * 7 + 3}.")
+            for i in range(1, n + 1)]  # fmt: skip
+
+
+def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) -> dict:
+    """Runs the chain; returns the figures it printed (for tests). farmer: a fourth contributor uploads
+    FARMER_ROWS rows nobody asks about, and the payouts under settle-1 and settle-2 are compared at the end."""
     from datanets import services as datanets
     from modelfactory.models import FineTuneJob
 
@@ -101,7 +112,8 @@ def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
     # The curator also plays the member of staff who funds the caller (step 4): granting credit needs the permission.
     curator.user_permissions.add(Permission.objects.get(content_type__app_label="ledger", codename="grant_credit"))
     caller = _user("demo_caller")
-    contributors = {name: _user(name) for name in CONTRIBUTORS}
+    uploads = {**CONTRIBUTORS, **({FARMER: farmer_rows()} if farmer else {})}
+    contributors = {name: _user(name) for name in uploads}
 
     say("1. A curator creates a datanet; three contributors upload (one file has bad rows).")
     datanet = datanets.datanet_create(
@@ -112,7 +124,7 @@ def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
         tags=["demo"],
         policy="approval",
     )
-    for name, pairs in CONTRIBUTORS.items():
+    for name, pairs in uploads.items():
         lines = [json.dumps({"instruction": q, "output": a}, ensure_ascii=False) for q, a in pairs]
         if name == "demo_carol":
             lines += CAROL_BAD_LINES
@@ -168,6 +180,8 @@ def demo_run(*, tiny: bool, say: Callable[[str], None]) -> dict:
         balances[user.username] = wallet_summary(user=user)["available"]
         say(f"   {user.username:<14} {_credits(balances[user.username]):>14} credits")
 
+    if farmer:
+        _compare_rules(answers=answers, contributors=contributors, say=say)
     say("7. ledger_verify recomputes every sum, balance, hash and checkpoint:")
     from io import StringIO
 
@@ -246,8 +260,21 @@ def _ask(*, caller, slug: str, question: str, say):
     return inference
 
 
+def _compare_rules(*, answers, contributors, say) -> None:
+    """The same answers paid under the older rule settle-1 (unattributed part by row count) and the current
+    settle-2 (unattributed part to the model owner)."""
+    from attribution.models import Attribution
+    from attribution.services import rule_payouts
+
+    attributions = list(Attribution.objects.filter(inference__in=answers).select_related("inference__model_version"))
+    old, new = (rule_payouts(attributions=attributions, rule=rule) for rule in ("settle-1", "settle-2"))
+    say("   The same answers under the older rule settle-1 (by row count) and the current settle-2:")
+    for name, user in contributors.items():
+        say(f"   {name:<14} settle-1 {_credits(old.get(user.pk, 0)):>10}  settle-2 {_credits(new.get(user.pk, 0)):>10}")
+
+
 def _show_attribution(attribution, *, inference, say) -> None:
-    spread = " (that part is spread over the contributors by their row share)" if attribution.unattributed else ""
+    spread = " (that part goes to the model owner)" if attribution.unattributed else ""
     say(
         f"   answer {inference.pk}: attribution {attribution.status}, {attribution.unattributed:.0%} unattributed"
         f"{spread}; settlement {attribution.settlement_status}"

@@ -56,7 +56,7 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
             "why": why_paid(
                 name=s.contributor.username, traced=s.share, settled_share=s.settled_share,
                 amount=s.amount_micro if settled else None, unattributed=attribution.unattributed,
-                fallback=attribution.status == Attribution.Status.FALLBACK,
+                fallback=attribution.status == Attribution.Status.FALLBACK, rule=attribution.settlement_rule,
             ),
         }
         for s in shares
@@ -108,12 +108,23 @@ def percent(value: float) -> str:
 
 
 def why_paid(
-    *, name: str, traced: float, settled_share: float, amount: int | None, unattributed: float, fallback: bool
+    *,
+    name: str,
+    traced: float,
+    settled_share: float,
+    amount: int | None,
+    unattributed: float,
+    fallback: bool,
+    rule: str = "settle-1",
 ) -> str:
-    """One plain sentence on why a contributor got what they got for one answer (settlement rule "settle-1": the
-    traced share, plus a part of the untraced rest by how many training rows each person gave)."""
+    """One plain sentence on why a contributor got what they got for one answer, under the answer's own settlement
+    rule: "settle-1" paid the traced share plus a part of the untraced rest by how many training rows each person
+    gave; later rules pay the traced share only (the untraced rest goes to the model's owner)."""
     paid = "is owed" if amount is None else ("was paid nothing" if amount == 0 else f"was paid {credits(amount)}")
     part = f"{percent(settled_share)} of what the answer paid its contributors"
+    if rule != "settle-1":
+        return _why_paid_traced_only(name=name, paid=paid, part=part, traced=traced, unattributed=unattributed,
+                                     fallback=fallback)  # fmt: skip
     if fallback:
         return (
             f"{name} {paid} ({part}) for the training rows they gave: this answer could not be traced to single "
@@ -130,6 +141,22 @@ def why_paid(
     return (
         f"{name} {paid} ({part}): {percent(traced)} of the answer was traced to their rows, and {untraced} is "
         "shared by how many training rows each person gave."
+    )
+
+
+def _why_paid_traced_only(*, name, paid, part, traced, unattributed, fallback) -> str:
+    if fallback:
+        return (
+            f"{name} {paid}: this answer could not be traced to single rows, so the contributors' part went to the "
+            "model's owner."
+        )
+    if traced <= 0:
+        return f"{name} {paid}: none of the answer was traced to their rows."
+    if unattributed <= 0:
+        return f"{name} {paid} ({part}) because {percent(traced)} of the answer was traced to their rows."
+    return (
+        f"{name} {paid} ({part}) because {percent(traced)} of the answer was traced to their rows; the "
+        f"{percent(unattributed)} that could not be traced to anyone went to the model's owner, not to rows."
     )
 
 

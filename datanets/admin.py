@@ -32,7 +32,7 @@ class RecordAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["content_hash", "text"]
     raw_id_fields = ["datanet", "contribution", "contributor"]
-    readonly_fields = ["content_hash", "content", "text"]
+    readonly_fields = ["content_hash", "content", "text", "copy_of"]  # set at ingest, never by hand
 
 
 class VersionRecordInline(admin.TabularInline):

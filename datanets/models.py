@@ -164,6 +164,15 @@ class Record(models.Model):
     flag_details = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.STAGED)
     drop_reason = models.CharField(max_length=300, blank=True)
+    copy_of = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="copies",
+        help_text="Another contributor's earlier row this row copies (same or nearly the same text): its "
+        "attribution credit goes to that row's contributor.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -235,6 +235,42 @@ def version_records(*, version_id: int) -> Iterator[VersionRow]:
         yield VersionRow(record_id, contributor_id, contribution_id, kind, content)
 
 
+COPY_CHAIN_MAX = 20
+
+
+def version_copy_credit(*, version_id: int) -> dict[int, tuple[int, int]]:
+    """{record id: (contributor id, contribution id) of the original} for the version's rows that copy another
+    contributor's earlier row (Record.copy_of, followed back to the first row of the chain): whom their credit
+    belongs to. Rows that copy nobody are left out."""
+    parent = dict(
+        Record.objects.filter(
+            pk__in=VersionRecord.objects.filter(version_id=version_id).values("record_id"), copy_of__isnull=False
+        ).values_list("id", "copy_of_id")
+    )
+    if not parent:
+        return {}
+    known: dict[int, tuple[int | None, int, int]] = {}  # id -> (copy_of, contributor, contribution)
+    wanted = set(parent.values())
+    for _ in range(COPY_CHAIN_MAX):
+        wanted -= known.keys()
+        if not wanted:
+            break
+        for pk, copy_of, contributor, contribution in Record.objects.filter(pk__in=wanted).values_list(
+            "id", "copy_of_id", "contributor_id", "contribution_id"
+        ):
+            known[pk] = (copy_of, contributor, contribution)
+        wanted = {known[pk][0] for pk in wanted if pk in known and known[pk][0] is not None}
+    credit = {}
+    for record_id, original in parent.items():
+        for _ in range(COPY_CHAIN_MAX):
+            if original not in known or known[original][0] is None or known[original][0] not in known:
+                break
+            original = known[original][0]
+        if original in known:
+            credit[record_id] = known[original][1:]
+    return credit
+
+
 def version_contributor_row_counts(*, version_id: int) -> dict[int, int]:
     """{user id: number of rows in the version}."""
     return dict(

@@ -191,7 +191,10 @@ def contribution_detail(request, pk):
         context["mapping_form"] = ColumnMappingForm(kind=datanet.kind, columns=report.get("columns", []))
     if contribution.is_finished and contribution.status != Contribution.Status.FAILED:
         context["flagged"] = list(
-            contribution.records.filter(status__in=Record.LIVE).exclude(flags=[]).order_by("line")[:200]
+            contribution.records.filter(status__in=Record.LIVE)
+            .exclude(flags=[])
+            .select_related("copy_of__contributor")
+            .order_by("line")[:200]
         )
     if request.htmx:
         response = render(request, "datanets/contribution.html#live", context)

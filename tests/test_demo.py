@@ -40,3 +40,22 @@ def test_demo_runs_the_whole_chain(settings, tmp_path):
         )
     )
     assert received == fees
+
+
+def test_demo_with_a_farmer_compares_the_rules(settings, tmp_path):
+    from attribution.demo import FARMER
+    from ledger.models import Account
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MF_BASE_MODEL_DIR = tmp_path / "models"
+    out = StringIO()
+    call_command("demo", "--tiny", "--farmer", stdout=out)
+    text = out.getvalue()
+
+    assert f"{FARMER}: 200 rows kept, 0 refused, 0 duplicate(s)" in text
+    assert "version 1: 210 rows from 4 contributors" in text
+    assert "The same answers under the older rule settle-1 (by row count) and the current settle-2:" in text
+    line = next(x for x in text.splitlines() if x.strip().startswith(f"{FARMER} ") and "settle-1" in x)
+    paid = Account.objects.filter(owner__username=FARMER).values_list("balance", flat=True).first() or 0
+    assert line.split("settle-2")[1].strip() == f"{paid / 1_000_000:.6f}"  # the ledger paid what settle-2 says
+    assert "Ledger OK:" in text

@@ -4,8 +4,10 @@
   (the fine-tune's "indexing" stage);
 - answer: one attribution per answer (a pending row when an inference completes, then the engine's result or the
   fallback, stored once);
-- settlement: the hand-off of a finished attribution's fee to the ledger (rule "settle-1", fallback by row share,
-  batches of waiting answers claimed with advisory locks, one ledger.settlement_post_many call per batch);
+- settlement: the hand-off of a finished attribution's fee to the ledger (rule "settle-2": the unattributed part to
+  the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
+  claimed with advisory locks, one ledger.settlement_post_many call per batch;
+- settlement_check: a settled answer checked against the rule it recorded;
 - sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again.
 
 Every result stores the rules it was computed with, so that it can be recomputed (see each module's docstring).
@@ -15,26 +17,33 @@ from attribution.services.answer import AttributionRetry, attribution_request, a
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
+    SETTLE_2_POLICY,
     SETTLEMENT_RULE,
     attribution_settle,
     settlement_shares,
+    settlement_terms,
     training_row_shares,
 )
+from attribution.services.settlement_check import attribution_settlement_check, rule_payouts
 from attribution.services.sweep import attribution_sweep_pending
 
 __all__ = [
     "CLAIM_CANDIDATES",
     "INDEX_FOLDER",
     "SETTLEMENT_RULE",
+    "SETTLE_2_POLICY",
     "AttributionRetry",
     "attribution_request",
     "attribution_run",
     "attribution_settle",
+    "attribution_settlement_check",
     "attribution_sweep_pending",
     "inference_completed",
     "index_build",
     "index_stage_discard",
     "index_stage_run",
+    "rule_payouts",
     "settlement_shares",
+    "settlement_terms",
     "training_row_shares",
 ]

@@ -107,22 +107,25 @@ def _store(*, attribution_id: int, fields: dict, status: str) -> Attribution:
             return attribution
         inference = attribution.inference
         job = inference.model_version.job
-        row_shares = training_row_shares(job=job)
+        rule = SETTLEMENT_RULE
+        row_shares = training_row_shares(job=job) if rule == "settle-1" else {}
         shares = fields.get("contributor_shares", {})
         unattributed = fields.get("unattributed", 0.0) if status == Attribution.Status.DONE else 1.0
         settled = settlement_shares(
             contributor_shares=shares if status == Attribution.Status.DONE else {},
             unattributed=unattributed,
             row_shares=row_shares,
+            rule=rule,
         )
         for name, value in fields.items():
             setattr(attribution, name, value)
         attribution.status = status
-        attribution.settlement_rule = SETTLEMENT_RULE
+        attribution.settlement_rule = rule
         attribution.settlement_shares = settled
         attribution.finished_at = timezone.now()
         attribution.save()
-        total = sum(float(v) for v in settled.values()) or 1.0
+        # settle-2's shares are fractions of the contributors' part as they are (the rest went to the owner).
+        total = (sum(float(v) for v in settled.values()) or 1.0) if rule == "settle-1" else 1.0
         users = sorted({int(k) for k in shares} | {int(k) for k in settled})
         AttributionShare.objects.bulk_create(
             AttributionShare(

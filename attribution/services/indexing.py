@@ -19,7 +19,7 @@ from django.db import transaction
 from attribution import runtime
 from attribution.models import ContributionValue, ModelIndex
 from datanets.models import Contribution
-from datanets.selectors import version_records
+from datanets.selectors import version_copy_credit, version_records
 from modelfactory.selectors import finetune_rows
 from modelfactory.services import lineage_jobs
 from modelfactory.training.data import build_examples
@@ -51,15 +51,19 @@ def _ancestors_train_ids(job, examples) -> set[int]:
 
 
 def _job_rows(job) -> tuple[list[dict], dict]:
-    """The rows of the job's lineage (as training read them) and {record id: RowOwner(contributor, contribution)}."""
+    """The rows of the job's lineage (as training read them) and {record id: RowOwner(contributor, contribution)}. A
+    row that copies another contributor's earlier row (Record.copy_of) is owned by the original's contributor and
+    contribution: its credit goes to them, never to the copier."""
     from attribution.engine import RowOwner  # the engine loads torch: only the training process needs it
 
     versions = _lineage_versions(job)
     rows, _ = finetune_rows(versions=versions)
     owners = {}
     for version in versions:
+        credit = version_copy_credit(version_id=version.pk)
         for record in version_records(version_id=version.pk):
-            owners[record.record_id] = RowOwner(record.contributor_id, record.contribution_id)
+            owner = credit.get(record.record_id, (record.contributor_id, record.contribution_id))
+            owners[record.record_id] = RowOwner(*owner)
     return rows, owners
 
 

@@ -1,12 +1,18 @@
 """Settlement: a finished attribution's fee handed to the ledger, batched when settlements queue up.
 
-- Settlement rule "settle-1": the engine's shares (method "poa-2") name who shaped the answer; the part it could
-  not pin on anyone (`unattributed`) still belongs to the data contributors as a group, so it is spread over them by
-  their row share of the model's training data (rows in the job's datanet versions, version_contributor_row_counts).
-  settled share_c = share_c + unattributed * row_share_c. The ledger splits the contributors' part of the fee (70%
-  by default) by these shares, exactly to the micro-unit.
-- Fallback: an attribution that still fails after MF_ATTRIBUTION_MAX_RETRIES retries is stored as "fallback" and
-  settled by row share alone; the ledger transaction's fallback_reason says so.
+Every attribution records the rule it is settled under (`settlement_rule`); settling and checking dispatch on it
+(RULES), so older settlements stay verifiable under their own rule.
+
+- Rule "settle-2" (new answers): no pay for volume. The engine's shares (method "poa-2") name who shaped the
+  answer and are paid as they are: settled share_c = share_c. The part it could not pin on anyone
+  (`unattributed`) goes to the model owner (policy SETTLE_2_POLICY, unattributed_to "owner"): rows that no answer
+  draws on earn nothing, whatever their number. A fallback (the engine failed) has no shares: the whole
+  contributors' part goes to the owner, and the ledger transaction's fallback_reason says so.
+- Rule "settle-1" (answers attributed before "settle-2"): the unattributed part is spread over the contributors by
+  their row share of the model's training data (rows in the job's datanet versions,
+  version_contributor_row_counts): settled share_c = share_c + unattributed * row_share_c, and a fallback is
+  settled by row share alone. The ledger splits the contributors' part of the fee (70% by default) by these
+  shares, exactly to the micro-unit.
 - No hold (nothing reserved) or a zero fee: there is nothing to settle; a zero-fee hold is released in full.
 - Settlements batch when they queue (PostgreSQL): an answer's settlement takes along other finished answers waiting
   for theirs in one ledger call (`attribution_settle`); each is still its own ledger transaction.
@@ -26,11 +32,14 @@ from attribution.models import Attribution, AttributionShare
 from datanets.selectors import version_contributor_row_counts
 from ledger import services as ledger
 from ledger.calc.money import format_credits
+from ledger.calc.split import SplitPolicy
 from modelfactory.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
 
-SETTLEMENT_RULE = "settle-1"
+SETTLEMENT_RULE = "settle-2"  # the rule new attributions record
+# Rule "settle-2"'s split: the default parts, and the unattributed part of the contributors' part to the owner.
+SETTLE_2_POLICY = SplitPolicy(version="settle-2-2026-1", unattributed_to="owner")
 
 
 def training_row_shares(*, job) -> dict[int, float]:
@@ -43,12 +52,28 @@ def training_row_shares(*, job) -> dict[int, float]:
     return {user_id: n / total for user_id, n in sorted(counts.items())} if total else {}
 
 
-def settlement_shares(*, contributor_shares: dict, unattributed: float, row_shares: dict[int, float]) -> dict:
-    """Rule "settle-1" (module docstring): {str(user id): decimal string}, zero shares left out."""
+def settlement_shares(
+    *, contributor_shares: dict, unattributed: float, row_shares: dict[int, float], rule: str = "settle-1"
+) -> dict:
+    """The shares sent to the ledger under `rule` (module docstring): {str(user id): decimal string}, zero shares
+    left out. Rule "settle-2" ignores row shares (and so the number of rows) altogether."""
     merged: dict[int, float] = {int(k): float(v) for k, v in contributor_shares.items()}
-    for user_id, share in row_shares.items():
-        merged[user_id] = merged.get(user_id, 0.0) + unattributed * share
+    if rule == "settle-1":
+        for user_id, share in row_shares.items():
+            merged[user_id] = merged.get(user_id, 0.0) + unattributed * share
+    elif rule != "settle-2":
+        raise ValueError(f"Unknown settlement rule {rule!r}.")
     return {str(uid): f"{share:.12f}" for uid, share in sorted(merged.items()) if share > 5e-13}
+
+
+def settlement_terms(*, rule: str, unattributed: float) -> tuple[SplitPolicy | None, str | None]:
+    """(policy, unattributed share) handed to the ledger under `rule`: settle-1 the ledger's default policy and
+    no unattributed part (the shares already hold it); settle-2 SETTLE_2_POLICY and the attribution's part."""
+    if rule == "settle-2":
+        return SETTLE_2_POLICY, f"{min(1.0, max(0.0, unattributed)):.12f}"
+    if rule == "settle-1":
+        return None, None
+    raise ValueError(f"Unknown settlement rule {rule!r}.")
 
 
 def _datanet_labels(*, job) -> dict[str, str]:
@@ -198,10 +223,16 @@ def _settlement_candidates(ids: list[int]) -> list[_ToSettle]:
 def _settlement_request(candidate: _ToSettle, labels: dict[str, str]):
     fallback = None
     if candidate.status == Attribution.Status.FALLBACK:
+        where = (
+            "goes to the model owner, as no row can be shown to have shaped the answer"
+            if candidate.settlement_rule == "settle-2"
+            else "is split by row share of the training data"
+        )
         fallback = (
             f"Attribution failed after {candidate.attempts} attempts ({candidate.error[:300]}); the "
-            "contributors' part is split by row share of the training data."
+            f"contributors' part {where}."
         )
+    policy, unattributed = settlement_terms(rule=candidate.settlement_rule, unattributed=candidate.unattributed)
     metadata = {
         "model": candidate.model_slug,
         "datanets": labels,
@@ -220,6 +251,8 @@ def _settlement_request(candidate: _ToSettle, labels: dict[str, str]):
         fee_micro=candidate.fee_micro,
         owner_user_id=candidate.owner_id,
         contributor_shares={int(uid): share for uid, share in candidate.settlement_shares.items()},
+        policy=policy,
+        unattributed=unattributed,
         fallback_reason=fallback,
         metadata=metadata,
         memo=f"Answer {candidate.inference_id} of {candidate.model_slug}",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datanets.ingest.dedup import NearDuplicateIndex
+from datanets.ingest.dedup import CopySources, NearDuplicateIndex
 from datanets.ingest.normalise import canonical_json, content_hash
 from datanets.ingest.screen import DEFAULT_ACTIONS, DROP, FLAG_KINDS, REDACT, Limits, redact, screen_fields
-from datanets.ingest.validate import RowInvalid, row_text, validate_row
+from datanets.ingest.validate import RowInvalid, answer_text, row_text, validate_row
 
 REPORT_LIST_LIMIT = 500  # per list in the stored report; totals are always exact
 
@@ -99,6 +99,8 @@ class RowProcessor:
         row_max_chars: int = 100_000,
         near_index: NearDuplicateIndex | None = None,
         report: Report | None = None,
+        copy_sources: CopySources | None = None,
+        contributor_id: int | None = None,
     ):
         self.kind = kind
         self.actions = {**DEFAULT_ACTIONS, **(flag_actions or {})}
@@ -108,6 +110,8 @@ class RowProcessor:
         self.row_max_chars = row_max_chars
         self.near_index = near_index
         self.report = report or Report()
+        self.copy_sources = copy_sources
+        self.contributor_id = contributor_id
 
     def _duplicate(self, line: int, digest: str) -> bool:
         report = self.report
@@ -126,6 +130,20 @@ class RowProcessor:
         report.dropped_total += 1
         reason = "dropped: " + ", ".join(FLAG_KINDS[f][0] for f in sorted(flags))
         report._add(report.dropped, {"line": line, "flags": sorted(flags), "reason": reason})
+
+    def _copied(self, line: int, text: str, answer: str, found: set, details: dict) -> bool:
+        """Flags a row that copies another contributor's earlier row (details["copied"] names it); True when the
+        datanet drops such rows."""
+        copied = self.copy_sources.find(text, self.contributor_id, answer) if self.copy_sources is not None else None
+        if copied is None:
+            return False
+        self.report.flags["copied"] += 1
+        if self.actions.get("copied") == DROP:
+            self._drop(line, {"copied"})
+            return True
+        found.add("copied")
+        details["copied"] = copied
+        return False
 
     def process(self, line: int, raw, error: str | None = None) -> ProcessedRow | None:
         report = self.report
@@ -165,18 +183,19 @@ class RowProcessor:
                 if self._duplicate(line, digest):
                     return None
         details: dict = {}
-        if self.near_index is not None:
-            similar = self.near_index.check_and_add(("line", line), text)
-            if similar is not None:
-                (where, ref), score = similar
-                report.flags["near_duplicate"] += 1
-                if self.actions.get("near_duplicate") == DROP:
-                    self._drop(line, {"near_duplicate"})
-                    return None
-                found.add("near_duplicate")
-                details["near_duplicate"] = {("of_line" if where == "line" else "record_id"): ref, "similarity": score}
-                report.duplicates_total += 1
-                report._add(report.duplicates, {"line": line, "kind": "near", **details["near_duplicate"]})
+        near = self.near_index.similar_and_add(("line", line), text) if self.near_index is not None else []
+        if self._copied(line, text, answer_text(self.kind, content), found, details):
+            return None
+        if near:
+            (where, ref), score = near[0]
+            report.flags["near_duplicate"] += 1
+            if self.actions.get("near_duplicate") == DROP:
+                self._drop(line, {"near_duplicate"})
+                return None
+            found.add("near_duplicate")
+            details["near_duplicate"] = {("of_line" if where == "line" else "record_id"): ref, "similarity": score}
+            report.duplicates_total += 1
+            report._add(report.duplicates, {"line": line, "kind": "near", **details["near_duplicate"]})
         self.seen[digest] = line
         report.rows_accepted += 1
         return ProcessedRow(line, content, text, digest, sorted(found), details)

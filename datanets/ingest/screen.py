@@ -19,6 +19,7 @@ FLAG_KINDS = {
     "api_key": ("an API key or access token", True),
     "private_key": ("a private key", True),
     "near_duplicate": ("nearly the same as another row", False),
+    "copied": ("a copy of another contributor's earlier row (its credit goes to them)", False),
 }
 DEFAULT_ACTIONS = {
     "empty": DROP,
@@ -31,6 +32,7 @@ DEFAULT_ACTIONS = {
     "api_key": REDACT,
     "private_key": DROP,
     "near_duplicate": KEEP,
+    "copied": KEEP,
 }
 REPLACEMENT = {
     "email": "[email removed]",

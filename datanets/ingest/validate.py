@@ -102,6 +102,15 @@ def row_text(kind: str, content: dict) -> str:
     return content["text"]
 
 
+def answer_text(kind: str, content: dict) -> str:
+    """What a model trained on the row learns to say: the output, the assistant's turns, or the whole text."""
+    if kind == "instruction":
+        return content["output"]
+    if kind == "chat":
+        return "\n".join(m["content"] for m in content["messages"] if m["role"] == "assistant")
+    return content["text"]
+
+
 def map_columns(kind: str, columns: list[str], mapping: dict[str, str] | None) -> dict[str, str]:
     """Maps the datanet's fields to file columns. `mapping` ({field: column}) wins; otherwise exact or alias names
     (case-insensitive). Raises RowInvalid naming a required field that has no column."""

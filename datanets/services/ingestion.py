@@ -14,11 +14,12 @@ from django.utils import timezone
 
 from core.models import WorkerHeartbeat
 from datanets.ingest import IngestError
-from datanets.ingest.dedup import NearDuplicateIndex
+from datanets.ingest.dedup import CopySources, NearDuplicateIndex
 from datanets.ingest.formats import HEAD_BYTES, detect_format
 from datanets.ingest.pipeline import ProcessedRow, Report, RowProcessor
 from datanets.ingest.readers import read_rows
 from datanets.ingest.tokens import TokenCounter, token_counter_for
+from datanets.ingest.validate import answer_text
 from datanets.models import Contribution, Datanet, Record
 from datanets.services.common import _rows_changed
 
@@ -59,6 +60,7 @@ def _stage(contribution: Contribution, rows: list[ProcessedRow], counter: TokenC
                 token_count=n,
                 flags=r.flags,
                 flag_details=r.details,
+                copy_of_id=r.details["copied"]["record_id"] if "copied" in r.details else None,
                 status=Record.Status.STAGED,
             )
             for r, n in zip(rows, counts, strict=True)
@@ -92,25 +94,31 @@ def contribution_ingest(*, contribution_id: int, worker_hostname: str = "") -> C
     return contribution
 
 
-def _processor(datanet: Datanet) -> RowProcessor:
-    """A row processor that knows the datanet's live rows, for exact and near-duplicate detection."""
+def _processor(datanet: Datanet, contributor_id: int | None = None) -> RowProcessor:
+    """A row processor that knows the datanet's live rows, for exact and near-duplicate detection, and for rows
+    that copy another contributor's earlier row (flagged "copied" with that row)."""
     live = Record.objects.filter(datanet=datanet, status__in=Record.LIVE)
     existing = set(live.values_list("content_hash", flat=True).iterator(chunk_size=5000))
     near_index = NearDuplicateIndex()
-    for record_id, text in live.values_list("id", "text").iterator(chunk_size=2000):
+    sources = CopySources()
+    rows = live.values_list("id", "contributor_id", "text", "content").iterator(chunk_size=2000)
+    for record_id, owner_id, text, content in rows:
         near_index.add(("record", record_id), text)
+        sources.add(record_id, owner_id, text, answer_text(datanet.kind, content))
     return RowProcessor(
         kind=datanet.kind,
         flag_actions=datanet.flag_actions,
         existing_hashes=existing,
         row_max_chars=settings.MF_INGEST_ROW_MAX_CHARS,
         near_index=near_index,
+        copy_sources=sources,
+        contributor_id=contributor_id,
     )
 
 
 def _ingest(contribution: Contribution) -> None:
     datanet = contribution.datanet
-    processor = _processor(datanet)
+    processor = _processor(datanet, contribution.contributor_id)
     counter = _token_counter()
     report = processor.report
     tokens = 0

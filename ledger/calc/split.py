@@ -23,6 +23,9 @@ class SplitPolicy:
     contributors_bp: int = 7_000
     platform_bp: int = 1_000
     version: str = "default-2025-1"
+    # Where the part of the contributors' part that no row earned goes (the settlement's `unattributed` share).
+    # None: the policy has no such part (older policies; the shares given are normalised over the whole part).
+    unattributed_to: str | None = None
 
     def __post_init__(self) -> None:
         parts = (self.owner_bp, self.contributors_bp, self.platform_bp)
@@ -32,14 +35,22 @@ class SplitPolicy:
             raise SplitError(f"Policy parts add up to {sum(parts)} basis points, not {BASIS_POINTS}.")
         if not self.version:
             raise SplitError("A policy needs a version so the split can be recomputed later.")
+        if self.unattributed_to not in UNATTRIBUTED_DESTINATIONS:
+            raise SplitError(f"The unattributed part can go to {', '.join(UNATTRIBUTED_DESTINATIONS[1:])} only.")
 
     def as_dict(self) -> dict:
-        return {
+        parts = {
             "version": self.version,
             "owner_bp": self.owner_bp,
             "contributors_bp": self.contributors_bp,
             "platform_bp": self.platform_bp,
         }
+        if self.unattributed_to is not None:  # older policies keep their exact record (and request hash)
+            parts["unattributed_to"] = self.unattributed_to
+        return parts
+
+
+UNATTRIBUTED_DESTINATIONS = (None, "owner")
 
 
 def to_fraction(value: Fraction | Decimal | int | float | str) -> Fraction | int:
@@ -95,11 +106,31 @@ class Split:
     contributors: dict[int, int]  # user id -> micro-units, ascending user id
     platform: int
     contributors_to_owner: int  # the contributors' part when there were no contributors to give it to
+    unattributed: int = 0  # the part of the contributors' part that no row earned (to policy.unattributed_to)
+
+    @property
+    def owner_total(self) -> int:
+        """All the owner receives: the owner's part, the contributors' part nobody could take, and the unattributed
+        part (its only destination is the owner)."""
+        return self.owner + self.contributors_to_owner + self.unattributed
 
 
-def split_fee(fee: int, policy: SplitPolicy, shares: Mapping[int, Fraction | int] | None) -> Split:
+def split_fee(
+    fee: int,
+    policy: SplitPolicy,
+    shares: Mapping[int, Fraction | int] | None,
+    unattributed: Fraction | int | None = None,
+) -> Split:
     """Owner / contributors / platform by the policy (largest remainder over the three parts, in that order),
-    then the contributors' part by share (largest remainder, ties to the lower user id)."""
+    then the contributors' part by share (largest remainder, ties to the lower user id).
+
+    With a policy that names where the unattributed part goes (`unattributed_to`), `unattributed` (0..1) is the
+    fraction of the contributors' part that no row earned: it is cut off first (largest remainder against the
+    attributed part) and goes there; only the rest is split by share."""
+    if (unattributed is not None) != (policy.unattributed_to is not None):
+        raise SplitError("An unattributed share needs a policy that says where it goes, and such a policy needs one.")
+    if unattributed is not None:
+        return _split_unattributed(fee, policy, shares, unattributed)
     if fee < 0:
         raise SplitError("A fee cannot be negative.")
     owner, contributors_part, platform = (
@@ -120,3 +151,24 @@ def split_fee(fee: int, policy: SplitPolicy, shares: Mapping[int, Fraction | int
         return Split(owner=owner, contributors={}, platform=platform, contributors_to_owner=contributors_part)
     parts = allocate(contributors_part, [(uid, shares[uid]) for uid in sorted(shares)])
     return Split(owner=owner, contributors=dict(parts), platform=platform, contributors_to_owner=0)
+
+
+def _split_unattributed(
+    fee: int, policy: SplitPolicy, shares: Mapping[int, Fraction | int] | None, unattributed: Fraction | int
+) -> Split:
+    if not 0 <= unattributed <= 1:
+        raise SplitError("The unattributed share must be between 0 and 1.")
+    base = split_fee(fee, SplitPolicy(policy.owner_bp, policy.contributors_bp, policy.platform_bp, policy.version), {})
+    cut_off = Fraction(unattributed)
+    (_, attributed), (_, cut) = allocate(
+        base.contributors_to_owner, [("attributed", 1 - cut_off), ("unattributed", cut_off)]
+    )
+    whole = SplitPolicy(owner_bp=0, contributors_bp=BASIS_POINTS, platform_bp=0, version=policy.version)
+    paid = split_fee(attributed, whole, shares)
+    return Split(
+        owner=base.owner,
+        contributors=paid.contributors,
+        platform=base.platform,
+        contributors_to_owner=paid.contributors_to_owner,
+        unattributed=cut,
+    )

@@ -57,6 +57,7 @@ class SettlementRequest:
     fallback_reason: str | None = None
     metadata: Mapping | None = None
     memo: str = ""
+    unattributed: Share | None = None
 
 
 def settlement_post(
@@ -71,6 +72,7 @@ def settlement_post(
     fallback_reason: str | None = None,
     metadata: Mapping | None = None,
     memo: str = "",
+    unattributed: Share | None = None,
 ) -> Transaction:
     """Settles one fee in one transaction: the payer (directly, or through the hold `hold_key`) pays `fee_micro`;
     the model owner, the contributors (by share, exactly, largest remainder, ties to the lower user id) and a
@@ -81,6 +83,10 @@ def settlement_post(
     part goes to the owner and `fallback_reason` (or "no contributors") is stored. The metadata records the
     policy, the shares as given, the split and the reason, so anyone can recompute it; put chart labels there
     too ("model": str, "datanet": str or "datanets": {user id: str}).
+
+    `unattributed` (0..1, with a policy whose `unattributed_to` says where it goes): the fraction of the
+    contributors' part that no row earned; it goes there (the owner) and only the rest is split by share. The
+    record then holds the share and the amount.
 
     Raises InsufficientFunds (payer path; recorded), HoldNotOpen, IdempotencyConflict, PolicyOutOfBounds,
     InvalidRequest. Replaying `key` with the same inputs returns the same transaction."""
@@ -96,6 +102,7 @@ def settlement_post(
             fallback_reason=fallback_reason,
             metadata=metadata,
             memo=memo,
+            unattributed=unattributed,
         )
     )
     if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
@@ -162,7 +169,8 @@ def _settlement_split(request: SettlementRequest) -> tuple[SplitPolicy, Split]:
     contributor_shares = request.contributor_shares or {}
     try:
         shares = {int(uid): to_fraction(share) for uid, share in contributor_shares.items()}
-        split = split_fee(fee_micro, policy, shares)
+        unattributed = None if request.unattributed is None else to_fraction(request.unattributed)
+        split = split_fee(fee_micro, policy, shares, unattributed)
     except SplitError as exc:
         raise InvalidRequest(str(exc)) from None
     return policy, split
@@ -173,7 +181,7 @@ def _settlement_record(request: SettlementRequest, policy: SplitPolicy, split: S
     reason, so anyone can recompute the split."""
     contributor_shares = request.contributor_shares or {}
     reason = request.fallback_reason if request.fallback_reason else (None if split.contributors else "no contributors")
-    return {
+    record = {
         "fee_micro": request.fee_micro,
         "policy": policy.as_dict(),
         "method": "largest-remainder-v1",
@@ -183,11 +191,15 @@ def _settlement_record(request: SettlementRequest, policy: SplitPolicy, split: S
         "hold_key": request.hold_key,
         "fallback_reason": reason,
         "split": {
-            "owner": split.owner + split.contributors_to_owner,
+            "owner": split.owner_total,
             "contributors": {str(uid): amount for uid, amount in split.contributors.items()},
             "platform": split.platform,
         },
     }
+    if request.unattributed is not None:  # older settlements keep their exact record (and request hash)
+        record["unattributed"] = jsonable(request.unattributed)
+        record["split"]["unattributed"] = split.unattributed
+    return record
 
 
 def _settlement_plan(
@@ -208,7 +220,7 @@ def _settlement_plan(
         ids = [hold.payer_id, hold.clearing_id] if hold is not None else []
         locked, by_user, by_role = _lock_accounts(ids=ids, users=payer_users, system=[platform])
         legs = [
-            (by_user[owner_user_id], split.owner + split.contributors_to_owner),
+            (by_user[owner_user_id], split.owner_total),
             (by_role[platform], split.platform),
             *((by_user[uid], amount) for uid, amount in split.contributors.items()),
         ]
@@ -256,7 +268,7 @@ def _settlement_prepare(request: SettlementRequest) -> _Settlement:
         memo=(request.memo or "Inference fee")[:500],
         metadata=meta,
         user_legs=[
-            (request.owner_user_id, split.owner + split.contributors_to_owner),
+            (request.owner_user_id, split.owner_total),
             *split.contributors.items(),
             *(((payer_user_id, -fee_micro),) if hold_key is None else ()),
         ],

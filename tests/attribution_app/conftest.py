@@ -113,13 +113,22 @@ def planted(planted_factory) -> Planted:
 
 
 def _planted(
-    cast, pretrained_dir, *, extra: dict | None = None, seed: int | None = None, private: bool = False
+    cast,
+    pretrained_dir,
+    *,
+    extra: dict | None = None,
+    seed: int | None = None,
+    private: bool = False,
+    rows: dict | None = None,
+    approve_flagged: bool = False,
 ) -> Planted:
     """extra: {username: [(question, answer)]}, contributors uploading after alice, bob and carol (their rows get
     the highest record ids); seed: the job's seed (it also picks the held-out rows); private: the owner makes the
-    datanet private once the rows are in, before publishing the version the model is trained on."""
+    datanet private once the rows are in, before publishing the version the model is trained on; rows: {username:
+    [(question, answer)]} instead of alice's, bob's and carol's; approve_flagged: the
+    owner accepts uploads that screening sent to review (e.g. rows flagged as copies)."""
     owner = cast.owner
-    rows = {**planted_rows(), **(extra or {})}
+    rows = {**(planted_rows() if rows is None else rows), **(extra or {})}
     people = {name: UserFactory(username=name) for name in rows}
     datanet = datanet_services.datanet_create(
         owner=owner, name="Codes", kind="instruction", summary="Made-up codes.",
@@ -130,7 +139,9 @@ def _planted(
         contribution = datanet_services.contribution_create(
             datanet=datanet, contributor=user, upload=SimpleUploadedFile(f"{name}.jsonl", data)
         )
-        datanet_services.contribution_ingest(contribution_id=contribution.pk)
+        contribution = datanet_services.contribution_ingest(contribution_id=contribution.pk)
+        if approve_flagged and contribution.status == contribution.Status.NEEDS_REVIEW:
+            datanet_services.contribution_approve(contribution=contribution, curator=owner)
     if private:
         datanet = datanet_services.datanet_update(datanet=datanet, actor=owner, visibility=Datanet.Visibility.PRIVATE)
     version = datanet_services.version_publish(datanet=datanet, actor=owner)

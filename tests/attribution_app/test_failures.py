@@ -1,4 +1,4 @@
-"""Failures: retries then the row-share fallback, the sweep, nothing to settle, refused settlements, routing."""
+"""Failures: retries then the fallback (under rule settle-2 to the owner; under the older settle-1 by row share), the sweep, nothing to settle, refused settlements, routing."""
 
 from datetime import timedelta
 
@@ -21,7 +21,10 @@ def balance(user) -> int:
     return Account.objects.filter(owner=user).values_list("balance", flat=True).first() or 0
 
 
-def test_engine_failures_are_retried_then_settled_by_row_share(planted, make_inference, cast, monkeypatch, settings):
+def test_engine_failures_are_retried_then_settled_by_row_share_under_the_older_rule(
+    planted, make_inference, cast, monkeypatch, settings
+):
+    monkeypatch.setattr(services.answer, "SETTLEMENT_RULE", "settle-1")  # an answer attributed before settle-2
     calls = []
 
     def boom(*args, **kwargs):
@@ -40,6 +43,7 @@ def test_engine_failures_are_retried_then_settled_by_row_share(planted, make_inf
     assert attribution.error == "RuntimeError: index file unreadable"
     assert attribution.contributor_shares == {} and attribution.settlement_status == "settled"
     assert attribution.unattributed == 1.0 and attribution.settlement_rule == "settle-1"
+    assert attribution.settlement_tx.metadata["settlement"]["policy"]["version"] == "default-2025-1"
 
     # Row share of the training data: alice gave 17 rows, bob and carol 16 each (49 in all).
     alice, bob, carol = (planted.people[n] for n in ("alice", "bob", "carol"))
@@ -64,6 +68,40 @@ def test_engine_failures_are_retried_then_settled_by_row_share(planted, make_inf
         bob.pk: (0.0, round(16 / 49, 6)),
         carol.pk: (0.0, round(16 / 49, 6)),
     }
+    assert services.attribution_settlement_check(attribution=attribution) == []
+
+    # The same failure under the current rule: no row can be shown to have shaped the answer, so no row is paid;
+    # the contributors' part goes to the model owner. The older settlement still checks out under its own rule.
+    monkeypatch.setattr(services.answer, "SETTLEMENT_RULE", "settle-2")
+    second = make_inference(planted, LONG_QUESTION, caller=cast.teammate)
+    assert inference_attribute_task.apply(args=[second.pk]).get() == "fallback"
+    newer = Attribution.objects.get(inference=second)
+    assert (newer.settlement_rule, newer.settlement_shares, newer.settlement_status) == ("settle-2", {}, "settled")
+    record = newer.settlement_tx.metadata["settlement"]
+    assert record["fallback_reason"] == (
+        "Attribution failed after 4 attempts (RuntimeError: index file unreadable); the contributors' part goes to "
+        "the model owner, as no row can be shown to have shaped the answer."
+    )
+    assert record["split"] == {"owner": 900_000, "contributors": {}, "platform": 100_000, "unattributed": 700_000}
+    assert (balance(alice), balance(bob), balance(carol), balance(cast.owner)) == (242_857, 228_572, 228_571, 1_100_000)
+    assert not AttributionShare.objects.filter(attribution=newer).exists()
+    assert services.attribution_settlement_check(attribution=newer) == []
+    assert services.attribution_settlement_check(attribution=attribution) == []
+
+    # Checked under a rule it was not settled under, each is found out.
+    attribution.settlement_rule = "settle-2"
+    assert services.attribution_settlement_check(attribution=attribution) == [
+        "The stored shares are not what rule settle-2 gives.",
+        "The ledger's unattributed part is not rule settle-2's.",
+        "The ledger's split policy is not rule settle-2's.",
+    ]
+    newer.settlement_rule = "settle-1"
+    assert services.attribution_settlement_check(attribution=newer) == [
+        "The stored shares are not what rule settle-1 gives.",
+        "The ledger's unattributed part is not rule settle-1's.",
+    ]
+    newer.settlement_rule = "settle-9"
+    assert services.attribution_settlement_check(attribution=newer) == ["Unknown settlement rule 'settle-9'."]
 
 
 def test_a_transient_failure_is_retried_and_then_attributed(planted, make_inference, cast, monkeypatch):

@@ -61,7 +61,7 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
     owner_id, _, _, attribution, _ = seen[0]
     inference = attribution.inference
     assert attribution.status == "done" and attribution.settlement_status == "settled"
-    assert attribution.method_version == "poa-2" and attribution.settlement_rule == "settle-1"
+    assert attribution.method_version == "poa-2" and attribution.settlement_rule == "settle-2"
     assert attribution.spans == []  # a 4-character code is shorter than a verbatim span
     assert attribution.top_rows[0]["contributor_id"] == owner_id
     tx = attribution.settlement_tx
@@ -70,10 +70,12 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
         Posting.objects.filter(transaction=tx).values_list("account__owner_id", "amount").exclude(account__owner=None)
     )
     split = tx.metadata["settlement"]["split"]
-    assert split["owner"] == 200_000 and split["platform"] == 100_000
-    assert sum(split["contributors"].values()) == 700_000
+    # Rule settle-2: the contributors are paid their attributed shares; the unattributed rest goes to the owner.
+    assert split["platform"] == 100_000 and split["owner"] == 200_000 + split["unattributed"]
+    assert split["unattributed"] == round(700_000 * attribution.unattributed)
+    assert sum(split["contributors"].values()) + split["unattributed"] == 700_000
     assert sum(Posting.objects.filter(transaction=tx).values_list("amount", flat=True)) == 0
-    assert postings[cast.owner.pk] == 200_000
+    assert postings[cast.owner.pk] == split["owner"]
     assert postings[cast.teammate.pk] == CREDIT  # the unused half of the 2-credit hold comes back
     assert tx.metadata["settlement"]["fallback_reason"] is None
     assert tx.metadata["model"] == planted.model_version.model.slug
@@ -86,9 +88,10 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
 
     n = len([r for r in results if r[3].settlement_status == "settled"])
     assert n == 18
-    assert balance(cast.owner) == 200_000 * n
+    unattributed = sum(r[3].settlement_tx.metadata["settlement"]["split"]["unattributed"] for r in results)
+    assert balance(cast.owner) == 200_000 * n + unattributed
     assert platform_total() == 100_000 * n
-    assert sum(balance(u) for u in planted.people.values()) == 700_000 * n
+    assert sum(balance(u) for u in planted.people.values()) == 700_000 * n - unattributed
     assert balance(cast.teammate) == n * CREDIT
 
     # The caller sees the amounts through the API and on the page.
@@ -105,7 +108,8 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
     )
     page = client.get(reverse("attribution:inference", args=[inference.pk])).content.decode()
     assert owner_name in page and f"{split['contributors'][str(owner_id)] / CREDIT:.6f}" in page
-    assert "0.200000" in page and "0.100000" in page
+    assert f"{split['owner'] / CREDIT:.6f}" in page and "0.100000" in page
+    assert "that part of the contributors' pay goes to the model owner, not to rows no answer draws on." in page
 
 
 def test_an_answer_copying_a_row_gets_spans_highlighted(planted, make_inference, cast, client, enqueued):

@@ -1,4 +1,4 @@
-"""The one sentence each contributor gets on the answer page (settlement rule settle-1)."""
+"""The one sentence each contributor gets on the answer page, under the answer's own settlement rule."""
 
 import pytest
 
@@ -40,6 +40,30 @@ from attribution.selectors import percent, why_paid
 )
 def test_why_paid(kwargs, sentence):
     assert why_paid(name="ada", **kwargs) == sentence
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "sentence"),
+    [
+        (
+            {"traced": 0.4, "settled_share": 1.0, "amount": 56_000, "unattributed": 0.6, "fallback": False},
+            "ada was paid 0.056 credits (100% of what the answer paid its contributors) because 40% of the answer was "
+            "traced to their rows; the 60% that could not be traced to anyone went to the model's owner, not to "
+            "rows.",
+        ),
+        (
+            {"traced": 0.0, "settled_share": 0.0, "amount": 0, "unattributed": 1.0, "fallback": False},
+            "ada was paid nothing: none of the answer was traced to their rows.",
+        ),
+        (
+            {"traced": 0.0, "settled_share": 0.0, "amount": 0, "unattributed": 1.0, "fallback": True},
+            "ada was paid nothing: this answer could not be traced to single rows, so the contributors' part went to "
+            "the model's owner.",
+        ),
+    ],
+)
+def test_why_paid_under_the_rule_that_pays_traced_rows_only(kwargs, sentence):
+    assert why_paid(name="ada", rule="settle-2", **kwargs) == sentence
 
 
 def test_percent():

@@ -191,3 +191,10 @@ def test_detail_page_stats_follow_every_change_of_live_rows_while_cached(client,
     assert stats() == {"rows": 3, "contributors": 1, "pending": 0}
     page = client.get(f"/datanets/{datanet.slug}/").content.decode()
     assert "<strong>3</strong><br>accepted rows" in page
+
+
+def test_the_datanet_page_says_rows_no_answer_uses_earn_nothing(client, cast, datanet):
+    page = client.get(f"/datanets/{datanet.slug}/").content.decode()
+    assert "<header>How each answer's fee is shared</header>" in page
+    assert "so rows that no answer uses earn nothing, however many there are." in page
+    assert "Settlement rule settle-2, split policy settle-2-2026-1." in page

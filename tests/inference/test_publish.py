@@ -140,3 +140,11 @@ def test_plain_prices_are_read_exactly(api_client, cast, draft, price, micro):
     assert response.status_code == 200, response.content
     draft.refresh_from_db()
     assert draft.price_per_1k_tokens == micro
+
+
+def test_the_model_page_says_where_the_fee_goes(client, cast, tiny_dirs):
+    model = make_model(owner=cast.owner, tiny_dirs=tiny_dirs)
+    page = client.get(f"/models/{model.slug}/").content.decode()
+    assert "20% to the model owner, 70% to the people whose rows the answer draws on, 10% to the platform." in page
+    assert "cannot be traced to any row goes to the model owner" in page
+    assert "Settlement rule settle-2, split policy settle-2-2026-1." in page

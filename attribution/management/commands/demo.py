@@ -12,7 +12,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--tiny", action="store_true", help="Use a tiny random model: fast, but it babbles.")
+        parser.add_argument(
+            "--farmer",
+            action="store_true",
+            help="A fourth contributor uploads 200 rows nobody asks about; compare what the old and the new "
+            "settlement rule pay each contributor.",
+        )
 
-    def handle(self, *args, tiny=False, **options):
-        demo_run(tiny=tiny, say=lambda line: self.stdout.write(line))
+    def handle(self, *args, tiny=False, farmer=False, **options):
+        demo_run(tiny=tiny, farmer=farmer, say=lambda line: self.stdout.write(line))
         self.stdout.write(self.style.SUCCESS("Done. Open http://127.0.0.1:8000/attribution/ and /wallet/ to see it."))

@@ -1,0 +1,25 @@
+"""{% split_policy %}: how an answer's fee is shared under the current settlement rule, in plain words (shown on
+the datanet and model pages, which load this tag rather than import attribution)."""
+
+from django import template
+
+from attribution.services import SETTLE_2_POLICY, SETTLEMENT_RULE
+
+register = template.Library()
+
+
+def split_policy_parts() -> dict:
+    policy = SETTLE_2_POLICY
+    return {
+        "rule": SETTLEMENT_RULE,
+        "version": policy.version,
+        "owner": f"{policy.owner_bp / 100:g}%",
+        "contributors": f"{policy.contributors_bp / 100:g}%",
+        "platform": f"{policy.platform_bp / 100:g}%",
+        "unattributed_to": policy.unattributed_to,
+    }
+
+
+@register.inclusion_tag("attribution/_split_policy.html")
+def split_policy() -> dict:
+    return {"policy": split_policy_parts()}
