@@ -121,6 +121,11 @@ def judge(metrics: dict[str, Any], *, preset: str | None = None) -> dict[str, An
         advice = ["Train longer (more epochs, or a higher minimum of learning steps) to learn more of it."]
         if not facts_preset:
             advice.append("Use the \u201cLearns your facts\u201d preset.")
+        if f1_gain is not None and f1_gain < SOME_F1:  # the loss fell, but the answers did not get closer
+            headline = (
+                "The model picked up the style of your data, but its answers are no closer to the expected ones: "
+            )
+            return {"level": "some", "headline": headline + measures, "advice": advice}
         return {"level": "some", "headline": "The model learned some of your data: " + measures, "advice": advice}
     advice = [
         "Train longer: more epochs, or a higher minimum of learning steps (Advanced settings).",

@@ -146,10 +146,9 @@ def test_bad_launch_names_each_field_and_creates_nothing(api_client, cast, tiny_
         "hyperparameters.max_length": ["must be at most 256, the longest input Tiny base can read"],
     }
     response = api_client.post("/api/v1/finetunes/", {"datanet_versions": []}, format="json")
-    assert response.json()["error"]["details"] == {
-        "base_model": ["This field is required."],
-        "datanet_versions": ["This list may not be empty."],
-    }
+    assert response.json()["error"]["details"] == {"datanet_versions": ["This list may not be empty."]}
+    response = api_client.post("/api/v1/finetunes/", {"datanet_versions": [version.pk]}, format="json")
+    assert response.json()["error"]["details"] == {"base_model": ["This field is required (or give from_model)."]}
     assert FineTuneJob.objects.count() == 0
 
 

@@ -116,12 +116,13 @@ def test_api_from_model(cast, first_model, version):
     with TestCase.captureOnCommitCallbacks(execute=True):
         response = api.post("/api/v1/finetunes/", body, format="json")
     assert response.status_code == 201, response.json()
+    assert response["Location"] == f"/api/v1/finetunes/{response.json()['id']}/"
     assert FineTuneJob.objects.get(pk=response.json()["id"]).parent_version == first_model.latest_version
 
     api.force_authenticate(cast.outsider)
     response = api.post("/api/v1/finetunes/", {**body, "idempotency_key": "x"}, format="json")
     assert response.status_code == 400
-    assert response.json()["error"]["details"] == {"from_model": "You have no trained model called “zorb-expert”."}
+    assert response.json()["error"]["details"] == {"from_model": ["You have no trained model called “zorb-expert”."]}
     response = api.post("/api/v1/finetunes/", {"datanet_versions": [version.pk]}, format="json")
     assert response.status_code == 400 and "base_model" in response.json()["error"]["details"]
     assert FineTuneJob.objects.count() == 2

@@ -77,3 +77,14 @@ def test_the_issue_case_is_barely_changed_not_better():
 )
 def test_levels(values, level):
     assert judge(values)["level"] == level
+
+
+def test_a_lower_loss_with_answers_no_closer_says_style_not_facts():
+    """bench_learning's "quick" run on SmolLM2: the loss fell 30%, its answers took the data's form with wrong facts."""
+    verdict = judge(metrics(3.711, 2.581, 0.2223, 0.1402, 3), preset="quick")
+    assert verdict["level"] == "some"
+    assert verdict["headline"].startswith(
+        "The model picked up the style of your data, but its answers are no closer to the expected ones: on 3 "
+        "held-out questions its answers share 14% of the expected words (the base model: 22%)"
+    )
+    assert verdict["advice"][-1] == "Use the \u201cLearns your facts\u201d preset."
