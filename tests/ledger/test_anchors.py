@@ -231,5 +231,8 @@ def test_the_wallet_page_shows_the_newest_signed_root(anchored, client, cast):
     newest = lines(anchored)[-1]
     client.force_login(cast.owner)
     body = client.get("/wallet/").content.decode()
-    assert f"every transaction up to #4 is fixed by\n  root <code>{newest['root']}</code>" in body
-    assert f"Signature <code>{newest['signature']}</code> by key <code>{newest['public_key']}</code>" in body
+    assert "Every transaction up to #4 is fixed by a signed record of the ledger" in body
+    assert (
+        f"Root <code>{newest['root']}</code>, signature <code>{newest['signature']}</code> by key\n"
+        f"  <code>{newest['public_key']}</code>." in body
+    )
