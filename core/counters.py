@@ -54,6 +54,22 @@ def counter_add(key: str, delta: int = 1, *, ttl: int) -> int:
         return value
 
 
+def value_set_once(key: str, value: float, *, ttl: int) -> float:
+    """Stores `value` under `key` unless a value is there already, and returns the stored one: of many callers at
+    once, exactly one sets it (the file cache's add() is not atomic, so it runs under the counters' lock)."""
+    cache = _cache()
+    if isinstance(cache, RedisCache | LocMemCache):
+        cache.add(key, value, ttl)
+        stored = cache.get(key)
+        return value if stored is None else stored
+    with _file_lock(cache):
+        stored = cache.get(key)
+        if stored is None:
+            cache.set(key, value, ttl)
+            return value
+        return stored
+
+
 def counter_get(key: str) -> int:
     return int(_cache().get(key, 0))
 

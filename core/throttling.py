@@ -10,11 +10,10 @@ import math
 import time
 
 from django.conf import settings
-from django.core.cache import cache
 from rest_framework import throttling
 
 from common.net import client_address
-from core.counters import counter_add
+from core.counters import counter_add, value_set_once
 
 
 class AtomicRateThrottle(throttling.SimpleRateThrottle):
@@ -27,7 +26,7 @@ class AtomicRateThrottle(throttling.SimpleRateThrottle):
         # The window opens at the caller's first request (the add() that wins) and lasts the rate's period.
         now = time.time()
         start_key = f"{self.key}:start"
-        start = now if cache.add(start_key, now, self.duration) else (cache.get(start_key) or now)
+        start = value_set_once(start_key, now, ttl=self.duration)
         count = counter_add(f"{self.key}:{start:.6f}", ttl=self.duration + 1)
         self._wait = math.ceil(start + self.duration - now)
         return count <= self.num_requests

@@ -376,7 +376,7 @@ ENDPOINTS = {
     "datanets": Case("/api/v1/datanets/", public_datanets, r"qb-datanet-\d+", 5),
     "datanet versions": Case("/api/v1/datanets/{datanet}/versions/", versions, r"qb-version-\d+", 5),
     "datanet records": Case("/api/v1/datanets/{datanet}/records/", records, r"qb-row-\d+", 5),
-    "finetunes": Case("/api/v1/finetunes/", jobs, r"qb-job-\d+", 4),
+    "finetunes": Case("/api/v1/finetunes/", jobs, r"qb-job-\d+", 5),
     "models": Case("/api/v1/models/", models, r"qb-model-\d+", 4),
     "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 4),  # a cursor page: no count
     "withdrawals": Case("/api/v1/ledger/withdrawals/", withdrawals, results, 3),

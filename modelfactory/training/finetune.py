@@ -102,7 +102,7 @@ def row_fingerprint(row: dict[str, Any]) -> str:
     return json.dumps([row.get("kind"), row.get("content")], sort_keys=True, ensure_ascii=False)
 
 
-def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device) -> dict[str, Any] | None:
+def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device, on_batch=None) -> dict[str, Any] | None:
     """Base vs tuned on the test set the user chose, without the rows the model trained on (counted in
     "overlap"): the same measures and per-row samples as on the held-out rows, plus "rows" (all of the test set)
     and "overlap". None without a test set."""
@@ -117,7 +117,7 @@ def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device) -> di
     rows = sorted((r for r in kept if int(r["id"]) in usable), key=lambda r: int(r["id"]))
     result = compare_base_and_tuned(
         model, tokenizer, test_examples, rows, device=device, max_answers=spec.max_answers,
-        max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]),
+        max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]), on_batch=on_batch,
     )  # fmt: skip
     result["rows"] = len(spec.test_rows)
     result["overlap"] = len(spec.test_rows) - len(kept)
@@ -252,7 +252,7 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             batch_size=int(hp["batch_size"]),
             on_batch=cancel_check,
         )
-        test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device)
+        test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device, on_batch=cancel_check)
         evaluation_seconds = time.perf_counter() - evaluating
         cancel_check()
         emit({"type": "phase", "phase": "saving"})

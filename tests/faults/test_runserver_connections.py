@@ -32,10 +32,13 @@ def _status(url: str) -> int:
         return error.code
 
 
+APP_NAME = "mf-runserver-burst"  # libpq's PGAPPNAME: only the server under test's connections are counted
+
+
 def _connections_to(database: str) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database]
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s", [database, APP_NAME]
         )
         return cursor.fetchone()[0]
 
@@ -59,6 +62,7 @@ def test_runserver_burst_keeps_connections_bounded(shared_db, fault_settings, tm
         "MF_DB_POOL_MAX_SIZE": str(POOL_SIZE),
         "DJANGO_DEBUG": "true",
         "OMP_NUM_THREADS": "1",
+        "PGAPPNAME": APP_NAME,  # other tests' workers may still hold connections to this database
     }
     log_path = tmp_path / "runserver.log"
     log = open(log_path, "w")  # noqa: SIM115 (closed below)

@@ -41,7 +41,7 @@ def test_page_streams_an_answer_and_the_base_models(client, cast, served):
     assert balance(cast.outsider) == CREDIT - inference.fee_reserved_micro
 
     footer = client.get(urls["answer_url"]).content.decode()
-    assert f"fee {inference.fee_micro / 1_000_000:.6f} credits" in footer
+    assert f'fee <span class="amount" title="{inference.fee_micro / 1_000_000:.6f} credits">' in footer
 
 
 def test_someone_elses_answer_stream_is_not_found(client, cast, served):

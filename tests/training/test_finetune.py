@@ -136,7 +136,7 @@ def test_cancel_discards_everything(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("rows", "settings", "message"),
+    ("rows", "overrides", "message"),
     [
         ([], {}, "The chosen datanet versions have no rows to train on."),
         (
@@ -155,9 +155,9 @@ def test_cancel_discards_everything(tiny_dir, tmp_path):
         ),
     ],
 )
-def test_bad_input_fails_clearly_and_writes_nothing(tiny_dir, tmp_path, rows, settings, message):
+def test_bad_input_fails_clearly_and_writes_nothing(tiny_dir, tmp_path, rows, overrides, message):
     with pytest.raises(TrainingError) as caught:
-        run_finetune(spec(tiny_dir, rows, hyperparameters={**SETTINGS, **settings}), workdir=tmp_path)
+        run_finetune(spec(tiny_dir, rows, hyperparameters={**SETTINGS, **overrides}), workdir=tmp_path)
     assert str(caught.value) == message
     assert list(tmp_path.iterdir()) == []
 
