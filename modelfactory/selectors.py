@@ -322,6 +322,12 @@ def dashboard_models(*, user, limit: int = 5) -> list[TrainedModel]:
     return list(TrainedModel.objects.filter(owner=user)[:limit])
 
 
+def _hidden_datanet_ids(*, user, datanets) -> set[int]:
+    """The ids of the private datanets among `datanets` that `user` may not see (named "a private datanet")."""
+    private = {d.pk for d in datanets if d.visibility != Datanet.Visibility.PUBLIC}
+    return private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
+
+
 def model_card_for(*, user, version: ModelVersion) -> str:
     """The version's model card as `user` may read it. The card was written at training time with every datanet's
     name; a private datanet the user may not see is shown as "a private datanet" (its version number and
@@ -331,8 +337,7 @@ def model_card_for(*, user, version: ModelVersion) -> str:
     if CARD_TABLE_HEADER not in lines:
         return version.model_card
     used = list(version.job.datanet_versions.select_related("datanet").order_by("pk"))
-    private = {v.datanet_id for v in used if v.datanet.visibility != Datanet.Visibility.PUBLIC}
-    hidden = private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
+    hidden = _hidden_datanet_ids(user=user, datanets=[v.datanet for v in used])
     first = lines.index(CARD_TABLE_HEADER) + 2  # after the header and its |---| line
     for index, used_version in enumerate(used, start=first):
         if used_version.datanet_id in hidden and index < len(lines) and lines[index].startswith("| "):
@@ -348,8 +353,7 @@ def model_lineage_for(*, user, model: TrainedModel) -> list[dict]:
         .order_by("number")
     )  # fmt: skip
     used = {v.datanet_id: v.datanet for version in versions for v in version.job.datanet_versions.all()}
-    private = {pk for pk, datanet in used.items() if datanet.visibility != Datanet.Visibility.PUBLIC}
-    hidden = private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
+    hidden = _hidden_datanet_ids(user=user, datanets=used.values())
     lineage = []
     for version in versions:
         data = [

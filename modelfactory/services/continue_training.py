@@ -32,10 +32,7 @@ def finetune_continue(
 
 def model_lineage(*, version: ModelVersion) -> list[ModelVersion]:
     """The versions this one was trained from, oldest first, then itself: [v1, v2, v3]."""
-    chain = [version]
-    while chain[-1].job.parent_version_id is not None:
-        chain.append(chain[-1].job.parent_version)
-    return list(reversed(chain))
+    return [job.model_version for job in lineage_jobs(job=version.job)]
 
 
 def lineage_jobs(*, job: FineTuneJob) -> list[FineTuneJob]:
