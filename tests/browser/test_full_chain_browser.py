@@ -26,7 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from ledger.calc.money import format_credits, format_credits_short
-from tests.browser.conftest import ARTIFACTS, Steps
+from tests.browser.conftest import ARTIFACTS, Steps, keep_screenshots
 from tests.browser.stack import Stack
 from tests.tiny import build_tiny_model_dir
 
@@ -183,6 +183,7 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     ada.get_by_role("button", name="Next").click()
     expect(ada.get_by_role("heading", name="5. Review and launch")).to_be_visible()
     ada.steps.shot("wizard-review")
+    keep_screenshots(ada, "wizard-review")
     ada.get_by_role("button", name="Launch training").click()
     expect(ada.get_by_role("heading", name="Zorb guide")).to_be_visible()
     progress = ada.locator("#job-progress")
@@ -197,6 +198,7 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     points = chart_points(ada)
     assert steps > 0 and points["train"] == steps and points["eval"] >= 1
     ada.steps.shot("job-succeeded")
+    keep_screenshots(ada, "job-result")
 
     # --- Publish at 1 credit per 1,000 tokens -----------------------------------------------------------------------
     ada.get_by_role("button", name="Open the model").click()
@@ -206,6 +208,7 @@ def test_upload_train_publish_chat_attribute_and_settle_in_the_browser(people, s
     publish.get_by_role("button", name="Publish").click()
     expect(ada.locator("#publish header")).to_have_text("Published at 1.00 credits per 1,000 tokens")
     ada.steps.shot("model-published")
+    keep_screenshots(ada, "model")
     model_url = ada.url
 
     # --- Bruno chats with it, and sees who shaped the answer --------------------------------------------------------
