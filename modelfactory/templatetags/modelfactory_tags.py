@@ -2,6 +2,8 @@
 
 from django import template
 
+from modelfactory.training.presets import PRESETS
+
 register = template.Library()
 
 
@@ -17,3 +19,10 @@ def duration(seconds) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60} min"
+
+
+@register.filter
+def preset_label(key: str) -> str:
+    """The preset's name as the wizard shows it ("Learns your facts (recommended)"); the key for an unknown one."""
+    preset = PRESETS.get(key)
+    return preset.label if preset else key

@@ -131,6 +131,7 @@ def test_job_page_progress_partial_and_download(client, cast, tiny_base, version
     assert "Finished" in page and "Held-out questions, answered by both" in page
     assert "(a rough guess: no earlier run on this computer)" in page and "peak <strong>" in page
     assert 'id="verdict"' in page and "Answers that match the expected ones" in page
+    assert "preset “Learns your tone, fast”" in page  # the name the wizard showed, not the API's key
     chart = client.get(f"/train/jobs/{job.pk}/chart/").json()
     assert len(chart["train"]) == FineTuneJob.objects.get().total_steps and chart["active"] is False
 
