@@ -17,6 +17,7 @@ from core.api import error_response
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/v1/")
+REST_PREFIX = "/api/v1/"  # operations documented in /api/schema/ (their query parameters are checked against it)
 # Room for a form's other fields and the multipart framing around an upload of MF_UPLOAD_MAX_BYTES.
 FORM_ALLOWANCE_BYTES = 1024 * 1024
 
@@ -79,6 +80,16 @@ class ApiErrorMiddleware:
                 return error_response("invalid", message, 400)
             return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        if not request.path.startswith(REST_PREFIX) or not request.GET:
+            return None
+        from core.query_params import query_errors
+
+        errors = query_errors(request.path, request.method, list(request.GET), dict(request.GET.lists()))
+        if errors:
+            return error_response("invalid", "Some values are not valid: " + ", ".join(sorted(errors)), 400, errors)
+        return None
 
     def process_exception(self, request, exception):
         if isinstance(exception, OperationalError | InterfaceError):

@@ -1,8 +1,39 @@
+import json
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.utils import html
 
 from datanets.ingest.screen import ACTIONS
 from datanets.models import Contribution, Datanet, DatanetVersion, Record
+
+
+class FormListField(serializers.ListField):
+    """A list; in a form (multipart) request one empty part is an empty item, refused by the item's rules. DRF took
+    it as an empty list, so a PATCH with an empty `curators` part silently removed every curator. (Send [] as JSON
+    to empty a list.)"""
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary) and dictionary.getlist(self.field_name) == [""]:
+            return [""]
+        return super().get_value(dictionary)
+
+
+class FlagActionsField(serializers.DictField):
+    """{flag: action}. In a form (multipart) request it is one JSON part, as the schema documents it: DRF's DictField
+    looked only for `flag_actions.<flag>` parts there and took a JSON part as an empty object, changing nothing."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.ChoiceField(choices=ACTIONS), **kwargs)
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary) and self.field_name in dictionary:
+            raw = dictionary.get(self.field_name)
+            try:
+                return json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                return raw  # not JSON: refused as "Expected a dictionary of items"
+        return super().get_value(dictionary)
 
 
 class DatanetSerializer(serializers.ModelSerializer):
@@ -35,23 +66,23 @@ class DatanetCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=Datanet.Kind.choices)
     summary = serializers.CharField(max_length=300)
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
+    tags = FormListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
     licence = serializers.CharField(max_length=100, required=False, default="CC-BY-4.0")
     visibility = serializers.ChoiceField(choices=Datanet.Visibility.choices)
     policy = serializers.ChoiceField(choices=Datanet.Policy.choices, required=False, default="approval")
-    flag_actions = serializers.DictField(child=serializers.ChoiceField(choices=ACTIONS), required=False)
+    flag_actions = FlagActionsField(required=False)
 
 
 class DatanetUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     summary = serializers.CharField(max_length=300, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
+    tags = FormListField(child=serializers.CharField(max_length=50), required=False, max_length=20)
     licence = serializers.CharField(max_length=100, required=False)
     visibility = serializers.ChoiceField(choices=Datanet.Visibility.choices, required=False)
     policy = serializers.ChoiceField(choices=Datanet.Policy.choices, required=False)
-    curators = serializers.ListField(child=serializers.CharField(max_length=150), required=False)
-    flag_actions = serializers.DictField(child=serializers.ChoiceField(choices=ACTIONS), required=False)
+    curators = FormListField(child=serializers.CharField(max_length=150), required=False)
+    flag_actions = FlagActionsField(required=False)
 
 
 class RowErrorSerializer(serializers.Serializer):

@@ -23,10 +23,12 @@ class CreditsField(serializers.Field):
 
 @extend_schema_field(
     {
-        "type": "string",
-        "pattern": r"^([0-9]+\.?[0-9]{0,6}|\.[0-9]{1,6})$",
-        "example": "12.5",
-        "description": f"Credits as plain digits with at most one '.' and 6 decimal places, at most {MAX_CREDITS:,}.",
+        "oneOf": [
+            {"type": "string", "pattern": r"^\s*([0-9]+\.?[0-9]{0,6}|\.[0-9]{1,6})\s*$", "example": "12.5"},
+            {"type": "integer", "minimum": 0, "maximum": MAX_CREDITS, "example": 12},
+        ],
+        "description": f"Credits as plain digits with at most one '.' and 6 decimal places (a string), or a whole "
+        f"number of credits; at most {MAX_CREDITS:,}. Fractions as JSON numbers are refused (they are floats).",
     }
 )
 class CreditsInputField(CreditsField):

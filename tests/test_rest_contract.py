@@ -65,3 +65,9 @@ def test_the_statement_is_a_cursor_list_with_posting_ids(schema):
     assert set(page["properties"]) == {"next", "previous", "results", "anchor"}
     line = schema["components"]["schemas"]["StatementLine"]["properties"]
     assert line["posting_id"]["type"] == "integer"
+
+
+def test_amounts_sent_as_whole_numbers_are_documented(schema):
+    price = schema["components"]["schemas"]["PublishRequest"]["properties"]["price_per_1k_tokens"]
+    assert [option["type"] for option in price["oneOf"]] == ["string", "integer"]
+    assert price["oneOf"][1]["minimum"] == 0

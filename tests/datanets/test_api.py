@@ -1,9 +1,14 @@
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.db import connection
 from rest_framework.test import APIClient
 
 from datanets import services
 from datanets.models import Contribution, Datanet, Record
 from tests.datanets.conftest import QA, jsonl, upload
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -226,3 +231,70 @@ def test_writes_are_throttled(as_user, cast, monkeypatch):
     statuses = [client.post("/api/v1/datanets/", {"name": f"N{i}", **body}).status_code for i in range(3)]
     assert statuses == [201, 201, 429]
     assert client.get("/api/v1/datanets/").status_code == 200
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="real concurrency needs PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_with_one_key_give_one_datanet():
+    owner = UserFactory(username="racer")
+    threads = 8
+    barrier = threading.Barrier(threads, timeout=60)
+
+    def create(_):
+        try:
+            client = APIClient()
+            client.force_authenticate(owner)
+            barrier.wait()
+            response = client.post("/api/v1/datanets/", GARDEN, format="json", HTTP_IDEMPOTENCY_KEY="race-1")
+            return response.status_code, response.json()["slug"]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        answers = list(pool.map(create, range(threads)))
+    assert answers == [(201, "home-gardening")] * threads
+    assert list(Datanet.objects.values_list("slug", flat=True)) == ["home-gardening"]
+
+
+def test_a_form_patch_applies_flag_actions_sent_as_one_json_part(as_user, cast, datanet):
+    owner = as_user(cast.owner)
+    response = owner.patch(
+        f"/api/v1/datanets/{datanet.slug}/", {"flag_actions": '{"email": "drop"}'}, format="multipart"
+    )
+    assert response.status_code == 200 and response.json()["flag_actions"]["email"] == "drop"
+    before = list(Datanet.objects.values())
+    response = owner.patch(
+        f"/api/v1/datanets/{datanet.slug}/", {"flag_actions": '{"email": "AAA"}'}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"flag_actions.email": ['"AAA" is not a valid choice.']}
+    assert list(Datanet.objects.values()) == before
+
+
+def test_an_empty_curators_part_in_a_form_is_refused_and_keeps_the_curators(as_user, cast, datanet):
+    owner = as_user(cast.owner)
+    assert (
+        owner.patch(f"/api/v1/datanets/{datanet.slug}/", {"curators": ["teammate"]}, format="json").status_code == 200
+    )
+    response = owner.patch(f"/api/v1/datanets/{datanet.slug}/", {"curators": ""}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"curators.0": ["This field may not be blank."]}
+    assert list(Datanet.objects.get(pk=datanet.pk).curators.values_list("username", flat=True)) == ["teammate"]
+    emptied = owner.patch(f"/api/v1/datanets/{datanet.slug}/", {"curators": []}, format="json")
+    assert emptied.status_code == 200 and emptied.json()["curators"] == []
+
+
+def test_an_undocumented_query_parameter_is_refused_by_name(as_user, cast, datanet):
+    response = as_user(cast.owner).get(f"/api/v1/datanets/{datanet.slug}/records/?stauts=pending")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "code": "invalid",
+            "message": "Some values are not valid: stauts",
+            "details": {
+                "stauts": ["Unknown query parameter 'stauts'. This operation accepts: page, page_size, q, status."]
+            },
+        }
+    }
+    ok = as_user(cast.owner).get(f"/api/v1/datanets/{datanet.slug}/records/?status=accepted&format=json")
+    assert ok.status_code == 200

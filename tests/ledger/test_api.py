@@ -327,3 +327,16 @@ def test_plain_amounts_are_read_exactly_everywhere(api_client, client, cast, set
     before = wallet_balance(cast.owner)
     client.post(reverse("admin:ledger_grant"), {"username": "owner", "amount": "1000000000", "memo": "m"})
     assert wallet_balance(cast.owner) - before == 10**15
+
+
+def test_statement_dates_must_not_be_empty_and_unknown_filters_are_refused(api_client, cast):
+    client = api_client
+    client.force_authenticate(cast.owner)
+    response = client.get("/api/v1/ledger/transactions/?to=")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"to": ["This parameter is empty; leave it out or give a value."]}
+    response = client.get("/api/v1/ledger/transactions/?since=2026-01-01")
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "since": ["Unknown query parameter 'since'. This operation accepts: cursor, from, kind, page_size, to."]
+    }
