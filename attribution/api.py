@@ -5,7 +5,7 @@ from rest_framework.views import APIView
 
 from attribution import selectors
 from attribution.models import Attribution
-from attribution.serializers import AttributionSerializer
+from attribution.serializers import AttributionSerializer, ReceiptSerializer
 from ledger.calc.money import format_credits
 
 
@@ -50,3 +50,21 @@ class InferenceAttributionView(APIView):
         except Attribution.DoesNotExist:
             raise exceptions.NotFound("There is no attribution for this answer that you may see.") from None
         return Response(AttributionSerializer(attribution_payload(attribution, user=request.user)).data)
+
+
+class InferenceReceiptView(APIView):
+    """Everything needed to re-check one answer's attribution and payment (no row text): model version and adapter
+    hash, method parameters and seeds, index digests, shares, top rows, spans, the settlement and its ledger proof.
+    `python manage.py attribution_verify ID` recomputes it. Visible to whoever may see the attribution."""
+
+    @extend_schema(responses={200: ReceiptSerializer}, operation_id="inference_receipt")
+    def get(self, request, inference_id: int):
+        try:
+            attribution = selectors.attribution_get_for(user=request.user, inference_id=inference_id)
+        except Attribution.DoesNotExist:
+            raise exceptions.NotFound("There is no attribution for this answer that you may see.") from None
+        if not attribution.is_finished:
+            raise exceptions.NotFound("This answer's attribution is still being computed; try again in a minute.")
+        return Response(
+            ReceiptSerializer(selectors.attribution_receipt(attribution=attribution, user=request.user)).data
+        )

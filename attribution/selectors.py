@@ -14,7 +14,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from attribution.models import Attribution, AttributionShare, ContributionValue
-from ledger.calc.money import format_credits_short
+from ledger.calc.money import format_credits, format_credits_short
 
 
 def attribution_get_for(*, user, inference_id: int) -> Attribution:
@@ -280,4 +280,68 @@ def datanet_summary(*, datanet, user) -> dict:
         "values": values,
         "harmful": [v for v in values if v.harmful],
         "curator": curator,
+    }
+
+
+def attribution_receipt(*, attribution: Attribution, user) -> dict:
+    """What anyone holding the answer needs to re-check its attribution and payment: the model version and adapter
+    hash, the method with its parameters and seeds (the noise floor included), the index (rows, seed, file digests),
+    every contributor's share, the top rows with their scores, the spans, and the settlement with its ledger proof.
+    Row text is not in a receipt (record ids only)."""
+    from attribution.models import ModelIndex
+    from ledger import selectors as ledger_selectors
+    from ledger.models import Transaction
+
+    inference = attribution.inference
+    version = inference.model_version
+    index = ModelIndex.objects.filter(job_id=version.job_id).first()
+    detail = attribution_detail(attribution=attribution, user=user, top=len(attribution.top_rows) or 1)
+    proof = None
+    if attribution.settlement_tx_id is not None:
+        try:
+            proof = ledger_selectors.transaction_proof(user=user, tx_id=attribution.settlement_tx_id)
+        except Transaction.DoesNotExist:
+            proof = None  # a transaction the viewer took no part in (a caller who paid nothing): no proof for them
+    return {
+        "inference_id": inference.pk,
+        "answered_at": inference.completed_at or inference.created_at,
+        "model": inference.model.slug,
+        "model_version": version.number,
+        "adapter_sha256": version.artifact_hash,
+        "base_model": version.job.base_model.slug,
+        "answer_tokens": len(inference.output_token_ids or []),
+        "status": attribution.status,
+        "method_version": attribution.method_version,
+        "params": attribution.params,
+        "index": None
+        if index is None
+        else {
+            "rows": index.rows,
+            "seed": index.seed,
+            "method_version": index.method_version,
+            "files_sha256": (index.params or {}).get("files_sha256"),
+        },
+        "contributors": [
+            {
+                "username": c["username"],
+                "share": c["share"],
+                "settled_share": c["settled_share"],
+                "amount": None if c["amount"] is None else format_credits(c["amount"]),
+            }
+            for c in detail["contributors"]
+        ],
+        "unattributed": attribution.unattributed,
+        "span_coverage": attribution.span_coverage,
+        "top_rows": [
+            {"record_id": row["record_id"], "contributor": row["contributor"], "score": row["score"]}
+            for row in detail["rows"]
+        ],
+        "spans": [{k: s[k] for k in ("start", "end", "record_id")} for s in attribution.spans],
+        "settlement": {
+            "rule": attribution.settlement_rule,
+            "status": attribution.settlement_status,
+            "transaction_id": attribution.settlement_tx_id,
+            "proof": proof,
+        },
+        "verify_command": f"python manage.py attribution_verify {inference.pk}",
     }

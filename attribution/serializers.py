@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from ledger.serializers import ProofSerializer
+
 
 class ContributorShareSerializer(serializers.Serializer):
     username = serializers.CharField()
@@ -42,3 +44,47 @@ class AttributionSerializer(serializers.Serializer):
     contributors = ContributorShareSerializer(many=True)
     rows = AttributedRowSerializer(many=True)
     spans = SpanSerializer(many=True)
+
+
+class ReceiptRowSerializer(serializers.Serializer):
+    record_id = serializers.IntegerField()
+    contributor = serializers.CharField()
+    score = serializers.FloatField()
+
+
+class ReceiptSpanSerializer(serializers.Serializer):
+    start = serializers.IntegerField()
+    end = serializers.IntegerField()
+    record_id = serializers.IntegerField()
+
+
+class ReceiptSettlementSerializer(serializers.Serializer):
+    rule = serializers.CharField()
+    status = serializers.CharField()
+    transaction_id = serializers.IntegerField(allow_null=True)
+    proof = ProofSerializer(
+        allow_null=True,
+        help_text="The ledger's proof of the settlement (as GET /api/v1/ledger/proofs/{tx_id}/); null before "
+        "settlement or for a viewer who took no part in it.",
+    )
+
+
+class ReceiptSerializer(serializers.Serializer):
+    inference_id = serializers.IntegerField()
+    answered_at = serializers.DateTimeField()
+    model = serializers.CharField(help_text="The published model's slug.")
+    model_version = serializers.IntegerField()
+    adapter_sha256 = serializers.CharField(help_text="Hash of the adapter that answered.")
+    base_model = serializers.CharField()
+    answer_tokens = serializers.IntegerField()
+    status = serializers.CharField(help_text="done, or fallback (no attribution could be computed).")
+    method_version = serializers.CharField()
+    params = serializers.JSONField(help_text="Every parameter and seed of the method, the noise floor included.")
+    index = serializers.JSONField(allow_null=True, help_text="{rows, seed, method_version, files_sha256}")
+    contributors = ContributorShareSerializer(many=True)
+    unattributed = serializers.FloatField()
+    span_coverage = serializers.FloatField()
+    top_rows = ReceiptRowSerializer(many=True)
+    spans = ReceiptSpanSerializer(many=True)
+    settlement = ReceiptSettlementSerializer()
+    verify_command = serializers.CharField(help_text="Recomputes this attribution from the stored index.")

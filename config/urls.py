@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TokenObtainView
-from attribution.api import InferenceAttributionView
+from attribution.api import InferenceAttributionView, InferenceReceiptView
 from config import views as config_views
 from core import views as core_views
 from core.api import api_not_found
@@ -27,6 +27,7 @@ api_v1 = [
     path(
         "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
     ),
+    path("inferences/<int:inference_id>/receipt/", InferenceReceiptView.as_view(), name="inference-receipt"),
 ]
 
 urlpatterns = [

@@ -8,7 +8,8 @@
   the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
 - settlement_check: a settled answer checked against the rule it recorded;
-- sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again.
+- sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again;
+- verify: an answer's attribution re-checked from the stored index, answer and settlement (attribution_verify).
 
 Every result stores the rules it was computed with, so that it can be recomputed (see each module's docstring).
 """
@@ -26,6 +27,7 @@ from attribution.services.settlement import (
 )
 from attribution.services.settlement_check import attribution_settlement_check, rule_payouts
 from attribution.services.sweep import attribution_sweep_pending
+from attribution.services.verify import Verification, attribution_verify, index_files_digest
 
 __all__ = [
     "CLAIM_CANDIDATES",
@@ -33,11 +35,14 @@ __all__ = [
     "SETTLEMENT_RULE",
     "SETTLE_2_POLICY",
     "AttributionRetry",
+    "Verification",
     "attribution_request",
     "attribution_run",
     "attribution_settle",
     "attribution_settlement_check",
     "attribution_sweep_pending",
+    "attribution_verify",
+    "index_files_digest",
     "inference_completed",
     "index_build",
     "index_stage_discard",

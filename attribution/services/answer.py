@@ -50,7 +50,7 @@ def _enqueue(inference_id: int) -> None:
     )
 
 
-def _compute(inference) -> dict:
+def attribution_compute(inference) -> dict:
     """Runs the engine on one answer; returns the fields to store. Raises on any failure."""
     from attribution import engine  # loads torch: only the attribution worker needs it
 
@@ -161,7 +161,7 @@ def _attribute(*, inference, attribution: Attribution, final_attempt: bool) -> A
     remain) or the fallback stored (the final attempt)."""
     Attribution.objects.filter(pk=attribution.pk).update(attempts=F("attempts") + 1)
     try:
-        fields = _compute(inference)
+        fields = attribution_compute(inference)
     except Exception as exc:
         logger.warning("attribution of inference %s failed: %s", inference.pk, exc, exc_info=True)
         error = f"{exc.__class__.__name__}: {exc}"

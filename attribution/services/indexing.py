@@ -18,6 +18,7 @@ from django.db import transaction
 
 from attribution import runtime
 from attribution.models import ContributionValue, ModelIndex
+from attribution.services.verify import DIGEST_KEY, index_files_digest
 from datanets.models import Contribution
 from datanets.selectors import version_copy_credit, version_records
 from modelfactory.selectors import finetune_rows
@@ -151,7 +152,8 @@ def _index_record(*, job, folder: Path, index, report, rows: int, size: int, sec
                 "spans_path": str(folder / runtime.SPANS_FILE),
                 "owners_path": str(folder / runtime.OWNERS_FILE),
                 "method_version": METHOD_VERSION,
-                "params": index.params(),
+                # the digest of the files as built: attribution_verify tells a changed index from a recomputation
+                "params": {**index.params(), DIGEST_KEY: index_files_digest(folder)},
                 "k": index.k,
                 "seed": index.seed,
                 "rows": rows,
