@@ -14,7 +14,13 @@
 Every result stores the rules it was computed with, so that it can be recomputed (see each module's docstring).
 """
 
-from attribution.services.answer import AttributionRetry, attribution_request, attribution_run, inference_completed
+from attribution.services.answer import (
+    AttributionRetry,
+    attribution_compute,
+    attribution_request,
+    attribution_run,
+    inference_completed,
+)
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
@@ -36,6 +42,7 @@ __all__ = [
     "SETTLE_2_POLICY",
     "AttributionRetry",
     "Verification",
+    "attribution_compute",
     "attribution_request",
     "attribution_run",
     "attribution_settle",
