@@ -33,7 +33,7 @@ from attribution.services.settlement import (
 )
 from attribution.services.settlement_check import attribution_settlement_check, rule_payouts
 from attribution.services.sweep import attribution_sweep_pending
-from attribution.services.verify import Verification, attribution_verify, index_files_digest
+from attribution.services.verify import Check, Verification, attribution_verify, index_files_digest
 
 __all__ = [
     "CLAIM_CANDIDATES",
@@ -41,6 +41,7 @@ __all__ = [
     "SETTLEMENT_RULE",
     "SETTLE_2_POLICY",
     "AttributionRetry",
+    "Check",
     "Verification",
     "attribution_compute",
     "attribution_request",
