@@ -191,7 +191,22 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
     call_command("ledger_verify", stdout=out)
     for line in out.getvalue().strip().splitlines():
         say(f"   {line}")
-    return {"job": job.status, "answers": [a.pk for a in answers], "balances": balances, "model": trained.slug}
+    say("8. attribution_verify recomputes each answer's attribution from the stored index and checks what was paid:")
+    from attribution.services import attribution_verify
+
+    verified = 0
+    for inference in answers:
+        result = attribution_verify(inference_id=inference.pk)
+        verified += result.ok
+        failed = [f"{check.name} ({check.detail})" for check in result.checks if not check.ok]
+        say(f"   answer {inference.pk}: " + ("verified" if result.ok else "DIFFERS: " + "; ".join(failed)))
+    return {
+        "job": job.status,
+        "answers": [a.pk for a in answers],
+        "balances": balances,
+        "model": trained.slug,
+        "verified": verified,
+    }
 
 
 def _base_model(*, tiny: bool, say):

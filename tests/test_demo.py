@@ -25,6 +25,8 @@ def test_demo_runs_the_whole_chain(settings, tmp_path):
     assert "Finished: Training finished." in text
     assert text.count("   Q: ") == 3
     assert "Ledger OK:" in text and text.rstrip().endswith("/wallet/ to see it.")
+    inference_ids = list(Inference.objects.order_by("pk").values_list("pk", flat=True))
+    assert [f"   answer {pk}: verified" in text for pk in inference_ids] == [True] * 3  # attribution_verify
 
     inferences = list(Inference.objects.order_by("pk"))
     assert [i.status for i in inferences] == ["completed"] * 3
