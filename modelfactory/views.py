@@ -18,7 +18,7 @@ from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits
-from modelfactory import selectors, services, wizard_steps
+from modelfactory import export_views, selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
 from modelfactory.openai_api import relay
@@ -213,6 +213,10 @@ def model_detail(request, slug: str):
     context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
     if model.owner_id == request.user.pk and version:
         context["train_again_versions"] = version_list_usable(user=request.user)
+    context.update(export_views.exports_context(user=request.user, model=model, version=version))
+    if request.htmx and request.GET.get("partial") == "exports":
+        response = render(request, "modelfactory/model_detail.html#exports", context)
+        return response if context.get("exports_active") else HttpResponseStopPolling(response.content)
     return render(request, "modelfactory/model_detail.html", context)
 
 
@@ -267,6 +271,7 @@ def model_publish(request, slug: str):
             slug=slug,
             price_per_1k_tokens=form.cleaned_data["price"],
             visibility=form.cleaned_data["visibility"],
+            allow_exports=form.cleaned_data["allow_exports"],
         )
     except services.ServingRefused as exc:
         messages.error(request, exc.message)
