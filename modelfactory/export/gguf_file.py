@@ -200,7 +200,11 @@ def write_gguf(
         special = gguf.SpecialVocab(Path(tokenizer_dir), load_merges=True, n_vocab=len(tokens))
         if special.chat_template is None and getattr(tokenizer, "chat_template", None):
             special.chat_template = tokenizer.chat_template
+        if special.add_special_token.get("bos") is None:  # as the tokenizer behaves (llama.cpp may add one otherwise)
+            bos = tokenizer.bos_token_id
+            special.add_special_token["bos"] = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
         special.add_to_gguf(writer, quiet=True)
+        writer.add_add_space_prefix(False)  # byte-level BPE marks spaces itself
 
         tensors = list(_tensors(model, config))
         for gguf_name, shape, _ in tensors:
