@@ -6,6 +6,7 @@ app_name = "modelfactory"
 urlpatterns = [
     path("train/", views.train, name="train"),
     path("train/new/", views.wizard, name="wizard"),
+    path("train/compare/", views.jobs_compare, name="compare"),
     path("train/jobs/<int:job_id>/", views.job_detail, name="job"),
     path("train/jobs/<int:job_id>/chart/", views.job_chart, name="job_chart"),
     path("train/jobs/<int:job_id>/control/", views.job_control, name="job_control"),

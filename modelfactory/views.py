@@ -18,7 +18,7 @@ from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits
-from modelfactory import export_views, selectors, services, wizard_steps
+from modelfactory import comparison, export_views, selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
 from modelfactory.openai_api import relay
@@ -166,6 +166,17 @@ def job_detail(request, job_id: int):
             return stop
         return response
     return render(request, "modelfactory/job_detail.html", context)
+
+
+@login_required
+def jobs_compare(request):
+    """Two or more of the user's jobs on one base model (?jobs=1&jobs=2): curves, differing settings, answers."""
+    ids = [int(v) for v in request.GET.getlist("jobs") if v.isdigit()]
+    try:
+        context = {"comparison": comparison.jobs_compare(user=request.user, job_ids=ids)}
+    except comparison.CompareError as exc:
+        context = {"error": str(exc), "jobs": selectors.job_list_for(user=request.user)}
+    return render(request, "modelfactory/compare.html", context, status=200 if "comparison" in context else 400)
 
 
 @login_required
