@@ -162,6 +162,7 @@ def _make_file(export: ModelExport, *, progress) -> tuple[Path, str, int]:
     merge.check_sources(base_dir, adapter_dir)
     folder = export.folder
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)  # of a run whose worker died: only one run of an export at a time (the claim)
     final = folder / export.filename
     token = uuid.uuid4().hex[:12]
     part = folder / f".{export.filename}.{token}.part"
@@ -198,6 +199,17 @@ def _make_file(export: ModelExport, *, progress) -> tuple[Path, str, int]:
     return final, digest, size
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files and folders (their names start with a dot) that a dead worker left in an export's folder."""
+    if not folder.is_dir():
+        return
+    for path in folder.glob(".*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _sha256(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -216,8 +228,10 @@ def export_reap_stale() -> list[int]:
             "pk", flat=True
         )
     )
-    if stale:
-        ModelExport.objects.filter(pk__in=stale, status=ModelExport.Status.RUNNING).update(
+    for export in ModelExport.objects.filter(pk__in=stale).select_related("version"):
+        failed = ModelExport.objects.filter(pk=export.pk, status=ModelExport.Status.RUNNING).update(
             status=ModelExport.Status.FAILED, finished_at=timezone.now(), message=STALE_MESSAGE
         )
+        if failed:
+            _remove_leftovers(export.folder)
     return stale

@@ -238,10 +238,13 @@ def test_a_failed_export_is_tried_again_when_asked(cast, model, enqueued):
     export = ModelExport.objects.create(
         version=model.latest_version, format="adapter", status="failed", message="The worker stopped."
     )
+    export.folder.mkdir(parents=True)
+    (export.folder / ".zorb-expert-v1-adapter.zip.0123.part").write_bytes(b"left by a worker that died")
     with TestCase.captureOnCommitCallbacks(execute=True):
         again, created = export_request(user=cast.owner, slug="zorb-expert", format="adapter")
     assert (again.pk, again.status, created, enqueued) == (export.pk, "queued", True, [export.pk])
     assert export_run(export_id=export.pk).status == "succeeded"
+    assert sorted(p.name for p in export.folder.iterdir()) == ["zorb-expert-v1-adapter.zip"]
     assert export_run(export_id=export.pk) is None  # delivered twice: the second does nothing
 
 
@@ -251,7 +254,11 @@ def test_the_sweep_fails_an_export_whose_worker_died(cast, model, settings):
                                        heartbeat_at=old)  # fmt: skip
     fresh = ModelExport.objects.create(version=model.latest_version, format="adapter", status="running",
                                        heartbeat_at=timezone.now())  # fmt: skip
+    stale.folder.mkdir(parents=True)
+    (stale.folder / ".zorb-expert-v1-merged.zip.abc.part").write_bytes(b"half")
+    (stale.folder / ".work-abc").mkdir()
     assert export_reap_stale() == [stale.pk]
+    assert list(stale.folder.iterdir()) == []
     stale.refresh_from_db()
     fresh.refresh_from_db()
     assert (stale.status, stale.message) == ("failed", export_services.STALE_MESSAGE)
