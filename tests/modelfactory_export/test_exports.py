@@ -263,3 +263,13 @@ def test_the_sweep_fails_an_export_whose_worker_died(cast, model, settings):
     fresh.refresh_from_db()
     assert (stale.status, stale.message) == ("failed", export_services.STALE_MESSAGE)
     assert fresh.status == "running"
+
+
+def test_the_task_runs_on_the_gpu_queue_and_makes_the_file(cast, model):
+    from config.celery import app
+    from modelfactory.tasks import export_run_task
+
+    assert app.amqp.router.route({}, "modelfactory.tasks.export_run_task")["queue"].name == "gpu"
+    export, _ = export_request(user=cast.owner, slug="zorb-expert", format="adapter")
+    assert export_run_task.run(export.pk) == "succeeded"
+    assert export_run_task.run(export.pk) == "not-claimed"
