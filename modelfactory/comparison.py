@@ -63,9 +63,7 @@ def jobs_compare(*, user, job_ids: list[int]) -> Comparison:
 
 def _data_of(user, job: FineTuneJob) -> str:
     versions = sorted(job.datanet_versions.all(), key=lambda v: v.pk)
-    hidden = selectors._hidden_datanet_ids(user=user, datanets=[v.datanet for v in versions])
-    return ", ".join(f"{selectors.PRIVATE_DATANET if v.datanet_id in hidden else v.datanet.name} v{v.number}"
-                     for v in versions)  # fmt: skip
+    return ", ".join(selectors.version_names_for(user=user, versions=versions))
 
 
 def _curves(jobs: list[FineTuneJob]) -> dict:

@@ -328,6 +328,12 @@ def _hidden_datanet_ids(*, user, datanets) -> set[int]:
     return private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
 
 
+def version_names_for(*, user, versions) -> list[str]:
+    """ "Zorb facts v2" for each datanet version, "a private datanet v1" where `user` may not see the datanet."""
+    hidden = _hidden_datanet_ids(user=user, datanets=[v.datanet for v in versions])
+    return [f"{PRIVATE_DATANET if v.datanet_id in hidden else v.datanet.name} v{v.number}" for v in versions]
+
+
 def model_card_for(*, user, version: ModelVersion) -> str:
     """The version's model card as `user` may read it. The card was written at training time with every datanet's
     name; a private datanet the user may not see is shown as "a private datanet" (its version number and
