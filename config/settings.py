@@ -265,6 +265,7 @@ MF_WORKER_SWEEP_SECONDS = env.int("MF_WORKER_SWEEP_SECONDS", 60, min_value=1)
 MF_SWEEPS = {
     "uploads whose check stopped": "datanets.services.contribution_fail_stale",
     "training jobs whose worker died": "modelfactory.services.finetune_reap_stale",
+    "exports whose worker died": "modelfactory.services.export_reap_stale",
     "answers that never finished (their fee reservation is released)": "modelfactory.services.inference_reap_stale",
     "answers whose attribution or settlement never finished": "attribution.services.attribution_sweep_pending",
 }

@@ -9,7 +9,13 @@ from config import views as config_views
 from core import views as core_views
 from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
-from modelfactory.api import BaseModelViewSet, FineTuneViewSet, InferenceDetailView, TrainedModelViewSet
+from modelfactory.api import (
+    BaseModelViewSet,
+    ExportDetailView,
+    FineTuneViewSet,
+    InferenceDetailView,
+    TrainedModelViewSet,
+)
 from modelfactory.openai_api import ChatCompletionsView, ModelDetailView, ModelListView, openai_not_found
 
 router = DefaultRouter()
@@ -24,6 +30,7 @@ api_v1 = [
     path("", include(router.urls)),
     path("ledger/", include("ledger.api_urls")),
     path("inferences/<int:inference_id>/", InferenceDetailView.as_view(), name="inference-detail"),
+    path("exports/<int:export_id>/", ExportDetailView.as_view(), name="export-detail"),
     path(
         "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
     ),

@@ -19,9 +19,11 @@ from core.api import (
 from core.throttling import ScopedRateThrottle
 from ledger.calc.money import format_credits
 from modelfactory import selectors, services
-from modelfactory.models import FineTuneJob, Inference
+from modelfactory.models import FineTuneJob, Inference, ModelExport
 from modelfactory.serializers import (
     BaseModelSerializer,
+    ExportRequestSerializer,
+    ExportSerializer,
     FineTuneControlSerializer,
     FineTuneCreateSerializer,
     FineTuneJobSerializer,
@@ -115,7 +117,7 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         return selectors.trained_model_list(user=self.request.user)
 
     def get_throttles(self):
-        if self.action in ("generate", "publish", "unpublish"):
+        if self.action in ("generate", "publish", "unpublish", "exports"):
             self.throttle_scope = "generate" if self.action == "generate" else "writes"
             return [ScopedRateThrottle()]
         return super().get_throttles()
@@ -132,10 +134,29 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                 slug=slug,
                 price_per_1k_tokens=data.validated_data["price_per_1k_tokens"],
                 visibility=data.validated_data["visibility"],
+                allow_exports=data.validated_data.get("allow_exports"),
             )
         except services.ServingRefused as exc:
             return _refused(exc)
         return Response(TrainedModelSerializer(model).data)
+
+    @extend_schema(
+        request=ExportRequestSerializer,
+        responses={202: ExportSerializer, **error_responses(_403="The owner does not allow downloads.")},
+    )
+    @action(detail=True, methods=["post"])
+    def exports(self, request, slug=None):
+        """Ask for the latest version's files in a format; 202 with the export to follow (GET /api/v1/exports/{id}/).
+        Made once per version and format: asking again returns the same export (a failed one is tried again)."""
+        data = ExportRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            export, _ = services.export_request(user=request.user, slug=slug, format=data.validated_data["format"])
+        except services.ServingRefused as exc:
+            return _refused(exc)
+        location = reverse("export-detail", kwargs={"export_id": export.pk})
+        body = ExportSerializer(export_payload(request, export)).data
+        return Response(body, status=202, headers={"Location": request.build_absolute_uri(location)})
 
     @extend_schema(request=None, responses={200: TrainedModelSerializer})
     @action(detail=True, methods=["post"])
@@ -215,6 +236,38 @@ class InferenceDetailView(APIView):
             "attribution": request.build_absolute_uri(path),
         }
         return Response(InferenceSerializer(payload).data)
+
+
+def export_payload(request, export: ModelExport) -> dict:
+    model = export.version.model
+    ready = export.status == ModelExport.Status.SUCCEEDED
+    download = reverse("modelfactory:export_download", args=[model.slug, export.pk])
+    return {
+        "id": export.pk,
+        "model": model.slug,
+        "model_version": export.version.number,
+        "format": export.format,
+        "status": export.status,
+        "progress": export.progress,
+        "download_url": request.build_absolute_uri(download) if ready else None,
+        "instructions_url": request.build_absolute_uri(reverse("modelfactory:export", args=[model.slug, export.pk])),
+        "sha256": export.sha256,
+        "bytes": export.bytes,
+        "message": export.message,
+    }
+
+
+class ExportDetailView(APIView):
+    """An export of a model version: its status and progress, then where to download it and its SHA-256. Seen by
+    whoever may export the model (others get 404)."""
+
+    @extend_schema(responses={200: ExportSerializer}, operation_id="export_retrieve")
+    def get(self, request, export_id: int):
+        try:
+            export = selectors.export_get_for(user=request.user, export_id=export_id)
+        except ModelExport.DoesNotExist:
+            raise exceptions.NotFound("There is no export with this id that you may download.") from None
+        return Response(ExportSerializer(export_payload(request, export)).data)
 
 
 def _refused(exc):

@@ -76,3 +76,6 @@ class PublishForm(forms.Form):
     visibility = forms.ChoiceField(
         choices=[("public", "Public (anyone can use it)"), ("private", "Private (only you)")], initial="public"
     )
+    allow_exports = forms.BooleanField(
+        required=False, label="Let others download the model's files (adapter, merged model, GGUF) while it is public"
+    )

@@ -172,6 +172,10 @@ class TrainedModel(models.Model):
     price_per_1k_tokens = models.BigIntegerField(
         default=0, help_text="Price per 1,000 tokens in micro-credits (1 credit = 1,000,000)."
     )
+    allow_exports = models.BooleanField(
+        default=False,
+        help_text="Others may download this model's files (adapter, merged, GGUF) while it is published publicly.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     published_at = models.DateTimeField(null=True, blank=True)
 
@@ -212,6 +216,69 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.slug} v{self.number}"
+
+
+class ModelExport(Job):
+    """One file made from a model version for use elsewhere (adapter, merged model, GGUF): made once per version and
+    format (a constraint: two requests at once are one export), kept and downloaded again. The file is written under
+    a temporary name and renamed when complete, so `path` names a whole file or nothing."""
+
+    class Format(models.TextChoices):
+        ADAPTER = "adapter", "Adapter (LoRA, for transformers + peft)"
+        MERGED = "merged", "Merged model (safetensors, for transformers)"
+        GGUF_F16 = "gguf-f16", "GGUF F16 (llama.cpp, Ollama; full precision)"
+        GGUF_Q8_0 = "gguf-q8_0", "GGUF Q8_0 (llama.cpp, Ollama; half the size)"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting in line"
+        RUNNING = "running", "Being made"
+        SUCCEEDED = "succeeded", "Ready"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=12, choices=Format.choices)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="model_exports"
+    )
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    progress = models.FloatField(default=0.0)
+    path = models.CharField(max_length=1000, blank=True, help_text="The finished file (empty until it is made).")
+    sha256 = models.CharField(max_length=64, blank=True)
+    bytes = models.BigIntegerField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True, help_text="How long making the file took.")
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["version", "format"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "format"], name="model_export_once_per_format"),
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0) & models.Q(progress__lte=1), name="model_export_progress_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.format} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.format.startswith("gguf-")
+
+    @property
+    def filename(self) -> str:
+        model = self.version.model
+        extension = "gguf" if self.is_gguf else "zip"
+        return f"{model.slug}-v{self.version.number}-{self.format}.{extension}"
+
+    @property
+    def folder(self) -> Path:
+        return Path(settings.MEDIA_ROOT) / "exports" / str(self.version_id) / self.format
 
 
 class Inference(models.Model):

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from datanets.models import Datanet
 from datanets.selectors import datanet_ids_visible
-from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelVersion, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelExport, ModelVersion, TrainedModel
 
 PRIVATE_DATANET = "a private datanet"
 CARD_TABLE_HEADER = "| datanet | version | manifest hash |"  # modelfactory/training/artifacts.py model_card
@@ -328,6 +328,12 @@ def _hidden_datanet_ids(*, user, datanets) -> set[int]:
     return private - datanet_ids_visible(user=user, datanet_ids=private) if private else set()
 
 
+def version_names_for(*, user, versions) -> list[str]:
+    """ "Zorb facts v2" for each datanet version, "a private datanet v1" where `user` may not see the datanet."""
+    hidden = _hidden_datanet_ids(user=user, datanets=[v.datanet for v in versions])
+    return [f"{PRIVATE_DATANET if v.datanet_id in hidden else v.datanet.name} v{v.number}" for v in versions]
+
+
 def model_card_for(*, user, version: ModelVersion) -> str:
     """The version's model card as `user` may read it. The card was written at training time with every datanet's
     name; a private datanet the user may not see is shown as "a private datanet" (its version number and
@@ -377,3 +383,31 @@ def model_lineage_for(*, user, model: TrainedModel) -> list[dict]:
 def inference_get_for(*, user, inference_id: int) -> Inference:
     """A past answer, for the caller who asked for it only; raises Inference.DoesNotExist for anyone else."""
     return Inference.objects.select_related("model", "model_version").get(pk=inference_id, caller_id=user.pk)
+
+
+# --- Exports -------------------------------------------------------------------------------------------------------
+
+
+def model_exportable_by(*, user, model: TrainedModel) -> bool:
+    """The owner (and staff) may export their model; others only a public published model whose owner allows it.
+    A private model is never exported for anyone else."""
+    if user.is_authenticated and (user.is_staff or model.owner_id == user.pk):
+        return True
+    return (
+        model.allow_exports
+        and model.visibility == TrainedModel.Visibility.PUBLIC
+        and model.status == TrainedModel.Status.PUBLISHED
+    )
+
+
+def export_get_for(*, user, export_id: int) -> ModelExport:
+    """Raises ModelExport.DoesNotExist for an export of a model the user may not export (as if it did not exist)."""
+    export = ModelExport.objects.select_related("version__model__base_model", "version__model__owner").get(pk=export_id)
+    if not model_exportable_by(user=user, model=export.version.model):
+        raise ModelExport.DoesNotExist
+    return export
+
+
+def exports_of_version(*, version: ModelVersion) -> dict[str, ModelExport]:
+    """format -> export of this version (only the formats asked for so far)."""
+    return {export.format: export for export in ModelExport.objects.filter(version=version)}

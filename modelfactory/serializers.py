@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from ledger.serializers import CreditsField, CreditsInputField
-from modelfactory.models import BaseModel, FineTuneJob, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, ModelExport, TrainedModel
 from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
 
@@ -112,6 +112,29 @@ class PublishSerializer(serializers.Serializer):
         'e.g. "0.002000". Operators set the allowed range.',
     )
     visibility = serializers.ChoiceField(choices=TrainedModel.Visibility.choices, default="public")
+    allow_exports = serializers.BooleanField(
+        required=False,
+        help_text="Let others download this model's files (adapter, merged, GGUF) while it is public. "
+        "Left out: unchanged. Never for a private model.",
+    )
+
+
+class ExportRequestSerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=ModelExport.Format.choices)
+
+
+class ExportSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    model = serializers.CharField(help_text="The model's slug.")
+    model_version = serializers.IntegerField()
+    format = serializers.ChoiceField(choices=ModelExport.Format.choices)
+    status = serializers.ChoiceField(choices=ModelExport.Status.choices)
+    progress = serializers.FloatField(help_text="0..1")
+    download_url = serializers.CharField(allow_null=True, help_text="Set once the file is ready.")
+    instructions_url = serializers.CharField(help_text="The page that says how to use the file.")
+    sha256 = serializers.CharField(allow_blank=True)
+    bytes = serializers.IntegerField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
 
 
 class ChatMessageSerializer(serializers.Serializer):

@@ -29,3 +29,13 @@ def inference_base_task(**job) -> None:
     from modelfactory.services import base_generate
 
     base_generate(**job)
+
+
+@shared_task(name="modelfactory.tasks.export_run_task", acks_late=True, reject_on_worker_lost=True)
+def export_run_task(export_id: int) -> str:
+    """Runs on the `gpu` queue (it loads and merges a whole model). Safe to deliver twice: the export is claimed with
+    a conditional update; one whose worker died is failed by the sweep and made again when asked for."""
+    from modelfactory.services import export_run
+
+    export = export_run(export_id=export_id)
+    return export.status if export is not None else "not-claimed"

@@ -1,17 +1,30 @@
 from django.urls import path
 
-from modelfactory import views
+from modelfactory import export_views, views
 
 app_name = "modelfactory"
 urlpatterns = [
     path("train/", views.train, name="train"),
     path("train/new/", views.wizard, name="wizard"),
+    path("train/compare/", views.jobs_compare, name="compare"),
     path("train/jobs/<int:job_id>/", views.job_detail, name="job"),
     path("train/jobs/<int:job_id>/chart/", views.job_chart, name="job_chart"),
     path("train/jobs/<int:job_id>/control/", views.job_control, name="job_control"),
     path("models/", views.models_list, name="models"),
     path("models/<slug:slug>/", views.model_detail, name="model"),
     path("models/<slug:slug>/download/", views.model_download, name="model_download"),
+    path("models/<slug:slug>/exports/", export_views.model_export_start, name="export_start"),
+    path("models/<slug:slug>/exports/<int:export_id>/", export_views.model_export, name="export"),
+    path(
+        "models/<slug:slug>/exports/<int:export_id>/download/",
+        export_views.model_export_download,
+        name="export_download",
+    ),
+    path(
+        "models/<slug:slug>/exports/<int:export_id>/Modelfile",
+        export_views.model_export_modelfile,
+        name="export_modelfile",
+    ),
     path("models/<slug:slug>/train-again/", views.model_train_again, name="model_train_again"),
     path("models/<slug:slug>/publish/", views.model_publish, name="model_publish"),
     path("models/<slug:slug>/unpublish/", views.model_unpublish, name="model_unpublish"),

@@ -18,7 +18,7 @@ from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits
-from modelfactory import selectors, services, wizard_steps
+from modelfactory import comparison, export_views, selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
 from modelfactory.openai_api import relay
@@ -169,6 +169,17 @@ def job_detail(request, job_id: int):
 
 
 @login_required
+def jobs_compare(request):
+    """Two or more of the user's jobs on one base model (?jobs=1&jobs=2): curves, differing settings, answers."""
+    ids = [int(v) for v in request.GET.getlist("jobs") if v.isdigit()]
+    try:
+        context = {"comparison": comparison.jobs_compare(user=request.user, job_ids=ids)}
+    except comparison.CompareError as exc:
+        context = {"error": str(exc), "jobs": selectors.job_list_for(user=request.user)}
+    return render(request, "modelfactory/compare.html", context, status=200 if "comparison" in context else 400)
+
+
+@login_required
 def job_chart(request, job_id: int):
     try:
         job = selectors.job_get_for(user=request.user, job_id=job_id)
@@ -213,6 +224,10 @@ def model_detail(request, slug: str):
     context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
     if model.owner_id == request.user.pk and version:
         context["train_again_versions"] = version_list_usable(user=request.user)
+    context.update(export_views.exports_context(user=request.user, model=model, version=version))
+    if request.htmx and request.GET.get("partial") == "exports":
+        response = render(request, "modelfactory/model_detail.html#exports", context)
+        return response if context.get("exports_active") else HttpResponseStopPolling(response.content)
     return render(request, "modelfactory/model_detail.html", context)
 
 
@@ -267,6 +282,7 @@ def model_publish(request, slug: str):
             slug=slug,
             price_per_1k_tokens=form.cleaned_data["price"],
             visibility=form.cleaned_data["visibility"],
+            allow_exports=form.cleaned_data["allow_exports"],
         )
     except services.ServingRefused as exc:
         messages.error(request, exc.message)

@@ -13,6 +13,7 @@ PURE_CORES = [
     "datanets.ingest",
     "modelfactory.training",
     "modelfactory.serving",
+    "modelfactory.export",
     "attribution.engine",
     "ledger.calc",
     "common",

@@ -11,6 +11,7 @@
 - inference_worker: generation, completion or failure of an inference; the stale-inference sweep.
 - inference_stream: the web side's wait for an answer, streamed or whole.
 - base_compare: the playground's free base-model comparison.
+- exports: a model version's files for use elsewhere (adapter, merged, GGUF), made once by a background task.
 
 Everything public is re-exported here, so `modelfactory.services.X` names the same object as before the split.
 To replace a function in a test, patch the module that looks it up (e.g. finetune_jobs._enqueue).
@@ -20,6 +21,7 @@ from modelfactory.services.base_compare import base_compare_start, base_generate
 from modelfactory.services.base_models import base_model_ensure_default, base_model_register
 from modelfactory.services.continue_training import finetune_continue, lineage_jobs, model_lineage
 from modelfactory.services.errors import ServingRefused
+from modelfactory.services.exports import export_reap_stale, export_request, export_run
 from modelfactory.services.finetune_jobs import (
     RESUME_QUEUED_MESSAGE,
     IdempotencyConflict,
@@ -57,6 +59,9 @@ __all__ = [
     "lineage_jobs",
     "model_lineage",
     "ERROR_STATUS",
+    "export_reap_stale",
+    "export_request",
+    "export_run",
     "PHASE_MESSAGES",
     "RESUME_QUEUED_MESSAGE",
     "UNREACHABLE",

@@ -23,9 +23,12 @@ def _owned_model(*, user, slug: str) -> TrainedModel:
     return model
 
 
-def trained_model_publish(*, user, slug: str, price_per_1k_tokens: int, visibility: str) -> TrainedModel:
+def trained_model_publish(
+    *, user, slug: str, price_per_1k_tokens: int, visibility: str, allow_exports: bool | None = None
+) -> TrainedModel:
     """Publishes the model's latest version at a price (micro-credits per 1,000 tokens) within the operators'
-    bounds. Publishing again changes price and visibility; calls already made keep the price they were made at."""
+    bounds. Publishing again changes price and visibility; calls already made keep the price they were made at.
+    `allow_exports` (None: unchanged) lets others download its files while it is public."""
     model = _owned_model(user=user, slug=slug)
     if model.latest_version is None:
         raise ServingRefused("This model has no trained version yet, so it cannot be published.", code="no_version")
@@ -48,10 +51,12 @@ def trained_model_publish(*, user, slug: str, price_per_1k_tokens: int, visibili
         model = TrainedModel.objects.select_for_update().get(pk=model.pk)
         model.price_per_1k_tokens = price_per_1k_tokens
         model.visibility = visibility
+        if allow_exports is not None:
+            model.allow_exports = allow_exports
         if model.status != TrainedModel.Status.PUBLISHED:
             model.status = TrainedModel.Status.PUBLISHED
             model.published_at = timezone.now()
-        model.save(update_fields=["price_per_1k_tokens", "visibility", "status", "published_at"])
+        model.save(update_fields=["price_per_1k_tokens", "visibility", "allow_exports", "status", "published_at"])
     return model
 
 

@@ -40,6 +40,23 @@
         chart.data.datasets[1].data.push.apply(chart.data.datasets[1].data, more.eval);
       }
     },
+    // Several jobs' losses overlaid (compare runs): {datasets: [{label, data: [{x, y}], job: index, kind}]}; one
+    // colour per job, training loss as a line, held-out loss dashed with points.
+    "loss-compare": {
+      config: function (data) {
+        var colours = ["#0172ad", "#e8590c", "#2f9e44", "#9c36b5", "#c92a2a", "#495057"];
+        return {
+          type: "line",
+          data: { datasets: data.datasets.map(function (d) {
+            var eval_ = d.kind === "eval";
+            return { label: d.label, data: d.data, borderColor: colours[d.job % colours.length], borderWidth: 2,
+                     pointRadius: eval_ ? 3 : 0, borderDash: eval_ ? [6, 4] : [] };
+          }) },
+          options: { animation: false, parsing: false, scales: { x: { type: "linear", title: { display: true, text: "step" } },
+                     y: { title: { display: true, text: "loss" } } } }
+        };
+      }
+    },
     // Each contributor's summed share of a model's answers, per day: {labels: [day], datasets: [{label, data}]}.
     "share-per-day": {
       config: function (data) {
