@@ -287,13 +287,22 @@ def model_unpublish(request, slug: str):
     return redirect("modelfactory:model", slug=slug)
 
 
+PLAYGROUND_ANSWER_TOKENS = 128  # a short first answer: quicker, cheaper; the field allows up to the policy's cap
+
+
 @login_required
 def playground(request, slug: str):
     try:
         model = services.model_servable(user=request.user, slug=slug)
     except services.ServingRefused as exc:
         raise Http404(exc.message) from None
-    context = {"model": model, "version": model.latest_version, "policy": ServingPolicy.current()}
+    policy = ServingPolicy.current()
+    context = {
+        "model": model,
+        "version": model.latest_version,
+        "policy": policy,
+        "answer_tokens": min(PLAYGROUND_ANSWER_TOKENS, policy.default_max_new_tokens, policy.max_new_tokens_cap),
+    }
     return render(request, "modelfactory/playground.html", context)
 
 
@@ -337,6 +346,7 @@ def playground_start(request, slug: str):
         "inference_id": inference.pk,
         "stream_url": reverse("modelfactory:playground_stream", args=[slug, inference.pk]),
         "answer_url": reverse("modelfactory:playground_answer", args=[slug, inference.pk]),
+        "stop_url": reverse("modelfactory:playground_stop", args=[slug, inference.pk]),
         "base_stream_url": reverse("modelfactory:playground_base", args=[slug, base_channel]) if base_channel else None,
     }
     return JsonResponse(payload)
@@ -369,6 +379,23 @@ def playground_stream(request, slug: str, inference_id: int):
         on_error=lambda event: event,
     )
     return _sse_page(events)
+
+
+@login_required
+@require_POST
+def playground_stop(request, slug: str, inference_id: int):
+    """The Stop button: JSON {shown: the text pieces the page showed}. The answer ends there and is billed for them."""
+    inference = _own_inference(request, inference_id)
+    try:
+        data = loads_bounded(request.body or b"{}")
+        shown = int(data["shown"]) if isinstance(data, dict) else None
+    except (ValueError, TypeError, KeyError, JsonTooDeep):
+        shown = None
+    if shown is None or shown < 0:
+        message = "Say how many pieces of the answer the page showed: {\"shown\": 12}."
+        return JsonResponse({"error": {"code": "invalid", "message": message}}, status=400)
+    services.inference_stream_stop(inference_id=inference.pk, shown=shown)
+    return JsonResponse({"stopped": True})
 
 
 @login_required

@@ -42,6 +42,7 @@ from modelfactory.services.inference_stream import (
     inference_channel,
     inference_events,
     inference_stream_ack,
+    inference_stream_stop,
     inference_wait,
 )
 from modelfactory.services.inference_worker import (
@@ -82,6 +83,7 @@ __all__ = [
     "inference_reap_stale",
     "inference_start",
     "inference_stream_ack",
+    "inference_stream_stop",
     "inference_wait",
     "inference_worker_alive",
     "model_servable",
