@@ -74,7 +74,8 @@ def read(channel: str, *, start_timeout: float, timeout: float) -> Iterator[dict
         seq += 1
         started = True
         if event["type"] in ("done", "error"):
-            _cache().delete_many([_key(channel, n) for n in range(seq)] + [_key(channel, "ack"), _key(channel, "shown")])
+            ends = [_key(channel, "ack"), _key(channel, "shown")]
+            _cache().delete_many([_key(channel, n) for n in range(seq)] + ends)
             yield event
             return
         yield event

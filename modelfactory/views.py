@@ -392,7 +392,7 @@ def playground_stop(request, slug: str, inference_id: int):
     except (ValueError, TypeError, KeyError, JsonTooDeep):
         shown = None
     if shown is None or shown < 0:
-        message = "Say how many pieces of the answer the page showed: {\"shown\": 12}."
+        message = 'Say how many pieces of the answer the page showed: {"shown": 12}.'
         return JsonResponse({"error": {"code": "invalid", "message": message}}, status=400)
     services.inference_stream_stop(inference_id=inference.pk, shown=shown)
     return JsonResponse({"stopped": True})
