@@ -74,23 +74,49 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
             context.setdefault("error", problem)
         elif not errors:
             context["estimate"] = selectors.wizard_estimate(base=base, versions=versions, hyperparameters=hp)
-    template = "modelfactory/wizard.html#wizard" if request.htmx else "modelfactory/wizard.html"
+    # A history restore (Back to an address htmx has no snapshot of: the wizard keeps none) wants the whole page.
+    partial = request.htmx and not request.htmx.history_restore_request
+    template = "modelfactory/wizard.html#wizard" if partial else "modelfactory/wizard.html"
     return render(request, template, context, status=status)
+
+
+def _wizard_step_url(step: int) -> str:
+    return f"{reverse('modelfactory:wizard')}?step={step}"
+
+
+def _step_number(value) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 @login_required
 def wizard(request):
-    """The fine-tuning wizard (steps and their checks: modelfactory.wizard_steps). GET shows the current step, or
-    restarts, or goes back to a step reached; POST submits the step shown."""
+    """The fine-tuning wizard (steps and their checks: modelfactory.wizard_steps). Each step has its own address
+    (?step=N), so the browser's Back and Forward and a reload keep the step; a step not reached yet shows the
+    furthest one reached. "?restart=1" asks before forgetting a wizard in progress; POST action=restart forgets it.
+    POST submits the step the page showed (its `step` field), whatever step the session was on."""
     state = request.session.get(SESSION_KEY) or _new_state()
     if request.method == "GET":
         if request.GET.get("restart"):
+            if wizard_steps.has_progress(state):
+                reached = {"number": state["reached"], "label": wizard_steps.STEPS[state["reached"] - 1]}
+                context = {"state": state, "reached": reached, "total": len(wizard_steps.STEPS)}
+                return render(request, "modelfactory/wizard_restart.html", context)
             state = _new_state()
-        elif "step" in request.GET:
-            state = wizard_steps.go_to(state, int(request.GET["step"] or 1))
+        step = _step_number(request.GET.get("step"))
+        if step is None:  # every address names its step: the history entry of this visit comes back to it
+            request.session[SESSION_KEY] = state
+            return redirect(_wizard_step_url(state["step"]))
+        state = wizard_steps.go_to(state, step)
         request.session[SESSION_KEY] = state
         return _render_wizard(request, state)
 
+    if request.POST.get("action") == "restart":
+        request.session[SESSION_KEY] = _new_state()
+        messages.info(request, "Started a new fine-tune.")
+        return redirect(_wizard_step_url(wizard_steps.BASE_MODEL))
+    shown = _step_number(request.POST.get("step"))
+    if shown is not None:  # the page may be an older one the browser went back to
+        state = wizard_steps.go_to(state, shown)
     submission = wizard_steps.Submission(
         action=request.POST.get("action", "next"),
         base_model=request.POST.get("base_model", ""),
@@ -104,8 +130,11 @@ def wizard(request):
     context = {} if outcome.form is None else {"form": outcome.form}
     if outcome.error:
         context["error"] = outcome.error
-        return _render_wizard(request, outcome.state, context, status=422 if not request.htmx else 200)
-    return _render_wizard(request, outcome.state, context)
+        response = _render_wizard(request, outcome.state, context, status=422 if not request.htmx else 200)
+    else:
+        response = _render_wizard(request, outcome.state, context)
+    response["HX-Push-Url"] = _wizard_step_url(outcome.state["step"])
+    return response
 
 
 def _launch(request, state: dict):

@@ -70,7 +70,7 @@ PAGES = [
     ("POST", "/datanets/contributions/{contribution}/reject/", LOGIN, 404, None, None, None),
     ("POST", "/datanets/rows/{record}/drop/", LOGIN, 404, None, None, None),
     ("GET", "/train/", LOGIN, 200, 200, 200, 200),
-    ("GET", "/train/new/", LOGIN, 200, 200, 200, 200),
+    ("GET", "/train/new/?step=1", LOGIN, 200, 200, 200, 200),
     ("GET", "/train/jobs/{job}/", LOGIN, 404, 404, 200, 200),
     ("GET", "/train/jobs/{job}/chart/", LOGIN, 404, 404, 200, 200),
     ("POST", "/train/jobs/{job}/control/", LOGIN, 404, 404, None, None),

@@ -9,8 +9,7 @@ from modelfactory.models import Inference
 from modelfactory.services import fee_for_tokens
 from tests.browser.conftest import keep_screenshots, log_in
 from tests.factories import PASSWORD
-from tests.inference.conftest import PRICE
-from tests.inference.conftest import _clear_streams, _serving_settings, served, tiny_dirs  # noqa: F401 (fixtures)
+from tests.inference.conftest import PRICE, _clear_streams, _serving_settings, served, tiny_dirs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
