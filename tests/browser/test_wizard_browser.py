@@ -23,6 +23,8 @@ def test_back_forward_and_reload_keep_the_step_and_starting_over_asks(page, cast
     page.get_by_role("button", name="Next").click()
     expect(page.get_by_role("heading", name="3. How your rows become training examples")).to_be_visible()
     expect(page).to_have_url(re.compile(r"\?step=3$"))
+    expect(page.get_by_text("Answer: the model learns to write this").first).to_be_visible()
+    keep_screenshots(page, "wizard-examples")
 
     page.go_back()
     expect(page.get_by_role("heading", name="2. Which data does it learn from?")).to_be_visible()

@@ -27,7 +27,13 @@ def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, v
 
     page = post(client, action="next", versions=[str(version.pk)]).content.decode()
     assert "3. How your rows become training examples" in page
-    assert "<mark>" in page  # the trained-on answer is highlighted
+    assert "<mark>" in page  # the trained-on answer is highlighted in the exact text
+    assert '<div class="bubble bubble-user"><small>Question</small>' in page  # and read as a conversation
+    assert (
+        '<div class="bubble bubble-assistant bubble-trained"><small>Answer: the model learns to write this</small>'
+        in page
+    )
+    assert "<summary>Exactly what the model reads</summary>" in page
     assert "rows will be used" in page
 
     page = post(client, action="next").content.decode()
