@@ -17,7 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
-from ledger.calc.money import format_credits
+from ledger.calc.money import format_credits_exact
 from modelfactory import selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
@@ -236,7 +236,7 @@ def _model_or_404(request, slug: str) -> TrainedModel:
 def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
-    price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
+    price_credits = format_credits_exact(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002"
     card = selectors.model_card_for(user=request.user, version=version) if version else ""
     context = {"model": model, "version": version, "model_card": card, "price_credits": price_credits}
     context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
