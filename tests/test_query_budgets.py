@@ -357,6 +357,7 @@ PAGES = {
     "version diff": Case("/datanets/{datanet}/versions/{version}/", version_rows, r"qb-contributor-\d+", 6),
     "contributors": Case("/datanets/{datanet}/contributors/", records, r"qb-contributor-\d+", 6),
     "flagged rows": Case("/datanets/contributions/{contribution}/", flagged_rows, r"qb-row-\d+", 3),
+    "upload rows": Case("/datanets/contributions/{contribution}/rows/", flagged_rows, r"qb-row-\d+", 5),
     "datanet export": Case("/datanets/{datanet}/export.csv", records, r"qb-row-\d+", 4),
     "jobs": Case("/train/", jobs, r"qb-job-\d+", 2),
     "wizard base models": Case("/train/new/?step=1", base_models, r"qb-base-\d+", 6),
@@ -376,6 +377,7 @@ ENDPOINTS = {
     "datanets": Case("/api/v1/datanets/", public_datanets, r"qb-datanet-\d+", 5),
     "datanet versions": Case("/api/v1/datanets/{datanet}/versions/", versions, r"qb-version-\d+", 5),
     "datanet records": Case("/api/v1/datanets/{datanet}/records/", records, r"qb-row-\d+", 5),
+    "upload rows": Case("/api/v1/contributions/{contribution}/rows/", flagged_rows, r"qb-row-\d+", 5),
     "finetunes": Case("/api/v1/finetunes/", jobs, r"qb-job-\d+", 5),
     "models": Case("/api/v1/models/", models, r"qb-model-\d+", 4),
     "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 4),  # a cursor page: no count
