@@ -264,12 +264,12 @@ def contribution_review(request, pk, decision):
             services.contribution_approve(
                 contribution=contribution, curator=request.user, note=request.POST.get("reason", "")
             )
-            messages.success(request, f"Contribution #{pk} accepted.")
+            messages.success(request, f"Upload #{pk} accepted.")
         else:
             services.contribution_reject(
                 contribution=contribution, curator=request.user, reason=request.POST.get("reason", "")
             )
-            messages.success(request, f"Contribution #{pk} rejected.")
+            messages.success(request, f"Upload #{pk} rejected.")
     except services.DatanetError as exc:
         messages.error(request, exc.message)
     return redirect("datanets:review", slug=contribution.datanet.slug)

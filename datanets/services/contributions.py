@@ -117,7 +117,7 @@ def _same_file_message(earlier: Contribution, user) -> str:
     who = "You" if earlier.contributor_id == user.pk else "Someone"
     return (
         f"{who} already uploaded this exact file to this datanet on {earlier.created_at:%d %b %Y} "
-        f"(contribution #{earlier.pk}); it was recognised by its SHA-256 fingerprint."
+        f"(upload #{earlier.pk}); it was recognised by its fingerprint (SHA-256)."
     )
 
 

@@ -284,7 +284,7 @@ def test_same_file_twice_is_recognised_by_hash(cast, datanet, settings):
         )
     assert exc.value.code == "duplicate_file"
     assert exc.value.message.startswith("Someone already uploaded this exact file to this datanet on ")
-    assert f"(contribution #{first.pk})" in exc.value.message
+    assert f"(upload #{first.pk}); it was recognised by its fingerprint (SHA-256)." in exc.value.message
     assert Contribution.objects.count() == 1
     assert len(stored_files(settings)) == 1
 
