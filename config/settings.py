@@ -330,6 +330,7 @@ SPECTACULAR_SETTINGS = {
 SESSION_COOKIE_HTTPONLY = True
 # Sessions read from the cache first (one query less per page), written through to the database.
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+CSRF_FAILURE_VIEW = "core.views.csrf_failure"  # the site's own "reload and try again" page, not Django's
 CSRF_COOKIE_HTTPONLY = False  # htmx reads the token from the page, not the cookie, but the admin's JS needs neither
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True

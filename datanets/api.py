@@ -18,6 +18,7 @@ from core.throttling import ScopedRateThrottle
 from datanets import selectors, services
 from datanets.models import Contribution, Datanet, Record
 from datanets.serializers import (
+    ContributionRowSerializer,
     ContributionSerializer,
     ContributionUploadSerializer,
     DatanetCreateSerializer,
@@ -242,3 +243,26 @@ class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewset
         except services.DatanetError as exc:
             raise refused(exc) from None
         return Response(ContributionSerializer(contribution).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "status", str, enum=list(selectors.CONTRIBUTION_ROW_STATUSES), description="Only rows in this state"
+            )
+        ],
+        responses=ContributionRowSerializer(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def rows(self, request, pk=None):
+        """The contribution's rows in file order, with their state, flags and the versions that hold them (the
+        contributor and the datanet's curators)."""
+        contribution = self.get_object()
+        wanted = request.query_params.get("status", "")
+        if wanted and wanted not in selectors.CONTRIBUTION_ROW_STATUSES:
+            choices = ", ".join(selectors.CONTRIBUTION_ROW_STATUSES)
+            raise ValidationError({"status": [f"“{wanted}” is not one of: {choices}."]})
+        page = self.paginate_queryset(selectors.contribution_rows(contribution=contribution, status=wanted))
+        versions = selectors.record_version_numbers(record_ids=[record.pk for record in page])
+        return self.get_paginated_response(
+            ContributionRowSerializer(page, many=True, context={"versions": versions}).data
+        )

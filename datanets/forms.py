@@ -49,7 +49,11 @@ class DatanetSettingsForm(forms.Form):
 
 class UploadForm(forms.Form):
     file = forms.FileField(
-        help_text="JSONL, JSON, CSV, TSV, Parquet, or a document (TXT, Markdown, PDF, DOCX) for text datanets."
+        help_text="JSONL, JSON, CSV, TSV, Parquet, or a document (TXT, Markdown, PDF, DOCX) for text datanets. "
+        "Images, spreadsheets (save them as CSV) and archives are refused.",
+        widget=forms.ClearableFileInput(
+            attrs={"accept": ".jsonl,.ndjson,.json,.csv,.tsv,.tab,.parquet,.txt,.text,.md,.markdown,.pdf,.docx"}
+        ),
     )
 
 

@@ -92,6 +92,33 @@ def contribution_list(*, datanet: Datanet, user, review_only: bool = False) -> Q
     return qs.order_by("-created_at")
 
 
+CONTRIBUTION_ROW_STATUSES = ("pending", "accepted", "rejected", "dropped")
+
+
+def contribution_rows(*, contribution: Contribution, status: str = "") -> QuerySet[Record]:
+    """A contribution's rows as its contributor and curators see them (rows still being checked are left out), in
+    file order, each with the copied row it points at. `status` narrows to one of CONTRIBUTION_ROW_STATUSES."""
+    statuses = (status,) if status else CONTRIBUTION_ROW_STATUSES
+    return (
+        Record.objects.filter(contribution=contribution, status__in=statuses)
+        .select_related("copy_of__contributor")
+        .order_by("line", "id")
+    )
+
+
+def record_version_numbers(*, record_ids: list[int]) -> dict[int, list[int]]:
+    """{row id: the numbers of the datanet versions holding it, oldest first}: one query for a page of rows."""
+    numbers: dict[int, list[int]] = {record_id: [] for record_id in record_ids}
+    entries = (
+        VersionRecord.objects.filter(record_id__in=record_ids)
+        .order_by("version__number")
+        .values_list("record_id", "version__number")
+    )
+    for record_id, number in entries:
+        numbers[record_id].append(number)
+    return numbers
+
+
 def record_list(*, datanet: Datanet, q: str = "", statuses=(Record.Status.ACCEPTED,)) -> QuerySet[Record]:
     qs = Record.objects.filter(datanet=datanet, status__in=statuses).select_related("contributor")
     if q:

@@ -221,3 +221,32 @@ class RecordSerializer(serializers.ModelSerializer):
             "flags",
             "status",
         ]
+
+
+class ContributionRowSerializer(serializers.ModelSerializer):
+    """One row of a contribution, as its contributor and the datanet's curators see it."""
+
+    status_label = serializers.CharField(source="get_status_display", read_only=True)
+    versions = serializers.SerializerMethodField(help_text="Numbers of the datanet versions that hold this row.")
+    copy_of = serializers.IntegerField(
+        source="copy_of_id", read_only=True, allow_null=True, help_text="The earlier row this one copies, if any."
+    )
+
+    class Meta:
+        model = Record
+        fields = [
+            "id",
+            "line",
+            "content",
+            "token_count",
+            "status",
+            "status_label",
+            "drop_reason",
+            "flags",
+            "flag_details",
+            "copy_of",
+            "versions",
+        ]
+
+    def get_versions(self, obj) -> list[int]:
+        return self.context.get("versions", {}).get(obj.pk, [])

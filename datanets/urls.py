@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.datanet_list, name="list"),
     path("new/", views.datanet_create, name="create"),
     path("contributions/<int:pk>/", views.contribution_detail, name="contribution"),
+    path("contributions/<int:pk>/rows/", views.contribution_rows, name="contribution_rows"),
     path("contributions/<int:pk>/retry/", views.contribution_retry, name="contribution_retry"),
     path(
         "contributions/<int:pk>/approve/",

@@ -204,6 +204,38 @@ def contribution_detail(request, pk):
     return render(request, "datanets/contribution.html", context)
 
 
+ROW_FILTERS = (
+    ("", "All"),
+    ("pending", "Waiting for review"),
+    ("accepted", "Accepted"),
+    ("rejected", "Rejected"),
+    ("dropped", "Dropped"),
+)
+
+
+@login_required
+def contribution_rows(request, pk):
+    """Every row of an upload, page by page: what a curator reads before deciding, and what the contributor
+    follows (kept or not, flagged, in which versions)."""
+    contribution = _contribution(request, pk)
+    status = request.GET.get("status", "")
+    if status not in selectors.CONTRIBUTION_ROW_STATUSES:
+        status = ""
+    rows = selectors.contribution_rows(contribution=contribution, status=status)
+    page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
+    versions = selectors.record_version_numbers(record_ids=[record.pk for record in page])
+    for record in page:
+        record.version_numbers = versions[record.pk]
+    context = {
+        **_base(request, contribution.datanet, "contributions"),
+        "c": contribution,
+        "page": page,
+        "status": status,
+        "filters": ROW_FILTERS,
+    }
+    return render(request, "datanets/contribution_rows.html", context)
+
+
 @login_required
 @require_POST
 def contribution_retry(request, pk):
@@ -232,12 +264,12 @@ def contribution_review(request, pk, decision):
             services.contribution_approve(
                 contribution=contribution, curator=request.user, note=request.POST.get("reason", "")
             )
-            messages.success(request, f"Contribution #{pk} accepted.")
+            messages.success(request, f"Upload #{pk} accepted.")
         else:
             services.contribution_reject(
                 contribution=contribution, curator=request.user, reason=request.POST.get("reason", "")
             )
-            messages.success(request, f"Contribution #{pk} rejected.")
+            messages.success(request, f"Upload #{pk} rejected.")
     except services.DatanetError as exc:
         messages.error(request, exc.message)
     return redirect("datanets:review", slug=contribution.datanet.slug)
@@ -253,6 +285,8 @@ def record_drop(request, pk):
         messages.success(request, f"Row {record.pk} dropped.")
     except services.DatanetError as exc:
         messages.error(request, exc.message)
+    if request.POST.get("back") == "rows":
+        return redirect("datanets:contribution_rows", pk=record.contribution_id)
     if record.contribution.status == Contribution.Status.NEEDS_REVIEW:
         return redirect("datanets:contribution", pk=record.contribution_id)
     return redirect("datanets:detail", slug=datanet.slug)

@@ -74,12 +74,25 @@ def read(channel: str, *, start_timeout: float, timeout: float) -> Iterator[dict
         seq += 1
         started = True
         if event["type"] in ("done", "error"):
-            _cache().delete_many([_key(channel, n) for n in range(seq)] + [_key(channel, "ack")])
+            ends = [_key(channel, "ack"), _key(channel, "shown")]
+            _cache().delete_many([_key(channel, n) for n in range(seq)] + ends)
             yield event
             return
         yield event
 
 
 def acknowledge(channel: str, *, delivered: int, cancelled: bool) -> None:
-    """The reader's end: tells the worker how many deltas reached the client (and whether it went away)."""
+    """The reader's end: tells the worker how many deltas reached the client (and whether it went away). After a
+    `stop`, no acknowledgement counts more deltas than the client said it showed."""
+    shown = _cache().get(_key(channel, "shown"))
+    if shown is not None:
+        delivered, cancelled = min(delivered, shown), True
     _cache().set(_key(channel, "ack"), {"delivered": delivered, "cancelled": cancelled}, TTL_SECONDS)
+
+
+def stop(channel: str, *, shown: int) -> None:
+    """The client asked to stop after showing `shown` deltas: the worker cancels the answer, and what is recorded
+    and billed is at most those deltas, whatever the reader later acknowledges (it may have relayed a few more that
+    the page received but no longer showed)."""
+    _cache().set(_key(channel, "shown"), shown, TTL_SECONDS)
+    acknowledge(channel, delivered=shown, cancelled=True)

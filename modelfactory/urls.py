@@ -31,6 +31,7 @@ urlpatterns = [
     path("models/<slug:slug>/playground/", views.playground, name="playground"),
     path("models/<slug:slug>/playground/start/", views.playground_start, name="playground_start"),
     path("models/<slug:slug>/playground/stream/<int:inference_id>/", views.playground_stream, name="playground_stream"),
+    path("models/<slug:slug>/playground/stop/<int:inference_id>/", views.playground_stop, name="playground_stop"),
     path("models/<slug:slug>/playground/answer/<int:inference_id>/", views.playground_answer, name="playground_answer"),
     path("models/<slug:slug>/playground/base/<str:channel>/", views.playground_base, name="playground_base"),
 ]

@@ -17,7 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
-from ledger.calc.money import format_credits
+from ledger.calc.money import format_credits_exact
 from modelfactory import comparison, export_views, selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
@@ -74,23 +74,49 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
             context.setdefault("error", problem)
         elif not errors:
             context["estimate"] = selectors.wizard_estimate(base=base, versions=versions, hyperparameters=hp)
-    template = "modelfactory/wizard.html#wizard" if request.htmx else "modelfactory/wizard.html"
+    # A history restore (Back to an address htmx has no snapshot of: the wizard keeps none) wants the whole page.
+    partial = request.htmx and not request.htmx.history_restore_request
+    template = "modelfactory/wizard.html#wizard" if partial else "modelfactory/wizard.html"
     return render(request, template, context, status=status)
+
+
+def _wizard_step_url(step: int) -> str:
+    return f"{reverse('modelfactory:wizard')}?step={step}"
+
+
+def _step_number(value) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 @login_required
 def wizard(request):
-    """The fine-tuning wizard (steps and their checks: modelfactory.wizard_steps). GET shows the current step, or
-    restarts, or goes back to a step reached; POST submits the step shown."""
+    """The fine-tuning wizard (steps and their checks: modelfactory.wizard_steps). Each step has its own address
+    (?step=N), so the browser's Back and Forward and a reload keep the step; a step not reached yet shows the
+    furthest one reached. "?restart=1" asks before forgetting a wizard in progress; POST action=restart forgets it.
+    POST submits the step the page showed (its `step` field), whatever step the session was on."""
     state = request.session.get(SESSION_KEY) or _new_state()
     if request.method == "GET":
         if request.GET.get("restart"):
+            if wizard_steps.has_progress(state):
+                reached = {"number": state["reached"], "label": wizard_steps.STEPS[state["reached"] - 1]}
+                context = {"state": state, "reached": reached, "total": len(wizard_steps.STEPS)}
+                return render(request, "modelfactory/wizard_restart.html", context)
             state = _new_state()
-        elif "step" in request.GET:
-            state = wizard_steps.go_to(state, int(request.GET["step"] or 1))
+        step = _step_number(request.GET.get("step"))
+        if step is None:  # every address names its step: the history entry of this visit comes back to it
+            request.session[SESSION_KEY] = state
+            return redirect(_wizard_step_url(state["step"]))
+        state = wizard_steps.go_to(state, step)
         request.session[SESSION_KEY] = state
         return _render_wizard(request, state)
 
+    if request.POST.get("action") == "restart":
+        request.session[SESSION_KEY] = _new_state()
+        messages.info(request, "Started a new fine-tune.")
+        return redirect(_wizard_step_url(wizard_steps.BASE_MODEL))
+    shown = _step_number(request.POST.get("step"))
+    if shown is not None:  # the page may be an older one the browser went back to
+        state = wizard_steps.go_to(state, shown)
     submission = wizard_steps.Submission(
         action=request.POST.get("action", "next"),
         base_model=request.POST.get("base_model", ""),
@@ -104,8 +130,11 @@ def wizard(request):
     context = {} if outcome.form is None else {"form": outcome.form}
     if outcome.error:
         context["error"] = outcome.error
-        return _render_wizard(request, outcome.state, context, status=422 if not request.htmx else 200)
-    return _render_wizard(request, outcome.state, context)
+        response = _render_wizard(request, outcome.state, context, status=422 if not request.htmx else 200)
+    else:
+        response = _render_wizard(request, outcome.state, context)
+    response["HX-Push-Url"] = _wizard_step_url(outcome.state["step"])
+    return response
 
 
 def _launch(request, state: dict):
@@ -218,7 +247,7 @@ def _model_or_404(request, slug: str) -> TrainedModel:
 def model_detail(request, slug: str):
     model = _model_or_404(request, slug)
     version = model.latest_version
-    price_credits = format_credits(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002000"
+    price_credits = format_credits_exact(model.price_per_1k_tokens) if model.price_per_1k_tokens else "0.002"
     card = selectors.model_card_for(user=request.user, version=version) if version else ""
     context = {"model": model, "version": version, "model_card": card, "price_credits": price_credits}
     context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
@@ -303,13 +332,22 @@ def model_unpublish(request, slug: str):
     return redirect("modelfactory:model", slug=slug)
 
 
+PLAYGROUND_ANSWER_TOKENS = 128  # a short first answer: quicker, cheaper; the field allows up to the policy's cap
+
+
 @login_required
 def playground(request, slug: str):
     try:
         model = services.model_servable(user=request.user, slug=slug)
     except services.ServingRefused as exc:
         raise Http404(exc.message) from None
-    context = {"model": model, "version": model.latest_version, "policy": ServingPolicy.current()}
+    policy = ServingPolicy.current()
+    context = {
+        "model": model,
+        "version": model.latest_version,
+        "policy": policy,
+        "answer_tokens": min(PLAYGROUND_ANSWER_TOKENS, policy.default_max_new_tokens, policy.max_new_tokens_cap),
+    }
     return render(request, "modelfactory/playground.html", context)
 
 
@@ -353,6 +391,7 @@ def playground_start(request, slug: str):
         "inference_id": inference.pk,
         "stream_url": reverse("modelfactory:playground_stream", args=[slug, inference.pk]),
         "answer_url": reverse("modelfactory:playground_answer", args=[slug, inference.pk]),
+        "stop_url": reverse("modelfactory:playground_stop", args=[slug, inference.pk]),
         "base_stream_url": reverse("modelfactory:playground_base", args=[slug, base_channel]) if base_channel else None,
     }
     return JsonResponse(payload)
@@ -385,6 +424,23 @@ def playground_stream(request, slug: str, inference_id: int):
         on_error=lambda event: event,
     )
     return _sse_page(events)
+
+
+@login_required
+@require_POST
+def playground_stop(request, slug: str, inference_id: int):
+    """The Stop button: JSON {shown: the text pieces the page showed}. The answer ends there and is billed for them."""
+    inference = _own_inference(request, inference_id)
+    try:
+        data = loads_bounded(request.body or b"{}")
+        shown = int(data["shown"]) if isinstance(data, dict) else None
+    except (ValueError, TypeError, KeyError, JsonTooDeep):
+        shown = None
+    if shown is None or shown < 0:
+        message = 'Say how many pieces of the answer the page showed: {"shown": 12}.'
+        return JsonResponse({"error": {"code": "invalid", "message": message}}, status=400)
+    services.inference_stream_stop(inference_id=inference.pk, shown=shown)
+    return JsonResponse({"stopped": True})
 
 
 @login_required

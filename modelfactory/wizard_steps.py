@@ -48,6 +48,11 @@ def new_state(*, base_model: str) -> dict[str, Any]:
     }
 
 
+def has_progress(state: dict[str, Any]) -> bool:
+    """Whether starting over would lose something: a step past the first reached, or data chosen."""
+    return state["reached"] > BASE_MODEL or bool(state["versions"]) or bool(state["name"]) or bool(state["advanced"])
+
+
 def go_to(state: dict[str, Any], step: int) -> dict[str, Any]:
     """Back to a step already reached (the links in the step list); a step not reached yet gives the furthest."""
     return {**state, "step": max(BASE_MODEL, min(step, state["reached"]))}

@@ -87,3 +87,24 @@ def test_server_error_page_is_friendly_and_needs_no_request_context(db):
     assert response.status_code == 500
     assert "Something went wrong on our side" in body
     assert 'class="site-header"' in body
+
+
+def test_a_form_sent_with_an_expired_session_gets_a_plain_reload_page(cast):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(cast.owner)
+    client.get("/datanets/new/")  # the CSRF cookie is set
+    response = client.post("/datanets/new/", {"name": "x", "csrfmiddlewaretoken": "stale" * 8})
+    page = response.content.decode()
+    assert response.status_code == 403
+    assert "Please reload the page and try again" in page and "Nothing was changed." in page
+    assert "CSRF verification failed" not in page and "Forbidden" not in page
+    assert response["X-Error-Message"].endswith("Reload the page and try again.")
+    assert "check that your browser accepts cookies" not in page
+
+    fresh = Client(enforce_csrf_checks=True)  # no cookie at all
+    fresh.force_login(cast.owner)
+    page = fresh.post("/datanets/new/", {"name": "x"}).content.decode()
+    assert "check that your browser accepts cookies from this site" in page
+    assert not Datanet.objects.exists()

@@ -136,3 +136,56 @@ def detect_format(head: bytes, filename: str, *, total_size: int) -> tuple[str, 
     if ext in EXPECTED and fmt not in EXPECTED[ext]:
         notices.append(f"The file is named '{ext}' but its content is {LABELS[fmt]}; it was read as {LABELS[fmt]}.")
     return fmt, notices
+
+
+# What a file that is not one of ours usually is, by its first bytes (the message names it).
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office file (DOC, XLS or PPT)"),
+    (b"\x1f\x8b", "a compressed (gzip) file"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"ID3", "an MP3 audio file"),
+)
+ZIP_KINDS = (
+    ("xl/workbook.xml", "an Excel workbook (XLSX)", " Save the sheet as CSV and upload that."),
+    ("ppt/presentation.xml", "a PowerPoint presentation (PPTX)", ""),
+    ("content.xml", "an OpenDocument file", " Save it as DOCX or CSV and upload that."),
+)
+
+
+def unreadable_reason(head: bytes, filename: str, *, total_size: int, zip_names=None) -> tuple[str, str] | None:
+    """Why a file cannot be read at all, as (code, message), from its first bytes (and, for a zip, the names it
+    holds: `zip_names()`), or None. What this refuses, the ingest would refuse too, later and with a "Try again"
+    that fails the same way: an upload is refused at once instead."""
+    from datanets.ingest.errors import IngestError
+
+    for signature, what in SIGNATURES:
+        if head.startswith(signature):
+            return "unknown_format", f"This file is {what}, which cannot be read as rows. Upload {SUPPORTED}."
+    if head.startswith(b"PK\x03\x04") and zip_names is not None:
+        names = zip_names()
+        if names is None:
+            return (
+                "unknown_format",
+                f"This file looks like a zip archive or Word document, but it is damaged. Upload {SUPPORTED}.",
+            )
+        if "word/document.xml" not in names:
+            for marker, what, hint in ZIP_KINDS:
+                if marker in names:
+                    return (
+                        "unknown_format",
+                        f"This file is {what}, which cannot be read as rows.{hint} Accepted: {SUPPORTED}.",
+                    )
+            return "unknown_format", f"This file is a zip archive, not a Word document. Upload {SUPPORTED}."
+        return None
+    try:
+        detect_format(head, filename, total_size=total_size)
+    except IngestError as exc:
+        if exc.code == "unknown_format":
+            return exc.code, f"This file is not in a format that can be read as rows. Upload {SUPPORTED}."
+        return exc.code, exc.message
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+import zipfile
 
 from django.conf import settings
 from django.core.files.base import File
@@ -14,6 +15,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from core.jobs import enqueue_or_fail
+from datanets.ingest.formats import HEAD_BYTES, unreadable_reason
 from datanets.models import Contribution, Datanet, Record
 from datanets.selectors import datanet_can_contribute, datanet_can_curate
 from datanets.services.common import DatanetError, NotAllowed, _require_curator, _rows_changed
@@ -65,6 +67,7 @@ def contribution_create(
     )
     if earlier is not None:
         raise DatanetError(_same_file_message(earlier, contributor), code="duplicate_file")
+    _refuse_unreadable(upload, size)
     contribution = Contribution(
         datanet=datanet,
         contributor=contributor,
@@ -87,11 +90,34 @@ def contribution_create(
     return contribution
 
 
+def _zip_names(upload):
+    """The names in an uploaded zip (DOCX, XLSX...), or None when it cannot be opened; the upload is rewound."""
+    try:
+        return zipfile.ZipFile(upload).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    finally:
+        upload.seek(0)
+
+
+def _refuse_unreadable(upload, size: int) -> None:
+    """Refuses, before anything is stored, a file of a type that cannot be read (an image, a spreadsheet, an
+    archive, text that is not UTF-8...), naming it and the accepted types."""
+    head = upload.read(HEAD_BYTES)
+    upload.seek(0)
+    reason = unreadable_reason(
+        head, getattr(upload, "name", "") or "", total_size=size, zip_names=lambda: _zip_names(upload)
+    )
+    if reason:
+        code, message = reason
+        raise DatanetError(message, code=code)
+
+
 def _same_file_message(earlier: Contribution, user) -> str:
     who = "You" if earlier.contributor_id == user.pk else "Someone"
     return (
         f"{who} already uploaded this exact file to this datanet on {earlier.created_at:%d %b %Y} "
-        f"(contribution #{earlier.pk}); it was recognised by its SHA-256 fingerprint."
+        f"(upload #{earlier.pk}); it was recognised by its fingerprint (SHA-256)."
     )
 
 

@@ -3,6 +3,8 @@ import nh3
 from django import template
 from django.utils.safestring import mark_safe
 
+from datanets.ingest.screen import FLAG_KINDS
+
 register = template.Library()
 
 
@@ -19,3 +21,9 @@ def percent(value) -> str:
         return f"{float(value) * 100:.1f}%"
     except (TypeError, ValueError):
         return ""
+
+
+@register.filter
+def flag_words(flags) -> str:
+    """Screening flags in plain words: ["too_short", "email"] -> "very short; an e-mail address"."""
+    return "; ".join(FLAG_KINDS.get(flag, (flag.replace("_", " "),))[0] for flag in flags or [])

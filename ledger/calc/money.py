@@ -16,9 +16,14 @@ _EXPONENT = re.compile(r"[0-9.]+[eE][+-]?[0-9]*", re.ASCII)
 SIGN_MESSAGE = "Enter the amount without a sign; amounts are never negative."
 EXPONENT_MESSAGE = "Write the amount out in digits (such as 1500), without an exponent like 1.5e3."
 NOT_AN_AMOUNT_MESSAGE = "Enter the amount in credits using only the digits 0-9 and at most one '.', such as 12.5."
-PLACES_MESSAGE = f"Give the amount with at most {PLACES} decimal places."
+PLACES_MESSAGE = (
+    "Use at most 6 digits after the point: the smallest amount is 0.000001 credits (one millionth of a credit)."
+)
 TOO_LARGE_MESSAGE = f"The amount can be at most {MAX_CREDITS:,} credits."
-FLOAT_MESSAGE = "Give the amount as a decimal string such as '1.50', not a binary float."
+FLOAT_MESSAGE = (
+    'Send the amount as text in quotes, such as "1.50", not as a JSON number with a fraction: those cannot be kept '
+    "exactly."
+)
 
 
 class AmountError(ValueError):
@@ -90,3 +95,11 @@ def format_credits_short(micro: int) -> str:
         return f"{sign}1.00"
     digits = f"{rounded:0{places}d}".rstrip("0")
     return f"{sign}0.{digits.ljust(2, '0')}"
+
+
+def format_credits_exact(micro: int) -> str:
+    """The exact amount without trailing zeros past the cents, for sentences (2_000 -> '0.002', 1_000_000 -> '1.00',
+    156 -> '0.000156', 0 -> '0.00')."""
+    text = format_credits(micro)
+    whole, frac = text.split(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"

@@ -44,6 +44,7 @@ from modelfactory.services.inference_stream import (
     inference_channel,
     inference_events,
     inference_stream_ack,
+    inference_stream_stop,
     inference_wait,
 )
 from modelfactory.services.inference_worker import (
@@ -87,6 +88,7 @@ __all__ = [
     "inference_reap_stale",
     "inference_start",
     "inference_stream_ack",
+    "inference_stream_stop",
     "inference_wait",
     "inference_worker_alive",
     "model_servable",

@@ -33,7 +33,8 @@ from django.utils import timezone
 
 from core.jobs import enqueue_or_fail
 from core.models import WorkerHeartbeat
-from ledger.calc.money import format_credits as _credits
+from ledger.calc.money import format_credits
+from ledger.calc.money import format_credits_exact as _credits
 from ledger.services import InsufficientFunds, hold_create
 from modelfactory import selectors, streams
 from modelfactory.models import BaseModel, Inference, ModelVersion, ServingPolicy, TrainedModel
@@ -288,7 +289,7 @@ def _create_with_hold(
             f"have {_credits(exc.balance)} available. Add credit or ask for a shorter answer.",
             code="insufficient_credit",
             status=402,
-            details={"needed": _credits(reserved), "available": _credits(exc.balance)},
+            details={"needed": format_credits(reserved), "available": format_credits(exc.balance)},  # API: 6 places
         ) from None
     return inference
 

@@ -40,6 +40,12 @@ def inference_stream_ack(*, inference_id: int, delivered: int, cancelled: bool) 
     streams.acknowledge(_channel(inference_id), delivered=delivered, cancelled=cancelled)
 
 
+def inference_stream_stop(*, inference_id: int, shown: int) -> None:
+    """The playground's Stop: the caller's page showed `shown` text deltas and wants no more. The worker cancels the
+    answer; the answer recorded and billed is those deltas, never more (a reader's later acknowledgement included)."""
+    streams.stop(_channel(inference_id), shown=max(0, shown))
+
+
 def inference_wait(*, inference: Inference) -> Inference:
     """Waits for a non-streamed answer; returns the completed Inference (with `logprobs`, not stored: the answer's
     log-probabilities when asked for, else None) or raises ServingRefused."""

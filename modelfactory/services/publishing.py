@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from ledger.calc.money import format_credits as _credits
+from ledger.calc.money import format_credits_exact as _credits
 from modelfactory.models import ServingPolicy, TrainedModel
 from modelfactory.services.errors import ServingRefused
 

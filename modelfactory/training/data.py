@@ -220,6 +220,12 @@ def preview_rows(tokenizer, rows: list[dict[str, Any]], *, max_length: int, limi
             item.update(error=str(exc), too_long=False)
             previews.append(item)
             continue
+        # The conversation as a person reads it (the chat preview's bubbles); the segments are the exact text.
+        item["messages"] = (
+            None
+            if row.get("kind") == "text"
+            else [{**m, "trained": m["role"] == "assistant" and bool(m["content"])} for m in row_messages(row)]
+        )
         for segment in segments:
             count = len(_encode(tokenizer, segment.text))
             item["segments"].append({"text": segment.text, "trained": segment.trained, "tokens": count})

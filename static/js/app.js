@@ -5,7 +5,9 @@ document.addEventListener("htmx:responseError", function (event) {
     var p = document.createElement("p");
     p.className = "message message-error";
     p.setAttribute("role", "alert");
-    p.textContent = "The server could not complete that request (" + event.detail.xhr.status + "). Please try again.";
+    // The server may say why in plain words (an expired session: "reload the page and try again").
+    p.textContent = event.detail.xhr.getResponseHeader("X-Error-Message") ||
+      "The server could not complete that request (" + event.detail.xhr.status + "). Please try again.";
     target.prepend(p);
   }
 });

@@ -1,11 +1,15 @@
 """The playground in real headless Chromium: the answer streams into the page, next to the base model's."""
 
+import time
+
 import pytest
 from playwright.sync_api import expect
 
 from modelfactory.models import Inference
+from modelfactory.services import fee_for_tokens
+from tests.browser.conftest import keep_screenshots, log_in
 from tests.factories import PASSWORD
-from tests.inference.conftest import _clear_streams, _serving_settings, served, tiny_dirs  # noqa: F401 (fixtures)
+from tests.inference.conftest import PRICE, _clear_streams, _serving_settings, served, tiny_dirs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,3 +36,37 @@ def test_chat_in_the_playground_with_the_base_model_side_by_side(page, cast, ser
     page.get_by_placeholder("Ask something…").fill("   ")
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("alert")).to_have_text("Type a question first.")
+
+
+def test_stop_keeps_what_the_page_shows_and_bills_exactly_that(page, cast, served, live_server, monkeypatch):  # noqa: F811
+    from modelfactory.serving import engine as engine_module
+
+    real_step = engine_module.Engine.step
+    monkeypatch.setattr(engine_module.Engine, "step", lambda self: (time.sleep(0.15), real_step(self))[1])
+    log_in(page, live_server, cast.outsider)
+    page.goto("/models/zorb-expert/playground/")
+    expect(page.get_by_label("Longest answer (tokens)")).to_have_value("128")
+    page.locator("#temperature").fill("0")
+    expect(page.locator("#temperature-value")).to_have_text("0")
+    keep_screenshots(page, "playground")
+    page.get_by_placeholder("Ask something…").fill("Tell me a long story about Zorb")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_text("The model is writing…")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    text = page.locator(".turn-tuned .turn-text")
+    expect(text).not_to_have_text("", timeout=30_000)  # a first piece arrived
+    keep_screenshots(page, "playground-writing")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator(".turn-tuned footer")).to_contain_text("stopped early", timeout=30_000)
+    expect(page.get_by_text("The model is writing…")).to_be_hidden()
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    keep_screenshots(page, "playground-stopped")
+
+    inference = Inference.objects.get()
+    assert inference.finish_reason == "cancelled" and inference.completion_tokens < 128
+    assert text.text_content() == inference.output  # what was recorded (and billed) is what the page shows
+    assert inference.completion_tokens == len(inference.output_token_ids)
+    assert inference.fee_micro == fee_for_tokens(
+        price_per_1k_tokens=PRICE, tokens=inference.prompt_tokens + inference.completion_tokens
+    )

@@ -42,14 +42,66 @@ def test_wrong_extension_is_read_by_content_with_a_notice(cast, datanet):
     assert c.rows_accepted == 4
 
 
-def test_binary_content_under_a_text_extension_fails(cast, datanet):
-    c = ingest(datanet, cast.teammate, "rows.jsonl", b"\x00\x01\x02\x03 binary")
-    assert c.status == "failed"
-    assert c.message.startswith("The file looks like binary data")
+def refused_at_upload(datanet, user, name: str, data: bytes, settings, code="unknown_format") -> str:
+    """Uploads `data`; asserts it is refused at once with nothing stored, and returns the message."""
+    with pytest.raises(services.DatanetError) as exc:
+        services.contribution_create(datanet=datanet, contributor=user, upload=upload(name, data))
+    assert exc.value.code == code and exc.value.status == 400
+    assert not Contribution.objects.exists()
+    assert stored_files(settings) == []
     assert_nothing_visible(datanet)
+    return exc.value.message
 
 
-def test_non_utf8_text_names_the_encoding_and_keeps_nothing(cast, datanet):
+ACCEPTED = "JSONL, JSON, CSV, TSV, Parquet, TXT, Markdown, PDF or DOCX"
+
+
+def test_binary_content_under_a_text_extension_is_refused_at_upload(cast, datanet, settings):
+    message = refused_at_upload(datanet, cast.teammate, "rows.jsonl", b"\x00\x01\x02\x03 binary", settings)
+    assert message == f"This file is not in a format that can be read as rows. Upload {ACCEPTED}."
+
+
+def _zip(names) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, "<x/>")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("photo.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,
+         f"This file is a PNG image, which cannot be read as rows. Upload {ACCEPTED}."),
+        ("notes.txt", b"\xff\xd8\xff\xe0" + b"\x00" * 64,
+         f"This file is a JPEG image, which cannot be read as rows. Upload {ACCEPTED}."),
+        ("sheet.xlsx", _zip(["[Content_Types].xml", "xl/workbook.xml"]),
+         f"This file is an Excel workbook (XLSX), which cannot be read as rows. Save the sheet as CSV and upload "
+         f"that. Accepted: {ACCEPTED}."),
+        ("fake.docx", _zip(["xl/workbook.xml"]),
+         f"This file is an Excel workbook (XLSX), which cannot be read as rows. Save the sheet as CSV and upload "
+         f"that. Accepted: {ACCEPTED}."),
+        ("bundle.zip", _zip(["a.txt"]), f"This file is a zip archive, not a Word document. Upload {ACCEPTED}."),
+        ("broken.docx", b"PK\x03\x04 not really a zip",
+         f"This file looks like a zip archive or Word document, but it is damaged. Upload {ACCEPTED}."),
+        ("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64,
+         f"This file is an old Microsoft Office file (DOC, XLS or PPT), which cannot be read as rows. Upload "
+         f"{ACCEPTED}."),
+    ],
+)  # fmt: skip
+def test_a_file_that_cannot_be_read_is_refused_at_once_naming_what_it_is(cast, datanet, settings, name, data, message):
+    assert refused_at_upload(datanet, cast.teammate, name, data, settings) == message
+
+
+def test_a_real_word_document_is_taken(cast, datanet):
+    contribution = services.contribution_create(
+        datanet=datanet, contributor=cast.teammate, upload=upload("doc.docx", _zip(["word/document.xml"]))
+    )
+    assert contribution.status == "uploaded"
+
+
+def test_non_utf8_text_names_the_encoding_and_keeps_nothing(cast, datanet, settings):
     data = "\n".join(
         json.dumps(
             {"instruction": f"Quand planter l'ail n°{i} ?", "output": "En automne, à l'abri du gel."},
@@ -57,11 +109,9 @@ def test_non_utf8_text_names_the_encoding_and_keeps_nothing(cast, datanet):
         )
         for i in range(20)
     ).encode("cp1252")
-    c = ingest(datanet, cast.teammate, "fr.jsonl", data)
-    assert c.status == "failed"
-    assert c.message.startswith("The file is not UTF-8 text. It looks like ")
-    assert c.message.endswith("(French). Open it in a text editor, save it as UTF-8, and upload it again.")
-    assert_nothing_visible(datanet)
+    message = refused_at_upload(datanet, cast.teammate, "fr.jsonl", data, settings, code="encoding")
+    assert message.startswith("The file is not UTF-8 text. It looks like ")
+    assert message.endswith("(French). Open it in a text editor, save it as UTF-8, and upload it again.")
 
 
 def test_non_utf8_late_in_a_large_file_keeps_none_of_the_rows_before_it(cast, datanet):
@@ -92,11 +142,10 @@ def test_jsonl_line_not_json_and_wrong_shape(cast, datanet):
     assert c.rows_accepted == 1
 
 
-def test_single_json_object_fails_with_advice(cast, datanet):
-    c = ingest(datanet, cast.teammate, "one.json", json.dumps(QA[0], indent=2).encode())
-    assert c.status == "failed"
-    assert c.message.startswith("The file holds one JSON object.")
-    assert_nothing_visible(datanet)
+def test_single_json_object_is_refused_at_upload_with_advice(cast, datanet, settings):
+    data = json.dumps(QA[0], indent=2).encode()
+    message = refused_at_upload(datanet, cast.teammate, "one.json", data, settings, code="wrong_shape")
+    assert message.startswith("The file holds one JSON object.")
 
 
 def test_missing_csv_columns_then_mapping_on_retry(cast, datanet, _no_broker, django_capture_on_commit_callbacks):
@@ -235,7 +284,7 @@ def test_same_file_twice_is_recognised_by_hash(cast, datanet, settings):
         )
     assert exc.value.code == "duplicate_file"
     assert exc.value.message.startswith("Someone already uploaded this exact file to this datanet on ")
-    assert f"(contribution #{first.pk})" in exc.value.message
+    assert f"(upload #{first.pk}); it was recognised by its fingerprint (SHA-256)." in exc.value.message
     assert Contribution.objects.count() == 1
     assert len(stored_files(settings)) == 1
 
@@ -346,3 +395,34 @@ def test_reading_an_abandoned_upload_writes_nothing_and_the_sweep_fails_it(cast,
     assert swept["datanets.services.contribution_fail_stale"] == [c.pk]
     c.refresh_from_db()
     assert c.status == "failed" and c.message.startswith("The worker checking this file stopped before it finished")
+
+
+def test_try_again_is_offered_only_when_checking_again_can_help(client, cast, datanet):
+    bad_rows = ingest(datanet, cast.teammate, "qa.json", b'[{"instruction": "x", "output": "y"}')
+    assert bad_rows.status == "failed" and bad_rows.report["code"]
+    client.force_login(cast.teammate)
+    page = client.get(f"/datanets/contributions/{bad_rows.pk}/").content.decode()
+    assert "Try again" not in page
+    assert "Checking this file again would fail the same way. Fix the file and" in page
+    assert f'<a href="/datanets/{datanet.slug}/upload/">upload it again</a>' in page
+
+    Contribution.objects.filter(pk=bad_rows.pk).update(report={}, message="The worker stopped.")  # no file fault
+    page = client.get(f"/datanets/contributions/{bad_rows.pk}/").content.decode()
+    assert ">Try again</button>" in page
+
+
+def test_an_image_is_refused_on_the_upload_page_and_by_the_api(client, cast, datanet, settings):
+    from rest_framework.test import APIClient
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    client.force_login(cast.teammate)
+    response = client.post(f"/datanets/{datanet.slug}/upload/", {"file": upload("photo.png", png)})
+    assert f"This file is a PNG image, which cannot be read as rows. Upload {ACCEPTED}." in response.content.decode()
+    api = APIClient()
+    api.force_authenticate(cast.teammate)
+    response = api.post(
+        f"/api/v1/datanets/{datanet.slug}/contributions/", {"file": upload("photo.png", png)}, format="multipart"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "unknown_format"
+    assert not Contribution.objects.exists() and stored_files(settings) == []

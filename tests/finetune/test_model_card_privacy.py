@@ -89,3 +89,23 @@ def test_the_model_apis_do_not_name_a_private_datanet(cast, published):
         assert "Secret garden" not in str(body) and "secret-garden" not in str(body)
     assert [m["name"] for m in listed] == ["Tiny base on Zorb facts v1, a private datanet v1"]
     assert [m["id"] for m in openai] == ["tiny-base-on-zorb-facts-v1-a-private-datanet-v1"]
+
+
+def test_the_card_is_shown_rendered_and_raw_html_in_it_never_runs(client, cast, published):
+    client.force_login(cast.outsider)
+    page = client.get(f"/models/{published.model.slug}/").content.decode()
+    card = page[page.index('<article class="model-card" id="model-card">') :]
+    card = card[: card.index("</article>")]
+    assert f"<h1>{published.model.name}</h1>" in card and "<h2>Training data</h2>" in card
+    assert "<td>Zorb facts</td>" in card and "<td>a private datanet</td>" in card
+    assert "Secret garden" not in card
+
+    version = published.model.latest_version
+    type(version).objects.filter(pk=version.pk).update(
+        model_card="# Card\n\n<script>alert(1)</script>\n\n[click](javascript:alert(2)) <img src=x onerror=alert(3)>"
+    )
+    page = client.get(f"/models/{published.model.slug}/").content.decode()
+    card = page[page.index('<article class="model-card" id="model-card">') :]
+    card = card[: card.index("</article>")]
+    assert "<script" not in card and "javascript:" not in card and "onerror" not in card
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # the Markdown source, shown as text

@@ -18,7 +18,7 @@ def post(client, **data):
 
 def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, version, enqueued):
     client.force_login(cast.owner)
-    page = client.get(WIZARD + "?restart=1").content.decode()
+    page = client.get(WIZARD + "?restart=1", follow=True).content.decode()
     assert "1. Which base model do you start from?" in page
     assert "Tiny base" in page and "(recommended)" in page
 
@@ -27,7 +27,13 @@ def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, v
 
     page = post(client, action="next", versions=[str(version.pk)]).content.decode()
     assert "3. How your rows become training examples" in page
-    assert "<mark>" in page  # the trained-on answer is highlighted
+    assert "<mark>" in page  # the trained-on answer is highlighted in the exact text
+    assert '<div class="bubble bubble-user"><small>Question</small>' in page  # and read as a conversation
+    assert (
+        '<div class="bubble bubble-assistant bubble-trained"><small>Answer: the model learns to write this</small>'
+        in page
+    )
+    assert "<summary>Exactly what the model reads</summary>" in page
     assert "rows will be used" in page
 
     page = post(client, action="next").content.decode()
@@ -260,3 +266,50 @@ def test_a_second_run_is_estimated_from_the_first_and_the_queue_says_how_long(cl
     client.force_login(cast.owner)
     page = client.get(f"/train/jobs/{third.pk}/").content.decode()
     assert "number 2 in line, about " in page and " before it starts" in page
+
+
+def test_each_wizard_step_has_its_own_address(client, cast, tiny_base, version):
+    client.force_login(cast.owner)
+    first = client.get(WIZARD)
+    assert (first.status_code, first["Location"]) == (302, "/train/new/?step=1")
+    htmx = {"HTTP_HX_REQUEST": "true"}
+    response = client.post(WIZARD, {"step": "1", "action": "next", "base_model": "tiny-base"}, **htmx)
+    assert response["HX-Push-Url"] == "/train/new/?step=2"  # the address bar follows the step
+    response = client.post(WIZARD, {"step": "2", "action": "next", "versions": [str(version.pk)]}, **htmx)
+    assert response["HX-Push-Url"] == "/train/new/?step=3"
+
+    # Back, then a reload: the address's step, with the choices kept; Forward again: step 3.
+    back = client.get(WIZARD + "?step=2", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true")
+    assert "<html" in back.content.decode()  # a history restore gets the whole page
+    assert "2. Which data does it learn from?" in back.content.decode()
+    page = client.get(WIZARD + "?step=2").content.decode()
+    assert f'value="{version.pk}" checked' in page
+    assert "3. How your rows become training examples" in client.get(WIZARD + "?step=3").content.decode()
+    # A step not reached yet shows the furthest reached; nonsense is the current step, not an error.
+    assert "3. How your rows become training examples" in client.get(WIZARD + "?step=5").content.decode()
+    assert client.get(WIZARD + "?step=abc")["Location"] == "/train/new/?step=3"
+
+    # A page the browser went back to posts the step it shows, whatever step the session was on.
+    client.get(WIZARD + "?step=3")
+    response = client.post(WIZARD, {"step": "1", "action": "next", "base_model": "tiny-base"}, **htmx)
+    assert "2. Which data does it learn from?" in response.content.decode()
+
+
+def test_starting_over_asks_first_when_a_wizard_is_in_progress(client, cast, tiny_base, version):
+    client.force_login(cast.owner)
+    client.get(WIZARD + "?restart=1")
+    post(client, step="1", action="next", base_model="tiny-base")
+    post(client, step="2", action="next", versions=[str(version.pk)])
+
+    ask = client.get(WIZARD + "?restart=1")
+    page = ask.content.decode()
+    assert ask.status_code == 200 and "Start a new fine-tune?" in page
+    assert "you reached step 3 of 5 (Examples), with 1 datanet version chosen." in page
+    assert 'href="?step=3" role="button" class="secondary outline">Continue where I left off</a>' in page
+    assert client.session["finetune_wizard"]["reached"] == 3  # asking forgets nothing
+
+    response = client.post(WIZARD, {"action": "restart"})
+    assert response["Location"] == "/train/new/?step=1"
+    state = client.session["finetune_wizard"]
+    assert (state["step"], state["reached"], state["versions"]) == (1, 1, [])
+    assert client.get(WIZARD + "?restart=1")["Location"] == "/train/new/?step=1"  # nothing to lose: no question

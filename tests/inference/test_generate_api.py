@@ -120,7 +120,10 @@ def test_insufficient_credit_says_needed_and_available(api_client, cast, served)
     message = _refused(response, 402, "insufficient_credit")
     details = response.json()["error"]["details"]
     assert details["available"] == "0.000000"
-    assert message.startswith(f"Not enough credit: this answer can cost up to {details['needed']} credits")
+    assert details["needed"].endswith(tuple("0123456789")) and len(details["needed"].split(".")[1]) == 6
+    needed = details["needed"].rstrip("0").ljust(len(details["needed"].split(".")[0]) + 3, "0")
+    assert message.startswith(f"Not enough credit: this answer can cost up to {needed} credits")
+    assert message.endswith("and you have 0.00 available. Add credit or ask for a shorter answer.")
     assert Inference.objects.count() == 0 and Hold.objects.count() == 0
 
 

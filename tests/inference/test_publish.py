@@ -58,7 +58,7 @@ def test_price_outside_the_operators_bounds_is_refused(api_client, cast, draft):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "price_out_of_bounds"
     assert response.json()["error"]["message"] == (
-        "The price must be between 0.001000 and 0.050000 credits per 1,000 tokens (you asked for 0.500000)."
+        "The price must be between 0.001 and 0.05 credits per 1,000 tokens (you asked for 0.50)."
     )
     response = _publish(api_client, cast.owner, price_per_1k_tokens="-1", visibility="public")
     assert response.status_code == 400

@@ -15,7 +15,14 @@ from ledger.calc.canonical import (
     transaction_content_parts,
 )
 from ledger.calc.merkle import inclusion_proof, merkle_root, verify_inclusion
-from ledger.calc.money import FLOAT_MESSAGE, MAX_MICRO, AmountError, format_credits, parse_credits
+from ledger.calc.money import (
+    FLOAT_MESSAGE,
+    MAX_MICRO,
+    AmountError,
+    format_credits,
+    format_credits_exact,
+    parse_credits,
+)
 from ledger.calc.split import SplitError, SplitPolicy, allocate, split_fee, to_fraction
 from tests.ledger.amounts import BAD, GOOD
 
@@ -206,3 +213,12 @@ def test_whole_number_shares_split_as_their_fractions_do(fee, shares):
     as_ints = split_fee(fee, SplitPolicy(), {uid: to_fraction(s) for uid, s in shares.items()})
     as_fractions = split_fee(fee, SplitPolicy(), {uid: Fraction(s) for uid, s in shares.items()})
     assert as_ints == as_fractions
+
+
+@pytest.mark.parametrize(
+    ("micro", "text"),
+    [(0, "0.00"), (2_000, "0.002"), (1_000_000, "1.00"), (156, "0.000156"), (12_345_678, "12.345678"),
+     (1_500_000, "1.50"), (-2_000, "-0.002")],
+)  # fmt: skip
+def test_format_credits_exact_drops_only_the_zeros_past_the_cents(micro, text):
+    assert format_credits_exact(micro) == text

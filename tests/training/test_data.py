@@ -99,6 +99,10 @@ def test_preview_splits_rendered_text_into_trained_segments(tokenizer):
     assert first["tokens"] == example.n_tokens == sum(s["tokens"] for s in first["segments"])
     assert first["trained_tokens"] == example.n_answer_tokens
     assert (first["too_long"], first["error"]) == (False, None)
+    assert first["messages"] == [  # the chat preview's bubbles: the answer is what the model learns to write
+        {"role": "user", "content": "Capital of France?", "trained": False},
+        {"role": "assistant", "content": "Paris", "trained": True},
+    ]
     assert second["too_long"] is True
     assert third["error"] == "a chat row needs a non-empty 'messages' list"
 

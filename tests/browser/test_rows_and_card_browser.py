@@ -1,0 +1,74 @@
+"""Pages a person reads, in Chromium at 1280 and 390 px: an upload's rows (as its contributor and as a curator
+waiting to decide), the model page's rendered card, and the friendly refusal of a file that cannot be read."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from datanets import services as datanet_services
+from modelfactory.models import ModelVersion
+from modelfactory.training.artifacts import model_card
+from tests.browser.conftest import keep_screenshots, log_in
+from tests.datanets.conftest import upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_an_uploads_rows_for_its_contributor_then_a_curator_drops_one(page, cast, world, live_server):
+    contribution = world.contribution
+    log_in(page, live_server, cast.teammate)
+    page.goto(f"/datanets/contributions/{contribution.pk}/")
+    page.locator("#see-rows").click()
+    expect(page.get_by_role("heading", name=re.compile(r"Rows of upload #"))).to_be_visible()
+    expect(page.get_by_text("in version 1").first).to_be_visible()
+    keep_screenshots(page, "contribution-rows-contributor")
+
+    # The outsider uploads to the public datanet; its curator (the owner) reads the rows before deciding.
+    uploaded = datanet_services.contribution_create(
+        datanet=world.public_datanet, contributor=cast.outsider,
+        upload=upload(
+            "garden.jsonl", b'{"instruction": "When to sow peas?", "output": "Early in spring."}\n'
+            b'{"instruction": "When to sow beans?", "output": "After the last frost."}\n'),
+    )  # fmt: skip
+    datanet_services.contribution_ingest(contribution_id=uploaded.pk)
+    page.context.clear_cookies()
+    log_in(page, live_server, cast.owner)
+    page.goto(f"/datanets/contributions/{uploaded.pk}/")
+    page.get_by_role("link", name="Read the 2 rows before you decide").click()
+    expect(page.get_by_text("When to sow peas?")).to_be_visible()
+    keep_screenshots(page, "contribution-rows-curator")
+    page.get_by_role("button", name="Drop this row").first.click()
+    expect(page.get_by_text(re.compile(r"Row \d+ dropped\."))).to_be_visible()
+    expect(page.locator(".row-status.status-dropped")).to_have_count(1)
+
+
+def test_the_model_page_shows_its_card_rendered(page, cast, world, live_server):
+    card = model_card(
+        name="Zorb model", base_model="Tiny base",
+        datanet_versions=[{"name": "Zorb facts", "version": 1, "manifest_hash": world.version.manifest_hash}],
+        hyperparameters={"epochs": 3, "rank": 8}, metrics={"base_eval_loss": 3.1, "eval_loss": 2.7},
+        contributors=2, artifact_sha256="0" * 64, rows_used=4, rows_dropped=0,
+    )  # fmt: skip
+    ModelVersion.objects.filter(model=world.model).update(model_card=card)
+    log_in(page, live_server, cast.owner)
+    page.goto(f"/models/{world.model.slug}/")
+    expect(page.locator("#model-card h2", has_text="Training data")).to_be_visible()
+    expect(page.locator("#model-card td", has_text="Zorb facts")).to_be_visible()
+    expect(page.get_by_text("| datanet | version")).to_be_hidden()  # the Markdown source only behind its toggle
+    page.locator("#model-card").scroll_into_view_if_needed()
+    keep_screenshots(page, "model-card")
+
+
+def test_an_image_is_refused_at_once_naming_the_accepted_types(page, cast, world, live_server, tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 256)
+    log_in(page, live_server, cast.teammate)
+    page.goto(f"/datanets/{world.datanet.slug}/upload/")
+    page.get_by_label("File").set_input_files(str(image))
+    page.get_by_role("button", name="Upload and check").click()
+    expect(page.get_by_role("alert")).to_contain_text(
+        "This file is a PNG image, which cannot be read as rows. Upload JSONL, JSON, CSV, TSV, Parquet, TXT, "
+        "Markdown, PDF or DOCX."
+    )
+    keep_screenshots(page, "upload-refused")
