@@ -20,7 +20,7 @@ def test_demo_runs_the_whole_chain(settings, tmp_path):
     text = out.getvalue()
 
     assert "demo_carol: 2 rows kept, 1 refused, 1 duplicate(s)" in text
-    assert "line 3: this line is not valid JSON" in text
+    assert "line 3: this line could not be read: check its quotes, commas and brackets" in text
     assert "version 1: 10 rows from 3 contributors" in text
     assert "Finished: Training finished." in text
     assert text.count("   Q: ") == 3

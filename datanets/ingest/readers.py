@@ -19,6 +19,9 @@ from datanets.ingest.validate import FIELDS, RowInvalid, map_columns
 
 DOCUMENT_FORMATS = ("txt", "markdown", "pdf", "docx")
 
+# A JSON line that does not parse, in words a person can act on (the parser's message follows as the detail).
+UNREADABLE_LINE = "this line could not be read: check its quotes, commas and brackets"
+
 
 def _decode_guard(rows: Iterator[RawRow], raw: BinaryIO, last_line: list[int]) -> Iterator[RawRow]:
     try:
@@ -54,7 +57,7 @@ def read_jsonl(raw: BinaryIO, *, row_max_chars: int, last_line: list[int]) -> It
         try:
             yield number, json.loads(line), None
         except ValueError as exc:
-            yield number, None, f"this line is not valid JSON ({exc.msg} at column {exc.pos + 1})"
+            yield number, None, f"{UNREADABLE_LINE} (technical detail: {exc.msg} at column {exc.pos + 1})"
 
 
 def _count_newlines(text: str, start: int, end: int) -> int:
@@ -137,7 +140,9 @@ def read_json_array(raw: BinaryIO, *, row_max_chars: int, last_line: list[int]) 
                     ) from None
                 if not fill():
                     raise IngestError(
-                        f"Line {start_line}: item {item} is not valid JSON ({exc.msg}).", code="invalid_json"
+                        f"Line {start_line}: item {item} could not be read: check its quotes, commas and brackets "
+                        f"(technical detail: {exc.msg}).",
+                        code="invalid_json",
                     ) from None
         if end - pos > row_max_chars:
             yield (

@@ -136,7 +136,11 @@ def test_jsonl_line_not_json_and_wrong_shape(cast, datanet):
     data = jsonl(QA[:1]) + b'{"instruction": "x", "output": \n' + b'{"instruction": 5.5, "output": {"a": 1}}\n'
     c = ingest(datanet, cast.teammate, "mixed.jsonl", data)
     assert c.report["errors"] == [
-        {"line": 2, "reason": "this line is not valid JSON (Expecting value at column 33)"},
+        {
+            "line": 2,
+            "reason": "this line could not be read: check its quotes, commas and brackets (technical detail: Expecting value "
+            "at column 33)",
+        },
         {"line": 3, "reason": "'output' should be text but is an object"},
     ]
     assert c.rows_accepted == 1

@@ -32,7 +32,8 @@ def test_three_contributors_review_and_publish_version_one(cast, datanet):
         {"line": 5, "reason": "each row should be an object with instruction, input, output, but this one is a list"},
         {
             "line": 6,
-            "reason": "this line is not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+            "reason": "this line could not be read: check its quotes, commas and brackets (technical detail: Expecting "
+            "property name enclosed in double quotes at column 2)",
         },
     ]
     assert c.report["duplicates"] == [

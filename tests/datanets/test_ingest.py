@@ -127,7 +127,12 @@ def test_jsonl_rows_keep_their_line_numbers_and_cap_long_lines():
     rows = rows_of(data, "jsonl")
     assert rows == [
         (1, {"a": 1}, None),
-        (3, None, "this line is not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (
+            3,
+            None,
+            "this line could not be read: check its quotes, commas and brackets (technical detail: Expecting property name "
+            "enclosed in double quotes at column 2)",
+        ),
         (4, None, "the line is 2,010 characters long; the limit per row is 1,000 characters"),
         (5, {"a": 4}, None),
     ]
@@ -139,7 +144,9 @@ def test_json_array_streams_items_with_lines():
     assert [(n, r) for n, r, _ in rows_of(data, "json")] == [(2, items[0]), (3, items[1]), (4, items[2])]
     with pytest.raises(IngestError) as exc:
         rows_of(b'[{"a": 1}, {"a": ', "json")
-    assert exc.value.message == "Line 1: item 2 is not valid JSON (Expecting value)."
+    assert exc.value.message == (
+        "Line 1: item 2 could not be read: check its quotes, commas and brackets (technical detail: Expecting value)."
+    )
 
 
 def test_csv_maps_alias_columns_and_reports_bad_rows():
