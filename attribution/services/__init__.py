@@ -8,6 +8,8 @@
   the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
 - settlement_check: a settled answer checked against the rule it recorded;
+- holding / penalties: which parts of a settlement arrive as pending earnings; a curator's verdict on a
+  contribution flagged harmful (forfeit, slash, reject) or the flag dismissed;
 - sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again.
 
 Every result stores the rules it was computed with, so that it can be recomputed (see each module's docstring).
@@ -15,6 +17,7 @@ Every result stores the rules it was computed with, so that it can be recomputed
 
 from attribution.services.answer import AttributionRetry, attribution_request, attribution_run, inference_completed
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
+from attribution.services.penalties import FindingError, contribution_decide
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
     SETTLE_2_POLICY,
@@ -33,6 +36,8 @@ __all__ = [
     "SETTLEMENT_RULE",
     "SETTLE_2_POLICY",
     "AttributionRetry",
+    "FindingError",
+    "contribution_decide",
     "attribution_request",
     "attribution_run",
     "attribution_settle",
