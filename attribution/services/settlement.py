@@ -29,11 +29,11 @@ from django.db import connection, transaction
 from django.db.models import Q
 
 from attribution.models import Attribution, AttributionShare
+from attribution.services.holding import pending_parts
 from datanets.selectors import version_contributor_row_counts
 from ledger import services as ledger
 from ledger.calc.money import format_credits
 from ledger.calc.split import SplitPolicy
-from attribution.services.holding import pending_parts
 from modelfactory.models import FineTuneJob
 
 logger = logging.getLogger(__name__)

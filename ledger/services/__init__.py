@@ -18,9 +18,8 @@ what every money movement goes through; see its docstring for the rules.
 """
 
 from ledger.services.anchors import anchor_checkpoint
-from ledger.services.checkpoints import checkpoint_create
-from ledger.services.engine import MAX_ATTEMPTS, request_fingerprint
 from ledger.services.bonds import bond_post, bond_return, bond_slash
+from ledger.services.checkpoints import checkpoint_create
 from ledger.services.earnings import (
     PendingPart,
     earning_forfeit,
@@ -29,6 +28,7 @@ from ledger.services.earnings import (
     earnings_release_due,
     pending_total,
 )
+from ledger.services.engine import MAX_ATTEMPTS, request_fingerprint
 from ledger.services.errors import (
     BondNotHeld,
     EarningNotPending,
