@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Window
+from django.db.models import F, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Window
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
@@ -17,7 +17,7 @@ from common.merkle import inclusion_proof, verify_inclusion
 from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
 from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
-from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
+from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, PendingEarning, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
 AUTOMATIC_MEMOS = {
@@ -31,7 +31,27 @@ def wallet_summary(*, user) -> dict:
     pending = (
         Withdrawal.objects.filter(user=user, status=Withdrawal.Status.REQUESTED).aggregate(t=Sum("amount"))["t"] or 0
     )
-    return {"currency": CURRENCY, "balance": available + pending, "available": available, "pending": pending}
+    held = PendingEarning.objects.filter(user=user, status=PendingEarning.Status.PENDING).aggregate(
+        t=Sum("amount"), next=Min("available_at")
+    )
+    return {
+        "currency": CURRENCY,
+        "balance": available + pending,
+        "available": available,
+        "pending": pending,
+        "earnings_pending": held["t"] or 0,
+        "earnings_next_release_at": held["next"],
+    }
+
+
+def earnings_under_review(*, user, limit: int = 50) -> dict:
+    """The user's earnings in their review period (soonest first) and those forfeited (newest first), with the
+    dates and reasons the wallet shows."""
+    rows = PendingEarning.objects.filter(user=user).select_related("pend_tx")
+    return {
+        "pending": list(rows.filter(status=PendingEarning.Status.PENDING).order_by("available_at", "pk")[:limit]),
+        "forfeited": list(rows.filter(status=PendingEarning.Status.FORFEITED).order_by("-closed_at", "-pk")[:limit]),
+    }
 
 
 def statement(
