@@ -62,15 +62,14 @@ def datanet_reputations(*, datanet) -> list[Reputation]:
             entry["accepted"] += n
         elif status in (Record.Status.REJECTED, Record.Status.DROPPED):
             entry["rejected"] += n
+    jobs = datanet.versions.values("finetune_jobs")
     credited = dict(
         AttributionShare.objects.filter(
-            contributor_id__in=rows, share__gt=0, attribution__inference__model_version__job__in=datanet.versions.values(
-                "finetune_jobs"
-            )
+            contributor_id__in=rows, share__gt=0, attribution__inference__model_version__job__in=jobs
         )
         .values_list("contributor_id")
         .annotate(n=Count("attribution_id", distinct=True))
-    )  # fmt: skip
+    )
     flagged = dict(
         ContributionValue.objects.filter(datanet=datanet, harmful=True)
         .values_list("contributor_id")

@@ -152,7 +152,7 @@ def test_the_curator_sees_reputation_and_confirms_a_flag_and_the_contributor_see
     assert "Confirmed harmful: its rows leave the next version" in page
     client.force_login(mallory)
     page = client.get("/wallet/").content.decode()
-    assert f"confirmed harmful: Poisoned answers" in page and "Forfeited on" in page
+    assert "confirmed harmful: Poisoned answers" in page and "Forfeited on" in page
     client.force_login(cast.outsider)
     response = client.post(
         f"/attribution/datanets/{datanet.slug}/contributions/{contribution.pk}/decide/",
