@@ -19,3 +19,8 @@ class AttributionConfig(AppConfig):
             )
         )
         register_inference_completed(services.inference_completed)
+
+        from datanets.hooks import register_decided, register_upload
+
+        register_upload(services.bond_on_upload)
+        register_decided(services.bond_on_decided)

@@ -1,4 +1,5 @@
 import csv
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib import messages
@@ -124,6 +125,8 @@ def datanet_settings(request, slug):
         "visibility": datanet.visibility,
         "policy": datanet.policy,
         "curators": ", ".join(u.username for u in datanet.curators.all()),
+        "holding_days": datanet.holding_days,
+        "bond_credits": Decimal(datanet.bond_micro) / 1_000_000,
         **{f"flag_{k}": datanet.flag_actions.get(k, "keep") for k in FLAG_KINDS},
     }
     form = DatanetSettingsForm(request.POST or None, initial=initial)
@@ -139,6 +142,7 @@ def datanet_settings(request, slug):
                 curators=curators if owner_can else None,
                 flag_actions=form.flag_actions(),
                 **{k: data[k] for k in ("name", "summary", "description", "licence", "visibility", "policy")},
+                **form.money_terms(),
             )
         except services.DatanetError as exc:
             form.add_error(None, exc.message)
