@@ -160,3 +160,48 @@ def test_the_curator_sees_reputation_and_confirms_a_flag_and_the_contributor_see
     )
     assert response.status_code == 302
     assert ContributionFinding.objects.get().verdict == "confirmed"
+
+
+def test_the_api_shows_reputation_to_curators_takes_a_verdict_and_the_wallet_shows_pending(scene, cast, api_client):
+    datanet, mallory, contribution, bond = scene
+    api_client.force_authenticate(mallory)
+    balance = api_client.get("/api/v1/ledger/balance/").json()
+    assert balance["earnings_pending"] == "0.700000" and balance["available"] == "1.000000"
+    assert balance["earnings_next_release_at"] is not None
+    assert api_client.get(f"/api/v1/datanets/{datanet.slug}/reputation/").status_code == 403
+    refused = api_client.post(
+        f"/api/v1/contributions/{contribution.pk}/finding/", {"verdict": "dismissed", "reason": "mine"}, format="json"
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_allowed"
+    api_client.force_authenticate(cast.owner)
+    rows = api_client.get(f"/api/v1/datanets/{datanet.slug}/reputation/").json()
+    assert rows == [{"username": "mallory", "score": 54, "low": False, "accepted": 4, "rejected": 0, "credited": 0,
+                     "flagged": 0, "confirmed": 0}]  # fmt: skip
+    bad = api_client.post(f"/api/v1/contributions/{contribution.pk}/finding/", {"verdict": "yes"}, format="json")
+    assert bad.status_code == 400 and set(bad.json()["error"]["details"]) == {"verdict", "reason"}
+    done = api_client.post(
+        f"/api/v1/contributions/{contribution.pk}/finding/", {"verdict": "confirmed", "reason": "Poison"}, format="json"
+    )
+    assert done.status_code == 201
+    assert {k: done.json()[k] for k in ("contribution_id", "verdict", "reason", "curator")} == {
+        "contribution_id": contribution.pk, "verdict": "confirmed", "reason": "Poison", "curator": "owner"
+    }  # fmt: skip
+    clash = api_client.post(
+        f"/api/v1/contributions/{contribution.pk}/finding/", {"verdict": "dismissed", "reason": "x"}, format="json"
+    )
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "already_decided"
+    assert api_client.get(f"/api/v1/datanets/{datanet.slug}/reputation/").json()[0]["confirmed"] == 1
+    api_client.force_authenticate(mallory)
+    assert api_client.get("/api/v1/ledger/balance/").json()["earnings_pending"] == "0.000000"
+
+
+def test_the_api_sets_the_holding_period_and_the_bond(cast, api_client):
+    datanet = datanets.datanet_create(owner=cast.owner, name="Api terms", kind="instruction", summary="s")
+    api_client.force_authenticate(cast.owner)
+    response = api_client.patch(f"/api/v1/datanets/{datanet.slug}/", {"holding_days": 14, "bond": "2.5"}, format="json")
+    assert response.status_code == 200, response.json()
+    assert (response.json()["holding_days"], response.json()["bond"]) == (14, "2.500000")
+    bad = api_client.patch(f"/api/v1/datanets/{datanet.slug}/", {"holding_days": 900, "bond": "-1"}, format="json")
+    assert bad.status_code == 400 and set(bad.json()["error"]["details"]) == {"holding_days", "bond"}
+    datanet.refresh_from_db()
+    assert (datanet.holding_days, datanet.bond_micro) == (14, 2_500_000)

@@ -261,3 +261,21 @@ def test_releases_and_forfeits_racing_close_each_earning_once_and_verify_stays_c
     assert Account.objects.filter(role=Account.Role.EARNINGS_PENDING).aggregate(t=Sum("balance"))["t"] == 0
     ledger_verify()
     call_command("ledger_verify")
+
+
+def test_staff_release_pending_earnings_and_return_bonds_in_the_admin(people, client, cast, fund):
+    payer, owner, (c1, c2) = people
+    _settle(people)
+    fund(c2, 2)
+    bond = bond_post(key="admin-bond", user_id=c2.pk, amount_micro=CREDIT, datanet_id=5, contribution_id=21)
+    client.force_login(cast.staff)
+    page = client.get("/admin/ledger/pendingearning/")
+    assert page.status_code == 200 and "Release now" in page.content.decode()
+    earning = PendingEarning.objects.get(contribution_id=11)
+    client.post("/admin/ledger/pendingearning/", {"action": "release", "_selected_action": [earning.pk]})
+    earning.refresh_from_db()
+    assert earning.status == PendingEarning.Status.RELEASED and wallet_balance(c1) == 350_000
+    client.post("/admin/ledger/bond/", {"action": "give_back", "_selected_action": [bond.pk]})
+    assert Bond.objects.get(pk=bond.pk).status == Bond.Status.RETURNED
+    assert client.get("/admin/attribution/contributionfinding/").status_code == 200
+    ledger_verify()
