@@ -99,3 +99,23 @@ def datanet_reputations(*, datanet) -> list[Reputation]:
         for user_id, entry in rows.items()
     ]
     return sorted(result, key=lambda r: (r.score, r.username))
+
+
+def datanet_reputation_scores(*, datanet) -> dict[int, tuple[int, bool]]:
+    """{user id: (score, low)}: the review queue's view (datanets.hooks)."""
+    return {r.contributor_id: (r.score, r.low) for r in datanet_reputations(datanet=datanet)}
+
+
+def contributor_reputations(*, user, limit: int = 20) -> list[tuple[object, Reputation]]:
+    """[(datanet, the user's reputation there)] for the datanets the user has rows in (their own view)."""
+    from datanets.models import Datanet
+
+    datanets = Datanet.objects.filter(pk__in=Record.objects.filter(contributor=user).values("datanet_id")).order_by(
+        "name"
+    )[:limit]
+    mine = []
+    for datanet in datanets:
+        found = next((r for r in datanet_reputations(datanet=datanet) if r.contributor_id == user.pk), None)
+        if found is not None:
+            mine.append((datanet, found))
+    return mine

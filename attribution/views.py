@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -7,6 +8,7 @@ from django.views.decorators.http import require_POST
 
 from attribution import selectors
 from attribution.models import Attribution
+from attribution.reputation import contributor_reputations
 
 
 @login_required
@@ -16,7 +18,12 @@ def index(request):
     return render(
         request,
         "attribution/index.html",
-        {"summary": selectors.contributor_summary(user=request.user), "page": page},
+        {
+            "summary": selectors.contributor_summary(user=request.user),
+            "page": page,
+            "reputations": contributor_reputations(user=request.user),
+            "flag_hold_days": settings.MF_FLAGGED_HOLD_DAYS,
+        },
     )
 
 
@@ -57,6 +64,7 @@ def datanet(request, slug: str):
 
         summary["reputations"] = datanet_reputations(datanet=found)
         summary["findings"] = {f.contribution_id: f for f in found.findings.all()}
+        summary["flag_hold_days"] = settings.MF_FLAGGED_HOLD_DAYS
     return render(request, "attribution/datanet.html", {"datanet": found, "s": summary})
 
 

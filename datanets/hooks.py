@@ -4,6 +4,8 @@ contribution's life without datanets importing them (see .importlinter). Apps re
 - Upload handlers run inside the database transaction that stores a new upload (or queues a failed one again), after
   its row is saved: `handler(*, contribution)`. One may refuse the upload by raising DatanetError (e.g. a bond the
   wallet cannot cover); then nothing of it is kept.
+- A reputation provider answers `provider(*, datanet) -> {user id: (score 0..100, low: bool)}` for the review
+  queue, which lists the lowest first (attribution.reputation; none registered: no scores, newest first).
 - Decided handlers run after the transaction that accepts, rejects or fails a contribution has committed:
   `handler(*, contribution_id)`. They must be safe to run twice (a recovery sweep may run them again).
 """
@@ -16,6 +18,17 @@ from django.db import transaction
 
 upload_handlers: list[Callable[..., None]] = []
 decided_handlers: list[Callable[..., None]] = []
+reputation_providers: list[Callable[..., dict]] = []
+
+
+def register_reputation(provider: Callable[..., dict]) -> None:
+    if provider not in reputation_providers:
+        reputation_providers.append(provider)
+
+
+def reputations(datanet) -> dict:
+    """{user id: (score, low)} from the registered provider, or {}."""
+    return reputation_providers[0](datanet=datanet) if reputation_providers else {}
 
 
 def register_upload(handler: Callable[..., None]) -> None:

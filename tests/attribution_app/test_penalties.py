@@ -205,3 +205,20 @@ def test_the_api_sets_the_holding_period_and_the_bond(cast, api_client):
     assert bad.status_code == 400 and set(bad.json()["error"]["details"]) == {"holding_days", "bond"}
     datanet.refresh_from_db()
     assert (datanet.holding_days, datanet.bond_micro) == (14, 2_500_000)
+
+
+def test_the_review_queue_lists_the_lowest_reputation_first(scene, cast, client):
+    datanet, mallory, contribution, bond = scene
+    contribution_decide(contribution=contribution, curator=cast.owner, verdict="confirmed", reason="Poison")
+    datanets.datanet_update(datanet=datanet, actor=cast.owner, policy=Datanet.Policy.APPROVAL)
+    newbie = UserFactory(username="newbie")
+    rows = [{"instruction": f"What grows well in pot {n}?", "output": f"Herbs grow well in pot {n}."} for n in (1, 2)]
+    mine = [{"instruction": "Which beans climb?", "output": "Runner beans climb."}]
+    for user, data, name in ((mallory, mine, "m2.jsonl"), (newbie, rows, "n.jsonl")):
+        made = datanets.contribution_create(datanet=datanet, contributor=user, upload=upload(name, jsonl(data)))
+        assert datanets.contribution_ingest(contribution_id=made.pk).status == Contribution.Status.NEEDS_REVIEW
+    client.force_login(cast.owner)
+    page = client.get(f"/datanets/{datanet.slug}/review/").content.decode()
+    assert page.index('by mallory · reputation <strong class="bad">16 (low)</strong>') < page.index(
+        "by newbie · reputation 50"
+    )
