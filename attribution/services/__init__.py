@@ -17,6 +17,7 @@ Every result stores the rules it was computed with, so that it can be recomputed
 
 from attribution.services.answer import AttributionRetry, attribution_request, attribution_run, inference_completed
 from attribution.services.bonds import bond_on_decided, bond_on_upload, bonds_settle_decided
+from attribution.services.holding import pending_parts
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.penalties import FindingError, contribution_decide
 from attribution.services.settlement import (
@@ -51,6 +52,7 @@ __all__ = [
     "index_build",
     "index_stage_discard",
     "index_stage_run",
+    "pending_parts",
     "rule_payouts",
     "settlement_shares",
     "settlement_terms",

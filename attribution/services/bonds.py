@@ -10,7 +10,7 @@ from datanets.models import Contribution
 from datanets.services import DatanetError
 from ledger import services as ledger
 from ledger.calc.money import format_credits_short
-from ledger.models import Account, Bond
+from ledger.models import Bond
 
 
 def bond_on_upload(*, contribution: Contribution) -> None:
@@ -68,8 +68,3 @@ def bonds_settle_decided() -> list[int]:
     for contribution_id in done:
         bond_on_decided(contribution_id=contribution_id)
     return done
-
-
-def datanet_pool_micro() -> int:
-    """Everything forfeited to the datanets' pool so far (earnings and bonds)."""
-    return sum(Account.objects.filter(role=Account.Role.DATANET_POOL).values_list("balance", flat=True))

@@ -33,7 +33,7 @@ class PendingPart:
     available_at: datetime | None = None
 
 
-def pending_layout(contributors: Mapping[int, int], pending: Mapping[int, Sequence[PendingPart]] | None) -> list[dict]:
+def _pending_layout(contributors: Mapping[int, int], pending: Mapping[int, Sequence[PendingPart]] | None) -> list[dict]:
     """The held parts of a split's contributor amounts: each contributor's amount divided over their sources by
     weight (largest remainder, in the order given), the parts with an `available_at` kept. JSON-ready records
     {user_id, contribution_id, datanet_id, amount, available_at}."""
@@ -65,7 +65,7 @@ def _earning_key(settlement_key: str, part: dict) -> str:
     return f"{settlement_key}:earning:{part['contribution_id']}:{part['user_id']}"
 
 
-def create_pending_earnings(*, tx: Transaction, settlement_key: str, held: list[dict], wallets: dict, pending_id: int):
+def _create_pending_earnings(*, tx: Transaction, settlement_key: str, held: list[dict], wallets: dict, pending_id: int):
     """The PendingEarning rows of a settlement just posted (called in its database transaction)."""
     PendingEarning.objects.bulk_create(
         [

@@ -16,7 +16,7 @@ from ledger.calc.canonical import canonical_json, jsonable, sha256_hex
 from ledger.calc.money import format_credits
 from ledger.calc.split import Split, SplitError, SplitPolicy, split_fee, to_fraction
 from ledger.models import Account, Hold, Transaction
-from ledger.services.earnings import PendingPart, create_pending_earnings, pending_layout
+from ledger.services.earnings import PendingPart, _create_pending_earnings, _pending_layout
 from ledger.services.engine import _check_key, _commit, _legs, _lock_accounts, _Plan, _shard
 from ledger.services.errors import InvalidRequest, LedgerError, PolicyOutOfBounds
 from ledger.services.holds import _open_hold
@@ -252,7 +252,7 @@ def _settlement_plan(
             if hold is not None:
                 Hold.objects.filter(pk=hold.pk).update(status=Hold.Status.SETTLED, close_tx=tx, closed_at=tx.created_at)
             if held:
-                create_pending_earnings(
+                _create_pending_earnings(
                     tx=tx, settlement_key=request.key, held=held, wallets=by_user, pending_id=by_role[pending_shard]
                 )
 
@@ -275,7 +275,7 @@ def _settlement_prepare(request: SettlementRequest) -> _Settlement:
     policy, split = _settlement_split(request)
     extra = jsonable(dict(request.metadata or {}))
     settlement = _settlement_record(request, policy, split)
-    held = pending_layout(split.contributors, request.pending)
+    held = _pending_layout(split.contributors, request.pending)
     meta = {**extra, "settlement": {**settlement, "pending": held} if held else settlement}
     platform = (Account.Role.PLATFORM, _shard(key))
     # request_fingerprint("settlement", **settlement, metadata=..., memo=...) without converting the (already
