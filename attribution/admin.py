@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from attribution.models import Attribution, AttributionShare, ContributionValue, ModelIndex
+from attribution.models import Attribution, AttributionShare, ContributionFinding, ContributionValue, ModelIndex
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -28,6 +28,15 @@ class ModelIndexAdmin(ReadOnlyAdmin):
 class ContributionValueAdmin(ReadOnlyAdmin):
     list_display = ("contribution", "datanet", "contributor", "index", "rows", "value", "z", "harmful")
     list_filter = ("harmful", "datanet")
+    search_fields = ("contributor__username", "datanet__name")
+
+
+@admin.register(ContributionFinding)
+class ContributionFindingAdmin(ReadOnlyAdmin):
+    """Curators' verdicts (made on the datanet's attribution page or through the API, which apply them)."""
+
+    list_display = ("contribution", "datanet", "contributor", "verdict", "reason", "curator", "created_at")
+    list_filter = ("verdict", "datanet")
     search_fields = ("contributor__username", "datanet__name")
 
 

@@ -5,7 +5,13 @@ from rest_framework.views import APIView
 
 from attribution import selectors
 from attribution.models import Attribution
-from attribution.serializers import AttributionSerializer, ReceiptSerializer
+from attribution.serializers import (
+    AttributionSerializer,
+    FindingRequestSerializer,
+    FindingSerializer,
+    ReceiptSerializer,
+    ReputationSerializer,
+)
 from ledger.calc.money import format_credits
 
 
@@ -68,3 +74,52 @@ class InferenceReceiptView(APIView):
         return Response(
             ReceiptSerializer(selectors.attribution_receipt(attribution=attribution, user=request.user)).data
         )
+
+
+class DatanetReputationView(APIView):
+    """Each contributor's reputation in a datanet with its parts, lowest first (curators only)."""
+
+    @extend_schema(responses={200: ReputationSerializer(many=True)}, operation_id="datanet_reputation")
+    def get(self, request, slug: str):
+        from attribution.reputation import datanet_reputations
+        from datanets.models import Datanet
+        from datanets.selectors import datanet_can_curate, datanet_get_visible
+
+        try:
+            datanet = datanet_get_visible(user=request.user, slug=slug)
+        except Datanet.DoesNotExist:
+            raise exceptions.NotFound("No such datanet.") from None
+        if not datanet_can_curate(user=request.user, datanet=datanet):
+            raise exceptions.PermissionDenied("Only the datanet's owner and curators see its contributors' reputation.")
+        rows = [{**r.__dict__, "low": r.low} for r in datanet_reputations(datanet=datanet)]
+        return Response(ReputationSerializer(rows, many=True).data)
+
+
+class ContributionFindingView(APIView):
+    """A curator's verdict on a contribution: "confirmed" harmful (rejected, pending earnings forfeited, bond
+    slashed, by ledger transactions) or "dismissed". Deciding the same again changes nothing; another verdict is 409."""
+
+    @extend_schema(
+        request=FindingRequestSerializer, responses={201: FindingSerializer}, operation_id="contribution_finding"
+    )
+    def post(self, request, contribution_id: int):
+        from attribution.services import FindingError, contribution_decide
+        from datanets.models import Contribution
+        from datanets.selectors import datanet_list_visible
+
+        contribution = (
+            Contribution.objects.filter(pk=contribution_id, datanet__in=datanet_list_visible(user=request.user))
+            .select_related("datanet")
+            .first()
+        )
+        if contribution is None:
+            raise exceptions.NotFound("No such contribution.")
+        data = FindingRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            finding = contribution_decide(contribution=contribution, curator=request.user, **data.validated_data)
+        except FindingError as exc:
+            error = exceptions.APIException(detail=exc.message, code=exc.code)
+            error.status_code = exc.status
+            raise error from None
+        return Response(FindingSerializer(finding).data, status=201)

@@ -54,6 +54,33 @@ class ContributionValue(models.Model):
         return f"contribution {self.contribution_id} value {self.value:.4g}"
 
 
+class ContributionFinding(models.Model):
+    """A curator's decision on a contribution: confirmed harmful (its rows leave the next version, its pending
+    earnings are forfeited, its bond is slashed, its contributor's reputation records it) or the flag dismissed."""
+
+    class Verdict(models.TextChoices):
+        CONFIRMED = "confirmed", "Confirmed harmful"
+        DISMISSED = "dismissed", "Flag dismissed: not harmful"
+
+    contribution = models.OneToOneField("datanets.Contribution", on_delete=models.CASCADE, related_name="finding")
+    datanet = models.ForeignKey("datanets.Datanet", on_delete=models.CASCADE, related_name="findings")
+    contributor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    curator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    value = models.ForeignKey(
+        ContributionValue, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="The data valuation that flagged it, if any (a curator may also find harm on their own).",
+    )  # fmt: skip
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"contribution {self.contribution_id}: {self.verdict}"
+
+
 class Attribution(models.Model):
     """Which contributors and rows shaped one answer, and how its fee was settled."""
 

@@ -88,3 +88,27 @@ class ReceiptSerializer(serializers.Serializer):
     spans = ReceiptSpanSerializer(many=True)
     settlement = ReceiptSettlementSerializer()
     verify_command = serializers.CharField(help_text="Recomputes this attribution from the stored index.")
+
+
+class ReputationSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    score = serializers.IntegerField(help_text="0..100; everyone starts at 50 (attribution/reputation.py).")
+    low = serializers.BooleanField(help_text="Below 35: the curators' list shows it first.")
+    accepted = serializers.IntegerField(help_text="Rows kept.")
+    rejected = serializers.IntegerField(help_text="Rows rejected or dropped.")
+    credited = serializers.IntegerField(help_text="Answers of models trained on the datanet that drew on their rows.")
+    flagged = serializers.IntegerField(help_text="Contributions data valuation flagged harmful.")
+    confirmed = serializers.IntegerField(help_text="Contributions a curator confirmed harmful.")
+
+
+class FindingRequestSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=["confirmed", "dismissed"])
+    reason = serializers.CharField(max_length=500, help_text="Why; the contributor reads it in their statement.")
+
+
+class FindingSerializer(serializers.Serializer):
+    contribution_id = serializers.IntegerField()
+    verdict = serializers.CharField()
+    reason = serializers.CharField()
+    curator = serializers.CharField(source="curator.username")
+    created_at = serializers.DateTimeField()

@@ -268,7 +268,12 @@ MF_SWEEPS = {
     "exports whose worker died": "modelfactory.services.export_reap_stale",
     "answers that never finished (their fee reservation is released)": "modelfactory.services.inference_reap_stale",
     "answers whose attribution or settlement never finished": "attribution.services.attribution_sweep_pending",
+    "earnings whose review period ended (they become available)": "ledger.services.earnings_release_due",
+    "bonds of uploads already accepted, rejected or failed": "attribution.services.bonds_settle_decided",
 }
+# Earnings from a contribution that data valuation flagged harmful (not yet dismissed by a curator), or from a
+# contributor with a contribution confirmed harmful in that datanet, stay pending at least this many days.
+MF_FLAGGED_HOLD_DAYS = env.int("MF_FLAGGED_HOLD_DAYS", 30)
 
 # --- REST API ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

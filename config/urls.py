@@ -4,7 +4,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TokenObtainView
-from attribution.api import InferenceAttributionView, InferenceReceiptView
+from attribution.api import (
+    ContributionFindingView,
+    DatanetReputationView,
+    InferenceAttributionView,
+    InferenceReceiptView,
+)
 from config import views as config_views
 from core import views as core_views
 from core.api import api_not_found
@@ -27,6 +32,10 @@ router.register("models", TrainedModelViewSet, basename="trained-model")
 
 api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
+    path("datanets/<slug:slug>/reputation/", DatanetReputationView.as_view(), name="datanet-reputation"),
+    path(
+        "contributions/<int:contribution_id>/finding/", ContributionFindingView.as_view(), name="contribution-finding"
+    ),
     path("", include(router.urls)),
     path("ledger/", include("ledger.api_urls")),
     path("inferences/<int:inference_id>/", InferenceDetailView.as_view(), name="inference-detail"),

@@ -36,6 +36,32 @@ class DatanetSettingsForm(forms.Form):
     curators = forms.CharField(
         max_length=1000, required=False, help_text="User names, comma-separated (only the owner can change this)."
     )
+    holding_days = forms.IntegerField(
+        min_value=0,
+        max_value=365,
+        required=False,
+        label="Days earnings stay under review",
+        help_text="What contributors earn from this datanet waits this long before they can withdraw it, so you can "
+        "still find a contribution harmful; 0: available at once.",
+    )
+    bond_credits = forms.DecimalField(
+        min_value=0,
+        max_digits=14,
+        decimal_places=6,
+        required=False,
+        label="Bond per upload (credits)",
+        help_text="Taken from the contributor's wallet at upload, given back when the upload is accepted, kept by "
+        "the datanet when you reject it or find it harmful; 0: no bond.",
+    )
+
+    def money_terms(self) -> dict:
+        """holding_days and bond_micro as the service takes them (a field left empty is left unchanged)."""
+        terms = {}
+        if self.cleaned_data.get("holding_days") is not None:
+            terms["holding_days"] = self.cleaned_data["holding_days"]
+        if self.cleaned_data.get("bond_credits") is not None:
+            terms["bond_micro"] = int(self.cleaned_data["bond_credits"] * 1_000_000)
+        return terms
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -47,6 +47,16 @@ class Datanet(models.Model):
     policy = models.CharField(max_length=10, choices=Policy.choices, default=Policy.APPROVAL)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="owned_datanets")
     curators = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="curated_datanets")
+    holding_days = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Days a contributor's earnings from this datanet stay pending (a curator may still find the "
+        "contribution harmful) before they can be withdrawn; 0: available at once.",
+    )
+    bond_micro = models.BigIntegerField(
+        default=0,
+        help_text="Credit (micro-units) a contributor stakes per upload: returned when it is accepted, forfeited "
+        "when it is rejected or confirmed harmful; 0: no bond.",
+    )
     flag_actions = models.JSONField(
         default=default_flag_actions, help_text=f"Flag kind -> one of {', '.join(ACTIONS)}, applied at upload."
     )
@@ -66,7 +76,10 @@ class Datanet(models.Model):
                 fields=["owner", "idempotency_key"],
                 condition=~models.Q(idempotency_key=""),
                 name="datanet_idempotency",
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(holding_days__lte=365) & Q(bond_micro__gte=0), name="datanet_holding_bond_bounds"
+            ),
         ]
 
     def __str__(self) -> str:

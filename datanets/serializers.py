@@ -1,4 +1,5 @@
 import json
+from decimal import Decimal
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -40,6 +41,10 @@ class DatanetSerializer(serializers.ModelSerializer):
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
     owner = serializers.CharField(source="owner.username", read_only=True)
     curators = serializers.SlugRelatedField(many=True, read_only=True, slug_field="username")
+    bond = serializers.SerializerMethodField(
+        help_text="Credits (decimal string, 6 places) held from a contributor's wallet per upload: returned when the "
+        "upload is accepted, forfeited when it is rejected or confirmed harmful; 0: no bond."
+    )
 
     class Meta:
         model = Datanet
@@ -56,8 +61,13 @@ class DatanetSerializer(serializers.ModelSerializer):
             "owner",
             "curators",
             "flag_actions",
+            "holding_days",
+            "bond",
             "created_at",
         ]
+
+    def get_bond(self, datanet) -> str:
+        return f"{Decimal(datanet.bond_micro) / 1_000_000:.6f}"
 
 
 class DatanetCreateSerializer(serializers.Serializer):
@@ -83,6 +93,19 @@ class DatanetUpdateSerializer(serializers.Serializer):
     policy = serializers.ChoiceField(choices=Datanet.Policy.choices, required=False)
     curators = FormListField(child=serializers.CharField(max_length=150), required=False)
     flag_actions = FlagActionsField(required=False)
+    holding_days = serializers.IntegerField(
+        min_value=0, max_value=365, required=False,
+        help_text="Days contributors' earnings from this datanet stay pending before they can be withdrawn.",
+    )  # fmt: skip
+    bond = serializers.DecimalField(
+        max_digits=14, decimal_places=6, min_value=Decimal(0), required=False,
+        help_text="Credits held from a contributor's wallet per upload (decimal string); 0: no bond.",
+    )  # fmt: skip
+
+    def validate(self, attrs):
+        if "bond" in attrs:
+            attrs["bond_micro"] = int(attrs.pop("bond") * 1_000_000)
+        return attrs
 
 
 class RowErrorSerializer(serializers.Serializer):

@@ -1,4 +1,5 @@
 import csv
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib import messages
@@ -13,7 +14,7 @@ from django.views.decorators.http import require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from datanets import selectors, services
+from datanets import hooks, selectors, services
 from datanets.export import export_columns, export_row
 from datanets.forms import (
     ColumnMappingForm,
@@ -124,6 +125,8 @@ def datanet_settings(request, slug):
         "visibility": datanet.visibility,
         "policy": datanet.policy,
         "curators": ", ".join(u.username for u in datanet.curators.all()),
+        "holding_days": datanet.holding_days,
+        "bond_credits": Decimal(datanet.bond_micro) / 1_000_000,
         **{f"flag_{k}": datanet.flag_actions.get(k, "keep") for k in FLAG_KINDS},
     }
     form = DatanetSettingsForm(request.POST or None, initial=initial)
@@ -139,6 +142,7 @@ def datanet_settings(request, slug):
                 curators=curators if owner_can else None,
                 flag_actions=form.flag_actions(),
                 **{k: data[k] for k in ("name", "summary", "description", "licence", "visibility", "policy")},
+                **form.money_terms(),
             )
         except services.DatanetError as exc:
             form.add_error(None, exc.message)
@@ -306,7 +310,11 @@ def review_queue(request, slug):
     if not selectors.datanet_can_curate(user=request.user, datanet=datanet):
         # The datanet is visible to this person: say why they cannot go on (a hidden one is 404 above).
         raise PermissionDenied("Only this datanet's curators can review its contributions.")
-    queue = selectors.contribution_list(datanet=datanet, user=request.user, review_only=True)
+    queue = list(selectors.contribution_list(datanet=datanet, user=request.user, review_only=True))
+    scores = hooks.reputations(datanet)
+    for contribution in queue:  # lowest reputation first (new contributors are neutral, 50); newest first within
+        contribution.reputation, contribution.low_reputation = scores.get(contribution.contributor_id, (50, False))
+    queue.sort(key=lambda c: c.reputation)
     context = {**_base(request, datanet, "review"), "queue": queue, "reject_form": ReasonForm()}
     return render(request, "datanets/review.html", context)
 

@@ -1,6 +1,7 @@
 """Operations views. Transactions and postings are read-only (the database refuses edits on PostgreSQL anyway);
 staff act only through services: grant credit (with the permission ledger.grant_credit; every grant is listed under
-"Credit grants"), complete or cancel withdrawals."""
+"Credit grants"), complete or cancel withdrawals, release pending earnings early, return bonds. Forfeits and slashes
+go through a curator's finding (attribution), so they always carry its reason."""
 
 import uuid
 
@@ -14,7 +15,17 @@ from django.urls import path
 from ledger import selectors, services
 from ledger.calc.money import format_credits
 from ledger.forms import CreditsFormField
-from ledger.models import Account, Checkpoint, CreditGrant, Hold, Posting, Transaction, Withdrawal
+from ledger.models import (
+    Account,
+    Bond,
+    Checkpoint,
+    CreditGrant,
+    Hold,
+    PendingEarning,
+    Posting,
+    Transaction,
+    Withdrawal,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -191,3 +202,50 @@ class WithdrawalAdmin(ReadOnlyAdmin):
     @admin.action(description="Cancel and return the credit")
     def cancel(self, request, queryset):
         self._close(request, queryset, False)
+
+
+@admin.register(PendingEarning)
+class PendingEarningAdmin(ReadOnlyAdmin):
+    list_display = [
+        "key",
+        "user",
+        "amount_credits",
+        "contribution_id",
+        "datanet_id",
+        "available_at",
+        "status",
+        "reason",
+    ]
+    list_filter = ["status"]
+    search_fields = ["user__username", "key"]
+    actions = ["release"]
+
+    @admin.action(description="Release now (make available in the wallet)")
+    def release(self, request, queryset):
+        done = 0
+        for key in queryset.filter(status=PendingEarning.Status.PENDING).order_by("pk").values_list("key", flat=True):
+            try:
+                services.earning_release(earning_key=key)
+                done += 1
+            except services.LedgerError as exc:
+                messages.error(request, str(exc))
+        self.message_user(request, f"{done} pending earning(s) released.")
+
+
+@admin.register(Bond)
+class BondAdmin(ReadOnlyAdmin):
+    list_display = ["key", "user", "amount_credits", "contribution_id", "datanet_id", "status", "reason", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["user__username", "key"]
+    actions = ["give_back"]
+
+    @admin.action(description="Return to the contributor")
+    def give_back(self, request, queryset):
+        done = 0
+        for key in queryset.filter(status=Bond.Status.HELD).order_by("pk").values_list("key", flat=True):
+            try:
+                services.bond_return(bond_key=key)
+                done += 1
+            except services.LedgerError as exc:
+                messages.error(request, str(exc))
+        self.message_user(request, f"{done} bond(s) returned.")

@@ -25,6 +25,9 @@ class Account(models.Model):
         WITHDRAWALS_PENDING = "withdrawals_pending", "Withdrawals awaiting payout"
         ISSUANCE = "issuance", "Credit issued (grants)"
         PAID_OUT = "paid_out", "Withdrawals paid out"
+        EARNINGS_PENDING = "earnings_pending", "Earnings in their review period"
+        BONDS_HELD = "bonds_held", "Contributors' bonds held"
+        DATANET_POOL = "datanet_pool", "Datanet pools (forfeited earnings, slashed bonds)"
 
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="ledger_accounts"
@@ -83,6 +86,11 @@ class Transaction(models.Model):
         WITHDRAWAL_REQUEST = "withdrawal_request", "Withdrawal requested"
         WITHDRAWAL_COMPLETE = "withdrawal_complete", "Withdrawal paid out"
         WITHDRAWAL_CANCEL = "withdrawal_cancel", "Withdrawal cancelled"
+        EARNING_RELEASE = "earning_release", "Earnings became available"
+        EARNING_FORFEIT = "earning_forfeit", "Earnings forfeited"
+        BOND_POST = "bond_post", "Bond posted"
+        BOND_RETURN = "bond_return", "Bond returned"
+        BOND_SLASH = "bond_slash", "Bond forfeited"
 
     class Status(models.TextChoices):
         POSTED = "posted", "Posted"
@@ -221,6 +229,85 @@ class Withdrawal(models.Model):
 
     def __str__(self) -> str:
         return f"withdrawal {self.pk} of {format_credits(self.amount)} ({self.status})"
+
+    @property
+    def amount_credits(self) -> str:
+        return format_credits(self.amount)
+
+
+class PendingEarning(models.Model):
+    """A contributor's earnings from one contribution in one settlement, held in an earnings-pending shard until
+    `available_at` (the datanet's holding period), then released to the wallet or, when a curator confirms the
+    contribution harmful, forfeited to the datanet's pool. Both are new ledger transactions; this row only records
+    which one closed it. `datanet_id` and `contribution_id` name rows of the datanets app (the ledger imports no
+    other app, so they are plain numbers)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RELEASED = "released", "Available"
+        FORFEITED = "forfeited", "Forfeited"
+
+    key = models.CharField(max_length=240, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="pending_earnings")
+    wallet = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    pending = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    amount = models.BigIntegerField()
+    datanet_id = models.BigIntegerField()
+    contribution_id = models.BigIntegerField(db_index=True)
+    available_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    pend_tx = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="+")
+    close_tx = models.OneToOneField(Transaction, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["available_at", "id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_earning_amount_positive")]
+        indexes = [
+            models.Index(fields=["available_at"], condition=Q(status="pending"), name="ledger_earning_due"),
+            models.Index(fields=["user", "status"], name="ledger_earning_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"earning {self.key} ({self.status})"
+
+    @property
+    def amount_credits(self) -> str:
+        return format_credits(self.amount)
+
+
+class Bond(models.Model):
+    """A stake a contributor posts to upload to a datanet that asks for one: held from the wallet at upload, returned
+    when the contribution is accepted, slashed to the datanet's pool when it is rejected as spam or confirmed
+    harmful (each a ledger transaction)."""
+
+    class Status(models.TextChoices):
+        HELD = "held", "Held"
+        RETURNED = "returned", "Returned"
+        SLASHED = "slashed", "Forfeited"
+
+    key = models.CharField(max_length=200, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="bonds")
+    wallet = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    held = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    amount = models.BigIntegerField()
+    datanet_id = models.BigIntegerField()
+    contribution_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.HELD)
+    hold_tx = models.OneToOneField(Transaction, on_delete=models.PROTECT, related_name="+")
+    close_tx = models.OneToOneField(Transaction, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    reason = models.CharField(max_length=500, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_bond_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"bond {self.key} ({self.status})"
 
     @property
     def amount_credits(self) -> str:

@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import F, IntegerField, OuterRef, QuerySet, Subquery, Sum, Window
+from django.db.models import F, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Window
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
@@ -17,7 +17,7 @@ from common.merkle import inclusion_proof, verify_inclusion
 from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
 from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
-from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
+from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, PendingEarning, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600
 AUTOMATIC_MEMOS = {
@@ -26,12 +26,50 @@ AUTOMATIC_MEMOS = {
 
 
 def wallet_summary(*, user) -> dict:
-    """available: what the user can spend or withdraw now; balance: that plus withdrawals waiting for payout."""
-    available = Account.objects.filter(owner=user).values_list("balance", flat=True).first() or 0
-    pending = (
-        Withdrawal.objects.filter(user=user, status=Withdrawal.Status.REQUESTED).aggregate(t=Sum("amount"))["t"] or 0
+    """available: what the user can spend or withdraw now; balance: that plus withdrawals waiting for payout;
+    earnings_pending: earnings in their review period (not in the balance) and the date the next becomes available.
+    One query (the wallet row with its open withdrawals and pending earnings as subqueries)."""
+    withdrawals = (
+        Withdrawal.objects.filter(account=OuterRef("pk"), status=Withdrawal.Status.REQUESTED)
+        .values("account")
+        .annotate(t=Sum("amount"))
+        .values("t")
     )
-    return {"currency": CURRENCY, "balance": available + pending, "available": available, "pending": pending}
+    held = PendingEarning.objects.filter(wallet=OuterRef("pk"), status=PendingEarning.Status.PENDING).values("wallet")
+    row = (
+        Account.objects.filter(owner=user)
+        .annotate(
+            open_withdrawals=Subquery(withdrawals),
+            held=Subquery(held.annotate(t=Sum("amount")).values("t")),
+            next_release=Subquery(held.annotate(t=Min("available_at")).values("t")),
+        )
+        .values_list("balance", "open_withdrawals", "held", "next_release")
+        .first()
+    )
+    available, pending, earnings, next_release = row if row is not None else (0, 0, 0, None)
+    return {
+        "currency": CURRENCY,
+        "balance": available + (pending or 0),
+        "available": available,
+        "pending": pending or 0,
+        "earnings_pending": earnings or 0,
+        "earnings_next_release_at": next_release,
+    }
+
+
+def earnings_under_review(*, user, limit: int = 50) -> dict:
+    """The user's earnings in their review period (soonest first) and those forfeited (newest first), with the
+    dates and reasons the wallet shows. One query."""
+    rows = list(
+        PendingEarning.objects.filter(
+            user=user, status__in=[PendingEarning.Status.PENDING, PendingEarning.Status.FORFEITED]
+        )
+        .select_related("pend_tx")
+        .order_by("available_at", "pk")[: 2 * limit]
+    )
+    pending = [e for e in rows if e.status == PendingEarning.Status.PENDING][:limit]
+    forfeited = sorted((e for e in rows if e.status == PendingEarning.Status.FORFEITED), key=lambda e: e.closed_at)
+    return {"pending": pending, "forfeited": forfeited[::-1][:limit]}
 
 
 def statement(

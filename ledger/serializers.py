@@ -39,6 +39,13 @@ class BalanceSerializer(serializers.Serializer):
     currency = serializers.CharField()
     balance = CreditsField(help_text="Credits in the wallet plus withdrawals waiting for payout.")
     available = CreditsField(help_text="Credits that can be spent or withdrawn now.")
+    earnings_pending = CreditsField(
+        help_text="Earnings in their review period (not in the balance): they become available on their date, "
+        "unless a curator confirms the contribution they came from harmful."
+    )
+    earnings_next_release_at = serializers.DateTimeField(
+        allow_null=True, help_text="When the next of those earnings becomes available (null: none pending)."
+    )
 
 
 class StatementLineSerializer(serializers.ModelSerializer):

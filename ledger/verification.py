@@ -11,7 +11,7 @@ from django.db.models import Max, Q, Sum
 from common.merkle import merkle_root
 from ledger.calc.anchors import AnchorError, anchors_check, anchors_read, load_public_key
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
-from ledger.models import Account, ChainHead, Checkpoint, Hold, Posting, Transaction, Withdrawal
+from ledger.models import Account, Bond, ChainHead, Checkpoint, Hold, PendingEarning, Posting, Transaction, Withdrawal
 
 CHUNK = 2000
 
@@ -126,6 +126,14 @@ def _verify_open_items() -> None:
     requested = Withdrawal.objects.filter(status=Withdrawal.Status.REQUESTED).aggregate(t=Sum("amount"))["t"] or 0
     if pending_total != requested:
         raise LedgerBreach(f"withdrawals pending holds {pending_total} but open withdrawals are {requested}")
+    for role, model, status in (
+        (Account.Role.EARNINGS_PENDING, PendingEarning, PendingEarning.Status.PENDING),
+        (Account.Role.BONDS_HELD, Bond, Bond.Status.HELD),
+    ):
+        in_account = Account.objects.filter(role=role).aggregate(t=Sum("balance"))["t"] or 0
+        still_open = model.objects.filter(status=status).aggregate(t=Sum("amount"))["t"] or 0
+        if in_account != still_open:
+            raise LedgerBreach(f"{role} holds {in_account} but the open {model._meta.verbose_name}s are {still_open}")
 
 
 def _verify_checkpoints() -> int:

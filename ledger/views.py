@@ -46,6 +46,7 @@ def wallet(request):
         "withdrawal_form": WithdrawalForm(),
         "withdrawals": selectors.withdrawals_for(user=request.user)[:10],
         "earnings": selectors.earnings(user=request.user),
+        "review": selectors.earnings_under_review(user=request.user),
         "query": request.GET.copy().urlencode() if request.GET else "",
         "filters_query": _without_page(request.GET),
         "anchor": selectors.latest_anchor(),

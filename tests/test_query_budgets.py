@@ -348,11 +348,12 @@ WIZARD_STEP_2 = {
 }  # fmt: skip
 
 PAGES = {
-    "dashboard": Case("/", dashboard, r"qb-(?:datanet|upload|job|model)-\d+", 7, shows=(4 * N, 4 * 5)),  # 5 each
+    "dashboard": Case("/", dashboard, r"qb-(?:datanet|upload|job|model)-\d+", 6, shows=(4 * N, 4 * 5)),  # 5 each
     "datanets": Case("/datanets/", public_datanets, r"qb-datanet-\d+", 5),
     "datanet rows": Case("/datanets/{datanet}/", records, r"qb-row-\d+", 5),
     "contributions": Case("/datanets/{datanet}/contributions/", contributions, r"qb-upload-\d+", 5),
-    "review queue": Case("/datanets/{datanet}/review/", review_queue, r"qb-upload-\d+", 4),
+    # + the contributors' reputation (rows, answers credited, flags, findings: 4 queries, whatever the queue's length)
+    "review queue": Case("/datanets/{datanet}/review/", review_queue, r"qb-upload-\d+", 8),
     "versions": Case("/datanets/{datanet}/versions/", versions, r"qb-version-\d+", 4),
     "version diff": Case("/datanets/{datanet}/versions/{version}/", version_rows, r"qb-contributor-\d+", 6),
     "contributors": Case("/datanets/{datanet}/contributors/", records, r"qb-contributor-\d+", 6),
@@ -364,11 +365,13 @@ PAGES = {
     "wizard versions": Case("/train/new/?step=2", usable_versions, r"qb-datanet-\d+", 6, session=WIZARD_STEP_2),
     "job chart": Case("/train/jobs/{job}/chart/", chart_points, train_points_grown, 3),
     "models": Case("/models/", models, r"qb-model-\d+", 3),
-    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 8),
+    # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one)
+    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 13),
     "attribution model": Case("/attribution/models/{model}/", model_shares, r"qb-contributor-\d+", 5),
-    "attribution datanet": Case("/attribution/datanets/{datanet}/", datanet_shares, r"qb-contributor-\d+", 6),
+    # + reputation (4) and the curators' findings (1)
+    "attribution datanet": Case("/attribution/datanets/{datanet}/", datanet_shares, r"qb-contributor-\d+", 11),
     "attribution answer": Case("/attribution/inferences/{inference}/", answer_detail, r"qb-contributor-\d+", 7),
-    "wallet": Case("/wallet/", wallet, r"qb-tx-\d+", 9),
+    "wallet": Case("/wallet/", wallet, r"qb-tx-\d+", 9),  # earnings under review: +1; the summary: -1 (one query)
     "statement csv": Case("/wallet/statement.csv", grants, r"qb-tx-\d+", 2),
     "api tokens": Case("/accounts/tokens/", tokens, r"qb-token-\d+", 2),
 }

@@ -8,6 +8,8 @@
   the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
 - settlement_check: a settled answer checked against the rule it recorded;
+- holding / penalties: which parts of a settlement arrive as pending earnings; a curator's verdict on a
+  contribution flagged harmful (forfeit, slash, reject) or the flag dismissed;
 - sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again;
 - verify: an answer's attribution re-checked from the stored index, answer and settlement (attribution_verify).
 
@@ -21,7 +23,10 @@ from attribution.services.answer import (
     attribution_run,
     inference_completed,
 )
+from attribution.services.bonds import bond_on_decided, bond_on_upload, bonds_settle_decided
+from attribution.services.holding import pending_parts
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
+from attribution.services.penalties import FindingError, contribution_decide
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
     SETTLE_2_POLICY,
@@ -44,6 +49,11 @@ __all__ = [
     "Check",
     "Verification",
     "attribution_compute",
+    "FindingError",
+    "bond_on_decided",
+    "bond_on_upload",
+    "bonds_settle_decided",
+    "contribution_decide",
     "attribution_request",
     "attribution_run",
     "attribution_settle",
@@ -55,6 +65,7 @@ __all__ = [
     "index_build",
     "index_stage_discard",
     "index_stage_run",
+    "pending_parts",
     "rule_payouts",
     "settlement_shares",
     "settlement_terms",

@@ -29,6 +29,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 
 from attribution.models import Attribution, AttributionShare
+from attribution.services.holding import pending_parts
 from datanets.selectors import version_contributor_row_counts
 from ledger import services as ledger
 from ledger.calc.money import format_credits
@@ -105,6 +106,8 @@ class _ToSettle:
     model_slug: str
     owner_id: int
     job_id: int
+    contribution_shares: dict
+    finished_at: object
 
 
 def _finish_settlements(finished: list[tuple[int, str, str, object]]) -> None:
@@ -203,6 +206,8 @@ def _settlement_candidates(ids: list[int]) -> list[_ToSettle]:
             "inference__model__slug",
             "inference__model__owner_id",
             "inference__model_version__job_id",
+            "contribution_shares",
+            "finished_at",
         )  # fmt: skip
     )
     result, skipped = [], []
@@ -220,7 +225,7 @@ def _settlement_candidates(ids: list[int]) -> list[_ToSettle]:
     return result
 
 
-def _settlement_request(candidate: _ToSettle, labels: dict[str, str]):
+def _settlement_request(candidate: _ToSettle, labels: dict[str, str], pending: dict | None = None):
     fallback = None
     if candidate.status == Attribution.Status.FALLBACK:
         where = (
@@ -256,6 +261,7 @@ def _settlement_request(candidate: _ToSettle, labels: dict[str, str]):
         fallback_reason=fallback,
         metadata=metadata,
         memo=f"Answer {candidate.inference_id} of {candidate.model_slug}",
+        pending=pending or None,
     )
 
 
@@ -266,7 +272,10 @@ def _settle_batch(candidates: list[_ToSettle]) -> None:
     for candidate in candidates:
         if candidate.job_id not in labels:
             labels[candidate.job_id] = _datanet_labels(job=FineTuneJob(pk=candidate.job_id))
-    outcomes = ledger.settlement_post_many(requests=[_settlement_request(c, labels[c.job_id]) for c in candidates])
+    pending, confirmed = pending_parts(candidates)
+    outcomes = ledger.settlement_post_many(
+        requests=[_settlement_request(c, labels[c.job_id], pending.get(c.pk)) for c in candidates]
+    )
     finished = []
     for candidate, outcome in zip(candidates, outcomes, strict=True):
         if isinstance(outcome, ledger.LedgerError):
@@ -278,6 +287,8 @@ def _settle_batch(candidates: list[_ToSettle]) -> None:
             note = f"{format_credits(candidate.fee_micro)} credits settled."
             finished.append((candidate.pk, Attribution.Settlement.SETTLED, note, outcome))
     _finish_settlements(finished)
+    for contribution_id, reason in sorted(confirmed.items()):  # earned after a curator confirmed it harmful
+        ledger.earnings_forfeit_contribution(contribution_id=contribution_id, reason=reason)
 
 
 # Session advisory locks on (this number, attribution id) claim answers taken along in another answer's batch.

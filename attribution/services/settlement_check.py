@@ -9,7 +9,7 @@ from fractions import Fraction
 from attribution.models import Attribution
 from attribution.services.settlement import settlement_shares, settlement_terms, training_row_shares
 from ledger.calc.split import SplitError, SplitPolicy, split_fee, to_fraction
-from ledger.models import Posting
+from ledger.models import PendingEarning, Posting
 
 
 def attribution_settlement_check(*, attribution: Attribution) -> list[str]:
@@ -72,6 +72,8 @@ def _split_problems(record: dict, *, tx_id: int, skip: set[int]) -> list[str]:
         "account__owner_id", "amount"
     ):
         paid[user_id] = paid.get(user_id, 0) + amount
+    for user_id, amount in PendingEarning.objects.filter(pend_tx_id=tx_id).values_list("user_id", "amount"):
+        paid[user_id] = paid.get(user_id, 0) + amount  # paid into the earnings-pending shard for them
     # The owner and the caller also get the owner's part or the hold's rest: compare the contributors only.
     if {uid: paid.get(uid, 0) for uid in split.contributors if uid not in skip} != {
         uid: amount for uid, amount in split.contributors.items() if uid not in skip

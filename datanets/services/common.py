@@ -12,7 +12,13 @@ class DatanetError(Exception):
     """A refused request, with a plain-language message. `code` is stable for the API."""
 
     status = 400
-    STATUS_BY_CODE = {"file_too_large": 413, "duplicate_file": 409, "slug_taken": 409, "idempotency_conflict": 409}
+    STATUS_BY_CODE = {
+        "bond_unpaid": 402,
+        "file_too_large": 413,
+        "duplicate_file": 409,
+        "slug_taken": 409,
+        "idempotency_conflict": 409,
+    }
 
     def __init__(self, message: str, *, code: str = "invalid"):
         super().__init__(message)

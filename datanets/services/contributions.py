@@ -15,6 +15,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from core.jobs import enqueue_or_fail
+from datanets import hooks
 from datanets.ingest.formats import HEAD_BYTES, unreadable_reason
 from datanets.models import Contribution, Datanet, Record
 from datanets.selectors import datanet_can_contribute, datanet_can_curate
@@ -80,11 +81,15 @@ def contribution_create(
     try:
         with transaction.atomic(durable=True):
             contribution.save()
+            hooks.run_upload_handlers(contribution)  # e.g. the datanet's bond, held from the wallet
             if enqueue:
                 transaction.on_commit(lambda: _enqueue_ingest(contribution.pk))
     except IntegrityError:  # the same file raced in from another request
         contribution.file.delete(save=False)
         raise DatanetError("This file is already being uploaded to this datanet.", code="duplicate_file") from None
+    except DatanetError:  # refused by an upload handler: nothing of it is kept
+        contribution.file.delete(save=False)
+        raise
     if enqueue:
         contribution.refresh_from_db()  # a broker that was down has failed it already (_enqueue_ingest)
     return contribution
@@ -166,6 +171,7 @@ def contribution_retry(*, contribution: Contribution, actor, column_mapping: dic
             .exists()
         ):
             raise DatanetError("The same file has been uploaded again since; see that upload.", code="duplicate_file")
+        hooks.run_upload_handlers(contribution)  # a failed upload's bond was returned: the retry posts one again
         transaction.on_commit(lambda: _enqueue_ingest(contribution.pk))
     contribution.refresh_from_db()
     return contribution
@@ -186,6 +192,7 @@ def contribution_approve(*, contribution: Contribution, curator, note: str = "")
             status=Record.Status.ACCEPTED
         )
         _rows_changed(contribution.datanet_id)
+        hooks.on_decided(contribution.pk)
     contribution.refresh_from_db()
     return contribution
 
@@ -203,6 +210,7 @@ def contribution_reject(*, contribution: Contribution, curator, reason: str) -> 
             raise DatanetError("This contribution cannot be rejected in its current state.", code="not_reviewable")
         Record.objects.filter(contribution=contribution, status__in=Record.LIVE).update(status=Record.Status.REJECTED)
         _rows_changed(contribution.datanet_id)
+        hooks.on_decided(contribution.pk)
     contribution.refresh_from_db()
     return contribution
 

@@ -132,7 +132,7 @@ def _datanet_insert(*, owner, request: dict, key: str, fingerprint: str, flag_ac
     return datanet
 
 
-UPDATABLE = ("name", "summary", "description", "licence", "visibility", "policy")
+UPDATABLE = ("name", "summary", "description", "licence", "visibility", "policy", "holding_days", "bond_micro")
 
 
 def datanet_update(
@@ -144,6 +144,7 @@ def datanet_update(
     unknown = set(fields) - set(UPDATABLE)
     if unknown:
         raise DatanetError("These fields cannot be changed: " + ", ".join(sorted(unknown)) + ".")
+    _check_money_terms(fields)
     with transaction.atomic(durable=True):
         datanet = Datanet.objects.select_for_update().get(pk=datanet.pk)
         for key, value in fields.items():
@@ -156,6 +157,17 @@ def datanet_update(
         if curators is not None:
             _set_curators(datanet, actor, curators)
     return datanet
+
+
+def _check_money_terms(fields: dict) -> None:
+    """The holding period (0..365 days) and the bond (whole micro-units, 0 or more), refused before any write."""
+    for key, top, what in (("holding_days", 365, "The holding period in days"), ("bond_micro", None, "The bond")):
+        if key not in fields:
+            continue
+        value = fields[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (top is not None and value > top):
+            bound = f"from 0 to {top}" if top is not None else "0 or more micro-units"
+            raise DatanetError(f"{what} must be a whole number {bound}.", code="invalid_money_terms")
 
 
 def _set_curators(datanet: Datanet, actor, usernames) -> None:

@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.models import WorkerHeartbeat
+from datanets import hooks
 from datanets.ingest import IngestError
 from datanets.ingest.dedup import CopySources, NearDuplicateIndex
 from datanets.ingest.formats import HEAD_BYTES, detect_format
@@ -43,6 +44,7 @@ def _fail(contribution_id: int, message: str, report: dict | None = None) -> Non
             finished_at=timezone.now(),
             **({"report": report} if report is not None else {}),
         )
+        hooks.on_decided(contribution_id)
 
 
 def _stage(contribution: Contribution, rows: list[ProcessedRow], counter: TokenCounter) -> int:
@@ -227,6 +229,8 @@ def _finalise(contribution: Contribution, processor: RowProcessor, tokens: int, 
             tokens_estimated=estimated,
             finished_at=timezone.now(),
         )
+        if status != Contribution.Status.NEEDS_REVIEW:
+            hooks.on_decided(contribution.pk)
 
 
 def contribution_fail_stale(*, now=None) -> list[int]:

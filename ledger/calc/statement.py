@@ -20,6 +20,11 @@ LABELS = {
     # Other kinds of transaction, where the ledger's own name is not what a person would say.
     "hold": "Fee reserved for an answer",
     "hold_release": "Refund: a reserved fee released in full",
+    "earning_release": "Your earnings as a data contributor, now available after their review period",
+    "earning_forfeit": "Earnings forfeited",
+    "bond_post": "Bond held for an upload",
+    "bond_return": "Bond returned",
+    "bond_slash": "Bond forfeited",
 }
 
 
@@ -35,9 +40,11 @@ def settlement_roles(metadata: Mapping, user_id: int, amounts: Sequence[int]) ->
     expected: list[tuple[int, str]] = []
     if record.get("owner_user_id") == user_id and split.get("owner"):
         expected.append((int(split["owner"]), OWNER_SHARE))
-    contributed = (split.get("contributors") or {}).get(str(user_id))
-    if contributed:
-        expected.append((int(contributed), CONTRIBUTOR_SHARE))
+    contributed = int((split.get("contributors") or {}).get(str(user_id)) or 0)
+    # The parts held for a review period went to the earnings-pending shard, not to the wallet.
+    contributed -= sum(int(p["amount"]) for p in record.get("pending") or () if p.get("user_id") == user_id)
+    if contributed > 0:
+        expected.append((contributed, CONTRIBUTOR_SHARE))
     roles = []
     for amount in amounts:
         if amount < 0:

@@ -10,14 +10,28 @@ what every money movement goes through; see its docstring for the rules.
     settlement       policy_check, settlement_post, settlement_post_many
     settlement_fast  their PostgreSQL paths (one SQL function call per settlement or per batch)
     withdrawals      withdrawal_request, withdrawal_complete, withdrawal_cancel
+    earnings         pending earnings: earning_release, earning_forfeit, earnings_release_due (a sweep),
+                     earnings_forfeit_contribution (the settlement pays them into their pending shard)
+    bonds            bond_post, bond_return, bond_slash
     checkpoints      checkpoint_create
     anchors          anchor_checkpoint (each checkpoint's signed anchor, outside the database)
 """
 
 from ledger.services.anchors import anchor_checkpoint
+from ledger.services.bonds import bond_post, bond_return, bond_slash
 from ledger.services.checkpoints import checkpoint_create
+from ledger.services.earnings import (
+    PendingPart,
+    earning_forfeit,
+    earning_release,
+    earnings_forfeit_contribution,
+    earnings_release_due,
+    pending_total,
+)
 from ledger.services.engine import MAX_ATTEMPTS, request_fingerprint
 from ledger.services.errors import (
+    BondNotHeld,
+    EarningNotPending,
     HoldNotOpen,
     IdempotencyConflict,
     InsufficientFunds,
@@ -41,6 +55,17 @@ from ledger.services.transfers import account_for_user, transfer
 from ledger.services.withdrawals import withdrawal_cancel, withdrawal_complete, withdrawal_request
 
 __all__ = [
+    "BondNotHeld",
+    "EarningNotPending",
+    "PendingPart",
+    "bond_post",
+    "bond_return",
+    "bond_slash",
+    "earning_forfeit",
+    "earning_release",
+    "earnings_forfeit_contribution",
+    "earnings_release_due",
+    "pending_total",
     "GRANT_PERMISSION",
     "MAX_ATTEMPTS",
     "SETTLEMENT_BATCH_MAX",

@@ -50,5 +50,13 @@ class WithdrawalNotOpen(LedgerError):
     code = "withdrawal_not_open"
 
 
+class EarningNotPending(LedgerError):
+    code = "earning_not_pending"
+
+
+class BondNotHeld(LedgerError):
+    code = "bond_not_held"
+
+
 class PolicyOutOfBounds(LedgerError, ValueError):
     code = "policy_out_of_bounds"

@@ -16,6 +16,7 @@ from ledger.calc.canonical import canonical_json, jsonable, sha256_hex
 from ledger.calc.money import format_credits
 from ledger.calc.split import Split, SplitError, SplitPolicy, split_fee, to_fraction
 from ledger.models import Account, Hold, Transaction
+from ledger.services.earnings import PendingPart, _create_pending_earnings, _pending_layout
 from ledger.services.engine import _check_key, _commit, _legs, _lock_accounts, _Plan, _shard
 from ledger.services.errors import InvalidRequest, LedgerError, PolicyOutOfBounds
 from ledger.services.holds import _open_hold
@@ -58,6 +59,7 @@ class SettlementRequest:
     metadata: Mapping | None = None
     memo: str = ""
     unattributed: Share | None = None
+    pending: Mapping[int, Sequence[PendingPart]] | None = None
 
 
 def settlement_post(
@@ -73,6 +75,7 @@ def settlement_post(
     metadata: Mapping | None = None,
     memo: str = "",
     unattributed: Share | None = None,
+    pending: Mapping[int, Sequence[PendingPart]] | None = None,
 ) -> Transaction:
     """Settles one fee in one transaction: the payer (directly, or through the hold `hold_key`) pays `fee_micro`;
     the model owner, the contributors (by share, exactly, largest remainder, ties to the lower user id) and a
@@ -87,6 +90,12 @@ def settlement_post(
     `unattributed` (0..1, with a policy whose `unattributed_to` says where it goes): the fraction of the
     contributors' part that no row earned; it goes there (the owner) and only the rest is split by share. The
     record then holds the share and the amount.
+
+    `pending` ({contributor user id: [PendingPart]}): where each contributor's amount comes from; the parts from a
+    datanet with a holding period (an `available_at`) are paid to an earnings-pending shard, each recorded as a
+    PendingEarning (released or forfeited later, see `earnings`), the rest to the wallet. The record lists them
+    ("pending"). They are the payee's side of the same payment, so they are not part of the request hash: a replay
+    returns the first settlement, whatever layout it brings. Such settlements take the general path.
 
     Raises InsufficientFunds (payer path; recorded), HoldNotOpen, IdempotencyConflict, PolicyOutOfBounds,
     InvalidRequest. Replaying `key` with the same inputs returns the same transaction."""
@@ -103,9 +112,10 @@ def settlement_post(
             metadata=metadata,
             memo=memo,
             unattributed=unattributed,
+            pending=pending,
         )
     )
-    if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
+    if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT and not settlement.held:
         tx = _settlement_post_fast(settlement)
         if tx is not None:
             return tx
@@ -136,7 +146,8 @@ def settlement_post_many(*, requests: Sequence[SettlementRequest]) -> list[Trans
         except LedgerError as exc:
             outcomes[at] = exc
     if connection.vendor == "postgresql" and settings.MF_LEDGER_FAST_SETTLEMENT:
-        left = []
+        left = [(at, settlement) for at, settlement in prepared if settlement.held]  # the general path pays these
+        prepared = [(at, settlement) for at, settlement in prepared if not settlement.held]
         for start in range(0, len(prepared), SETTLEMENT_BATCH_MAX):
             chunk = prepared[start : start + SETTLEMENT_BATCH_MAX]
             if len(chunk) == 1:  # the single function does less work for one (see bench/bench_ledger.py)
@@ -203,12 +214,17 @@ def _settlement_record(request: SettlementRequest, policy: SplitPolicy, split: S
 
 
 def _settlement_plan(
-    *, request: SettlementRequest, split: Split, platform: tuple[str, int], metadata: dict
+    *, request: SettlementRequest, split: Split, platform: tuple[str, int], metadata: dict, held: list[dict]
 ) -> Callable[[], _Plan]:
-    """The general path's plan: locks the hold (if any) and the accounts, and lays out the legs."""
+    """The general path's plan: locks the hold (if any) and the accounts, and lays out the legs; the `held` parts
+    of the contributors' amounts go to an earnings-pending shard (and get their PendingEarning rows)."""
     fee_micro, hold_key, payer_user_id = request.fee_micro, request.hold_key, request.payer_user_id
     owner_user_id, memo = request.owner_user_id, request.memo
     users = {owner_user_id, *split.contributors}
+    held_by_user: dict[int, int] = {}
+    for part in held:
+        held_by_user[part["user_id"]] = held_by_user.get(part["user_id"], 0) + part["amount"]
+    pending_shard = (Account.Role.EARNINGS_PENDING, platform[1])
 
     def build() -> _Plan:
         hold = _open_hold(hold_key) if hold_key is not None else None
@@ -218,20 +234,27 @@ def _settlement_plan(
             )
         payer_users = users | ({payer_user_id} if payer_user_id is not None else set())
         ids = [hold.payer_id, hold.clearing_id] if hold is not None else []
-        locked, by_user, by_role = _lock_accounts(ids=ids, users=payer_users, system=[platform])
+        system = [platform, pending_shard] if held else [platform]
+        locked, by_user, by_role = _lock_accounts(ids=ids, users=payer_users, system=system)
         legs = [
             (by_user[owner_user_id], split.owner_total),
             (by_role[platform], split.platform),
-            *((by_user[uid], amount) for uid, amount in split.contributors.items()),
+            *((by_user[uid], amount - held_by_user.get(uid, 0)) for uid, amount in split.contributors.items()),
         ]
+        if held:
+            legs.append((by_role[pending_shard], sum(held_by_user.values())))
         if hold is None:
             legs.append((by_user[payer_user_id], -fee_micro))
-            after = None
         else:
             legs += [(hold.clearing_id, -hold.amount), (hold.payer_id, hold.amount - fee_micro)]
 
-            def after(tx: Transaction) -> None:
+        def after(tx: Transaction) -> None:
+            if hold is not None:
                 Hold.objects.filter(pk=hold.pk).update(status=Hold.Status.SETTLED, close_tx=tx, closed_at=tx.created_at)
+            if held:
+                _create_pending_earnings(
+                    tx=tx, settlement_key=request.key, held=held, wallets=by_user, pending_id=by_role[pending_shard]
+                )
 
         return _Plan(
             kind=Transaction.Kind.SETTLEMENT,
@@ -239,7 +262,7 @@ def _settlement_plan(
             locked=locked,
             memo=memo or "Inference fee",
             metadata=metadata,
-            after=after,
+            after=after if hold is not None or held else None,
         )
 
     return build
@@ -252,7 +275,8 @@ def _settlement_prepare(request: SettlementRequest) -> _Settlement:
     policy, split = _settlement_split(request)
     extra = jsonable(dict(request.metadata or {}))
     settlement = _settlement_record(request, policy, split)
-    meta = {**extra, "settlement": settlement}
+    held = _pending_layout(split.contributors, request.pending)
+    meta = {**extra, "settlement": {**settlement, "pending": held} if held else settlement}
     platform = (Account.Role.PLATFORM, _shard(key))
     # request_fingerprint("settlement", **settlement, metadata=..., memo=...) without converting the (already
     # jsonable) values again.
@@ -275,5 +299,6 @@ def _settlement_prepare(request: SettlementRequest) -> _Settlement:
         platform=(platform[1], split.platform),
         hold_key=hold_key,
         fee_micro=fee_micro,
-        build=_settlement_plan(request=request, split=split, platform=platform, metadata=meta),
+        build=_settlement_plan(request=request, split=split, platform=platform, metadata=meta, held=held),
+        held=bool(held),
     )

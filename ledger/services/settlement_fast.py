@@ -37,6 +37,7 @@ class _Settlement:
     hold_key: str | None
     fee_micro: int
     build: Callable[[], _Plan]  # the general path's plan
+    held: bool = False  # part of it goes to pending earnings: the general path only
 
 
 def _content_parts(settlement: _Settlement, created_at) -> tuple[bytes, bytes]:

@@ -37,6 +37,8 @@ def test_balance_shape(api_client, cast, settled):
         "currency": "CRD",
         "balance": "0.400000",
         "available": "0.400000",
+        "earnings_pending": "0.000000",
+        "earnings_next_release_at": None,
     }
 
 

@@ -1,0 +1,52 @@
+"""Extension points, so that apps "above" datanets (attribution, which also knows the ledger) can plug money into a
+contribution's life without datanets importing them (see .importlinter). Apps register in AppConfig.ready().
+
+- Upload handlers run inside the database transaction that stores a new upload (or queues a failed one again), after
+  its row is saved: `handler(*, contribution)`. One may refuse the upload by raising DatanetError (e.g. a bond the
+  wallet cannot cover); then nothing of it is kept.
+- A reputation provider answers `provider(*, datanet) -> {user id: (score 0..100, low: bool)}` for the review
+  queue, which lists the lowest first (attribution.reputation; none registered: no scores, newest first).
+- Decided handlers run after the transaction that accepts, rejects or fails a contribution has committed:
+  `handler(*, contribution_id)`. They must be safe to run twice (a recovery sweep may run them again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import transaction
+
+upload_handlers: list[Callable[..., None]] = []
+decided_handlers: list[Callable[..., None]] = []
+reputation_providers: list[Callable[..., dict]] = []
+
+
+def register_reputation(provider: Callable[..., dict]) -> None:
+    if provider not in reputation_providers:
+        reputation_providers.append(provider)
+
+
+def reputations(datanet) -> dict:
+    """{user id: (score, low)} from the registered provider, or {}."""
+    return reputation_providers[0](datanet=datanet) if reputation_providers else {}
+
+
+def register_upload(handler: Callable[..., None]) -> None:
+    if handler not in upload_handlers:
+        upload_handlers.append(handler)
+
+
+def register_decided(handler: Callable[..., None]) -> None:
+    if handler not in decided_handlers:
+        decided_handlers.append(handler)
+
+
+def run_upload_handlers(contribution) -> None:
+    for handler in upload_handlers:
+        handler(contribution=contribution)
+
+
+def on_decided(contribution_id: int) -> None:
+    """Call inside the deciding transaction: the handlers run once it commits."""
+    for handler in decided_handlers:
+        transaction.on_commit(lambda h=handler: h(contribution_id=contribution_id))
