@@ -11,6 +11,7 @@
 - inference_worker: generation, completion or failure of an inference; the stale-inference sweep.
 - inference_stream: the web side's wait for an answer, streamed or whole.
 - base_compare: the playground's free base-model comparison.
+- retrieval: a model's retrieval settings, the rows a question retrieves, and the citations a caller sees.
 
 Everything public is re-exported here, so `modelfactory.services.X` names the same object as before the split.
 To replace a function in a test, patch the module that looks it up (e.g. finetune_jobs._enqueue).
@@ -51,8 +52,20 @@ from modelfactory.services.inference_worker import (
     inference_reap_stale,
 )
 from modelfactory.services.publishing import fee_for_tokens, trained_model_publish, trained_model_unpublish
+from modelfactory.services.retrieval import (
+    NO_SOURCES,
+    citations_for,
+    retrieval_index_build,
+    retrieval_prepare,
+    retrieval_summary,
+)
 
 __all__ = [
+    "NO_SOURCES",
+    "citations_for",
+    "retrieval_index_build",
+    "retrieval_prepare",
+    "retrieval_summary",
     "finetune_continue",
     "lineage_jobs",
     "model_lineage",
