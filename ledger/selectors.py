@@ -16,8 +16,8 @@ from django.utils import timezone
 from common.merkle import inclusion_proof, verify_inclusion
 from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
-from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.calc.split import sub_part_amounts, to_fraction
+from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, Posting, Transaction, Withdrawal
 
 EARNINGS_CACHE_SECONDS = 3600

@@ -3,15 +3,16 @@
 Every attribution records the rule it is settled under (`settlement_rule`); settling and checking dispatch on it
 (RULES), so older settlements stay verifiable under their own rule.
 
-- Rule "settle-3" (new answers of models that answer with retrieval): settle-2 plus a retrieval part. When the model answered with retrieval and cited
-  rows (modelfactory.services.retrieval), RETRIEVAL_PART of the contributors' part is shared by the cited rows'
-  contributors by citation weight (each cited row's search score over the scores of all cited rows; equal weights
-  if the scores are all zero); the rest is settled as settle-2 would settle the whole (attribution shares, the
-  unattributed part to the owner). As one set of shares: settled share_c = (1 - R) * share_c + R * weight_c and
-  unattributed = (1 - R) * unattributed, with R = RETRIEVAL_PART when something was cited, else 0 (then settle-3
-  pays exactly as settle-2). One ledger transaction per answer, as before; the weights are recorded with it.
-- Rule "settle-2" (new answers without retrieval): no pay for volume. The engine's shares (method "poa-2") name who shaped the
-  answer and are paid as they are: settled share_c = share_c. The part it could not pin on anyone
+- Rule "settle-3" (new answers of models that answer with retrieval): settle-2 plus a retrieval part. When the
+  model answered with retrieval and cited rows (modelfactory.services.retrieval), RETRIEVAL_PART of the
+  contributors' part is shared by the cited rows' contributors by citation weight (each cited row's search score
+  over the scores of all cited rows; equal weights if the scores are all zero); the rest is settled as settle-2
+  would settle the whole (attribution shares, the unattributed part to the owner). As one set of shares: settled
+  share_c = (1 - R) * share_c + R * weight_c and unattributed = (1 - R) * unattributed, with R = RETRIEVAL_PART
+  when something was cited, else 0 (then settle-3 pays exactly as settle-2). One ledger transaction per answer,
+  as before; the weights are recorded with it.
+- Rule "settle-2" (new answers without retrieval): no pay for volume. The engine's shares (method "poa-2") name
+  who shaped the answer and are paid as they are: settled share_c = share_c. The part it could not pin on anyone
   (`unattributed`) goes to the model owner (policy SETTLE_2_POLICY, unattributed_to "owner"): rows that no answer
   draws on earn nothing, whatever their number. A fallback (the engine failed) has no shares: the whole
   contributors' part goes to the owner, and the ledger transaction's fallback_reason says so.
