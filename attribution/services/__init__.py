@@ -5,7 +5,8 @@
 - answer: one attribution per answer (a pending row when an inference completes, then the engine's result or the
   fallback, stored once);
 - settlement: the hand-off of a finished attribution's fee to the ledger (rule "settle-2": the unattributed part to
-  the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
+  the model owner, never by row count; "settle-3" for answers given with retrieval: a part to the contributors of
+  the cited rows; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
 - settlement_check: a settled answer checked against the rule it recorded;
 - sweep: completed answers left unfinished by a lost message or a dead worker, enqueued again.
@@ -17,9 +18,12 @@ from attribution.services.answer import AttributionRetry, attribution_request, a
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
+    RETRIEVAL_PART,
     SETTLE_2_POLICY,
+    SETTLE_3_POLICY,
     SETTLEMENT_RULE,
     attribution_settle,
+    citation_weights,
     settlement_shares,
     settlement_terms,
     training_row_shares,
@@ -29,6 +33,8 @@ from attribution.services.sweep import attribution_sweep_pending
 
 __all__ = [
     "CLAIM_CANDIDATES",
+    "RETRIEVAL_PART",
+    "SETTLE_3_POLICY",
     "INDEX_FOLDER",
     "SETTLEMENT_RULE",
     "SETTLE_2_POLICY",
@@ -36,6 +42,7 @@ __all__ = [
     "attribution_request",
     "attribution_run",
     "attribution_settle",
+    "citation_weights",
     "attribution_settlement_check",
     "attribution_sweep_pending",
     "inference_completed",
