@@ -112,7 +112,8 @@ def load(rows: int, planted: list[tuple[str, str, str]]) -> dict:
         text = f"The {attribute} of {place} is {word}."
         record = Record.objects.create(
             datanet=datanet, contribution=contribution, contributor=user, line=rows + i, content={"text": text},
-            text=text, content_hash=hashlib.sha256(text.encode()).hexdigest(), token_count=12, status=Record.Status.ACCEPTED,
+            text=text, content_hash=hashlib.sha256(text.encode()).hexdigest(), token_count=12,
+            status=Record.Status.ACCEPTED,
         )  # fmt: skip
         planted_ids[(attribute, place)] = record.pk
     version = datanet_services.version_publish(datanet=datanet, actor=user)
@@ -127,6 +128,7 @@ def load(rows: int, planted: list[tuple[str, str, str]]) -> dict:
 
 def measure(rows: int, planted, rng: random.Random) -> dict:
     """Loads `rows` rows into a fresh bench database and times the planted and filler questions."""
+    from datanets.models import Record
     from datanets.services import records_search
 
     data = load(rows, planted)
@@ -134,6 +136,13 @@ def measure(rows: int, planted, rng: random.Random) -> dict:
     fillers = [f"What is the {rng.choice(ATTRIBUTES)} of {made_up(rng, 3)}?" for _ in range(len(questions))]
     for question, _ in questions[:10]:  # warm the caches (not counted)
         records_search(question=question, version_ids=[data["version"]], limit=4)
+    # Baseline in the same run: one primary-key read of a row through the same connection (the machine's floor).
+    baseline = []
+    for record_id in list(data["planted_ids"].values()) * 2:
+        started = time.perf_counter()
+        Record.objects.filter(pk=record_id).values_list("text", flat=True).first()
+        baseline.append((time.perf_counter() - started) * 1000)
+    baseline.sort()
     latencies, first, hits = [], 0, {}
     for question, expected in questions + [(q, None) for q in fillers]:
         started = time.perf_counter()
@@ -151,6 +160,7 @@ def measure(rows: int, planted, rng: random.Random) -> dict:
         "search_p50_ms": round(statistics.median(latencies), 2),
         "search_p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
         "questions_timed": len(latencies),
+        "baseline_pk_read_p95_ms": round(baseline[int(0.95 * (len(baseline) - 1))], 2),
         "hits": hits,
     }
 
@@ -235,7 +245,9 @@ def main(argv: list[str]) -> int:
         goal = 30 if run["rows"] <= 100_000 else 100
         print(f"{run['rows']:>9,} rows: loaded in {run['load_s']} s, indexed in {run['index_s']} s; right row cited "
               f"first {run['cited_first']:.1%} (goal >= 95%); search p50 {run['search_p50_ms']} ms, "
-              f"p95 {run['search_p95_ms']} ms (goal <= {goal} ms, {run['questions_timed']} questions)")  # fmt: skip
+              f"p95 {run['search_p95_ms']} ms (goal <= {goal} ms, {run['questions_timed']} questions); baseline "
+              f"primary-key read p95 {run['baseline_pk_read_p95_ms']} ms, search/baseline "
+              f"{run['search_p95_ms'] / max(run['baseline_pk_read_p95_ms'], 0.001):.1f}x")  # fmt: skip
         if "answers" in run:
             a = run["answers"]
             print(f"answer states the planted fact: {a['with_retrieval']:.1%} with retrieval (goal >= 90%), "
