@@ -189,11 +189,21 @@ def answers(planted, hits: dict, *, model: Path, threads: int) -> dict:
         for i in range(0, len(prompts), 16):
             batch = [GenerationRequest(prompt=p, max_new_tokens=24, temperature=0.0) for p in prompts[i : i + 16]]
             outputs += [r.text for r in engine.generate(batch)]
+            print(f"  {name}: {len(outputs)}/{len(prompts)} answers", file=sys.stderr, flush=True)
         stated = [word.lower() in out.lower() for (_, _, word), out in zip(planted, outputs, strict=True)]
         result[name] = sum(stated) / len(stated)
         result[f"{name}_example"] = outputs[0]
     result["generate_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def report(runs: list[dict]) -> list[dict]:
+    """Writes bench/results/retrieval.json; returns the runs as written (without the per-question hits)."""
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [{k: v for k, v in run.items() if k != "hits"} for run in runs]
+    (out / "retrieval.json").write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 def fresh_database() -> None:
@@ -225,6 +235,7 @@ def main(argv: list[str]) -> int:
 
         result = measure(args.rows, planted, rng)
         runs.append(result)
+        report(runs)  # the retrieval figures are kept even if the slower generation below is stopped
         if not args.no_answers:
             result["answers"] = answers(planted, result["hits"], model=Path(args.model_dir), threads=args.threads)
         if args.million:
@@ -237,11 +248,7 @@ def main(argv: list[str]) -> int:
         connections.close_all()
         if not os.environ.get("MF_BENCH_KEEP_DB"):
             admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    report = [{k: v for k, v in run.items() if k != "hits"} for run in runs]
-    (out / "retrieval.json").write_text(json.dumps(report, indent=2) + "\n")
-    for run in report:
+    for run in report(runs):
         goal = 30 if run["rows"] <= 100_000 else 100
         print(f"{run['rows']:>9,} rows: loaded in {run['load_s']} s, indexed in {run['index_s']} s; right row cited "
               f"first {run['cited_first']:.1%} (goal >= 95%); search p50 {run['search_p50_ms']} ms, "
