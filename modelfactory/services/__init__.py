@@ -57,7 +57,10 @@ from modelfactory.services.retrieval import (
     citations_for,
     retrieval_index_build,
     retrieval_prepare,
-    retrieval_summary,
+    retrieval_searched_version_ids,
+    retrieval_settings_apply,
+    retrieval_settings_clean,
+    trained_version_ids,
 )
 
 __all__ = [
@@ -65,7 +68,10 @@ __all__ = [
     "citations_for",
     "retrieval_index_build",
     "retrieval_prepare",
-    "retrieval_summary",
+    "retrieval_searched_version_ids",
+    "retrieval_settings_apply",
+    "retrieval_settings_clean",
+    "trained_version_ids",
     "finetune_continue",
     "lineage_jobs",
     "model_lineage",

@@ -147,16 +147,6 @@ def citations_for(*, inference, user) -> list[dict] | None:
     return out
 
 
-def retrieval_summary(*, model: TrainedModel) -> dict:
-    """The model's retrieval settings as the API and the model page show them."""
-    return {
-        "enabled": model.retrieval_enabled,
-        "top_k": model.retrieval_top_k,
-        "live": model.retrieval_live,
-        "datanet_versions": sorted(model.retrieval_versions.values_list("pk", flat=True)),
-    }
-
-
 def retrieval_index_build(*, model: TrainedModel) -> int:
     """Indexes the versions the model searches (incremental: rows already indexed are skipped); rows added."""
     return sum(version_search_index(version_id=v) for v in retrieval_searched_version_ids(model=model))
