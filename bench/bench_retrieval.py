@@ -80,7 +80,7 @@ INSERT INTO datanets_record (datanet_id, contribution_id, contributor_id, line, 
                              token_count, flags, flag_details, status, drop_reason, created_at)
 SELECT %(datanet)s, %(contribution)s, %(user)s, n, jsonb_build_object('text', t.text), t.text, md5(t.text || n),
        12, '[]'::jsonb, '{}'::jsonb, 'accepted', '', now()
-FROM generate_series(1, %(rows)s) AS n, words, attrs,
+FROM generate_series(1::bigint, %(rows)s) AS n, words, attrs,
 LATERAL (SELECT 'The ' || a[1 + (n * 7919) %% array_length(a, 1)] || ' of ' ||
                 initcap(w[1 + (n * 31) %% 24] || w[1 + (n / 24 * 17) %% 24] || w[1 + (n / 576 * 13) %% 24]) ||
                 ' is ' || initcap(w[1 + (n * 13) %% 24] || w[1 + (n / 7 * 5) %% 24] || w[1 + (n * 3) %% 24]) ||
