@@ -111,6 +111,11 @@ class Attribution(models.Model):
     spans = models.JSONField(default=list, blank=True, help_text="[{start, end, record_id, char_start, char_end}]")
     settlement_rule = models.CharField(max_length=20, blank=True)
     settlement_shares = models.JSONField(default=dict, blank=True, help_text="{user id: share} sent to the ledger.")
+    citation_weights = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Rule settle-3: {user id: weight} of the cited rows' contributors (they share the retrieval part).",
+    )
     settlement_status = models.CharField(max_length=10, choices=Settlement.choices, default=Settlement.PENDING)
     settlement_note = models.TextField(blank=True)
     settlement_tx = models.ForeignKey(

@@ -14,7 +14,9 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
 from attribution.models import Attribution, AttributionShare, ContributionValue
+from attribution.services.settlement import RETRIEVAL_PART
 from ledger.calc.money import format_credits, format_credits_short
+from ledger.calc.split import sub_part_amounts, to_fraction
 
 
 def attribution_get_for(*, user, inference_id: int) -> Attribution:
@@ -61,6 +63,7 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
         }
         for s in shares
     ]  # fmt: skip
+    retrieval = _retrieval_detail(attribution, contributors, settled=settled)
     record_ids = [r["record_id"] for r in attribution.top_rows[:top]] + [s["record_id"] for s in attribution.spans]
     records = {r.pk: r for r in Record.objects.filter(pk__in=record_ids)}
     users = dict(User.objects.filter(pk__in=[r.contributor_id for r in records.values()]).values_list("pk", "username"))
@@ -93,6 +96,33 @@ def attribution_detail(*, attribution: Attribution, user, top: int = 10) -> dict
         "pieces": answer_pieces(attribution.inference.output, attribution.spans),
         "owner_amount": split.get("owner") if settled else None,
         "platform_amount": split.get("platform") if settled else None,
+        "retrieval": retrieval,
+    }
+
+
+def _retrieval_detail(attribution: Attribution, contributors: list[dict], *, settled: bool) -> dict | None:
+    """Rule settle-3's retrieval part on the answer page: {part, amount, cited: [username]}, and for each
+    contributor whose rows were cited `cited_amount` (of `amount`) and a sentence added to `why`. None when the
+    answer cited nothing."""
+    weights = {int(uid): to_fraction(w) for uid, w in (attribution.citation_weights or {}).items()}
+    if attribution.settlement_rule != "settle-3" or not weights:
+        return None
+    part = RETRIEVAL_PART
+    shares = {int(uid): to_fraction(v) for uid, v in attribution.settlement_shares.items()}
+    amounts = {c["user_id"]: c["amount"] or 0 for c in contributors}
+    cited = sub_part_amounts(amounts, shares, {uid: part * w for uid, w in weights.items()}) if settled else {}
+    for c in contributors:
+        if c["user_id"] in weights:
+            c["cited_amount"] = cited.get(c["user_id"]) if settled else None
+            paid = f" ({credits(c['cited_amount'])} of it)" if c["cited_amount"] is not None else ""
+            c["why"] += (
+                f" Their rows were cited as sources of the answer: they had {percent(float(weights[c['user_id']]))}"
+                f" of the sources' part{paid}."
+            )
+    return {
+        "part": float(part),
+        "amount": sum(cited.values()) if settled else None,
+        "cited": [c["username"] for c in contributors if c["user_id"] in weights],
     }
 
 

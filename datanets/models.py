@@ -250,3 +250,29 @@ class VersionRecord(models.Model):
 
     def __str__(self) -> str:
         return f"version {self.version_id} row {self.record_id}"
+
+
+class SearchRow(models.Model):
+    """A row in the full-text retrieval index (datanets.services.search). Rows enter when a version holding them is
+    indexed and never leave: which rows a question may retrieve is decided by the versions asked for, so a row
+    taken out of a newer version stops being retrievable without touching the index. The searchable text lives
+    beside this table, per database engine: a `document` tsvector column with a GIN index on PostgreSQL, the FTS5
+    table `datanets_searchrow_fts` (rowid = record id) on SQLite; both are made by migration 0006."""
+
+    record = models.OneToOneField(Record, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    datanet = models.ForeignKey(Datanet, on_delete=models.CASCADE, related_name="+")
+
+    def __str__(self) -> str:
+        return f"search row {self.record_id}"
+
+
+class SearchIndexedVersion(models.Model):
+    """A version whose rows are all in the retrieval index (indexing is incremental: rows already indexed through
+    an earlier version are skipped)."""
+
+    version = models.OneToOneField(DatanetVersion, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    rows_added = models.PositiveIntegerField(default=0, help_text="Rows this version added to the index.")
+    indexed_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"version {self.version_id} indexed"

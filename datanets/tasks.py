@@ -17,3 +17,10 @@ def contribution_ingest_task(self, contribution_id: int) -> str:
         contribution_id=contribution_id, worker_hostname=self.request.hostname or ""
     )
     return contribution.status if contribution is not None else "skipped"
+
+
+@shared_task(name="datanets.tasks.version_search_index_task", time_limit=1800, soft_time_limit=1740)
+def version_search_index_task(version_id: int) -> int:
+    """Puts a newly published version's new rows into the retrieval index (idempotent; a version that was not
+    indexed here is indexed by the first question that searches it)."""
+    return services.version_search_index(version_id=version_id)

@@ -16,6 +16,7 @@ from django.utils import timezone
 from common.merkle import inclusion_proof, verify_inclusion
 from ledger.calc.anchors import SIGNATURE_ALGORITHM, anchor_latest
 from ledger.calc.canonical import GENESIS_HASH, chain_hash, transaction_content
+from ledger.calc.split import sub_part_amounts, to_fraction
 from ledger.calc.statement import EARNINGS, LABELS, settlement_roles
 from ledger.models import CURRENCY, Account, Checkpoint, CreditGrant, PendingEarning, Posting, Transaction, Withdrawal
 
@@ -323,6 +324,7 @@ def transaction_receipt(*, user, tx_id: int) -> dict:
             "contributor_count": len(contributors),
             "platform": parts.get("platform", 0),
             "fallback_reason": record.get("fallback_reason"),
+            "retrieval": _retrieval_part(tx.metadata.get("retrieval"), record=record, paid=contributors),
         }
     return {
         "tx": tx,
@@ -332,6 +334,21 @@ def transaction_receipt(*, user, tx_id: int) -> dict:
         "verified": checks["content"] and checks["link"] and checks["checkpoint"] is not False,
         "proof": proof,
     }
+
+
+def _retrieval_part(retrieval: dict | None, *, record: dict, paid: dict) -> dict | None:
+    """A settlement's retrieval part (the contributors of the rows an answer cited share a fraction of the
+    contributors' part, recorded by the caller as {"part", "weights"}): {part (0..1), amount (to the cited rows'
+    contributors), rest (the contributors' other pay), people}; None when the
+    settlement has none or nothing was cited."""
+    if not retrieval or not retrieval.get("weights"):
+        return None
+    part = to_fraction(retrieval["part"])
+    shares = {int(uid): to_fraction(share) for uid, share in (record.get("shares") or {}).items()}
+    sub = {int(uid): part * to_fraction(w) for uid, w in retrieval["weights"].items()}
+    amounts = sub_part_amounts({int(uid): amount for uid, amount in paid.items()}, shares, sub)
+    cited = sum(amounts.values())
+    return {"part": float(part), "amount": cited, "rest": sum(paid.values()) - cited, "people": len(sub)}
 
 
 def credit_grants() -> QuerySet[CreditGrant]:

@@ -125,7 +125,9 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     @extend_schema(request=PublishSerializer, responses={200: TrainedModelSerializer})
     @action(detail=True, methods=["post"])
     def publish(self, request, slug=None):
-        """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens."""
+        """Publish (or re-price) your model: anyone can then call it and pays the price per 1,000 tokens. With
+        `retrieval`, answers draw on rows of the data (default: the datanet versions it was trained on), cite them,
+        and pay their contributors."""
         data = PublishSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
@@ -135,6 +137,7 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                 price_per_1k_tokens=data.validated_data["price_per_1k_tokens"],
                 visibility=data.validated_data["visibility"],
                 allow_exports=data.validated_data.get("allow_exports"),
+                retrieval=data.validated_data.get("retrieval"),
             )
         except services.ServingRefused as exc:
             return _refused(exc)
@@ -200,8 +203,8 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
 
 def generate_payload(inference) -> dict:
-
-    return {
+    """The answer as its caller sees it; `citations` only when the model answered with retrieval."""
+    payload = {
         "inference_id": inference.pk,
         "model": inference.model.slug,
         "model_version": inference.model_version.number,
@@ -211,6 +214,10 @@ def generate_payload(inference) -> dict:
         "fee": format_credits(inference.fee_micro),
         "fee_reserved": format_credits(inference.fee_reserved_micro),
     }
+    citations = services.citations_for(inference=inference, user=inference.caller)
+    if citations is not None:
+        payload["citations"] = citations
+    return payload
 
 
 class InferenceDetailView(APIView):

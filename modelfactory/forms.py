@@ -79,3 +79,21 @@ class PublishForm(forms.Form):
     allow_exports = forms.BooleanField(
         required=False, label="Let others download the model's files (adapter, merged model, GGUF) while it is public"
     )
+    retrieval_enabled = forms.BooleanField(required=False)
+    retrieval_top_k = forms.IntegerField(required=False, min_value=1, max_value=10, initial=4)
+    retrieval_live = forms.BooleanField(required=False)
+    retrieval_versions = forms.TypedMultipleChoiceField(coerce=int, required=False, choices=())
+
+    def __init__(self, *args, version_ids=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["retrieval_versions"].choices = [(v, v) for v in version_ids]
+
+    def retrieval(self) -> dict:
+        """The publish service's `retrieval` setting from the page's fields."""
+        data = self.cleaned_data
+        return {
+            "enabled": data["retrieval_enabled"],
+            "top_k": data["retrieval_top_k"] or 4,
+            "live": data["retrieval_live"],
+            "datanet_versions": data["retrieval_versions"] or None,
+        }

@@ -178,6 +178,13 @@ class TrainedModel(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Retrieval (modelfactory.services.retrieval): answers draw on rows of these datanet versions, cited and paid.
+    retrieval_enabled = models.BooleanField(default=False, help_text="Answers look up rows of its data and cite them.")
+    retrieval_top_k = models.PositiveSmallIntegerField(default=4, help_text="Most rows put before a question.")
+    retrieval_live = models.BooleanField(
+        default=False, help_text="Search each datanet's latest version instead of the versions chosen."
+    )
+    retrieval_versions = models.ManyToManyField("datanets.DatanetVersion", blank=True, related_name="retrieving_models")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -316,6 +323,12 @@ class Inference(models.Model):
     fee_reserved_micro = models.BigIntegerField(default=0, help_text="Held from the caller before generating.")
     fee_micro = models.BigIntegerField(default=0, help_text="Owed for the tokens actually delivered.")
     hold_key = models.CharField(max_length=200, blank=True, help_text="The ledger hold that reserves the fee.")
+    retrieval = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="None without retrieval; else {citations: [{index, record_id, contributor_id, datanet_id, score}], "
+        "prompt_messages: the conversation as the model read it, data block included}. Kept as it was answered.",
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)

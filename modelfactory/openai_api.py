@@ -148,7 +148,8 @@ class ChatCompletionsView(OpenAIView):
         except services.ServingRefused as exc:
             return _refused(exc)
         return JsonResponse(
-            {
+            _with_citations(inference)
+            | {
                 "id": _completion_id(inference),
                 "object": "chat.completion",
                 "created": int(inference.created_at.timestamp()),
@@ -167,6 +168,13 @@ class ChatCompletionsView(OpenAIView):
                 "usage": _usage(inference.prompt_tokens, inference.completion_tokens),
             }
         )
+
+
+def _with_citations(inference: Inference) -> dict:
+    """{"citations": [...]} when the model answered with retrieval (see the generate API), else {}: an extension
+    of OpenAI's shape that its clients ignore."""
+    citations = services.citations_for(inference=inference, user=inference.caller)
+    return {} if citations is None else {"citations": citations}
 
 
 def _sse_response(chunks) -> StreamingHttpResponse:
@@ -223,9 +231,14 @@ def _stream_chunks(inference: Inference, *, include_usage: bool):
         )
 
     def on_done(event):
-        yield chunk({}, _finish(event["finish_reason"]))
+        # The answer's citations ride on the finishing chunk and, when usage is asked for, on the last one too.
+        cited = _with_citations(inference)
+        finishing = {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                          "finish_reason": _finish(event["finish_reason"])}]}  # fmt: skip
+        yield _sse({**finishing, **cited})
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(event["prompt_tokens"], event["completion_tokens"])})
+            usage = _usage(event["prompt_tokens"], event["completion_tokens"])
+            yield _sse({**base, "choices": [], "usage": usage, **cited})
         yield _sse("[DONE]")
 
     def on_error(event):

@@ -83,11 +83,29 @@ class FineTuneControlSerializer(serializers.Serializer):
     )
 
 
+class RetrievalSettingsSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(help_text="Answers look up rows of the data and cite them.")
+    top_k = serializers.IntegerField(
+        required=False, min_value=1, max_value=10, help_text="Most rows put before a question (default 4)."
+    )
+    datanet_versions = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        help_text="Datanet version ids to answer from; default: the versions the model was trained on.",
+    )
+    live = serializers.BooleanField(
+        required=False, help_text="Follow each datanet's latest version: new accepted rows answer without retraining."
+    )
+
+
 class TrainedModelSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     base_model = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.SerializerMethodField()
     metrics = serializers.SerializerMethodField()
+    retrieval = serializers.SerializerMethodField(
+        help_text="How answers draw on the data: {enabled, top_k, live, datanet_versions} (see publish)."
+    )
     price_per_1k_tokens = CreditsField(
         read_only=True, help_text="Credits per 1,000 tokens, a decimal string with 6 places (as publish takes it)."
     )
@@ -95,7 +113,7 @@ class TrainedModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainedModel
         fields = ["slug", "name", "owner", "base_model", "visibility", "status", "price_per_1k_tokens", "version",
-                  "metrics", "created_at"]  # fmt: skip
+                  "metrics", "retrieval", "created_at"]  # fmt: skip
 
     def get_version(self, model) -> int | None:
         version = model.latest_version
@@ -104,6 +122,11 @@ class TrainedModelSerializer(serializers.ModelSerializer):
     def get_metrics(self, model) -> dict:
         version = model.latest_version
         return version.metrics if version else {}
+
+    def get_retrieval(self, model) -> RetrievalSettingsSerializer:
+        versions = sorted(v.pk for v in model.retrieval_versions.all()) if model.retrieval_enabled else []
+        return {"enabled": model.retrieval_enabled, "top_k": model.retrieval_top_k, "live": model.retrieval_live,
+                "datanet_versions": versions}  # fmt: skip
 
 
 class PublishSerializer(serializers.Serializer):
@@ -116,6 +139,10 @@ class PublishSerializer(serializers.Serializer):
         required=False,
         help_text="Let others download this model's files (adapter, merged, GGUF) while it is public. "
         "Left out: unchanged. Never for a private model.",
+    )
+
+    retrieval = RetrievalSettingsSerializer(
+        required=False, help_text="Answer from the data with cited, paid sources; left out: unchanged."
     )
 
 
@@ -155,6 +182,18 @@ class UsageSerializer(serializers.Serializer):
     completion_tokens = serializers.IntegerField()
 
 
+class CitationSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The number the answer cites it by: [1], [2], ...")
+    record_id = serializers.IntegerField()
+    contributor = serializers.CharField(help_text="Username of the row's contributor (paid for the citation).")
+    datanet = serializers.CharField(help_text="Slug of the row's datanet.")
+    score = serializers.FloatField(help_text="Full-text match score; higher is a closer match.")
+    text = serializers.CharField(
+        allow_null=True,
+        help_text="The row's text; null when the row belongs to a private datanet that you may not see.",
+    )
+
+
 class GenerateResponseSerializer(serializers.Serializer):
     inference_id = serializers.IntegerField()
     model = serializers.CharField()
@@ -164,6 +203,12 @@ class GenerateResponseSerializer(serializers.Serializer):
     usage = UsageSerializer()
     fee = serializers.CharField(help_text="Credits owed for this answer, decimal string with 6 places.")
     fee_reserved = serializers.CharField(help_text="Credits held before generating (the most it could cost).")
+    citations = CitationSerializer(
+        many=True,
+        required=False,
+        help_text="Only when the model answers with retrieval: the rows put before the question, numbered as the "
+        "answer cites them (empty: nothing matched, the answer has no sources).",
+    )
 
 
 class InferenceSerializer(serializers.Serializer):
@@ -182,3 +227,4 @@ class InferenceSerializer(serializers.Serializer):
     created = serializers.DateTimeField()
     completed = serializers.DateTimeField(allow_null=True)
     attribution = serializers.URLField(help_text="Who shaped this answer and what each was paid.")
+    citations = CitationSerializer(many=True, required=False, help_text="As in the generate response.")

@@ -253,6 +253,10 @@ def model_detail(request, slug: str):
     context["lineage"] = selectors.model_lineage_for(user=request.user, model=model)
     if model.owner_id == request.user.pk and version:
         context["train_again_versions"] = version_list_usable(user=request.user)
+        chosen = set(model.retrieval_versions.values_list("pk", flat=True)) or set(
+            version.job.datanet_versions.values_list("pk", flat=True)
+        )
+        context["retrieval_choices"] = [(v, v.pk in chosen) for v in context["train_again_versions"]]
     context.update(export_views.exports_context(user=request.user, model=model, version=version))
     if request.htmx and request.GET.get("partial") == "exports":
         response = render(request, "modelfactory/model_detail.html#exports", context)
@@ -300,10 +304,11 @@ def model_download(request, slug: str):
 @login_required
 @require_POST
 def model_publish(request, slug: str):
-    form = PublishForm(request.POST)
+    form = PublishForm(request.POST, version_ids=version_list_usable(user=request.user).values_list("pk", flat=True))
     if not form.is_valid():
         price_errors = form.errors.get("price")
-        messages.error(request, price_errors[0] if price_errors else "Choose who may use the model.")
+        other = "Choose who may use the model, and at most 10 rows per question from data you may use."
+        messages.error(request, price_errors[0] if price_errors else other)
         return redirect("modelfactory:model", slug=slug)
     try:
         model = services.trained_model_publish(
@@ -312,6 +317,7 @@ def model_publish(request, slug: str):
             price_per_1k_tokens=form.cleaned_data["price"],
             visibility=form.cleaned_data["visibility"],
             allow_exports=form.cleaned_data["allow_exports"],
+            retrieval=form.retrieval(),
         )
     except services.ServingRefused as exc:
         messages.error(request, exc.message)
@@ -453,4 +459,6 @@ def playground_base(request, slug: str, channel: str):
 @login_required
 def playground_answer(request, slug: str, inference_id: int):
     inference = _own_inference(request, inference_id)
-    return render(request, "modelfactory/_answer_footer.html", {"inference": inference})
+    citations = services.citations_for(inference=inference, user=request.user)
+    context = {"inference": inference, "citations": citations, "no_sources": services.NO_SOURCES}
+    return render(request, "modelfactory/_answer_footer.html", context)

@@ -7,8 +7,8 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("attribution", "0003_waiting_settlement_index"),
-        ("datanets", "0008_datanet_holding_days_and_bond"),
+        ("attribution", "0004_citation_weights"),
+        ("datanets", "0007_datanet_holding_days_and_bond"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -5,7 +5,8 @@
 - answer: one attribution per answer (a pending row when an inference completes, then the engine's result or the
   fallback, stored once);
 - settlement: the hand-off of a finished attribution's fee to the ledger (rule "settle-2": the unattributed part to
-  the model owner, never by row count; older answers under their recorded "settle-1"), batches of waiting answers
+  the model owner, never by row count; "settle-3" for answers given with retrieval: a part to the contributors of
+  the cited rows; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
 - settlement_check: a settled answer checked against the rule it recorded;
 - holding / penalties: which parts of a settlement arrive as pending earnings; a curator's verdict on a
@@ -29,9 +30,13 @@ from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage
 from attribution.services.penalties import FindingError, contribution_decide
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
+    RETRIEVAL_PART,
     SETTLE_2_POLICY,
+    SETTLE_3_POLICY,
     SETTLEMENT_RULE,
     attribution_settle,
+    citation_weights,
+    retrieval_part,
     settlement_shares,
     settlement_terms,
     training_row_shares,
@@ -42,6 +47,8 @@ from attribution.services.verify import Check, Verification, attribution_verify,
 
 __all__ = [
     "CLAIM_CANDIDATES",
+    "RETRIEVAL_PART",
+    "SETTLE_3_POLICY",
     "INDEX_FOLDER",
     "SETTLEMENT_RULE",
     "SETTLE_2_POLICY",
@@ -57,6 +64,8 @@ __all__ = [
     "attribution_request",
     "attribution_run",
     "attribution_settle",
+    "citation_weights",
+    "retrieval_part",
     "attribution_settlement_check",
     "attribution_sweep_pending",
     "attribution_verify",

@@ -14,8 +14,10 @@ from django.utils import timezone
 from attribution import runtime
 from attribution.models import Attribution, AttributionShare, ModelIndex
 from attribution.services.settlement import (
+    RETRIEVAL_SETTLEMENT_RULE,
     SETTLEMENT_RULE,
     attribution_settle,
+    citation_weights,
     settlement_shares,
     training_row_shares,
 )
@@ -107,21 +109,24 @@ def _store(*, attribution_id: int, fields: dict, status: str) -> Attribution:
             return attribution
         inference = attribution.inference
         job = inference.model_version.job
-        rule = SETTLEMENT_RULE
+        rule = SETTLEMENT_RULE if inference.retrieval is None else RETRIEVAL_SETTLEMENT_RULE
         row_shares = training_row_shares(job=job) if rule == "settle-1" else {}
         shares = fields.get("contributor_shares", {})
         unattributed = fields.get("unattributed", 0.0) if status == Attribution.Status.DONE else 1.0
+        weights = citation_weights(inference.retrieval) if rule == "settle-3" else {}
         settled = settlement_shares(
             contributor_shares=shares if status == Attribution.Status.DONE else {},
             unattributed=unattributed,
             row_shares=row_shares,
             rule=rule,
+            weights=weights,
         )
         for name, value in fields.items():
             setattr(attribution, name, value)
         attribution.status = status
         attribution.settlement_rule = rule
         attribution.settlement_shares = settled
+        attribution.citation_weights = weights
         attribution.finished_at = timezone.now()
         attribution.save()
         # settle-2's shares are fractions of the contributors' part as they are (the rest went to the owner).

@@ -3,8 +3,16 @@
 Every attribution records the rule it is settled under (`settlement_rule`); settling and checking dispatch on it
 (RULES), so older settlements stay verifiable under their own rule.
 
-- Rule "settle-2" (new answers): no pay for volume. The engine's shares (method "poa-2") name who shaped the
-  answer and are paid as they are: settled share_c = share_c. The part it could not pin on anyone
+- Rule "settle-3" (new answers of models that answer with retrieval): settle-2 plus a retrieval part. When the
+  model answered with retrieval and cited rows (modelfactory.services.retrieval), RETRIEVAL_PART of the
+  contributors' part is shared by the cited rows' contributors by citation weight (each cited row's search score
+  over the scores of all cited rows; equal weights if the scores are all zero); the rest is settled as settle-2
+  would settle the whole (attribution shares, the unattributed part to the owner). As one set of shares: settled
+  share_c = (1 - R) * share_c + R * weight_c and unattributed = (1 - R) * unattributed, with R = RETRIEVAL_PART
+  when something was cited, else 0 (then settle-3 pays exactly as settle-2). One ledger transaction per answer,
+  as before; the weights are recorded with it.
+- Rule "settle-2" (new answers without retrieval): no pay for volume. The engine's shares (method "poa-2") name
+  who shaped the answer and are paid as they are: settled share_c = share_c. The part it could not pin on anyone
   (`unattributed`) goes to the model owner (policy SETTLE_2_POLICY, unattributed_to "owner"): rows that no answer
   draws on earn nothing, whatever their number. A fallback (the engine failed) has no shares: the whole
   contributors' part goes to the owner, and the ledger transaction's fallback_reason says so.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -38,9 +47,34 @@ from modelfactory.models import FineTuneJob
 
 logger = logging.getLogger(__name__)
 
-SETTLEMENT_RULE = "settle-2"  # the rule new attributions record
+SETTLEMENT_RULE = "settle-2"  # the rule new attributions record when the model answered without retrieval
+RETRIEVAL_SETTLEMENT_RULE = "settle-3"  # ... and when it answered with retrieval (cited rows or none)
+RULES = ("settle-1", "settle-2", "settle-3")
 # Rule "settle-2"'s split: the default parts, and the unattributed part of the contributors' part to the owner.
 SETTLE_2_POLICY = SplitPolicy(version="settle-2-2026-1", unattributed_to="owner")
+# Rule "settle-3": the same parts; the retrieval part is a fraction of the contributors' part (module docstring).
+SETTLE_3_POLICY = SplitPolicy(version="settle-3-2026-1", unattributed_to="owner")
+RETRIEVAL_PART = Fraction(3, 10)
+
+
+def citation_weights(retrieval: dict | None) -> dict[str, str]:
+    """{str(user id): weight as a decimal string} of the cited rows' contributors (summing to 1), from an
+    inference's stored `retrieval`; empty when nothing was cited (or the model answered without retrieval)."""
+    citations = (retrieval or {}).get("citations") or []
+    if not citations:
+        return {}
+    scores = [max(0.0, float(c.get("score") or 0.0)) for c in citations]
+    total = sum(scores)
+    weights: dict[int, float] = {}
+    for citation, score in zip(citations, scores, strict=True):
+        weight = score / total if total > 0 else 1 / len(citations)
+        weights[int(citation["contributor_id"])] = weights.get(int(citation["contributor_id"]), 0.0) + weight
+    return {str(uid): f"{w:.12f}" for uid, w in sorted(weights.items()) if w > 5e-13}
+
+
+def retrieval_part(weights: dict) -> Fraction:
+    """R: the retrieval part of the contributors' part under settle-3 (0 when nothing was cited)."""
+    return RETRIEVAL_PART if weights else Fraction(0)
 
 
 def training_row_shares(*, job) -> dict[int, float]:
@@ -54,24 +88,41 @@ def training_row_shares(*, job) -> dict[int, float]:
 
 
 def settlement_shares(
-    *, contributor_shares: dict, unattributed: float, row_shares: dict[int, float], rule: str = "settle-1"
+    *,
+    contributor_shares: dict,
+    unattributed: float,
+    row_shares: dict[int, float],
+    rule: str = "settle-1",
+    weights: dict | None = None,
 ) -> dict:
     """The shares sent to the ledger under `rule` (module docstring): {str(user id): decimal string}, zero shares
-    left out. Rule "settle-2" ignores row shares (and so the number of rows) altogether."""
+    left out. Rules "settle-2" and "settle-3" ignore row shares (and so the number of rows) altogether; settle-3
+    mixes in the citation `weights` (citation_weights)."""
     merged: dict[int, float] = {int(k): float(v) for k, v in contributor_shares.items()}
     if rule == "settle-1":
         for user_id, share in row_shares.items():
             merged[user_id] = merged.get(user_id, 0.0) + unattributed * share
+    elif rule == "settle-3":
+        part = float(retrieval_part(weights or {}))
+        merged = {uid: (1 - part) * share for uid, share in merged.items()}
+        for user_id, weight in (weights or {}).items():
+            merged[int(user_id)] = merged.get(int(user_id), 0.0) + part * float(weight)
     elif rule != "settle-2":
         raise ValueError(f"Unknown settlement rule {rule!r}.")
     return {str(uid): f"{share:.12f}" for uid, share in sorted(merged.items()) if share > 5e-13}
 
 
-def settlement_terms(*, rule: str, unattributed: float) -> tuple[SplitPolicy | None, str | None]:
+def settlement_terms(
+    *, rule: str, unattributed: float, weights: dict | None = None
+) -> tuple[SplitPolicy | None, str | None]:
     """(policy, unattributed share) handed to the ledger under `rule`: settle-1 the ledger's default policy and
-    no unattributed part (the shares already hold it); settle-2 SETTLE_2_POLICY and the attribution's part."""
+    no unattributed part (the shares already hold it); settle-2 SETTLE_2_POLICY and the attribution's part;
+    settle-3 SETTLE_3_POLICY and the attribution's part of what the retrieval part leaves."""
     if rule == "settle-2":
         return SETTLE_2_POLICY, f"{min(1.0, max(0.0, unattributed)):.12f}"
+    if rule == "settle-3":
+        left = 1 - float(retrieval_part(weights or {}))
+        return SETTLE_3_POLICY, f"{left * min(1.0, max(0.0, unattributed)):.12f}"
     if rule == "settle-1":
         return None, None
     raise ValueError(f"Unknown settlement rule {rule!r}.")
@@ -108,6 +159,7 @@ class _ToSettle:
     job_id: int
     contribution_shares: dict
     finished_at: object
+    citation_weights: dict
 
 
 def _finish_settlements(finished: list[tuple[int, str, str, object]]) -> None:
@@ -208,6 +260,7 @@ def _settlement_candidates(ids: list[int]) -> list[_ToSettle]:
             "inference__model_version__job_id",
             "contribution_shares",
             "finished_at",
+            "citation_weights",
         )  # fmt: skip
     )
     result, skipped = [], []
@@ -230,14 +283,17 @@ def _settlement_request(candidate: _ToSettle, labels: dict[str, str], pending: d
     if candidate.status == Attribution.Status.FALLBACK:
         where = (
             "goes to the model owner, as no row can be shown to have shaped the answer"
-            if candidate.settlement_rule == "settle-2"
+            if candidate.settlement_rule in ("settle-2", "settle-3")
             else "is split by row share of the training data"
         )
         fallback = (
             f"Attribution failed after {candidate.attempts} attempts ({candidate.error[:300]}); the "
             f"contributors' part {where}."
         )
-    policy, unattributed = settlement_terms(rule=candidate.settlement_rule, unattributed=candidate.unattributed)
+    weights = candidate.citation_weights or {}
+    policy, unattributed = settlement_terms(
+        rule=candidate.settlement_rule, unattributed=candidate.unattributed, weights=weights
+    )
     metadata = {
         "model": candidate.model_slug,
         "datanets": labels,
@@ -250,6 +306,9 @@ def _settlement_request(candidate: _ToSettle, labels: dict[str, str], pending: d
             "unattributed": candidate.unattributed,
         },
     }
+    if candidate.settlement_rule == "settle-3":
+        # The retrieval part (a fraction of the contributors' part) and who shares it, for the page and receipt.
+        metadata["retrieval"] = {"part": str(retrieval_part(weights)), "weights": weights}
     return ledger.SettlementRequest(
         key=f"settle:inference:{candidate.inference_id}",
         hold_key=candidate.hold_key,

@@ -20,7 +20,7 @@ def attribution_settlement_check(*, attribution: Attribution) -> list[str]:
     try:
         expected, (policy, unattributed) = (
             _expected(attribution),
-            settlement_terms(rule=rule, unattributed=attribution.unattributed),
+            settlement_terms(rule=rule, unattributed=attribution.unattributed, weights=attribution.citation_weights),
         )
     except ValueError as exc:
         return [str(exc)]
@@ -48,6 +48,7 @@ def _expected(attribution: Attribution) -> dict:
         unattributed=attribution.unattributed if done else 1.0,
         row_shares=row_shares,
         rule=rule,
+        weights=attribution.citation_weights,
     )
 
 
@@ -95,8 +96,11 @@ def rule_payouts(*, attributions, rule: str) -> dict[int, int]:
             unattributed=attribution.unattributed if done else 1.0,
             row_shares=row_shares,
             rule=rule,
+            weights=attribution.citation_weights,
         )
-        policy, unattributed = settlement_terms(rule=rule, unattributed=attribution.unattributed if done else 1.0)
+        policy, unattributed = settlement_terms(
+            rule=rule, unattributed=attribution.unattributed if done else 1.0, weights=attribution.citation_weights
+        )
         split = split_fee(
             fee,
             policy or SplitPolicy(),

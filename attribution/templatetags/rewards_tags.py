@@ -3,7 +3,7 @@ the datanet and model pages, which load this tag rather than import attribution)
 
 from django import template
 
-from attribution.services import SETTLE_2_POLICY, SETTLEMENT_RULE
+from attribution.services import RETRIEVAL_PART, SETTLE_2_POLICY, SETTLEMENT_RULE
 
 register = template.Library()
 
@@ -17,6 +17,7 @@ def split_policy_parts() -> dict:
         "contributors": f"{policy.contributors_bp / 100:g}%",
         "platform": f"{policy.platform_bp / 100:g}%",
         "unattributed_to": policy.unattributed_to,
+        "retrieval_part": f"{float(RETRIEVAL_PART) * 100:g}%",
     }
 
 

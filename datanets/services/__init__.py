@@ -17,10 +17,12 @@ from datanets.services.contributions import (
 from datanets.services.datanet import RESERVED_SLUGS, UPDATABLE, datanet_create, datanet_update
 from datanets.services.demo import demo_datanet_seed
 from datanets.services.ingestion import contribution_fail_stale, contribution_ingest
+from datanets.services.search import SearchHit, latest_version_ids, records_search, version_search_index
 from datanets.services.versions import version_manifest_recompute, version_publish
 
 __all__ = [
     "QUEUE_DOWN_MESSAGE",
+    "SearchHit",
     "RESERVED_SLUGS",
     "UPDATABLE",
     "DatanetError",
@@ -36,7 +38,10 @@ __all__ = [
     "datanet_create",
     "datanet_update",
     "demo_datanet_seed",
+    "latest_version_ids",
     "record_drop",
+    "records_search",
     "version_manifest_recompute",
     "version_publish",
+    "version_search_index",
 ]

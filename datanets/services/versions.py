@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from core.jobs import enqueue_or_fail
 from datanets.ingest.manifest import merkle_root
 from datanets.models import Datanet, DatanetVersion, Record, VersionRecord
 from datanets.services.common import DatanetError, _require_curator
@@ -42,7 +43,16 @@ def version_publish(*, datanet: Datanet, actor, notes: str = "") -> DatanetVersi
         VersionRecord.objects.bulk_create(
             [VersionRecord(version=version, record_id=pk) for pk, _, _, _ in rows], batch_size=5000
         )
+        transaction.on_commit(lambda: _enqueue_search_index(version.pk))
     return version
+
+
+def _enqueue_search_index(version_id: int) -> None:
+    """Indexes the new version's new rows for retrieval in the background; if the broker is down, the first
+    question that searches the version indexes it (datanets.services.search.records_search)."""
+    enqueue_or_fail(
+        "datanets.tasks.version_search_index_task", args=[version_id], what=f"the search index of version {version_id}"
+    )
 
 
 def version_manifest_recompute(*, version: DatanetVersion) -> str:

@@ -172,3 +172,18 @@ def _split_unattributed(
         contributors_to_owner=paid.contributors_to_owner,
         unattributed=cut,
     )
+
+
+def sub_part_amounts(
+    amounts: Mapping[int, int], shares: Mapping[int, Fraction | int], sub_shares: Mapping[int, Fraction | int]
+) -> dict[int, int]:
+    """How much of each payee's amount came from a sub-part of the shares they were paid by: payee u was paid
+    amounts[u] for shares[u], of which sub_shares[u] (<= shares[u]) was the sub-part (e.g. a settlement's retrieval
+    part); the result is amounts[u] * sub_shares[u] / shares[u], rounded down (for display: the ledger paid the
+    whole amount in one posting)."""
+    out = {}
+    for uid, sub in sub_shares.items():
+        share = shares.get(uid, 0)
+        if sub > 0 and share > 0:
+            out[uid] = int(Fraction(amounts.get(uid, 0)) * Fraction(sub) / Fraction(share))
+    return out

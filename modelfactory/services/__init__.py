@@ -12,6 +12,7 @@
 - inference_stream: the web side's wait for an answer, streamed or whole.
 - base_compare: the playground's free base-model comparison.
 - exports: a model version's files for use elsewhere (adapter, merged, GGUF), made once by a background task.
+- retrieval: a model's retrieval settings, the rows a question retrieves, and the citations a caller sees.
 
 Everything public is re-exported here, so `modelfactory.services.X` names the same object as before the split.
 To replace a function in a test, patch the module that looks it up (e.g. finetune_jobs._enqueue).
@@ -54,8 +55,26 @@ from modelfactory.services.inference_worker import (
     inference_reap_stale,
 )
 from modelfactory.services.publishing import fee_for_tokens, trained_model_publish, trained_model_unpublish
+from modelfactory.services.retrieval import (
+    NO_SOURCES,
+    citations_for,
+    retrieval_index_build,
+    retrieval_prepare,
+    retrieval_searched_version_ids,
+    retrieval_settings_apply,
+    retrieval_settings_clean,
+    trained_version_ids,
+)
 
 __all__ = [
+    "NO_SOURCES",
+    "citations_for",
+    "retrieval_index_build",
+    "retrieval_prepare",
+    "retrieval_searched_version_ids",
+    "retrieval_settings_apply",
+    "retrieval_settings_clean",
+    "trained_version_ids",
     "finetune_continue",
     "lineage_jobs",
     "model_lineage",

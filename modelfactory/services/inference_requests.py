@@ -14,6 +14,8 @@ Who pays what, and when:
   text reached the client's connection; the Inference is completed with finish_reason "cancelled" so that
   attribution settles the delivered part. If the web process dies without saying what it delivered, the tokens
   the worker generated are billed.
+- A model answering with retrieval puts the rows it retrieved into the prompt (services.retrieval): their tokens
+  are prompt tokens like any other.
 - The playground's base-model comparison is free, not recorded as an Inference and not attributed.
 - Settlement (hold -> owner, contributors, platform; the unused rest back to the caller) is done by the
   inference-completed handlers (the attribution app), not here.
@@ -41,6 +43,7 @@ from modelfactory.models import BaseModel, Inference, ModelVersion, ServingPolic
 from modelfactory.services.errors import ServingRefused
 from modelfactory.services.inference_worker import _channel, inference_fail, inference_generate
 from modelfactory.services.publishing import fee_for_tokens
+from modelfactory.services.retrieval import retrieval_prepare
 
 UNREACHABLE = (
     "The model server is not reachable right now, so nothing was generated and nothing was charged. "
@@ -139,7 +142,10 @@ def inference_start(
     controls = _checked_controls(controls or {}, base=model.base_model)
     policy = ServingPolicy.current()
     _check_max_new_tokens(max_new_tokens, policy=policy)
-    prompt_ids = _count_prompt_tokens(base=model.base_model, messages=clean)
+    retrieval = retrieval_prepare(model=model, messages=clean)  # the rows go into the prompt the caller pays for
+    prompt_ids = _count_prompt_tokens(
+        base=model.base_model, messages=retrieval["prompt_messages"] if retrieval else clean
+    )
     max_new_tokens = _answer_room(
         prompt_tokens=len(prompt_ids),
         max_new_tokens=max_new_tokens,
@@ -158,6 +164,7 @@ def inference_start(
         messages=clean,
         prompt_ids=prompt_ids,
         parameters=parameters,
+        retrieval=retrieval,
     )
 
 
@@ -251,6 +258,7 @@ def _create_with_hold(
     messages: list[dict],
     prompt_ids: list[int],
     parameters: dict[str, Any],
+    retrieval: dict | None = None,
 ) -> Inference:
     """One transaction: the pending Inference and the hold of the most it can cost (prompt plus max_new_tokens at
     the model's price); the worker gets it on commit. A caller who cannot cover it gets ServingRefused (402)."""
@@ -270,6 +278,7 @@ def _create_with_hold(
                 prompt_tokens=len(prompt_ids),
                 price_per_1k_tokens=price,
                 fee_reserved_micro=reserved,
+                retrieval=retrieval,
             )
             if reserved > 0:
                 inference.hold_key = f"inference:{inference.pk}"

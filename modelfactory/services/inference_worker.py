@@ -96,7 +96,7 @@ def inference_generate(*, inference_id: int) -> str:
         batcher = serving_runtime.batcher_for(inference.model.base_model.path)
         result = batcher.generate(
             GenerationRequest(
-                prompt=inference.messages,
+                prompt=(inference.retrieval or {}).get("prompt_messages") or inference.messages,
                 adapter=inference.model_version.adapter_path,
                 max_new_tokens=int(params["max_new_tokens"]),
                 temperature=float(params.get("temperature") or 0.0),

@@ -9,6 +9,11 @@ from django.utils import timezone
 from ledger.calc.money import format_credits_exact as _credits
 from modelfactory.models import ServingPolicy, TrainedModel
 from modelfactory.services.errors import ServingRefused
+from modelfactory.services.retrieval import (
+    retrieval_index_build,
+    retrieval_settings_apply,
+    retrieval_settings_clean,
+)
 
 
 def fee_for_tokens(*, price_per_1k_tokens: int, tokens: int) -> int:
@@ -24,11 +29,19 @@ def _owned_model(*, user, slug: str) -> TrainedModel:
 
 
 def trained_model_publish(
-    *, user, slug: str, price_per_1k_tokens: int, visibility: str, allow_exports: bool | None = None
+    *,
+    user,
+    slug: str,
+    price_per_1k_tokens: int,
+    visibility: str,
+    allow_exports: bool | None = None,
+    retrieval: dict | None = None,
 ) -> TrainedModel:
     """Publishes the model's latest version at a price (micro-credits per 1,000 tokens) within the operators'
     bounds. Publishing again changes price and visibility; calls already made keep the price they were made at.
-    `allow_exports` (None: unchanged) lets others download its files while it is public."""
+    `allow_exports` (None: unchanged) lets others download its files while it is public.
+    `retrieval` ({enabled, top_k?, datanet_versions?, live?}, see services.retrieval) sets how answers draw on the
+    data; left out, the settings stay as they were. The versions searched are indexed before this returns."""
     model = _owned_model(user=user, slug=slug)
     if model.latest_version is None:
         raise ServingRefused("This model has no trained version yet, so it cannot be published.", code="no_version")
@@ -47,6 +60,7 @@ def trained_model_publish(
             code="invalid_visibility",
             param="visibility",
         )
+    clean = retrieval_settings_clean(model=model, retrieval=retrieval)
     with transaction.atomic(durable=True):
         model = TrainedModel.objects.select_for_update().get(pk=model.pk)
         model.price_per_1k_tokens = price_per_1k_tokens
@@ -57,6 +71,10 @@ def trained_model_publish(
             model.status = TrainedModel.Status.PUBLISHED
             model.published_at = timezone.now()
         model.save(update_fields=["price_per_1k_tokens", "visibility", "allow_exports", "status", "published_at"])
+        if clean is not None:
+            retrieval_settings_apply(model=model, clean=clean)
+    if model.retrieval_enabled:
+        retrieval_index_build(model=model)
     return model
 
 

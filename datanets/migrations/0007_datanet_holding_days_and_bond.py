@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("datanets", "0005_record_copy_of"),
+        ("datanets", "0006_retrieval_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
