@@ -15,7 +15,7 @@ from torch import nn
 
 from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
-from modelfactory.training.memory import activation_bytes_per_token, rows_and_tokens
+from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
 
 INDEX_FORMAT = "poa-index-2"  # 2: permutation-null noise floor (null_floor, null_features)
 SCORE_METHODS = ("fisher", "dot", "cosine")
@@ -424,6 +424,7 @@ def build_index(
         pad_id=pad_id,
         consume=consume,
     )
+    release_freed()  # the passes' activations go back to the system, not to this process's heap
     if not np.isfinite(features).all():
         raise EngineError("Some row gradients are not finite (overflow in float16 or a diverged model).")
     index = AttributionIndex(

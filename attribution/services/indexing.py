@@ -23,8 +23,8 @@ from datanets.selectors import version_copy_credit, version_records
 from modelfactory.selectors import finetune_rows
 from modelfactory.services import lineage_jobs
 from modelfactory.training.data import build_examples
-from modelfactory.training.memory import budget_bytes
 from modelfactory.training.finetune import split_rows
+from modelfactory.training.memory import budget_bytes
 
 INDEX_FOLDER = "attribution"
 
@@ -76,9 +76,7 @@ def _split_prompt(input_ids: list[int], labels: list[int]) -> tuple[list[int], l
 
 def stage_memory_budget() -> int:
     """Bytes one pass of this stage may add (settings.MF_MEMORY_BUDGET_FRACTION of what is free now)."""
-    return budget_bytes(
-        fraction=settings.MF_MEMORY_BUDGET_FRACTION, simulated=settings.MF_MEMORY_LIMIT_MB * 2**20
-    )
+    return budget_bytes(fraction=settings.MF_MEMORY_BUDGET_FRACTION, simulated=settings.MF_MEMORY_LIMIT_MB * 2**20)
 
 
 def index_build(*, job, result, on_progress=None) -> ModelIndex:

@@ -16,7 +16,6 @@ the adapter, optimizer, scheduler, RNG state and step; resuming replays the same
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import random
@@ -34,6 +33,7 @@ from modelfactory.training.data import IGNORE_INDEX, Example
 from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
 from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
+from modelfactory.training.memory import release_freed
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 from modelfactory.training.schedule import lr_lambda, plan_passes, plan_steps  # noqa: F401 (plan_steps re-exported)
@@ -222,7 +222,7 @@ def answer_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 
 def release_memory(device: torch.device) -> None:
-    gc.collect()
+    release_freed()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -14,6 +14,7 @@ No Django here: the limit a setting simulates (MF_MEMORY_LIMIT_MB) is passed in 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,56 @@ def rows_and_tokens(budget: int, *, per_token: float, per_row: float = 0.0) -> t
     rows = max(1, int(budget // per_row)) if per_row > 0 else tokens
     return rows, tokens
 
+
+def release_freed() -> None:
+    """Hands memory freed by a stage back to the system. glibc keeps freed blocks of up to 32 MB (a layer's
+    activations for a few thousand tokens) in the process's heap, so without this the next stage, or the worker's
+    next job, would start from the last stage's peak."""
+    import ctypes  # Linux/glibc only; elsewhere nothing to do
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+STAGE_WORDS = {
+    "loading": "loading the base model",
+    "training": "training",
+    "evaluating": "comparing the base model and the fine-tuned one on held-out rows",
+    "saving": "saving the adapter",
+    "indexing": "building the attribution index over the training rows",
+}
+
+
+def out_of_memory_message(
+    *, phase: str, hp: dict[str, Any], held: int = 0, limit: int = 0, killed: bool = False, kept: bool = False
+) -> str:
+    """What ran out, in which stage, and what to lower, in plain words. `killed`: the system stopped the worker
+    (the job fails with this, once); `kept`: a post-training stage ran out, the trained model is kept."""
+    stage = STAGE_WORDS.get(phase, "running the job")
+    gb = 2**30
+    how_much = (
+        f" (the worker held {held / gb:.1f} GB of the {limit / gb:.1f} GB it could use)" if held and limit else ""
+    )
+    batch = int(hp.get("batch_size", 1))
+    if killed:
+        ending = (", so the system stopped the training worker. The job was not started again, since it would run "
+                  "out of memory the same way.")  # fmt: skip
+    else:
+        ending = ". The trained model is kept." if kept else "."
+    parts = [
+        f"The computer ran out of memory while {stage}{how_much}{ending}",
+        (
+            "Lower "
+            + (f"the batch size (now {batch}; try {batch // 2}), " if batch > 1 else "")
+            + f"the maximum length (now {hp.get('max_length', '?')} tokens) or the adapter size (rank, now "
+            f"{hp.get('rank', '?')}), then launch it again."
+        ),  # fmt: skip
+    ]
+    if phase in ("evaluating", "indexing"):
+        parts.append(
+            "An operator can also lower MF_MEMORY_BUDGET_FRACTION, the share of free memory each pass of this stage "
+            "may use."
+        )
+    return " ".join(parts)

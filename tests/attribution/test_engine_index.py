@@ -4,8 +4,8 @@ import torch
 
 from attribution.engine import AttributionIndex, EngineError, build_index, lora
 from attribution.engine.index import NULL_QUERIES, null_queries, pass_limits
-from attribution.engine.projection import Projector, allocate
 from attribution.engine.lora import reference_row_gradient, row_loss
+from attribution.engine.projection import Projector, allocate
 
 
 def test_planted_facts_rank_their_owner_first(planted):
