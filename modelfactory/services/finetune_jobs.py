@@ -124,7 +124,8 @@ def _launch_estimate(*, base, versions, hp: dict[str, Any]) -> dict[str, Any]:
         logger.exception("no estimate for a launch on %s", base.slug)
         return {}
     keep = ("steps", "tokens", "peak_memory_bytes", "device", "run_seconds", "run_low", "run_high", "run_method",
-            "run_runs", "warnings")  # fmt: skip
+            "run_runs", "warnings", "training_memory_bytes", "evaluation_memory_bytes", "index_memory_bytes",
+            "memory_stage")  # fmt: skip
     return {key: estimate[key] for key in keep if key in estimate}
 
 
