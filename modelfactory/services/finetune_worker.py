@@ -202,6 +202,8 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         contributors=contributors,
         device=settings.MF_TRAINING_DEVICE,
         checkpoint_every=settings.MF_JOB_CHECKPOINT_EVERY,
+        memory_budget_fraction=settings.MF_MEMORY_BUDGET_FRACTION,
+        memory_limit_bytes=settings.MF_MEMORY_LIMIT_MB * 2**20,
     )
     try:
         with _JobProgress(job) as progress:

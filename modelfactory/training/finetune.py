@@ -49,6 +49,8 @@ class FinetuneSpec:
     processes: int = 0  # data-parallel processes: 0 = one per GPU of the worker (1 on a CPU); N = exactly N
     init_adapter_dir: Path | None = None  # continue training this adapter (same base model) instead of a fresh one
     test_rows: list[dict[str, Any]] = field(default_factory=list)  # a test set the user chose, scored like held-out
+    memory_budget_fraction: float = memory.DEFAULT_BUDGET_FRACTION  # of the memory free when training starts
+    memory_limit_bytes: int = 0  # the memory the job may hold (0: what the machine has)
 
 
 @dataclass
@@ -242,6 +244,9 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             checkpoint_every=spec.checkpoint_every,
             resume=resume,
             rank=rank,
+            memory_budget=memory.budget_bytes(
+                fraction=spec.memory_budget_fraction, device=device, simulated=spec.memory_limit_bytes
+            ),
         )
         if rank is not None and not rank.is_main:
             return None  # rank 0 evaluates and saves

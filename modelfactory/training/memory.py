@@ -155,6 +155,20 @@ def release_freed() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def split_by_tokens(group: list, max_tokens: int | None) -> list[list]:
+    """A batch (items with `n_tokens`) cut into consecutive parts of at most `max_tokens` padded tokens each (parts x
+    their longest item; at least one item per part). Summing the parts' gradients gives the batch's gradient."""
+    if not max_tokens:
+        return [group]
+    parts: list[list] = [[]]
+    for item in group:
+        width = max([item.n_tokens] + [other.n_tokens for other in parts[-1]])
+        if parts[-1] and (len(parts[-1]) + 1) * width > max_tokens:
+            parts.append([])
+        parts[-1].append(item)
+    return parts
+
+
 STAGE_WORDS = {
     "loading": "loading the base model",
     "training": "training",
