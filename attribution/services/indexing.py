@@ -74,7 +74,7 @@ def _split_prompt(input_ids: list[int], labels: list[int]) -> tuple[list[int], l
     return input_ids[: trained[0]], input_ids[trained[0] : trained[-1] + 1]
 
 
-def stage_memory_budget() -> int:
+def _stage_memory_budget() -> int:
     """Bytes one pass of this stage may add (settings.MF_MEMORY_BUDGET_FRACTION of what is free now)."""
     return budget_bytes(fraction=settings.MF_MEMORY_BUDGET_FRACTION, simulated=settings.MF_MEMORY_LIMIT_MB * 2**20)
 
@@ -112,7 +112,7 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
         # at most what the largest training micro-batch held (batch size x the longest row, not x max length: with
         # short rows that would be hundreds of rows in one pass), and within this stage's memory budget
         max_tokens=batch_size * longest,
-        memory_budget=stage_memory_budget(),
+        memory_budget=_stage_memory_budget(),
         pad_id=tokenizer.pad_token_id,
         on_progress=progress,
     )
