@@ -79,6 +79,18 @@ class Env:
             raise EnvError(name, value, f"a whole number between {low} and {high}")
         return number
 
+    def float(self, name: str, default: float, *, min_value: float, max_value: float) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise EnvError(name, value, "a number") from None
+        if not min_value <= number <= max_value:
+            raise EnvError(name, value, f"a number between {min_value} and {max_value}")
+        return number
+
     def list(self, name: str, default: list[str]) -> list[str]:
         value = self._raw(name)
         if value is None:

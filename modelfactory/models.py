@@ -100,6 +100,10 @@ class FineTuneJob(Job):
     samples = models.JSONField(default=list, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The worker's resident memory (the most seen since its last beat) and the most it could hold, written by the
+    # job's heartbeat: a job whose worker vanished while near its limit ran out of memory (it is not run again).
+    memory_bytes = models.BigIntegerField(default=0)
+    memory_limit_bytes = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]

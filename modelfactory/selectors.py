@@ -266,6 +266,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         model_config=config,
         answer_tokens=sum(e.n_answer_tokens for e in train_examples),
         devices=plan.world_size,
+        index_k=settings.MF_ATTRIBUTION_K,
     )
     hardware = describe_hardware(plan, caps)
     answers = min(len(eval_ids), MAX_ANSWERS)

@@ -35,6 +35,16 @@ def test_int_range_and_type():
         env.int("BIG", 1, min_value=1, max_value=20)
 
 
+def test_float_range_and_type():
+    env = Env({"F": "0.3", "BAD": "half", "BIG": "1.5"})
+    assert env.float("F", 0.5, min_value=0.05, max_value=0.95) == 0.3
+    assert env.float("MISSING", 0.5, min_value=0.05, max_value=0.95) == 0.5
+    with pytest.raises(EnvError, match="BAD='half' is not valid: expected a number"):
+        env.float("BAD", 0.5, min_value=0.05, max_value=0.95)
+    with pytest.raises(EnvError, match="BIG='1.5' is not valid: expected a number between 0.05 and 0.95"):
+        env.float("BIG", 0.5, min_value=0.05, max_value=0.95)
+
+
 def test_list_and_blank_values_use_the_default():
     env = Env({"HOSTS": "a.example, b.example,,", "BLANK": "   "})
     assert env.list("HOSTS", []) == ["a.example", "b.example"]

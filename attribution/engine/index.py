@@ -15,6 +15,7 @@ from torch import nn
 
 from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
+from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
 
 INDEX_FORMAT = "poa-index-2"  # 2: permutation-null noise floor (null_floor, null_features)
 SCORE_METHODS = ("fisher", "dot", "cosine")
@@ -22,6 +23,7 @@ DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.77
 DEFAULT_KAPPA = 0.1  # LDS 0.825; 0.01 gave 0.804, 0.3 0.824, 1.0 0.817 (bench/bench_attribution.py)
 NULL_QUERIES = 32  # permutation-null queries scored at build time (see `null_queries`)
 NULL_ALPHA = 0.05  # false-positive rate of the noise floor: P(an unrelated answer credits any row at all)
+FISHER_CHUNK = 2048  # rows per float64 chunk of the Fisher sums (bounded memory: see fisher_blocks)
 FP16_TARGET = 1024.0  # each stored row's largest |value|: far from fp16 overflow, ~11 bits of relative precision
 
 Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels with -100 on non-answer tokens)
@@ -267,11 +269,11 @@ def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> 
     """(F_m + lambda_m I)^-1 per block with F_m = Phi_m^T Phi_m / N and lambda_m = kappa * tr(F_m) / k_m.
 
     Blocks of the same width (the same layer kind in every decoder layer) are formed and inverted as one batch:
-    a handful of calls instead of one per LoRA matrix (hundreds on a real model), same float64 arithmetic."""
+    a handful of calls instead of one per LoRA matrix (hundreds on a real model), same float64 arithmetic. The
+    sums run over chunks of `FISHER_CHUNK` rows: the float64 copies never grow with the number of rows."""
     if kappa <= 0:
         raise EngineError(f"kappa must be positive, got {kappa}.")
     n = max(1, features.shape[0])
-    phi = torch.from_numpy(np.ascontiguousarray(features)).to(torch.float64)
     starts = np.concatenate([[0], np.cumsum(widths)]).astype(int).tolist()
     inverses: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(widths)
     damping = np.zeros(len(widths), dtype=np.float64)
@@ -279,8 +281,12 @@ def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> 
     for position, width in enumerate(widths):
         by_width.setdefault(int(width), []).append(position)
     for width, positions in by_width.items():
-        blocks = torch.stack([phi[:, starts[p] : starts[p] + width] for p in positions])  # (B, N, w)
-        fisher = blocks.transpose(1, 2) @ blocks / n  # (B, w, w)
+        fisher = torch.zeros((len(positions), width, width), dtype=torch.float64)
+        for chunk in range(0, features.shape[0], FISHER_CHUNK):
+            phi = torch.from_numpy(np.ascontiguousarray(features[chunk : chunk + FISHER_CHUNK]))
+            blocks = torch.stack([phi[:, starts[p] : starts[p] + width] for p in positions]).to(torch.float64)
+            fisher += blocks.transpose(1, 2) @ blocks  # (B, w, w)
+        fisher /= n
         trace = torch.diagonal(fisher, dim1=1, dim2=2).sum(dim=1)
         lam = torch.where(trace > 0, kappa * trace / width, torch.ones_like(trace))
         eye = torch.eye(width, dtype=torch.float64)
@@ -331,6 +337,21 @@ def calibrate_floor(index: AttributionIndex) -> dict[str, float]:
     return floors
 
 
+def pass_limits(model: nn.Module, projector: Projector, budget_bytes: int) -> tuple[int, int]:
+    """(rows, padded tokens) one gradient pass may hold within `budget_bytes`: per token, a training pass's
+    activations plus the gradient at every LoRA output (all held until the pass's features are formed); per row,
+    its features and, for "dense", the largest matrix's per-row gradient (formed and projected one at a time)."""
+    config = model.config.to_dict() if hasattr(model, "config") else {}
+    blocks = projector.blocks
+    captured = sum(b.matrix.shape[0] for b in blocks)  # lora_A outputs: rank; lora_B: the layer's output
+    projected = sum(b.width // b.matrix.rank for b in blocks) if projector.kind == "lowrank" else 0
+    per_token = activation_bytes_per_token(config) + 4 * (captured + projected)
+    per_row = 4 * 3 * projector.k
+    if projector.kind == "dense":
+        per_row += 4 * 2 * max(b.matrix.size for b in blocks)
+    return rows_and_tokens(budget_bytes, per_token=per_token, per_row=per_row)
+
+
 def build_index(
     model: nn.Module,
     rows: Sequence[Row],
@@ -341,6 +362,7 @@ def build_index(
     kappa: float = DEFAULT_KAPPA,
     batch_size: int = 16,
     max_tokens: int | None = None,
+    memory_budget: int | None = None,
     pad_id: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> AttributionIndex:
@@ -349,8 +371,10 @@ def build_index(
     The rows and the permutation-null queries go through the model together, sorted by length, in passes of at
     most `max_tokens` padded tokens (default: `batch_size` times the longest row, the most a pass of `batch_size`
     rows can hold). A training job passes its own batch size times its max length: what one training micro-batch
-    may hold at most, so the build never needs more activation memory than training did. How rows are grouped does
-    not change any row's features (each row's gradient is recovered exactly from the batched pass)."""
+    may hold at most, so the build never needs more activation memory than training did. With `memory_budget`
+    (bytes), no pass holds more rows or tokens than `pass_limits` allows in it either: the build's peak memory then
+    depends on the budget, not on how many rows there are or how short they are. How rows are grouped does not
+    change any row's features (each row's gradient is recovered exactly from the batched pass)."""
     started = time.perf_counter()
     if not rows:
         raise EngineError("No training rows to index.")
@@ -368,6 +392,10 @@ def build_index(
     stream = [(r[1], r[2]) for r in rows] + null_queries(rows, NULL_QUERIES, seed)
     if max_tokens is None:
         max_tokens = batch_size * max(len(ids) for ids, _ in stream)
+    max_rows = None
+    if memory_budget is not None:
+        max_rows, budget_tokens = pass_limits(model, projector, memory_budget)
+        max_tokens = min(max_tokens, budget_tokens)
     done = 0
 
     def consume(indices: list[int], phi_batch: torch.Tensor) -> None:
@@ -387,8 +415,16 @@ def build_index(
     if on_progress is not None:
         on_progress(0, len(rows))
     per_row_features(
-        model, stream, projector, batch_size=batch_size, max_tokens=max_tokens, pad_id=pad_id, consume=consume
+        model,
+        stream,
+        projector,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        max_rows=max_rows,
+        pad_id=pad_id,
+        consume=consume,
     )
+    release_freed()  # the passes' activations go back to the system, not to this process's heap
     if not np.isfinite(features).all():
         raise EngineError("Some row gradients are not finite (overflow in float16 or a diverged model).")
     index = AttributionIndex(

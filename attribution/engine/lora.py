@@ -97,18 +97,22 @@ def _pad(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> t
     return input_ids, labels, attention
 
 
-def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+def _batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None, max_rows: int | None = None
+) -> Iterator[list[int]]:
     """Indices grouped by similar length (less padding); deterministic. Without `max_tokens`, `batch_size` rows per
     batch; with it, as many rows as fit in `max_tokens` padded tokens (rows x width, at least one row): short rows
-    then go through in fewer, fuller passes while no pass holds more tokens than `max_tokens`."""
+    then go through in fewer, fuller passes while no pass holds more tokens than `max_tokens`. `max_rows` caps the
+    rows of any pass as well (what each row costs whatever its length: its per-row gradients or features)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     if not max_tokens:
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
+        step = min(batch_size, max_rows) if max_rows else batch_size
+        for start in range(0, len(order), max(1, step)):
+            yield order[start : start + max(1, step)]
         return
     batch: list[int] = []
     for i in order:  # ascending lengths: the row being added sets the batch's width
-        if batch and (len(batch) + 1) * lengths[i] > max_tokens:
+        if batch and ((len(batch) + 1) * lengths[i] > max_tokens or (max_rows and len(batch) >= max_rows)):
             yield batch
             batch = []
         batch.append(i)
@@ -147,6 +151,7 @@ def _batched_passes(
     batch_size: int,
     pad_id: int,
     max_tokens: int | None = None,
+    max_rows: int | None = None,
 ) -> Iterator[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]]:
     """One forward+backward per batch of similar-length rows; yields (indices, [(a, d)] per LoRA matrix) with `a`
     (n, T, in) what the matrix saw and `d` (n, T, out) the gradient of the batch loss at its output."""
@@ -165,7 +170,7 @@ def _batched_passes(
     device = next(model.parameters()).device
     try:
         with torch.enable_grad():
-            for indices in _batches([len(r[0]) for r in rows], batch_size, max_tokens):
+            for indices in _batches([len(r[0]) for r in rows], batch_size, max_tokens, max_rows):
                 input_ids, labels, _ = _pad([rows[i] for i in indices], pad_id)
                 captured.clear()
                 loss = _answer_loss(model, input_ids.to(device), labels.to(device))
@@ -186,6 +191,7 @@ def per_row_gradients(
     batch_size: int = 16,
     pad_id: int = 0,
     max_tokens: int | None = None,
+    max_rows: int | None = None,
     consume: Callable[[list[int], list[torch.Tensor]], None],
 ) -> None:
     """For each batch, calls `consume(indices, grads)` with `grads[m]` of shape (n, out_m, in_m), the exact
@@ -193,7 +199,7 @@ def per_row_gradients(
 
     The model is put in eval mode (no dropout) for the duration and restored afterwards."""
     with contextlib.closing(
-        _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens)
+        _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens, max_rows=max_rows)
     ) as passes:
         for indices, pairs in passes:
             consume(indices, [torch.einsum("nto,nti->noi", d.float(), a.float()) for a, d in pairs])
@@ -207,6 +213,7 @@ def per_row_features(
     batch_size: int = 16,
     pad_id: int = 0,
     max_tokens: int | None = None,
+    max_rows: int | None = None,
     consume: Callable[[list[int], torch.Tensor], None],
 ) -> None:
     """For each batch, calls `consume(indices, phi)` with phi (n, k) float32 on the CPU: each row's projected
@@ -214,19 +221,21 @@ def per_row_features(
 
     With the "lowrank" projection the per-row gradient is never formed: for lora_A (G = d^T a, r x in) the features
     are G R^T = d^T (a R^T), for lora_B (G = d^T a, out x r) they are R G = (d R^T)^T a, so only (n, T, k_d)
-    products are made (associativity; see projection.py for R). "dense" projects the formed gradients."""
-    if projector.kind != "lowrank":
-        per_row_gradients(
-            model,
-            rows,
-            batch_size=batch_size,
-            pad_id=pad_id,
-            max_tokens=max_tokens,
-            consume=lambda indices, grads: consume(indices, projector.project([g.cpu() for g in grads])),
-        )
-        return
+    products are made (associativity; see projection.py for R). "dense" forms each matrix's per-row gradients and
+    projects them at once, one matrix at a time: a pass never holds every matrix's gradients of every row."""
     gaussians: list[torch.Tensor] = []
-    passes_ = _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens)
+    passes_ = _batched_passes(
+        model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens, max_rows=max_rows
+    )
+    if projector.kind != "lowrank":  # each matrix's per-row gradients are projected, then freed, one at a time
+        with contextlib.closing(passes_) as passes:
+            for indices, pairs in passes:
+                parts = [
+                    projector.project_one(m, torch.einsum("nto,nti->noi", d.float(), a.float()).cpu())
+                    for m, (a, d) in enumerate(pairs)
+                ]
+                consume(indices, torch.cat(parts, dim=1))
+        return
     with contextlib.closing(passes_) as passes:
         for indices, pairs in passes:  # closing: the hooks are removed even when consume raises
             if not gaussians:

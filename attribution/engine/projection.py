@@ -94,15 +94,21 @@ class Projector:
 
     def project(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
         """grads[m]: (n, out_m, in_m) -> features (n, k) float32."""
+        if len(grads) != len(self.blocks):
+            raise EngineError("One gradient per LoRA matrix is needed.")
         n = grads[0].shape[0]
         out = torch.empty((n, self.k), dtype=torch.float32)
-        for block, gaussian, grad in zip(self.blocks, self.matrices_, grads, strict=True):
-            grad = grad.float()
-            if self.kind == "dense":
-                phi = grad.reshape(n, -1) @ gaussian.T
-            elif block.matrix.kind == "A":  # (n, r, in) @ (in, k_d) -> (n, r, k_d)
-                phi = (grad @ gaussian.T).reshape(n, -1)
-            else:  # (k_d, out) @ (n, out, r) -> (n, k_d, r)
-                phi = torch.matmul(gaussian, grad).reshape(n, -1)
-            out[:, block.start : block.stop] = phi
+        for position, (block, grad) in enumerate(zip(self.blocks, grads, strict=True)):
+            out[:, block.start : block.stop] = self.project_one(position, grad)
         return out
+
+    def project_one(self, position: int, grad: torch.Tensor) -> torch.Tensor:
+        """The features (n, k_m) of matrix `position` from its per-row gradients (n, out_m, in_m)."""
+        block, gaussian = self.blocks[position], self.matrices_[position]
+        n = grad.shape[0]
+        grad = grad.float()
+        if self.kind == "dense":
+            return grad.reshape(n, -1) @ gaussian.T
+        if block.matrix.kind == "A":  # (n, r, in) @ (in, k_d) -> (n, r, k_d)
+            return (grad @ gaussian.T).reshape(n, -1)
+        return torch.matmul(gaussian, grad).reshape(n, -1)  # (k_d, out) @ (n, out, r) -> (n, k_d, r)

@@ -25,6 +25,7 @@ from modelfactory.selectors import finetune_rows
 from modelfactory.services import lineage_jobs
 from modelfactory.training.data import build_examples
 from modelfactory.training.finetune import split_rows
+from modelfactory.training.memory import budget_bytes
 
 INDEX_FOLDER = "attribution"
 
@@ -74,6 +75,11 @@ def _split_prompt(input_ids: list[int], labels: list[int]) -> tuple[list[int], l
     return input_ids[: trained[0]], input_ids[trained[0] : trained[-1] + 1]
 
 
+def _stage_memory_budget() -> int:
+    """Bytes one pass of this stage may add (settings.MF_MEMORY_BUDGET_FRACTION of what is free now)."""
+    return budget_bytes(fraction=settings.MF_MEMORY_BUDGET_FRACTION, simulated=settings.MF_MEMORY_LIMIT_MB * 2**20)
+
+
 def index_build(*, job, result, on_progress=None) -> ModelIndex:
     """Builds, saves and records the attribution index of a finished job, and the data valuation of its
     contributions on the held-out rows. Called inside the training job (the "indexing" stage)."""
@@ -97,14 +103,17 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
     hp = job.hyperparameters
     seed = int(hp.get("seed", 0))
     batch_size = int(hp.get("batch_size", 16))
+    longest = max(len(ids) for _, ids, _ in train)
     index = engine.build_index(
         model,
         train,
         k=settings.MF_ATTRIBUTION_K,
         seed=seed,
         batch_size=batch_size,
-        # at most what one training micro-batch may hold: the job's hardware held that much already
-        max_tokens=batch_size * int(hp["max_length"]),
+        # at most what the largest training micro-batch held (batch size x the longest row, not x max length: with
+        # short rows that would be hundreds of rows in one pass), and within this stage's memory budget
+        max_tokens=batch_size * longest,
+        memory_budget=_stage_memory_budget(),
         pad_id=tokenizer.pad_token_id,
         on_progress=progress,
     )

@@ -19,7 +19,7 @@ from ledger.calc.canonical import canonical_json, jsonable, sha256_hex
 from modelfactory import selectors
 from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob
 from modelfactory.selectors import PRIVATE_DATANET
-from modelfactory.training import model_files
+from modelfactory.training import memory, model_files
 from modelfactory.training.presets import PRESETS, validate_hyperparameters
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def _launch_estimate(*, base, versions, hp: dict[str, Any]) -> dict[str, Any]:
         logger.exception("no estimate for a launch on %s", base.slug)
         return {}
     keep = ("steps", "tokens", "peak_memory_bytes", "device", "run_seconds", "run_low", "run_high", "run_method",
-            "run_runs", "warnings")  # fmt: skip
+            "run_runs", "warnings", "training_memory_bytes", "evaluation_memory_bytes", "index_memory_bytes",
+            "memory_stage")  # fmt: skip
     return {key: estimate[key] for key in keep if key in estimate}
 
 
@@ -299,6 +300,8 @@ def finetune_reap_stale() -> list[int]:
         )
     )
     for job_id, attempts in stale:
+        if finetune_fail_if_out_of_memory(job_id=job_id, stale_before=stale_before):
+            continue
         if attempts < settings.MF_JOB_MAX_ATTEMPTS:
             # Back to the queue, so that the next free worker claims it at once (a job left "running" with a fresh
             # heartbeat could not be claimed by an idle worker that picks the message up right away).
@@ -321,3 +324,24 @@ def finetune_reap_stale() -> list[int]:
                 "so the job was ended. Launch it again; if it keeps happening, lower the batch size or max length.",
             )
     return [job_id for job_id, _ in stale]
+
+
+def finetune_fail_if_out_of_memory(*, job_id: int, stale_before) -> bool:
+    """A running job whose worker stopped beating while it held nearly all the memory it could have was killed for
+    memory (the kernel's out-of-memory killer leaves no other trace): it fails once, with what ran out at which
+    stage and what to lower, instead of being queued again to run out the same way. True when it did."""
+    job = (
+        FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before)
+        .only("phase", "hyperparameters", "memory_bytes", "memory_limit_bytes")
+        .first()
+    )
+    if job is None or not memory.near_limit(job.memory_bytes, job.memory_limit_bytes):
+        return False
+    message = memory.out_of_memory_message(
+        phase=job.phase, hp=job.hyperparameters, held=job.memory_bytes, limit=job.memory_limit_bytes, killed=True
+    )
+    return bool(
+        FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale_before).update(
+            status=FineTuneJob.Status.FAILED, finished_at=timezone.now(), message=message
+        )
+    )

@@ -19,6 +19,8 @@ from django.utils.text import slugify
 
 from modelfactory import hooks, selectors
 from modelfactory.models import FineTuneEvent, FineTuneJob, ModelVersion, TrainedModel
+from modelfactory.services.finetune_jobs import finetune_fail_if_out_of_memory
+from modelfactory.training import memory
 from modelfactory.training.verdict import judge
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,40 @@ def _claim(job_id: int, *, hostname: str) -> FineTuneJob | None:
     )
     if not updated:
         stale = now - timedelta(seconds=settings.MF_JOB_STALE_SECONDS)
+        if finetune_fail_if_out_of_memory(job_id=job_id, stale_before=stale):
+            return None  # its worker was killed for memory: running it again would end the same way
         updated = FineTuneJob.objects.filter(
             pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=stale
         ).update(
             heartbeat_at=now, worker=hostname, attempts=F("attempts") + 1, message="Resuming from the last checkpoint."
         )
     return FineTuneJob.objects.get(pk=job_id) if updated else None
+
+
+class _MemorySampler:
+    """The most resident memory this process held since the last beat, and what it could hold then."""
+
+    MEMORY_STEP = 0.05  # beat at once when the memory grew by this share of the limit since the last beat,
+    WATCHED = 0.5  # once it holds more than this share of the limit
+
+    def __init__(self, *, simulated: int = 0):
+        self.simulated = simulated
+        self.peak = 0
+        self.limit = 0
+        self._written = 0
+
+    def sample(self) -> None:
+        rss = memory.rss_bytes()
+        if rss >= self.peak:
+            self.peak, self.limit = rss, memory.process_limit_bytes(simulated=self.simulated)
+
+    def grew(self) -> bool:
+        watched = self.peak >= self.WATCHED * self.limit
+        return watched and self.peak - self._written >= self.MEMORY_STEP * max(1, self.limit)
+
+    def written(self) -> None:
+        self._written = self.peak
+        self.peak = 0
 
 
 class _JobProgress:
@@ -72,13 +102,23 @@ class _JobProgress:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
-        while not self._stop.wait(settings.MF_JOB_HEARTBEAT_SECONDS):
-            try:
-                FineTuneJob.objects.filter(pk=self.job_id, status=FineTuneJob.Status.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
-            except Exception as exc:  # the database may be restarting; the next beat retries
-                logger.warning("job %s heartbeat failed: %s", self.job_id, exc)
+        """Beats every MF_JOB_HEARTBEAT_SECONDS with the worker's memory; samples the memory every second and beats
+        at once when it grew by MEMORY_STEP of the limit, so a worker killed for memory leaves that on its job."""
+        memory = _MemorySampler(simulated=settings.MF_MEMORY_LIMIT_MB * 2**20)
+        last_beat = time.monotonic()  # the claim has just beaten
+        while True:
+            memory.sample()
+            if time.monotonic() - last_beat >= settings.MF_JOB_HEARTBEAT_SECONDS or memory.grew():
+                try:
+                    FineTuneJob.objects.filter(pk=self.job_id, status=FineTuneJob.Status.RUNNING).update(
+                        heartbeat_at=timezone.now(), memory_bytes=memory.peak, memory_limit_bytes=memory.limit
+                    )
+                    memory.written()
+                    last_beat = time.monotonic()
+                except Exception as exc:  # the database may be restarting; the next beat retries
+                    logger.warning("job %s heartbeat failed: %s", self.job_id, exc)
+            if self._stop.wait(min(1.0, settings.MF_JOB_HEARTBEAT_SECONDS)):
+                break
         connection.close()
 
     def on_event(self, event: dict[str, Any]) -> None:
@@ -162,6 +202,8 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         contributors=contributors,
         device=settings.MF_TRAINING_DEVICE,
         checkpoint_every=settings.MF_JOB_CHECKPOINT_EVERY,
+        memory_budget_fraction=settings.MF_MEMORY_BUDGET_FRACTION,
+        memory_limit_bytes=settings.MF_MEMORY_LIMIT_MB * 2**20,
     )
     try:
         with _JobProgress(job) as progress:
@@ -173,7 +215,13 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
     except TrainingError as exc:
         _finish(job_id, status=FineTuneJob.Status.FAILED, message=str(exc))
         return FineTuneJob.objects.get(pk=job_id)
-    except Exception:
+    except Exception as exc:
+        if _out_of_memory(exc):  # raised outside the training step (which says so itself): loading, evaluation
+            logger.warning("fine-tune job %s ran out of memory: %s", job_id, exc)
+            job = FineTuneJob.objects.get(pk=job_id)
+            message = memory.out_of_memory_message(phase=job.phase, hp=job.hyperparameters)
+            _finish(job_id, status=FineTuneJob.Status.FAILED, message=message)
+            return FineTuneJob.objects.get(pk=job_id)
         logger.exception("fine-tune job %s crashed", job_id)
         _finish(
             job_id,
@@ -206,6 +254,12 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         ) + "".join(f" Note: {error}" for error in stage_errors.values())
         job.save()
     return job
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    from modelfactory.training.failures import is_out_of_memory  # loads torch, as the training worker has
+
+    return is_out_of_memory(exc)
 
 
 def _hardware(hyperparameters: dict[str, Any]) -> str:
@@ -266,6 +320,9 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
         except Exception as exc:
             logger.exception("post-training stage %s of job %s failed", stage.name, job_id)
             errors[stage.name] = f"{stage.label} did not finish ({exc.__class__.__name__}: {exc})."
+            if _out_of_memory(exc):  # the adapter is kept; the note says what ran out and what to lower
+                hp = FineTuneJob.objects.values_list("hyperparameters", flat=True).get(pk=job_id)
+                errors[stage.name] = memory.out_of_memory_message(phase=stage.name, hp=hp, kept=True)
     return errors
 
 

@@ -14,7 +14,9 @@ Memory is per device: each device's micro-batches hold at most `batch_size` rows
 
 Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the
 largest micro-batch (per token and layer about 34 x hidden x bytes/2, Korthikanti et al. 2022, with fused
-attention) + output logits on answer tokens + a fixed framework overhead.
+attention) + output logits on answer tokens + a fixed framework overhead. The peak is the largest of the job's
+stages: training, the held-out comparison and the attribution index (memory.py's per-token costs; the index also
+holds every row's features). bench/bench_memory.py measures each stage.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from modelfactory.training.memory import activation_bytes_per_token, index_bytes_per_token
 
 CPU_FLOPS = 1.3e10
 CUDA_FLOPS = 2.0e14
@@ -39,6 +43,11 @@ class Estimate:
     tokens_per_s: float
     method: str  # "measured" | "constant"
     devices: int = 1  # data-parallel devices the time assumes
+    # peak_memory_bytes is the largest of the job's stages: training, the held-out comparison, the attribution index
+    training_memory_bytes: int = 0
+    evaluation_memory_bytes: int = 0
+    index_memory_bytes: int = 0
+    memory_stage: str = "training"  # the stage that needs peak_memory_bytes
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +83,7 @@ def estimate_run(
     answer_tokens: int | None = None,
     tokens_per_s: float | None = None,
     devices: int = 1,
+    index_k: int = 4096,
 ) -> Estimate:
     """`token_counts`: tokens of each training example; `hp`: clean hyperparameters; `parameters`: base model size;
     `model_config`: its config.json as a dict; `tokens_per_s`: a measured throughput of one device when there is
@@ -100,22 +110,52 @@ def estimate_run(
     longest = max(token_counts, default=0)
     batch_tokens = int(hp["batch_size"]) * longest
     answer_share = (answer_tokens / max(1, sum(token_counts))) if answer_tokens is not None else 1.0
+    overhead = CUDA_OVERHEAD_BYTES if cuda else CPU_OVERHEAD_BYTES
     memory = (
         parameters * weight_bytes
         + lora * 4 * 4  # weights, gradients, AdamW's two moments, fp32
         + batch_tokens * layers * hidden * 34 * act_bytes / 2
         + batch_tokens * answer_share * vocab * 4 * 3  # logits, softmax, their gradient (fp32)
-        + (CUDA_OVERHEAD_BYTES if cuda else CPU_OVERHEAD_BYTES)
+        + overhead
     )
+    # The comparison: the same model and batches, no gradients and no optimizer state (a conservative bound: the
+    # activations of a training pass).
+    evaluation = parameters * weight_bytes + lora * 4 + batch_tokens * activation_bytes_per_token(
+        model_config, act_bytes=act_bytes, answer_share=answer_share
+    ) + overhead  # fmt: skip
+    # The index: the model reloaded in fp32 on the CPU, passes of at most one training micro-batch with every LoRA
+    # output's gradient held at once (memory.index_bytes_per_token), and the features of every row (fp16 stored,
+    # fp32 while scoring). Its passes are also held within MF_MEMORY_BUDGET_FRACTION of the worker's free memory.
+    targets = resolve_target_modules(hp["target_modules"])
+    k = max(int(index_k), lora_matrices(model_config, targets=targets) * int(hp["rank"]))
+    index = (
+        parameters * 4
+        + lora * 4
+        + batch_tokens * index_bytes_per_token(model_config, rank=int(hp["rank"]), targets=targets)
+        + len(token_counts) * k * (2 + 4)
+        + CPU_OVERHEAD_BYTES
+    )
+    stages = {"training": memory, "evaluation": evaluation, "index": index}
+    stage = max(stages, key=lambda name: stages[name])
     return Estimate(
         steps=steps,
         tokens=tokens,
         seconds=tokens / rate,
-        peak_memory_bytes=int(math.ceil(memory)),
+        peak_memory_bytes=int(math.ceil(stages[stage])),
         tokens_per_s=rate,
         method=method,
         devices=max(1, int(devices)),
+        training_memory_bytes=int(math.ceil(memory)),
+        evaluation_memory_bytes=int(math.ceil(evaluation)),
+        index_memory_bytes=int(math.ceil(index)),
+        memory_stage=stage,
     )
+
+
+def lora_matrices(config: dict[str, Any], *, targets: list[str]) -> int:
+    """How many LoRA matrices (A and B of each adapted layer): each one gets at least `rank` index features."""
+    known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    return 2 * sum(1 for t in targets if t in known) * int(config.get("num_hidden_layers", 0))
 
 
 def measure_tokens_per_s(model, *, device, seq_len: int, batch_size: int, repeats: int = 2) -> float:

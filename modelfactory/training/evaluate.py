@@ -24,6 +24,7 @@ def perplexity(loss: float) -> float | None:
 
 
 @torch.no_grad()
+@torch.no_grad()  # no graph kept: an evaluation batch needs less memory than the training batch of its rows
 def eval_loss(
     model,
     examples: list[Example],

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelfactory.training import memory
 from modelfactory.training.data import BuildReport, Example, build_examples
 from modelfactory.training.failures import is_out_of_memory, out_of_memory_message
 from modelfactory.training.loop import (
@@ -48,6 +49,8 @@ class FinetuneSpec:
     processes: int = 0  # data-parallel processes: 0 = one per GPU of the worker (1 on a CPU); N = exactly N
     init_adapter_dir: Path | None = None  # continue training this adapter (same base model) instead of a fresh one
     test_rows: list[dict[str, Any]] = field(default_factory=list)  # a test set the user chose, scored like held-out
+    memory_budget_fraction: float = memory.DEFAULT_BUDGET_FRACTION  # of the memory free when training starts
+    memory_limit_bytes: int = 0  # the memory the job may hold (0: what the machine has)
 
 
 @dataclass
@@ -196,7 +199,13 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
     from modelfactory.training.evaluate import compare_base_and_tuned
     from modelfactory.training.model_files import ModelFilesError
 
-    emit = on_event or (lambda event: None)
+    stage = {"phase": "loading"}  # where an out-of-memory error happened, for its message
+
+    def emit(event: dict[str, Any]) -> None:
+        if event.get("type") == "phase":
+            stage["phase"] = event["phase"]
+        if on_event is not None:
+            on_event(event)
 
     def cancel_check() -> None:  # a "cancel" is honoured after training too: between evaluation batches
         if control is not None and control() == "cancel":
@@ -235,10 +244,14 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             checkpoint_every=spec.checkpoint_every,
             resume=resume,
             rank=rank,
+            memory_budget=memory.budget_bytes(
+                fraction=spec.memory_budget_fraction, device=device, simulated=spec.memory_limit_bytes
+            ),
         )
         if rank is not None and not rank.is_main:
             return None  # rank 0 evaluates and saves
         emit({"type": "phase", "phase": "evaluating"})
+        release_memory(device)  # what training freed goes back to the system before the next stage
         cancel_check()
         evaluating = time.perf_counter()
         comparison = compare_base_and_tuned(
@@ -254,6 +267,7 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
         )
         test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device, on_batch=cancel_check)
         evaluation_seconds = time.perf_counter() - evaluating
+        release_memory(device)
         cancel_check()
         emit({"type": "phase", "phase": "saving"})
         adapter_dir = save_adapter(model, workdir / ADAPTER_DIR, base_model_name=spec.base_model_name)
@@ -316,6 +330,8 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
         if not is_out_of_memory(exc):
             raise
         del exc
+        if stage["phase"] != "training":  # the loop says which batch; elsewhere, which stage
+            raise TrainingError(memory.out_of_memory_message(phase=stage["phase"], hp=hp)) from None
         raise TrainingError(
             out_of_memory_message(hp, rows=int(hp["batch_size"]), width=int(hp["max_length"]), device=device)
         ) from None

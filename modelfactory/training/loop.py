@@ -16,7 +16,6 @@ the adapter, optimizer, scheduler, RNG state and step; resuming replays the same
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import random
@@ -34,6 +33,7 @@ from modelfactory.training.data import IGNORE_INDEX, Example
 from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
 from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
+from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens, split_by_tokens
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 from modelfactory.training.schedule import lr_lambda, plan_passes, plan_steps  # noqa: F401 (plan_steps re-exported)
@@ -222,7 +222,7 @@ def answer_loss_sum(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 
 def release_memory(device: torch.device) -> None:
-    gc.collect()
+    release_freed()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -244,6 +244,7 @@ def train(
     checkpoint_every: int = 0,
     resume: bool = False,
     rank=None,
+    memory_budget: int | None = None,
 ) -> TrainResult:
     """Trains the LoRA parameters of `model` in place on `examples` with the clean hyperparameters `hp`.
 
@@ -283,6 +284,10 @@ def train(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
     )
+    if memory_budget is not None:  # a batch that does not fit goes through in parts (the same gradient)
+        config = model.config.to_dict() if hasattr(model, "config") else {}
+        per_token = activation_bytes_per_token(config, act_bytes=2 if autocast_dtype(device) else 4)
+        run.pass_tokens = rows_and_tokens(memory_budget, per_token=per_token)[1]
     done = _restored_or_seeded(run, checkpoint_dir=checkpoint_dir if resume else None)
     if rank is not None:
         distributed.broadcast_parameters(params)
@@ -326,6 +331,7 @@ class _Run:
     eval_examples: list[Example] | None
     checkpoint_dir: Path | None
     checkpoint_every: int
+    pass_tokens: int | None = None  # the most padded tokens one forward+backward may hold (the memory budget)
 
     def __post_init__(self) -> None:
         self.seed = int(self.hp["seed"])
@@ -453,7 +459,7 @@ def _optimizer_step(run: _Run, groups: list[list[Example]], *, answer_tokens: in
     window_loss, width, rows, command = 0.0, 0, 0, None
     local = groups if rank is None else distributed.shard_window(groups, rank, run.batch_size)
     try:
-        for group in local:
+        for group in (part for batch in local for part in split_by_tokens(batch, run.pass_tokens)):
             rows, width = len(group), max(e.n_tokens for e in group)
             ids, labels = collate(group, pad_id=run.pad_id, device=device)
             with autocast(device):

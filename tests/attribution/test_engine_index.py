@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from attribution.engine import AttributionIndex, EngineError, build_index
-from attribution.engine.index import NULL_QUERIES, null_queries
+from attribution.engine import AttributionIndex, EngineError, build_index, lora
+from attribution.engine.index import NULL_QUERIES, null_queries, pass_limits
 from attribution.engine.lora import reference_row_gradient, row_loss
+from attribution.engine.projection import Projector, allocate
 
 
 def test_planted_facts_rank_their_owner_first(planted):
@@ -135,3 +136,70 @@ def test_index_features_equal_per_row_autograd_whatever_the_passes(planted):
             np.testing.assert_allclose(index.null_features[n], expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     for method, floor in small.null_floor.items():
         assert large.null_floor[method] == pytest.approx(floor, rel=1e-3)
+
+
+def _passes_seen(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, padded width) of every gradient pass the engine makes from now on."""
+    seen: list[tuple[int, int]] = []
+    real = lora._pad
+
+    def spy(batch, pad_id):
+        padded = real(batch, pad_id)
+        seen.append(tuple(padded[0].shape))
+        return padded
+
+    monkeypatch.setattr(lora, "_pad", spy)
+    return seen
+
+
+def _short_rows(datanet, n: int):
+    return [(i, *datanet.rows[i % len(datanet.rows)][1:]) for i in range(n)]
+
+
+def test_rows_held_at_once_do_not_grow_with_the_number_of_short_rows(planted, monkeypatch):
+    """The index build's passes are bounded by its memory budget (rows and padded tokens per pass), so 400 short
+    rows are held no more at once than 40; without a budget, a token budget alone lets a pass take every row."""
+    _, model, _, datanet = planted
+    matrices = [m for m, _ in lora.lora_modules(model)]
+    projector = Projector(matrices, allocate(matrices, 512, "lowrank"), 0, "lowrank")
+    budget = 2**20
+    max_rows, max_tokens = pass_limits(model, projector, budget)
+    seen = _passes_seen(monkeypatch)
+    largest = {}
+    for n in (40, 400):
+        seen.clear()
+        build_index(model, _short_rows(datanet, n), k=512, batch_size=8, max_tokens=10**9, memory_budget=budget)
+        assert sum(rows for rows, _ in seen) == n + NULL_QUERIES
+        assert all(rows <= max_rows and (rows * width <= max_tokens or rows == 1) for rows, width in seen)
+        largest[n] = max(rows for rows, _ in seen)
+    assert largest[40] == largest[400] < 40
+    seen.clear()
+    build_index(model, _short_rows(datanet, 400), k=512, batch_size=8, max_tokens=10**9)
+    assert max(rows for rows, _ in seen) == 400 + NULL_QUERIES  # the old packing: one pass held every row
+
+
+def test_pass_limits_count_each_rows_gradient_in_dense_projection(planted):
+    _, model, _, _ = planted
+    matrices = [m for m, _ in lora.lora_modules(model)]
+    lowrank = Projector(matrices, allocate(matrices, 512, "lowrank"), 0, "lowrank")
+    dense = Projector(matrices, allocate(matrices, 512, "dense"), 0, "dense")
+    budget = 2**22
+    lowrank_rows, lowrank_tokens = pass_limits(model, lowrank, budget)
+    dense_rows, _ = pass_limits(model, dense, budget)
+    largest = max(m.size for m in matrices)
+    assert dense_rows == budget // (4 * 3 * dense.k + 4 * 2 * largest)
+    assert lowrank_rows == budget // (4 * 3 * lowrank.k)
+    assert lowrank_tokens >= 64
+    assert pass_limits(model, lowrank, 0) == (1, 64)  # never below one short row
+
+
+def test_a_budgeted_build_stores_the_same_features(planted):
+    _, model, _, datanet = planted
+    rows = datanet.rows[:24]
+    free = build_index(model, rows, k=1024, seed=2, batch_size=64)
+    bounded = build_index(model, rows, k=1024, seed=2, batch_size=64, memory_budget=2**20)
+    np.testing.assert_array_equal(free.row_ids, bounded.row_ids)
+    for n in range(len(rows)):
+        expected = free.features32()[n]
+        np.testing.assert_allclose(bounded.features32()[n], expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(bounded.null_features, free.null_features, rtol=1e-4, atol=1e-6)

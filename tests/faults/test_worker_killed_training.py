@@ -146,3 +146,39 @@ def test_killed_training_with_no_attempts_left_is_failed_by_another_workers_swee
     body = api.get(f"/api/v1/finetunes/{job_id}/").json()
     assert (body["status"], body["message"]) == ("failed", job.message)
     assert body["finished_at"] is not None
+
+
+def test_training_killed_near_its_memory_limit_fails_once_with_what_ran_out(launch, start_worker):
+    """The kernel's out-of-memory killer, simulated: the gpu worker runs under MF_MEMORY_LIMIT_MB=256 (less than it
+    holds, so its job's heartbeat shows it at its limit) and is SIGKILLed mid-training. Another worker's sweep fails
+    the job once, saying what ran out where and what to lower, instead of queueing it to die again (attempts are
+    left: MF_JOB_MAX_ATTEMPTS is 2)."""
+    env = {"MF_JOB_HEARTBEAT_SECONDS": "1", "MF_JOB_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
+           "MF_JOB_STALE_SECONDS": "5", "MF_WORKER_SWEEP_SECONDS": "1"}  # fmt: skip
+    worker = start_worker("gpu", MF_MEMORY_LIMIT_MB="256", **env)
+    api, job_id = launch()
+    wait_for(
+        lambda: FineTuneJob.objects.filter(pk=job_id, memory_limit_bytes=256 * 2**20).exists(),
+        timeout=90,
+        what="the job's heartbeat to report its memory",
+        every=0.1,
+    )
+    _kill_after_a_checkpoint(worker, job_id)
+    start_worker("default", **env)
+
+    job = wait_for(
+        lambda: FineTuneJob.objects.filter(pk=job_id, status=FineTuneJob.Status.FAILED).first(),
+        timeout=30,
+        what="a live worker's sweep to fail the job killed for memory",
+        every=0.25,
+    )
+    assert job.attempts == 1
+    assert job.memory_bytes > 256 * 2**20
+    held = f"{job.memory_bytes / 2**30:.1f}"
+    assert job.message == (
+        f"The computer ran out of memory while training (the worker held {held} GB of the 0.2 GB it could use), so "
+        "the system stopped the training worker. The job was not started again, since it would run out of memory the "
+        "same way. Lower the maximum length (now 192 tokens) or the adapter size (rank, now 4), then launch it again."
+    )
+    body = api.get(f"/api/v1/finetunes/{job_id}/").json()
+    assert (body["status"], body["message"]) == ("failed", job.message)

@@ -81,3 +81,21 @@ def test_run_time_range_from_past_runs_uses_their_medians_and_covers_their_sprea
 def test_run_time_range_ignores_runs_without_a_rate():
     got = run_time_range(tokens=100, answers=0, past=[PastRun(0.0, 0.0, 0.0)], rough_seconds=9.0)
     assert got["method"] == "rough"
+
+
+def test_the_memory_estimate_is_the_largest_of_training_evaluation_and_index(tiny_dir):
+    config = json.loads((tiny_dir / "config.json").read_text())
+    params = inspect_model_dir(tiny_dir).parameters
+    hp = hyperparameters(batch_size=4, rank=8, target_modules="all_linear")
+    few = estimate_run([100] * 50, hp, device_type="cpu", parameters=params, model_config=config, index_k=4096)
+    stages = {"training": few.training_memory_bytes, "evaluation": few.evaluation_memory_bytes,
+              "index": few.index_memory_bytes}  # fmt: skip
+    assert few.peak_memory_bytes == max(stages.values()) and few.memory_stage == max(stages, key=stages.get)
+    assert few.evaluation_memory_bytes < few.training_memory_bytes < few.index_memory_bytes
+    # the index holds every row's features (float16 stored, float32 while scoring): 6 bytes x k per row, and k is at
+    # least rank x the LoRA matrices (2 per adapted layer)
+    k = max(4096, 2 * 7 * config["num_hidden_layers"] * 8)
+    many = estimate_run([100] * 5050, hp, device_type="cpu", parameters=params, model_config=config, index_k=4096)
+    assert many.index_memory_bytes - few.index_memory_bytes == 5000 * k * 6
+    assert many.training_memory_bytes == few.training_memory_bytes  # one micro-batch, whatever the rows
+    assert many.peak_memory_bytes == many.index_memory_bytes and many.memory_stage == "index"

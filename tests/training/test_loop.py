@@ -188,3 +188,27 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tiny_dir, examples, tmp
     resumed, _ = run(tiny_dir, examples, hp, checkpoint_dir=tmp_path, resume=True)
     assert resumed.resumed_from == 0
     assert resumed.losses == plain.losses
+
+
+def test_a_memory_budget_splits_batches_into_passes_with_the_same_learning(tiny_dir, examples, monkeypatch):
+    """Under a budget that fits FLOOR_TOKENS tokens, no forward pass holds more than that (or one row), and the
+    batches' gradients, summed over their parts, train the same adapter as whole batches."""
+    hp = hyperparameters(dropout=0.0)
+    whole, whole_model = run(tiny_dir, examples, hp)
+    widths = []
+    real = loop.answer_loss_sum
+
+    def spy(model, ids, labels):
+        widths.append(tuple(ids.shape))
+        return real(model, ids, labels)
+
+    monkeypatch.setattr(loop, "answer_loss_sum", spy)
+    parted, parted_model = run(tiny_dir, examples, hp, memory_budget=0)
+    training = widths  # the training passes only: evaluations go through eval_loss
+    assert all(rows * width <= 64 or rows == 1 for rows, width in training)
+    assert len(training) > whole.steps * 2  # batches of 4 rows went through in parts
+    assert sum(rows for rows, _ in training) == len(examples) * 2  # every row once per epoch
+    assert parted.losses == pytest.approx(whole.losses, rel=1e-4)
+    for a, b in zip(whole_model.parameters(), parted_model.parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float rounding, scaled by AdamW's steps

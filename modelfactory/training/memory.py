@@ -1,0 +1,211 @@
+"""How much memory a training job may use, and what one pass of each stage costs, in plain numbers.
+
+The budget: a fraction (MF_MEMORY_BUDGET_FRACTION) of the memory this process could still have when the stage
+starts: what it holds plus what the machine (or its cgroup) has available; on a GPU, the device's free memory plus
+what torch holds. A stage sizes its passes so that one pass fits in the budget, whatever the number of rows.
+
+The per-token costs are formulas, shared with the wizard's estimate (estimate.py): activations of a forward and
+backward pass per token and layer about 34 x hidden x bytes/2 (Korthikanti et al. 2022, with fused attention),
+the output logits of answer tokens (logits, softmax and their gradient in fp32), and, for the attribution index,
+the gradient at every LoRA matrix's output, all held at once for one pass (attribution/engine/lora.py).
+
+No Django here: the limit a setting simulates (MF_MEMORY_LIMIT_MB) is passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BUDGET_FRACTION = 0.5
+NEAR_LIMIT_FRACTION = 0.85  # a process killed while holding this share of what it could have: out of memory
+LOGIT_BYTES = 4 * 3  # fp32 logits, their softmax and its gradient, per answer token and vocabulary entry
+FLOOR_TOKENS = 64  # a pass may always hold this many tokens (one short row), whatever the budget says
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo() -> dict[str, int]:
+    found = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                found[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return found
+
+
+def _status(field: str) -> int:
+    """A size from /proc/self/status (VmRSS, VmHWM), in bytes; 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
+    return _status("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """The most resident memory this process has held (since start, or since `reset_peak_rss`)."""
+    return _status("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Starts the peak (VmHWM) over from the current resident size (Linux: /proc/self/clear_refs, value 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def available_bytes() -> int:
+    """Memory the machine can still give: MemAvailable, or less when this process's cgroup has a lower limit."""
+    info = _meminfo()
+    available = info.get("MemAvailable", info.get("MemFree", 0))
+    cgroup_max = _read_int("/sys/fs/cgroup/memory.max")
+    cgroup_now = _read_int("/sys/fs/cgroup/memory.current")
+    if cgroup_max and cgroup_now is not None:
+        available = min(available, max(0, cgroup_max - cgroup_now))
+    return available
+
+
+def process_limit_bytes(*, simulated: int = 0) -> int:
+    """The most this process could hold right now: what it holds plus what is still available (or `simulated`,
+    a fixed limit in bytes set by MF_MEMORY_LIMIT_MB, for tests and for machines shared with other work)."""
+    if simulated > 0:
+        return int(simulated)
+    return rss_bytes() + available_bytes()
+
+
+def near_limit(rss: int, limit: int, *, fraction: float = NEAR_LIMIT_FRACTION) -> bool:
+    return limit > 0 and rss >= fraction * limit
+
+
+def budget_bytes(*, fraction: float = DEFAULT_BUDGET_FRACTION, device: Any = None, simulated: int = 0) -> int:
+    """The memory one pass of a stage may add: `fraction` of what is still free for this process (the model it
+    already holds is not counted again). On a CUDA device: of the device's free memory."""
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        import torch  # only a process that trains on a GPU asks
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(fraction * free)
+    free = (simulated - rss_bytes()) if simulated > 0 else available_bytes()
+    return int(fraction * max(0, free))
+
+
+def activation_bytes_per_token(config: dict[str, Any], *, act_bytes: int = 4, answer_share: float = 1.0) -> float:
+    """One forward+backward pass per token: activations of every layer plus the answer tokens' logits."""
+    hidden = int(config.get("hidden_size", 0))
+    layers = int(config.get("num_hidden_layers", 0))
+    vocab = int(config.get("vocab_size", 0))
+    return layers * hidden * 34 * act_bytes / 2 + answer_share * vocab * LOGIT_BYTES
+
+
+def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
+    """Sum over LoRA matrices of their output widths (lora_A: rank, lora_B: the layer's output), all layers."""
+    hidden = int(config.get("hidden_size", 0))
+    inter = int(config.get("intermediate_size", 4 * hidden))
+    heads = int(config.get("num_attention_heads", 1))
+    kv = int(config.get("num_key_value_heads", heads))
+    head_dim = int(config.get("head_dim") or hidden // max(1, heads))
+    outs = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim, "o_proj": hidden,
+            "gate_proj": inter, "up_proj": inter, "down_proj": hidden}  # fmt: skip
+    per_layer = sum(rank + outs[t] for t in targets if t in outs)
+    return per_layer * int(config.get("num_hidden_layers", 0))
+
+
+def index_bytes_per_token(config: dict[str, Any], *, rank: int, targets: list[str]) -> float:
+    """An index pass per token: a training pass plus the gradient at every LoRA output, held at once (fp32)."""
+    return activation_bytes_per_token(config) + 4 * lora_output_widths(config, rank=rank, targets=targets)
+
+
+def rows_and_tokens(budget: int, *, per_token: float, per_row: float = 0.0) -> tuple[int, int]:
+    """(rows, tokens) one pass may hold within `budget` bytes, never below one short row."""
+    tokens = max(FLOOR_TOKENS, int(budget // max(1.0, per_token)))
+    rows = max(1, int(budget // per_row)) if per_row > 0 else tokens
+    return rows, tokens
+
+
+def release_freed() -> None:
+    """Hands memory freed by a stage back to the system. glibc keeps freed blocks of up to 32 MB (a layer's
+    activations for a few thousand tokens) in the process's heap, so without this the next stage, or the worker's
+    next job, would start from the last stage's peak."""
+    import ctypes  # Linux/glibc only; elsewhere nothing to do
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def split_by_tokens(group: list, max_tokens: int | None) -> list[list]:
+    """A batch (items with `n_tokens`) cut into consecutive parts of at most `max_tokens` padded tokens each (parts x
+    their longest item; at least one item per part). Summing the parts' gradients gives the batch's gradient."""
+    if not max_tokens:
+        return [group]
+    parts: list[list] = [[]]
+    for item in group:
+        width = max([item.n_tokens] + [other.n_tokens for other in parts[-1]])
+        if parts[-1] and (len(parts[-1]) + 1) * width > max_tokens:
+            parts.append([])
+        parts[-1].append(item)
+    return parts
+
+
+STAGE_WORDS = {
+    "loading": "loading the base model",
+    "training": "training",
+    "evaluating": "comparing the base model and the fine-tuned one on held-out rows",
+    "saving": "saving the adapter",
+    "indexing": "building the attribution index over the training rows",
+}
+
+
+def out_of_memory_message(
+    *, phase: str, hp: dict[str, Any], held: int = 0, limit: int = 0, killed: bool = False, kept: bool = False
+) -> str:
+    """What ran out, in which stage, and what to lower, in plain words. `killed`: the system stopped the worker
+    (the job fails with this, once); `kept`: a post-training stage ran out, the trained model is kept."""
+    stage = STAGE_WORDS.get(phase, "running the job")
+    gb = 2**30
+    how_much = (
+        f" (the worker held {held / gb:.1f} GB of the {limit / gb:.1f} GB it could use)" if held and limit else ""
+    )
+    batch = int(hp.get("batch_size", 1))
+    if killed:
+        ending = (", so the system stopped the training worker. The job was not started again, since it would run "
+                  "out of memory the same way.")  # fmt: skip
+    else:
+        ending = ". The trained model is kept." if kept else "."
+    parts = [
+        f"The computer ran out of memory while {stage}{how_much}{ending}",
+        (
+            "Lower "
+            + (f"the batch size (now {batch}; try {batch // 2}), " if batch > 1 else "")
+            + f"the maximum length (now {hp.get('max_length', '?')} tokens) or the adapter size (rank, now "
+            f"{hp.get('rank', '?')}), then launch it again."
+        ),  # fmt: skip
+    ]
+    if phase in ("evaluating", "indexing"):
+        parts.append(
+            "An operator can also lower MF_MEMORY_BUDGET_FRACTION, the share of free memory each pass of this stage "
+            "may use."
+        )
+    return " ".join(parts)
