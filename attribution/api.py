@@ -1,3 +1,4 @@
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -12,6 +13,7 @@ from attribution.serializers import (
     ReceiptSerializer,
     ReputationSerializer,
 )
+from core.api import created
 from ledger.calc.money import format_credits
 
 
@@ -122,4 +124,7 @@ class ContributionFindingView(APIView):
             error = exceptions.APIException(detail=exc.message, code=exc.code)
             error.status_code = exc.status
             raise error from None
-        return Response(FindingSerializer(finding).data, status=201)
+        # the finding is read back with its contribution
+        return created(
+            request, FindingSerializer(finding).data, location=reverse("contribution-detail", args=[contribution.pk])
+        )

@@ -30,6 +30,7 @@ def test_every_201_names_its_location(schema):
     ]
     assert sorted(created) == [
         ("/api/v1/auth/token/", "post"),
+        ("/api/v1/contributions/{contribution_id}/finding/", "post"),
         ("/api/v1/datanets/", "post"),
         ("/api/v1/datanets/{slug}/contributions/", "post"),
         ("/api/v1/datanets/{slug}/versions/", "post"),

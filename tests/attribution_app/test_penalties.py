@@ -183,6 +183,7 @@ def test_the_api_shows_reputation_to_curators_takes_a_verdict_and_the_wallet_sho
         f"/api/v1/contributions/{contribution.pk}/finding/", {"verdict": "confirmed", "reason": "Poison"}, format="json"
     )
     assert done.status_code == 201
+    assert done["Location"] == f"http://testserver/api/v1/contributions/{contribution.pk}/"
     assert {k: done.json()[k] for k in ("contribution_id", "verdict", "reason", "curator")} == {
         "contribution_id": contribution.pk, "verdict": "confirmed", "reason": "Poison", "curator": "owner"
     }  # fmt: skip

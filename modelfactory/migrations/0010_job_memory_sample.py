@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("modelfactory", "0007_job_lineage_and_test_set"),
+        ("modelfactory", "0009_retrieval_settings"),
     ]
 
     operations = [
