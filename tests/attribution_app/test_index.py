@@ -7,6 +7,7 @@ import pytest
 from attribution import runtime
 from attribution.engine import METHOD_VERSION, AttributionIndex, SpanIndex
 from attribution.models import ContributionValue, ModelIndex
+from attribution.services import index_files_digest
 from datanets.models import Contribution
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +31,9 @@ def test_the_training_job_builds_and_records_the_index(planted):
         planted.job.hyperparameters["seed"],
         METHOD_VERSION,
     )
-    assert record.params == index.params()
+    # the index's parameters, and the digest of each file as built (attribution_verify checks the files against it)
+    assert record.params == {**index.params(), "files_sha256": index_files_digest(record.folder)}
+    assert sorted(record.params["files_sha256"]) == ["attribution.safetensors", "owners.json", "spans.npz"]
     assert Path(record.folder) == job.workdir / "attribution"
     assert record.bytes == sum(p.stat().st_size for p in Path(record.folder).iterdir())
     assert record.build_seconds > 0
