@@ -70,3 +70,37 @@ def test_stop_keeps_what_the_page_shows_and_bills_exactly_that(page, cast, serve
     assert inference.fee_micro == fee_for_tokens(
         price_per_1k_tokens=PRICE, tokens=inference.prompt_tokens + inference.completion_tokens
     )
+
+
+def test_an_answer_from_the_data_lists_its_sources_under_it(page, cast, served, live_server):  # noqa: F811
+    """A model published with retrieval: the answer shows its sources (row text, a link to the row) to the owner of
+    the private datanet; a question that finds nothing says the answer has no sources."""
+    from datanets.models import Datanet
+    from ledger.services import credit_grant
+    from modelfactory.models import TrainedModel
+    from tests.inference.retrieval_data import FACTS, add_row, make_datanet, publish_version, train_on
+
+    datanet = make_datanet(owner=cast.owner, visibility=Datanet.Visibility.PRIVATE)
+    rows = [add_row(datanet, cast.teammate, text) for text in FACTS]
+    version = publish_version(datanet)
+    train_on(served, version)
+    TrainedModel.objects.filter(pk=served.pk).update(retrieval_enabled=True)
+    served.retrieval_versions.set([version])
+    credit_grant(user_id=cast.owner.pk, amount_micro=10**6, granted_by=cast.staff, key="grant-owner-sources")
+    log_in(page, live_server, cast.owner)
+    page.goto("/models/zorb-expert/playground/")
+    page.get_by_label("Longest answer (tokens)").fill("4")
+    page.get_by_placeholder("Ask something…").fill("What is the capital of Zorbia?")
+    page.get_by_role("button", name="Send").click()
+    sources = page.get_by_role("region", name="Sources")
+    expect(sources.get_by_role("heading", name="Sources")).to_be_visible(timeout=30_000)
+    first = sources.locator("li").first
+    expect(first.get_by_role("link")).to_have_text(FACTS[0])
+    assert first.get_by_role("link").get_attribute("href").endswith(f"#row-{rows[0].pk}")
+    keep_screenshots(page, "playground-sources")
+    inference = Inference.objects.get()
+    assert [c["record_id"] for c in inference.retrieval["citations"]][0] == rows[0].pk
+
+    page.get_by_placeholder("Ask something…").fill("photosynthesis in cacti")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#no-sources")).to_be_visible(timeout=30_000)
