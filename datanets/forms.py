@@ -1,4 +1,5 @@
 from django import forms
+from django.core.files.uploadedfile import SimpleUploadedFile
 
 from datanets.ingest.screen import ACTIONS, FLAG_KINDS
 from datanets.ingest.validate import FIELDS, REQUIRED
@@ -74,13 +75,47 @@ class DatanetSettingsForm(forms.Form):
 
 
 class UploadForm(forms.Form):
+    """A file, or rows pasted as text (JSON Lines for instruction and chat datanets, plain text for text ones)."""
+
     file = forms.FileField(
+        required=False,
         help_text="JSONL, JSON, CSV, TSV, Parquet, or a document (TXT, Markdown, PDF, DOCX) for text datanets. "
         "Images, spreadsheets (save them as CSV) and archives are refused.",
         widget=forms.ClearableFileInput(
             attrs={"accept": ".jsonl,.ndjson,.json,.csv,.tsv,.tab,.parquet,.txt,.text,.md,.markdown,.pdf,.docx"}
         ),
     )
+    pasted = forms.CharField(
+        required=False,
+        strip=False,
+        label="Or paste rows",
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false"}),
+    )
+
+    def __init__(self, *args, kind: str = "instruction", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.fields["pasted"].help_text = (
+            "Plain text: it is split into rows by headings and paragraphs, like a document."
+            if kind == "text"
+            else "One row per line, each a JSON object like the lines of the example file."
+        )
+
+    def clean(self):
+        data = super().clean()
+        has_file, has_text = bool(data.get("file")), bool((data.get("pasted") or "").strip())
+        if has_file and has_text:
+            raise forms.ValidationError("Choose a file or paste rows, not both.")
+        if not has_file and not has_text:
+            raise forms.ValidationError("Choose a file to upload, or paste rows into the box.")
+        return data
+
+    def upload(self):
+        """The file to store: the chosen one, or the pasted rows as pasted.jsonl / pasted.txt."""
+        if self.cleaned_data.get("file"):
+            return self.cleaned_data["file"]
+        name = "pasted.txt" if self.kind == "text" else "pasted.jsonl"
+        return SimpleUploadedFile(name, self.cleaned_data["pasted"].encode("utf-8"), content_type="text/plain")
 
 
 class ColumnMappingForm(forms.Form):

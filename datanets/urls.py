@@ -22,6 +22,7 @@ urlpatterns = [
     path("<slug:slug>/", views.datanet_detail, name="detail"),
     path("<slug:slug>/settings/", views.datanet_settings, name="settings"),
     path("<slug:slug>/upload/", views.datanet_upload, name="upload"),
+    path("<slug:slug>/upload/example.jsonl", views.datanet_upload_example, name="upload-example"),
     path("<slug:slug>/contributions/", views.contribution_list, name="contributions"),
     path("<slug:slug>/review/", views.review_queue, name="review"),
     path("<slug:slug>/versions/", views.version_list, name="versions"),

@@ -7,7 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
@@ -25,6 +25,7 @@ from datanets.forms import (
     UploadForm,
     split_list,
 )
+from datanets.ingest.examples import example_jsonl
 from datanets.ingest.screen import FLAG_KINDS
 from datanets.models import Contribution, Datanet, Record, VersionRecord
 from datanets.uploads import install_upload_limit
@@ -163,16 +164,17 @@ def datanet_upload(request, slug):
 @login_required
 def _datanet_upload(request, slug):
     datanet = _datanet(request, slug)
-    form = UploadForm(request.POST or None, request.FILES or None)
+    posted = request.method == "POST"
+    form = UploadForm(request.POST if posted else None, request.FILES if posted else None, kind=datanet.kind)
     error = ""
     if request.method == "POST":
         if request.upload_too_large:
-            form = UploadForm()
+            form = UploadForm(kind=datanet.kind)
             error = services._too_large_message() + " Split it into smaller files."
         elif form.is_valid():
             try:
                 contribution = services.contribution_create(
-                    datanet=datanet, contributor=request.user, upload=form.cleaned_data["file"]
+                    datanet=datanet, contributor=request.user, upload=form.upload()
                 )
             except services.DatanetError as exc:
                 error = exc.message
@@ -180,6 +182,15 @@ def _datanet_upload(request, slug):
                 return redirect("datanets:contribution", pk=contribution.pk)
     context = {**_base(request, datanet, "upload"), "form": form, "error": error, "limit": settings.MF_UPLOAD_MAX_BYTES}
     return render(request, "datanets/upload.html", context, status=400 if (form.errors or error) else 200)
+
+
+@login_required
+def datanet_upload_example(request, slug):
+    """A three-row example file in the shape this datanet's kind expects."""
+    datanet = _datanet(request, slug)
+    response = HttpResponse(example_jsonl(datanet.kind), content_type="application/jsonl; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="example-{datanet.kind}.jsonl"'
+    return response
 
 
 @login_required

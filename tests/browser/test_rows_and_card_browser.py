@@ -2,6 +2,7 @@
 waiting to decide), the model page's rendered card, and the friendly refusal of a file that cannot be read."""
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -72,3 +73,21 @@ def test_an_image_is_refused_at_once_naming_the_accepted_types(page, cast, world
         "Markdown, PDF or DOCX."
     )
     keep_screenshots(page, "upload-refused")
+
+
+def test_rows_pasted_into_the_upload_page_are_checked_like_a_file(page, cast, world, live_server):
+    from datanets.models import Contribution
+
+    log_in(page, live_server, cast.teammate)
+    page.goto(f"/datanets/{world.datanet.slug}/upload/")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download an example file").click()
+    example = Path(download.value.path()).read_text()
+    assert len(example.splitlines()) == 3
+    page.get_by_label("Or paste rows").fill(example)
+    keep_screenshots(page, "upload-paste")
+    page.get_by_role("button", name="Upload and check").click()
+    expect(page).to_have_url(re.compile(r"/datanets/contributions/\d+/$"))
+    assert Contribution.objects.get(contributor=cast.teammate, original_name="pasted.jsonl").size == len(
+        example.replace("\n", "\r\n").encode()
+    )  # a form sends a text box's line ends as CRLF

@@ -198,3 +198,44 @@ def test_the_datanet_page_says_rows_no_answer_uses_earn_nothing(client, cast, da
     assert "<header>How each answer's fee is shared</header>" in page
     assert "so rows that no answer uses earn nothing, however many there are." in page
     assert "Settlement rule settle-2, split policy settle-2-2026-1." in page
+
+
+@pytest.mark.parametrize("kind", ["instruction", "chat", "text"])
+def test_the_example_file_of_each_kind_is_accepted_as_it_is(client, cast, kind):
+    datanet = services.datanet_create(
+        owner=cast.owner, name=f"Ex {kind}", kind=kind, summary="s", visibility="public", policy="open"
+    )
+    client.force_login(cast.teammate)
+    response = client.get(f"/datanets/{datanet.slug}/upload/example.jsonl")
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="example-{kind}.jsonl"'
+    assert "download>Download an example file</a>" in client.get(f"/datanets/{datanet.slug}/upload/").content.decode()
+    contribution = ingest(datanet, cast.teammate, f"example-{kind}.jsonl", response.content)
+    assert (contribution.status, contribution.rows_accepted, contribution.report["errors_total"]) == ("accepted", 3, 0)
+
+
+def test_rows_pasted_as_text_are_uploaded_like_a_file(client, cast, datanet):
+    client.force_login(cast.teammate)
+    response = client.post(f"/datanets/{datanet.slug}/upload/", {"pasted": jsonl(QA).decode()})
+    c = Contribution.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/datanets/contributions/{c.pk}/"
+    assert c.original_name == "pasted.jsonl"
+    assert services.contribution_ingest(contribution_id=c.pk).rows_total == len(QA)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "Choose a file to upload, or paste rows into the box."),
+        ({"pasted": "   \n"}, "Choose a file to upload, or paste rows into the box."),
+        ({"pasted": '{"instruction": "q", "output": "a"}', "file": "qa"}, "Choose a file or paste rows, not both."),
+    ],
+)
+def test_an_upload_needs_a_file_or_pasted_rows_but_not_both(client, cast, datanet, data, message):
+    client.force_login(cast.teammate)
+    if "file" in data:
+        data = {**data, "file": upload("qa.jsonl", jsonl(QA))}
+    response = client.post(f"/datanets/{datanet.slug}/upload/", data)
+    assert response.status_code == 400
+    assert f'<p class="bad">{message}</p>' in response.content.decode()
+    assert Contribution.objects.count() == 0
