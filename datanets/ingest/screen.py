@@ -163,6 +163,21 @@ def screen_fields(fields: list[str], flat_text: str, *, limits: Limits) -> set[s
     return flags
 
 
+def empty_field_names(content: dict) -> list[str]:
+    """The fields of a row's content that are empty, named for a person: ["output"], ["message 2"]."""
+    names = []
+    for key, value in content.items():
+        if key == "messages" and isinstance(value, list):
+            names += [
+                f"message {i}"
+                for i, message in enumerate(value, 1)
+                if isinstance(message, dict) and not str(message.get("content") or "").strip()
+            ]
+        elif isinstance(value, str) and not value.strip():
+            names.append(key)
+    return names
+
+
 def redact(text: str, kinds: set[str]) -> str:
     """Replaces every match of the given sensitive kinds with a readable marker such as "[email removed]"."""
     spans = [s for s in find_sensitive(text) if s[0] in kinds]

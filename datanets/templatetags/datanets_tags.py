@@ -3,7 +3,7 @@ import nh3
 from django import template
 from django.utils.safestring import mark_safe
 
-from datanets.ingest.screen import FLAG_KINDS
+from datanets.ingest.screen import FLAG_KINDS, empty_field_names
 
 register = template.Library()
 
@@ -27,3 +27,14 @@ def percent(value) -> str:
 def flag_words(flags) -> str:
     """Screening flags in plain words: ["too_short", "email"] -> "very short; an e-mail address"."""
     return "; ".join(FLAG_KINDS.get(flag, (flag.replace("_", " "),))[0] for flag in flags or [])
+
+
+@register.filter
+def row_flag_words(record) -> str:
+    """A row's flags in plain words, naming its empty fields: "an empty field (output); very short"."""
+    words = []
+    for flag in record.flags or []:
+        label = FLAG_KINDS.get(flag, (flag.replace("_", " "),))[0]
+        names = empty_field_names(record.content or {}) if flag == "empty" else []
+        words.append(f"{label} ({', '.join(names)})" if names else label)
+    return "; ".join(words)

@@ -381,3 +381,12 @@ def test_json_array_line_counting_scans_each_character_once(monkeypatch):
     rows = rows_of(data, "json", kind="text")
     assert [n for n, _, _ in rows] == list(range(2, 5002))
     assert 0 < sum(scanned) <= len(data)
+
+
+def test_empty_fields_are_named_for_a_person():
+    from datanets.ingest.screen import empty_field_names
+
+    assert empty_field_names({"instruction": "q", "input": "", "output": " "}) == ["input", "output"]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    assert empty_field_names({"messages": messages}) == ["message 2"]
+    assert empty_field_names({"text": "fine"}) == []

@@ -239,3 +239,15 @@ def test_an_upload_needs_a_file_or_pasted_rows_but_not_both(client, cast, datane
     assert response.status_code == 400
     assert f'<p class="bad">{message}</p>' in response.content.decode()
     assert Contribution.objects.count() == 0
+
+
+def test_a_flagged_row_names_its_empty_field_in_words(client, cast, datanet):
+    datanet.flag_actions = {**datanet.flag_actions, "empty": "keep"}  # kept for the curator to see, not dropped
+    datanet.save(update_fields=["flag_actions"])
+    rows = [{"instruction": "How deep do I plant garlic?", "output": "   "}, *QA]
+    contribution = ingest(datanet, cast.teammate, "qa.jsonl", jsonl(rows))
+    client.force_login(cast.owner)
+    page = client.get(f"/datanets/contributions/{contribution.pk}/rows/").content.decode()
+    assert "Flagged: an empty field (output)" in page
+    report = client.get(f"/datanets/contributions/{contribution.pk}/").content.decode()
+    assert "· an empty field (output)" in report and "· empty" not in report  # words, not the flag's code
