@@ -31,7 +31,7 @@
             { label: "training loss", data: data.train, borderColor: "#0172ad", pointRadius: 0, borderWidth: 2 },
             { label: "held-out loss", data: data.eval, borderColor: "#e8590c", pointRadius: 3, borderWidth: 2 }
           ] },
-          options: { animation: false, parsing: false, scales: { x: { type: "linear", title: { display: true, text: "step" } },
+          options: { animation: false, parsing: false, scales: { x: { type: "linear", ticks: { precision: 0 }, title: { display: true, text: "step" } },
                      y: { title: { display: true, text: "loss" } } } }
         };
       },
@@ -52,7 +52,7 @@
             return { label: d.label, data: d.data, borderColor: colours[d.job % colours.length], borderWidth: 2,
                      pointRadius: eval_ ? 3 : 0, borderDash: eval_ ? [6, 4] : [] };
           }) },
-          options: { animation: false, parsing: false, scales: { x: { type: "linear", title: { display: true, text: "step" } },
+          options: { animation: false, parsing: false, scales: { x: { type: "linear", ticks: { precision: 0 }, title: { display: true, text: "step" } },
                      y: { title: { display: true, text: "loss" } } } }
         };
       }

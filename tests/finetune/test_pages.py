@@ -126,6 +126,12 @@ def test_job_page_progress_partial_and_download(client, cast, tiny_base, version
     page = client.get(f"/train/jobs/{job.pk}/").content.decode()
     assert "Waiting in line" in page and "number 1 in line" in page
     assert 'hx-trigger="every 2s"' in page
+    # nothing trained yet: nothing to keep, only a cancel (as an outline button)
+    assert "Stop and keep the adapter" not in page and 'class="secondary outline">Cancel this job</button>' in page
+    FineTuneJob.objects.filter(pk=job.pk).update(status="running")
+    running = client.get(f"/train/jobs/{job.pk}/").content.decode()
+    assert ">Stop and keep the adapter</button>" in running and ">Cancel and discard</button>" in running
+    FineTuneJob.objects.filter(pk=job.pk).update(status="queued")
 
     estimate = FineTuneJob.objects.get().estimate
     assert estimate["run_method"] == "rough" and estimate["run_low"] < estimate["run_seconds"] < estimate["run_high"]
