@@ -68,10 +68,16 @@ class DatanetSettingsForm(forms.Form):
         super().__init__(*args, **kwargs)
         for kind, (label, redactable) in FLAG_KINDS.items():
             choices = [(a, a.capitalize()) for a in ACTIONS if redactable or a != "redact"]
-            self.fields[f"flag_{kind}"] = forms.ChoiceField(choices=choices, label=f"Rows with {label}")
+            self.fields[f"flag_{kind}"] = forms.ChoiceField(choices=choices, label=_rows_label(label))
 
     def flag_actions(self) -> dict:
         return {k: self.cleaned_data[f"flag_{k}"] for k in FLAG_KINDS}
+
+
+def _rows_label(label: str) -> str:
+    """A flag's label as a setting: "Rows with an e-mail address", "Rows that are very short"."""
+    with_ = label.startswith(("a ", "an ", "repeated")) and not label.startswith("a copy")
+    return f"Rows with {label}" if with_ else f"Rows that are {label}"
 
 
 class UploadForm(forms.Form):

@@ -141,6 +141,10 @@ def test_private_datanet_pages_are_404_for_others(client, cast):
 
 def test_settings_change_flag_actions(client, cast, datanet):
     client.force_login(cast.owner)
+    page = client.get(f"/datanets/{datanet.slug}/settings/").content.decode()
+    labels = ["Rows with an empty field", "Rows that are very short", "Rows with an e-mail address",
+              "Rows that are nearly the same as another row", "Rows that are a copy of another contributor"]  # fmt: skip
+    assert all(label in page for label in labels) and "Rows with very short" not in page
     data = {
         "name": datanet.name,
         "summary": datanet.summary,
