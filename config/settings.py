@@ -333,6 +333,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DatanetVisibilityEnum": "datanets.models.Datanet.Visibility",
         "ModelVisibilityEnum": "modelfactory.models.TrainedModel.Visibility",
+        "ExportStatusEnum": "modelfactory.models.ModelExport.Status",
+        "RecordStatusEnum": "datanets.models.Record.Status",
     },
 }
 
