@@ -25,6 +25,9 @@ def test_every_sweep_is_registered_in_one_place():
         "modelfactory.services.finetune_reap_stale",
         "modelfactory.services.inference_reap_stale",
         "attribution.services.attribution_sweep_pending",
+        "attribution.services.bonds_settle_decided",
+        "ledger.services.earnings_release_due",
+        "modelfactory.services.export_reap_stale",
     }
 
 
