@@ -5,13 +5,13 @@ runs it; the receipt (GET /api/v1/inferences/{id}/receipt/) carries what it comp
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from attribution.models import Attribution
 from attribution.services.settlement_check import attribution_settlement_check
+from common.files import file_sha256
 
 # Shares are floats summed over thousands of rows: a recomputation on another machine may differ in the last bits.
 SHARE_TOLERANCE = 1e-5
@@ -41,15 +41,7 @@ class Verification:
 
 def index_files_digest(folder: str | Path) -> dict[str, str]:
     """{file name: sha256} of the files of an index folder (sorted by name)."""
-    digests = {}
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file():
-            sha = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    sha.update(block)
-            digests[path.name] = sha.hexdigest()
-    return digests
+    return {path.name: file_sha256(path)[0] for path in sorted(Path(folder).iterdir()) if path.is_file()}
 
 
 def _close(a: float, b: float) -> bool:

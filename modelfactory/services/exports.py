@@ -4,7 +4,6 @@ renamed when complete: a failure (missing model files, a worker that dies) leave
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from common.files import file_sha256
 from core.jobs import enqueue_or_fail
 from modelfactory import export_howto, selectors
 from modelfactory.export import ExportError, gguf_file, merge
@@ -191,7 +191,7 @@ def _make_file(export: ModelExport, *, progress) -> tuple[Path, str, int]:
                 (folder / "Modelfile").write_text(text, encoding="utf-8")
             del model
         progress(0.95, "Computing the file's SHA-256")
-        digest, size = _sha256(part)
+        digest, size = file_sha256(part)
         os.replace(part, final)
     finally:
         part.unlink(missing_ok=True)
@@ -208,16 +208,6 @@ def _remove_leftovers(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def export_reap_stale() -> list[int]:
