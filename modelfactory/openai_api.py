@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from core.api import known_exception
 from core.throttling import ScopedRateThrottle
-from modelfactory import openai_params, selectors, services
+from modelfactory import openai_params, openai_tools, selectors, services
 from modelfactory.models import Inference, TrainedModel
 
 logger = logging.getLogger(__name__)
@@ -89,22 +89,6 @@ def _invalid(message: str, param: str) -> JsonResponse:
     return JsonResponse(openai_error(message, status=400, code="invalid_value", param=param), status=400)
 
 
-def _messages(raw) -> list[dict] | None:
-    """OpenAI messages; a content given as a list of parts keeps its text parts."""
-    if not isinstance(raw, list):
-        return None
-    messages = []
-    for message in raw:
-        if not isinstance(message, dict):
-            return None
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        role = "system" if message.get("role") == "developer" else message.get("role")
-        messages.append({"role": role, "content": content})
-    return messages
-
-
 def _completion_id(inference: Inference) -> str:
     return f"chatcmpl-{inference.pk}"
 
@@ -130,10 +114,8 @@ class ChatCompletionsView(OpenAIView):
         slug = data.get("model")
         if not isinstance(slug, str) or not slug:
             return _invalid("`model` is required: the slug of a published model (GET /v1/models).", "model")
-        messages = _messages(data.get("messages"))
-        if messages is None:
-            return _invalid("`messages` must be a list of {role, content}.", "messages")
         try:
+            messages = openai_params.chat_messages(data.get("messages"))
             arguments = openai_params.chat_arguments(data)
         except openai_params.ParamError as exc:
             return _invalid(exc.message, exc.param)
@@ -147,6 +129,7 @@ class ChatCompletionsView(OpenAIView):
             inference = services.inference_wait(inference=inference)
         except services.ServingRefused as exc:
             return _refused(exc)
+        message, finish_reason = _answer(inference)
         return JsonResponse(
             _with_citations(inference)
             | {
@@ -158,16 +141,37 @@ class ChatCompletionsView(OpenAIView):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": inference.output, "refusal": None},
+                        "message": message,
                         "logprobs": None
                         if inference.logprobs is None
                         else {"content": inference.logprobs, "refusal": None},
-                        "finish_reason": _finish(inference.finish_reason),
+                        "finish_reason": finish_reason,
                     }
                 ],
                 "usage": _usage(inference.prompt_tokens, inference.completion_tokens),
             }
         )
+
+
+def _tool_choice(inference: Inference):
+    """How the answer was constrained by tools, or None when it was given without them (or with "none")."""
+    parameters = inference.parameters or {}
+    choice = parameters.get("tool_choice")
+    return None if "tools" not in parameters or choice == "none" else choice
+
+
+def _answer(inference: Inference) -> tuple[dict, str]:
+    """The assistant message (a tool call or text) and OpenAI's finish reason."""
+    choice = _tool_choice(inference)
+    if choice is None:
+        message = {"role": "assistant", "content": inference.output, "refusal": None}
+        return message, _finish(inference.finish_reason)
+    return openai_tools.answer_message(
+        text=inference.output,
+        finish_reason=inference.finish_reason,
+        call_id=openai_tools.call_id(inference.pk),
+        tool_choice=choice,
+    )
 
 
 def _with_citations(inference: Inference) -> dict:
@@ -188,25 +192,34 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
 
-def relay(inference: Inference, *, on_delta, on_done, on_error):
+def relay(inference: Inference, *, on_delta, on_done, on_error, on_end=None):
     """Relays the worker's events for a streamed inference as SSE chunks (made by the callbacks) and tells the
     worker how many deltas reached the client: all of them at the end, or those it read before it hung up.
+    `on_delta` may return None to hold a delta back (a tool call's text until its name is complete); a held delta
+    counts as delivered once a later chunk goes out. `on_end(event)` may return a last chunk of held text.
 
     The server closes this generator at the `yield` whose write failed. A write to a connection the client has
     already closed still succeeds once (the bytes go out; the client's side answers with a reset), so the chunk
-    written just before the failed one never reached a reader: a delta there is not counted as delivered."""
+    written just before the failed one never reached a reader: the deltas it carried are not counted."""
     delivered = 0
+    held = 0  # deltas received but not yet written
+    last_write = 0  # deltas carried by the last chunk written
     finished = False
-    last_was_delta = False
     try:
         channel = services.inference_channel(inference.pk)
         for event in services.inference_events(channel=channel, inference_id=inference.pk):
             kind = event["type"]
             if kind == "delta":
-                yield on_delta(event["text"])
-                delivered += 1
-                last_was_delta = True
+                held += 1
+                chunk = on_delta(event["text"])
+                if chunk is not None:
+                    yield chunk
+                    delivered, last_write, held = delivered + held, held, 0
             elif kind == "end":
+                chunk = on_end(event) if on_end is not None else None
+                if chunk:
+                    yield chunk
+                    delivered, last_write, held = delivered + held, held, 0
                 services.inference_stream_ack(inference_id=inference.pk, delivered=delivered, cancelled=False)
             elif kind == "done":
                 finished = True
@@ -216,25 +229,42 @@ def relay(inference: Inference, *, on_delta, on_done, on_error):
                 yield on_error(event)
     finally:
         if not finished:
-            unread = 1 if last_was_delta else 0
-            services.inference_stream_ack(inference_id=inference.pk, delivered=delivered - unread, cancelled=True)
+            services.inference_stream_ack(inference_id=inference.pk, delivered=delivered - last_write, cancelled=True)
 
 
 def _stream_chunks(inference: Inference, *, include_usage: bool):
     created = int(time.time())
     base = {"id": _completion_id(inference), "object": "chat.completion.chunk", "created": created,
             "model": inference.model.slug}  # fmt: skip
+    choice = _tool_choice(inference)
+    splitter = None if choice is None else openai_tools.AnswerSplitter(
+        call_id=openai_tools.call_id(inference.pk), tool_choice=choice
+    )  # fmt: skip
+    finish = {}
 
     def chunk(delta: dict, finish_reason=None) -> str:
         return _sse(
             {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
         )
 
+    def on_delta(text: str) -> str | None:
+        if splitter is None:
+            return chunk({"content": text})
+        return "".join(chunk(delta) for delta in splitter.push(text)) or None
+
+    def on_end(event) -> str | None:
+        if splitter is None:
+            return None
+        deltas, finish["reason"] = splitter.finish(event["finish_reason"])
+        return "".join(chunk(delta) for delta in deltas) or None
+
     def on_done(event):
         # The answer's citations ride on the finishing chunk and, when usage is asked for, on the last one too.
         cited = _with_citations(inference)
-        finishing = {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                          "finish_reason": _finish(event["finish_reason"])}]}  # fmt: skip
+        reason = _finish(event["finish_reason"]) if splitter is None else finish.get("reason", "stop")
+        if event["finish_reason"] == "cancelled":
+            reason = "stop"
+        finishing = {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}]}
         yield _sse({**finishing, **cited})
         if include_usage:
             usage = _usage(event["prompt_tokens"], event["completion_tokens"])
@@ -245,8 +275,9 @@ def _stream_chunks(inference: Inference, *, include_usage: bool):
         status = services.ERROR_STATUS.get(event["code"], 400)
         return _sse(openai_error(event["message"], status=status, code=event["code"]))
 
-    yield chunk({"role": "assistant", "content": ""})
-    yield from relay(inference, on_delta=lambda text: chunk({"content": text}), on_done=on_done, on_error=on_error)
+    first = {"role": "assistant", "content": None if splitter is not None and choice != "auto" else ""}
+    yield chunk(first)
+    yield from relay(inference, on_delta=on_delta, on_done=on_done, on_error=on_error, on_end=on_end)
 
 
 def _callable_models(user):

@@ -51,18 +51,30 @@ UNREACHABLE = (
 )
 
 _tokenizer_lock = threading.Lock()
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+NO_TOOL_FORMAT = (
+    "This model's chat template has no tool-calling format, so it cannot be given tools or tool results: "
+    "call it without `tools`, or use a base model whose chat template renders tools."
+)
 
 
-def _count_prompt_tokens(*, base: BaseModel, messages: list[dict]) -> list[int]:
-    """The prompt's token ids exactly as the inference worker builds them (chat template, assistant turn open)."""
+def _count_prompt_tokens(*, base: BaseModel, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """The prompt's token ids exactly as the inference worker builds them (chat template with the tools, assistant
+    turn open)."""
+    from modelfactory.serving.tools import template_messages  # the serving package imports torch: only on a call
+
     with _tokenizer_lock:
         tokenizer = selectors.base_tokenizer(base.path)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            template_messages(messages), tools=tools or None, tokenize=False, add_generation_prompt=True
+        )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _clean_messages(*, messages, prompt) -> list[dict]:
-    from modelfactory.serving.engine import ROLES  # the serving package imports torch: only when a call comes
+    """The conversation as the worker gets it: {role, content}, plus an assistant turn's `tool_calls` and a tool
+    result's `tool_call_id` (and `name`) when the OpenAI endpoint sent them (checked there)."""
+    from modelfactory.serving.engine import ROLES, TOOL_ROLE  # the serving package imports torch: only on a call
 
     if messages is not None and prompt is not None:
         raise ServingRefused("Send either messages or prompt, not both.", code="invalid_request", param="messages")
@@ -82,13 +94,14 @@ def _clean_messages(*, messages, prompt) -> list[dict]:
             raise ServingRefused(
                 f"Message {index} must be an object with a text content.", code="invalid_messages", param="messages"
             )
-        if message.get("role") not in ROLES:
+        if message.get("role") not in (*ROLES, TOOL_ROLE):
             raise ServingRefused(
                 f"Message {index} has role “{message.get('role')}”; use one of {', '.join(ROLES)}.",
                 code="invalid_messages",
                 param="messages",
             )
-        clean.append({"role": message["role"], "content": message["content"]})
+        clean.append({"role": message["role"], "content": message["content"]}
+                     | {key: message[key] for key in TOOL_KEYS if message.get(key) is not None})  # fmt: skip
     if not any(message["content"].strip() for message in clean):
         raise ServingRefused("The prompt is empty: every message is blank.", code="empty_prompt", param="messages")
     return clean
@@ -132,19 +145,21 @@ def inference_start(
     """Validates the call, counts the prompt's tokens, and in one transaction creates the pending Inference and
     holds the most it can cost; the worker is handed the job when that transaction commits. `controls`: the
     serving engine's per-answer controls (stop, seed, presence_penalty, frequency_penalty, logit_bias {token id:
-    bias}, top_logprobs, json_schema). Raises ServingRefused (nothing created, nothing held)."""
+    bias}, top_logprobs, json_schema, tools, tool_choice). Raises ServingRefused (nothing created, nothing held)."""
     model = model_servable(user=user, slug=slug)
     version = model.latest_version
     if version is None:
         raise ServingRefused("This model has no trained version to answer with.", code="model_not_found", status=404)
     clean = _clean_messages(messages=messages, prompt=prompt)
     temperature = _checked_sampling(temperature=temperature, top_p=top_p)
-    controls = _checked_controls(controls or {}, base=model.base_model)
+    controls = _checked_controls(controls or {}, base=model.base_model, messages=clean)
     policy = ServingPolicy.current()
     _check_max_new_tokens(max_new_tokens, policy=policy)
     retrieval = retrieval_prepare(model=model, messages=clean)  # the rows go into the prompt the caller pays for
     prompt_ids = _count_prompt_tokens(
-        base=model.base_model, messages=retrieval["prompt_messages"] if retrieval else clean
+        base=model.base_model,
+        messages=retrieval["prompt_messages"] if retrieval else clean,
+        tools=json.loads(controls["tools"]) if "tools" in controls else None,
     )
     max_new_tokens = _answer_room(
         prompt_tokens=len(prompt_ids),
@@ -168,31 +183,59 @@ def inference_start(
     )
 
 
-def _checked_controls(controls: dict[str, Any], *, base: BaseModel) -> dict[str, Any]:
-    """The controls as the worker will get them (JSON: logit_bias keys as text), or ServingRefused naming the
-    parameter at fault; checked here, before anything is held, by the serving engine's own rules."""
+def _checked_controls(controls: dict[str, Any], *, base: BaseModel, messages: list[dict]) -> dict[str, Any]:
+    """The controls as the worker will get them (JSON: logit_bias keys as text, schemas as text), or
+    ServingRefused naming the parameter at fault; checked here, before anything is held, by the serving engine's
+    own rules."""
     from modelfactory.serving import GenerationRequest, InvalidRequest  # torch: only when a call comes
     from modelfactory.serving.controls import validate_controls
     from modelfactory.serving.guided import grammar_for
+    from modelfactory.serving.tools import tool_grammar
 
     with _tokenizer_lock:
         vocab_size = len(selectors.base_tokenizer(base.path))
+    _check_tool_support(controls, base=base, messages=messages)
     try:
         request = GenerationRequest(prompt="", **controls)
         validate_controls(request, vocab_size=vocab_size)
         if request.json_schema is not None:
             grammar_for(request.json_schema)
+        if request.tools:
+            tool_grammar(request.tools, request.tool_choice)
     except InvalidRequest as exc:
-        param = "response_format" if exc.code == "invalid_response_format" else exc.code.removeprefix("invalid_")
-        raise ServingRefused(exc.message, code=exc.code, param=param) from None
+        param = {"invalid_response_format": "response_format", "invalid_tools": "tools"}.get(exc.code)
+        raise ServingRefused(exc.message, code=exc.code, param=param or exc.code.removeprefix("invalid_")) from None
     clean = {key: value for key, value in controls.items() if value is not None}
     if "logit_bias" in clean:
         clean["logit_bias"] = {str(token): bias for token, bias in clean["logit_bias"].items()}
     if "stop" in clean:
         clean["stop"] = list(clean["stop"])
-    if "json_schema" in clean:  # as text: PostgreSQL's jsonb reorders keys, and the properties' order is the answer's
-        clean["json_schema"] = json.dumps(clean["json_schema"])
+    for key in ("json_schema", "tools"):  # as text: PostgreSQL's jsonb reorders keys, and schemas' order matters
+        if key in clean:
+            clean[key] = json.dumps(clean[key])
     return clean
+
+
+def _check_tool_support(controls: dict[str, Any], *, base: BaseModel, messages: list[dict]) -> None:
+    """Tools, and conversations with tool calls or results, only for a base model whose chat template renders
+    them; a JSON response format and a tool call do not go together."""
+    from modelfactory.serving.tools import template_supports_tools  # torch, as above
+
+    tool_turns = any(key in message for message in messages for key in ("tool_calls", "tool_call_id"))
+    if not controls.get("tools") and not tool_turns:
+        return
+    with _tokenizer_lock:
+        supported = template_supports_tools(selectors.base_tokenizer(base.path))
+    if not supported:
+        param = "tools" if controls.get("tools") else "messages"
+        raise ServingRefused(NO_TOOL_FORMAT, code="tools_unsupported", param=param)
+    if controls.get("tools") and controls.get("json_schema") and controls.get("tool_choice") != "none":
+        raise ServingRefused(
+            "A JSON response format cannot be combined with tool calls: send `response_format` with "
+            '`tool_choice: "none"`, or leave it out.',
+            code="invalid_response_format",
+            param="response_format",
+        )
 
 
 def _checked_sampling(*, temperature: float | None, top_p: float | None) -> float:

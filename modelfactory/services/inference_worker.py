@@ -67,12 +67,14 @@ def _controls(params: dict) -> dict:
     controls = {key: params[key] for key in CONTROLS if params.get(key) is not None}
     if "logit_bias" in controls:
         controls["logit_bias"] = {int(token): bias for token, bias in controls["logit_bias"].items()}
-    if "json_schema" in controls:  # stored as text, keeping the order of its keys
-        controls["json_schema"] = json.loads(controls["json_schema"])
+    for key in ("json_schema", "tools"):  # stored as text, keeping the order of their keys
+        if key in controls:
+            controls[key] = json.loads(controls[key])
     return controls
 
 
-CONTROLS = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "top_logprobs", "json_schema")
+CONTROLS = ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "top_logprobs", "json_schema",
+            "tools", "tool_choice")  # fmt: skip
 
 
 def inference_generate(*, inference_id: int) -> str:

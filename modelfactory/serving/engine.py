@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import controls, guided
+from . import controls, guided, tools
 from .adapters import AdapterCache, adapter_key, check_adapter_folder
 from .decoding import IncrementalDecoder
 from .lora import LoraRunner
@@ -31,6 +31,7 @@ from .warm import WarmModel
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
+TOOL_ROLE = "tool"  # a tool's result, in a conversation with tool calls (see tools.py)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Engine:
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
             raise InvalidRequest(f"top_p must be > 0 and <= 1 (got {top_p!r}).", code="invalid_top_p")
         controls.validate_controls(request, vocab_size=self.warm.model.config.vocab_size)
-        text = self._prompt_text(request.prompt)
+        text = self._prompt_text(request)
         with self.warm.tokenizer_lock:
             ids = self.warm.tokenizer(text, add_special_tokens=isinstance(request.prompt, str))["input_ids"]
         context = self.warm.context_length
@@ -135,9 +136,14 @@ class Engine:
                 raise InvalidRequest("This engine serves the base model only (no adapter cache).", code="no_adapters")
             key = adapter_key(check_adapter_folder(request.adapter))
         grammar = None if request.json_schema is None else guided.grammar_for(request.json_schema)
+        if request.tools:
+            if grammar is not None and request.tool_choice != "none":
+                raise InvalidRequest("A JSON response format cannot be combined with tool calls.", code="invalid_tools")
+            grammar = grammar or tools.tool_grammar(request.tools, request.tool_choice)
         return Prepared(request=request, prompt_ids=list(ids), adapter_key=key, grammar=grammar)
 
-    def _prompt_text(self, prompt) -> str:
+    def _prompt_text(self, request: GenerationRequest) -> str:
+        prompt = request.prompt
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise InvalidRequest("The prompt is empty.", code="empty_prompt")
@@ -149,16 +155,17 @@ class Engine:
                 raise InvalidRequest(
                     f"Message {index} must be an object with a text 'content'.", code="invalid_messages"
                 )
-            if message.get("role") not in ROLES:
+            if message.get("role") not in (*ROLES, TOOL_ROLE):
                 raise InvalidRequest(
                     f"Message {index} has role {message.get('role')!r}; use one of {', '.join(ROLES)}.",
                     code="invalid_messages",
                 )
         if not any(message["content"].strip() for message in prompt):
             raise InvalidRequest("The prompt is empty: every message has empty content.", code="empty_prompt")
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
         with self.warm.tokenizer_lock:
-            return self.warm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self.warm.tokenizer.apply_chat_template(
+                tools.template_messages(prompt), tools=request.tools or None, tokenize=False, add_generation_prompt=True
+            )
 
     def _guides(self) -> guided.GuideTokenizer:
         if self._guide_tokenizer is None:

@@ -45,6 +45,8 @@ class GenerationRequest:
     this base model, or None for the base model. temperature 0 is greedy decoding; `seed` makes sampling repeatable.
     `stop`: up to 4 strings; the answer ends before the first one (finish "stop", the stop text not included).
     `presence_penalty`, `frequency_penalty` (-2..2) and `logit_bias` ({token id: -100..100}) as OpenAI applies them.
+    `tools` with `tool_choice`: the answer may be (or must be) one tool call as compact JSON (see tools.py); chat
+    messages may then carry assistant `tool_calls` and `tool` results.
     `on_delta` receives each new piece
     of text as soon as it is complete (never half a multi-byte character); if it raises, the request is cancelled.
     Call `cancel()` from any thread to stop generating for this request only."""
@@ -61,6 +63,8 @@ class GenerationRequest:
     logit_bias: dict[int, float] | None = None
     top_logprobs: int | None = None  # None: no log-probabilities; 0: the chosen token's only
     json_schema: dict | None = None  # the answer must be JSON matching it ({} or {"type": "object"}: any object)
+    tools: list[dict] | None = None  # OpenAI's tool definitions, rendered by the chat template (see tools.py)
+    tool_choice: str | dict = "auto"  # "auto" | "required" | "none" | {"name": tool}: how the answer is constrained
     on_delta: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 

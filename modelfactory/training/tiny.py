@@ -21,7 +21,7 @@ CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512):
+def build_tiny_tokenizer(vocab_size: int = 512, *, chat_template: str = CHAT_TEMPLATE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -34,16 +34,24 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     tok.train_from_iterator(CORPUS * 4, trainer=trainer)
     special = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=SPECIAL_TOKENS[0], **special)
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
-def build_tiny_model_dir(folder: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+def build_tiny_model_dir(
+    folder: Path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    chat_template: str = CHAT_TEMPLATE,
+    context: int = 256,
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(chat_template=chat_template)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -51,7 +59,7 @@ def build_tiny_model_dir(folder: Path, *, layers: int = 2, hidden: int = 64, see
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

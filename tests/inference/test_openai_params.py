@@ -116,8 +116,9 @@ def test_json_mode_starts_an_object(client):
     ("kwargs", "param", "message"),
     [
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools",
-         "Tool calls are not supported by these models."),
-        ({"tool_choice": "none"}, "tool_choice", "Tool calls are not supported by these models."),
+         "This model's chat template has no tool-calling format, so it cannot be given tools or tool results: "
+         "call it without `tools`, or use a base model whose chat template renders tools."),
+        ({"tool_choice": "none"}, "tool_choice", "`tool_choice` needs `tools`."),
         ({"n": 2}, "n", "Only n=1 is supported: one answer per request."),
         ({"temperature": 2.5}, "temperature", "`temperature` must be a number from 0 to 2 (got 2.5)."),
         ({"extra_body": {"best_of": 2}}, "best_of", "Unknown parameter `best_of`; see the README's parameter table."),
