@@ -88,12 +88,19 @@ def write_synthetic_model(name: str, target: Path, *, tokenizer, dtype=None) -> 
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
     torch.manual_seed(0)
-    # built in `dtype` directly (the same draws, rounded): an 8B shape never exists in fp32 on the host; half the
-    # disk and load time too. The loops load it in their own precision.
-    model = LlamaForCausalLM(config) if dtype is None else LlamaForCausalLM._from_config(config, dtype=dtype)
+    if dtype is None:
+        model = LlamaForCausalLM(config)
+    else:
+        # Built in `dtype` directly, on the GPU when there is one (its random init takes seconds there, minutes on the
+        # host for an 8B shape, which then never exists in fp32); half the disk and load time too. The loops load it
+        # in their own precision.
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM._from_config(config, dtype=dtype)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmarks measure peak memory from here
     return Path(target)
 
 

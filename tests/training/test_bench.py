@@ -80,3 +80,20 @@ def test_runs_a_cpu_cannot_do_are_refused_before_any_work(bench, tmp_path, capsy
     assert bench.main(["--device", "cpu", *argv, "--output", str(output)]) == 2
     assert capsys.readouterr().out.strip() == message
     assert not output.exists()
+
+
+def test_the_gpu_command_imports_without_django_and_refuses_4bit_without_cuda(tmp_path):
+    """What the GPU machine runs (torch, transformers and peft there; no Django): here without CUDA it must get as
+    far as its clear refusal of --quant 4bit, which proves that nothing on its import path needs Django."""
+    import subprocess
+    import sys
+
+    from tests.attribution.test_bench import GUARD
+
+    argv = [str(BENCH), "--device", "cpu", "--synthetic-config", "8b", "--quant", "4bit", "--steps", "20"]
+    done = subprocess.run([sys.executable, "-c", GUARD, *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stdout.strip() == (
+        "--quant 4bit (QLoRA) needs --device cuda: bitsandbytes' 4-bit layers run on a CUDA GPU only."
+    )
