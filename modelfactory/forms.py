@@ -109,6 +109,7 @@ class BaseModelRegisterForm(forms.ModelForm):
     path = forms.CharField(
         label="Model folder",
         max_length=1000,
+        widget=forms.TextInput(attrs={"size": 80}),
         help_text="A folder on this machine with config.json, the weights (*.safetensors) and the tokenizer files. "
         "Hugging Face Hub ids are not downloaded here: download the model first.",
     )
