@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from attribution import runtime
 from attribution.engine import RowOwner, SpanIndex, attribute, build_index, lora
-from modelfactory.export import ExportError, gguf_file
+from modelfactory.export import ExportError, gguf_file, merge
 from modelfactory.models import BaseModel
 from modelfactory.services import base_model_register
 from modelfactory.serving import AdapterCache, Engine, GenerationRequest, WarmModel
@@ -115,7 +115,14 @@ def test_family_registers_trains_serves_and_attributes(family, tmp_path):
     assert sum(attributed.contributor_shares.values()) + attributed.unattributed == pytest.approx(1.0)
     assert set(attributed.contributor_shares) <= {1, 2, 3}
 
-    # exported: GGUF for the families its writer handles; a clear refusal, before any work, for the others
+    # exported: the merged model answers as the served adapter does
+    merged, _ = merge.merge_adapter(folder, result.adapter_dir)
+    merged_ids = merged.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt) :]
+    served = Engine(warm, cache).generate([GenerationRequest(prompt=PROMPTS[1], adapter=result.adapter_dir,
+                                                             max_new_tokens=6)])[0]  # fmt: skip
+    assert merged_ids.tolist()[: len(served.token_ids)] == list(served.token_ids)
+
+    # GGUF for the families its writer handles; a clear refusal, before any work, for the others
     base_config = json.loads((folder / "config.json").read_text())
     if family.gguf:
         gguf_file.check_writable(base_config)
