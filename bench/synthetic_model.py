@@ -22,7 +22,14 @@ SYNTHETIC = {
     # Llama-3.2-1B-like shape: ~1.2B parameters
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "head_dim": 64},
+    # Llama-3.1-8B's shape (untied output layer); with SmolLM2's 49152-token vocabulary instead of 128256 it has
+    # ~7.4B parameters instead of 8.0B (the 32 decoder layers, where LoRA and nearly all compute are, are the same).
+    # Meant for a GPU with --quant 4bit (QLoRA): bf16 weights alone take ~15 GB, fp32 on a CPU ~30 GB.
+    "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "head_dim": 128, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+           "tie_word_embeddings": False},
 }  # fmt: skip
+CPU_PARAMETER_LIMIT = 2_000_000_000  # a bigger random model on a CPU takes tens of GB and hours: refused there
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -34,6 +41,18 @@ def synthetic_shape(name: str) -> dict:
     if not path.is_file():
         raise SystemExit(f"--synthetic-config: {name!r} is neither {' nor '.join(SYNTHETIC)} nor a JSON file")
     return json.loads(path.read_text())
+
+
+def shape_parameters(shape: dict, vocab_size: int) -> int:
+    """Parameters of a Llama of `shape` (LlamaConfig fields) with `vocab_size` tokens, without building it."""
+    hidden, inter, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    heads = shape["num_attention_heads"]
+    kv = shape.get("num_key_value_heads", heads)
+    head_dim = shape.get("head_dim") or hidden // heads
+    attention = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    embeddings = vocab_size * hidden * (1 if shape.get("tie_word_embeddings", True) else 2)
+    return layers * per_layer + embeddings + hidden
 
 
 def has_tokenizer(folder) -> bool:
@@ -69,12 +88,19 @@ def write_synthetic_model(name: str, target: Path, *, tokenizer, dtype=None) -> 
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape)  # fmt: skip
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    if dtype is not None:
-        model = model.to(dtype)  # half the disk and load time; the loops load it in their own precision
+    if dtype is None:
+        model = LlamaForCausalLM(config)
+    else:
+        # Built in `dtype` directly, on the GPU when there is one (its random init takes seconds there, minutes on the
+        # host for an 8B shape, which then never exists in fp32); half the disk and load time too. The loops load it
+        # in their own precision.
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = LlamaForCausalLM._from_config(config, dtype=dtype)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmarks measure peak memory from here
     return Path(target)
 
 

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from core.admin import ReadOnlyAdmin
+from modelfactory.forms import BaseModelRegisterForm
 from modelfactory.models import (
     BaseModel,
     FineTuneEvent,
@@ -10,14 +11,50 @@ from modelfactory.models import (
     ServingPolicy,
     TrainedModel,
 )
+from modelfactory.services import base_model_register
 
 
 @admin.register(BaseModel)
 class BaseModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "parameters_label", "context_length", "licence", "is_default", "is_active"]
+    """Adding one registers a local folder through base_model_register, after its check (a family known to work, a
+    chat template, a size this machine can train): a refused folder is named on the form and nothing is written."""
+
+    list_display = ["name", "slug", "parameters_label", "architecture", "context_length", "licence", "is_default",
+                    "is_active"]  # fmt: skip
     list_filter = ["is_default", "is_active"]
     search_fields = ["name", "slug", "path"]
     readonly_fields = ["parameters", "context_length", "architecture", "created_at"]
+    add_form = BaseModelRegisterForm
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return list(self.add_form.Meta.fields)
+        return super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def save_form(self, request, form, change):
+        if change:
+            return super().save_form(request, form, change)
+        data = form.cleaned_data
+        return base_model_register(
+            path=data["path"], name=data["name"], slug=data["slug"], licence=data.get("licence", ""),
+            make_default=bool(data.get("is_default")), check=True,
+        )  # fmt: skip
+
+    def save_model(self, request, obj, form, change):
+        if change:  # an added model was written by base_model_register in save_form
+            super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        if change:  # as above (a base model has no many-to-many fields to save)
+            super().save_related(request, form, formsets, change)
 
 
 class FineTuneEventInline(admin.TabularInline):

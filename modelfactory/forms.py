@@ -1,10 +1,14 @@
-"""Wizard forms. Field ranges and help text come from the training core's hyperparameter spec."""
+"""Wizard forms (field ranges and help text come from the training core's hyperparameter spec), and the admin's
+base-model registration."""
 
 from __future__ import annotations
 
 from django import forms
 
 from ledger.forms import CreditsFormField
+from modelfactory.models import BaseModel
+from modelfactory.services import base_model_check, base_model_names
+from modelfactory.training.model_files import ModelFilesError
 from modelfactory.training.presets import HYPERPARAMETERS, PRESETS, TARGET_GROUPS
 
 
@@ -97,3 +101,51 @@ class PublishForm(forms.Form):
             "live": data["retrieval_live"],
             "datanet_versions": data["retrieval_versions"] or None,
         }
+
+
+class BaseModelRegisterForm(forms.ModelForm):
+    """The admin's "add base model": a local folder, checked (base_model_check) before anything is written."""
+
+    path = forms.CharField(
+        label="Model folder",
+        max_length=1000,
+        widget=forms.TextInput(attrs={"size": 80}),
+        help_text="A folder on this machine with config.json, the weights (*.safetensors) and the tokenizer files. "
+        "Hugging Face Hub ids are not downloaded here: download the model first.",
+    )
+
+    class Meta:
+        model = BaseModel
+        fields = ["path", "name", "slug", "licence", "is_default"]
+        help_texts = {
+            "name": "Shown in the wizard; the folder's name when left empty.",
+            "slug": "Made from the name when left empty.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["name"].required = False
+        self.fields["slug"].required = False
+        self.check_result = None
+
+    def clean(self):
+        cleaned = super().clean()
+        path = (cleaned.get("path") or "").strip()
+        if not path:
+            return cleaned
+        try:
+            result = base_model_check(path=path)
+        except ModelFilesError as exc:
+            raise forms.ValidationError({"path": str(exc)}) from None
+        if result.problems:
+            raise forms.ValidationError({"path": result.problems})
+        name, slug = base_model_names(
+            folder=result.folder, name=cleaned.get("name") or "", slug=cleaned.get("slug") or ""
+        )
+        if BaseModel.objects.filter(slug=slug).exists():
+            raise forms.ValidationError(
+                {"slug": f"A base model called “{slug}” is registered already: choose another slug, or edit that one."}
+            )
+        cleaned["name"], cleaned["slug"], cleaned["path"] = name, slug, str(result.folder)
+        self.check_result = result
+        return cleaned

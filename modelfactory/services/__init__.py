@@ -19,7 +19,12 @@ To replace a function in a test, patch the module that looks it up (e.g. finetun
 """
 
 from modelfactory.services.base_compare import base_compare_start, base_generate
-from modelfactory.services.base_models import base_model_ensure_default, base_model_register
+from modelfactory.services.base_models import (
+    base_model_check,
+    base_model_ensure_default,
+    base_model_names,
+    base_model_register,
+)
 from modelfactory.services.continue_training import finetune_continue, lineage_jobs, model_lineage
 from modelfactory.services.errors import ServingRefused
 from modelfactory.services.exports import export_reap_stale, export_request, export_run
@@ -92,7 +97,9 @@ __all__ = [
     "ServingRefused",
     "base_compare_start",
     "base_generate",
+    "base_model_check",
     "base_model_ensure_default",
+    "base_model_names",
     "base_model_register",
     "fee_for_tokens",
     "finetune_control",

@@ -9,8 +9,39 @@ from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 
+from modelfactory import selectors
 from modelfactory.models import BaseModel
-from modelfactory.training import model_files
+from modelfactory.training import memory, model_files
+from modelfactory.training.devices import HardwareError
+from modelfactory.training.model_check import ModelCheck, check_model_dir
+
+
+def _training_memory_bytes(plan) -> int | None:
+    """What one training process may hold: the GPU's memory, or this machine's (MF_MEMORY_LIMIT_MB when set).
+    None when the training GPU is on another machine than this process (its size is not reported)."""
+    if plan.device_type == "cuda":
+        import torch  # the web process imports torch only when an operator registers a model
+
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.get_device_properties(plan.device_index or 0).total_memory)
+    return memory.process_limit_bytes(simulated=settings.MF_MEMORY_LIMIT_MB * 2**20)
+
+
+def base_model_check(*, path: Path | str) -> ModelCheck:
+    """The registration check of a folder on this deployment's training hardware (model_check.check_model_dir).
+    Raises ModelFilesError when the path is a Hub id or not a model folder; `problems` lists the other refusals."""
+    try:
+        plan, _ = selectors.training_plan()
+    except HardwareError as exc:
+        raise model_files.ModelFilesError(str(exc)) from None
+    return check_model_dir(path, device_type=plan.device_type, memory_bytes=_training_memory_bytes(plan))
+
+
+def base_model_names(*, folder: Path, name: str = "", slug: str = "") -> tuple[str, str]:
+    """(name, slug) a folder is registered under: the folder's name and its slug when not given."""
+    name = name.strip() or folder.name
+    return name, slug.strip() or slugify(name)[:100]
 
 
 def base_model_register(
@@ -21,12 +52,18 @@ def base_model_register(
     licence: str = "",
     source: str = "",
     make_default: bool = False,
+    check: bool = False,
 ) -> BaseModel:
-    """Registers (or updates) a local model folder. Raises ModelFilesError, naming what is missing."""
+    """Registers (or updates) a local model folder. Raises ModelFilesError, naming what is missing. With `check`
+    (what operators register: the admin, the command) the folder must also pass base_model_check: a family known to
+    work, a chat template, a size this machine can train; nothing is written otherwise."""
+    if check:
+        result = base_model_check(path=path)
+        if result.problems:
+            raise model_files.ModelFilesError(f"{result.folder} cannot be registered. " + " ".join(result.problems))
     folder = Path(path).expanduser().resolve()
     info = model_files.inspect_model_dir(folder)
-    name = name.strip() or folder.name
-    slug = slug.strip() or slugify(name)[:100]
+    name, slug = base_model_names(folder=folder, name=name, slug=slug)
     with transaction.atomic():
         if make_default:
             BaseModel.objects.filter(is_default=True).exclude(slug=slug).update(is_default=False)

@@ -54,7 +54,7 @@ class Estimate:
 
 
 def lora_parameters(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
-    """LoRA parameter count for a Llama-style config (A: in x r, B: r x out per adapted layer)."""
+    """LoRA parameter count for a Llama-style config, Phi-3's fused layers too (A: in x r, B: r x out per layer)."""
     hidden = int(config.get("hidden_size", 0))
     inter = int(config.get("intermediate_size", 4 * hidden))
     heads = int(config.get("num_attention_heads", 1))
@@ -68,6 +68,8 @@ def lora_parameters(config: dict[str, Any], *, rank: int, targets: list[str]) ->
         "gate_proj": (hidden, inter),
         "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
+        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),  # Phi-3's fused layers
+        "gate_up_proj": (hidden, 2 * inter),
     }
     per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes)
     return per_layer * int(config.get("num_hidden_layers", 0))
@@ -106,7 +108,8 @@ def estimate_run(
     hidden = int(model_config.get("hidden_size", 0))
     layers = int(model_config.get("num_hidden_layers", 0))
     vocab = int(model_config.get("vocab_size", 0))
-    lora = lora_parameters(model_config, rank=int(hp["rank"]), targets=resolve_target_modules(hp["target_modules"]))
+    targets = resolve_target_modules(hp["target_modules"], (model_config.get("architectures") or [None])[0])
+    lora = lora_parameters(model_config, rank=int(hp["rank"]), targets=targets)
     longest = max(token_counts, default=0)
     batch_tokens = int(hp["batch_size"]) * longest
     answer_share = (answer_tokens / max(1, sum(token_counts))) if answer_tokens is not None else 1.0
@@ -126,7 +129,6 @@ def estimate_run(
     # The index: the model reloaded in fp32 on the CPU, passes of at most one training micro-batch with every LoRA
     # output's gradient held at once (memory.index_bytes_per_token), and the features of every row (fp16 stored,
     # fp32 while scoring). Its passes are also held within MF_MEMORY_BUDGET_FRACTION of the worker's free memory.
-    targets = resolve_target_modules(hp["target_modules"])
     k = max(int(index_k), lora_matrices(model_config, targets=targets) * int(hp["rank"]))
     index = (
         parameters * 4
@@ -154,7 +156,7 @@ def estimate_run(
 
 def lora_matrices(config: dict[str, Any], *, targets: list[str]) -> int:
     """How many LoRA matrices (A and B of each adapted layer): each one gets at least `rank` index features."""
-    known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    known = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"}
     return 2 * sum(1 for t in targets if t in known) * int(config.get("num_hidden_layers", 0))
 
 

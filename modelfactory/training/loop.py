@@ -33,6 +33,7 @@ from modelfactory.training.data import IGNORE_INDEX, Example
 from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantization_problem
 from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
+from modelfactory.training.families import attention_implementation
 from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens, split_by_tokens
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
@@ -119,8 +120,8 @@ def load_model_for_training(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    inspect_model_dir(Path(model_dir))
-    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    info = inspect_model_dir(Path(model_dir))
+    kwargs: dict[str, Any] = {"attn_implementation": attention_implementation(info.architecture)}
     if hp.get("quantization") == "4bit":
         problem = quantization_problem(detect_capabilities() if device.type == "cuda" else CPU_ONLY, "4bit")
         if problem:
@@ -147,7 +148,7 @@ def load_model_for_training(
     else:
         model.to(device)
     model.config.use_cache = False
-    targets = resolve_target_modules(hp["target_modules"])
+    targets = resolve_target_modules(hp["target_modules"], (model.config.architectures or [None])[0])
     available = linear_module_names(model)
     missing = [name for name in targets if name not in available]
     if missing:

@@ -126,7 +126,8 @@ def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str])
     kv = int(config.get("num_key_value_heads", heads))
     head_dim = int(config.get("head_dim") or hidden // max(1, heads))
     outs = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim, "o_proj": hidden,
-            "gate_proj": inter, "up_proj": inter, "down_proj": hidden}  # fmt: skip
+            "gate_proj": inter, "up_proj": inter, "down_proj": hidden,
+            "qkv_proj": (heads + 2 * kv) * head_dim, "gate_up_proj": 2 * inter}  # fmt: skip
     per_layer = sum(rank + outs[t] for t in targets if t in outs)
     return per_layer * int(config.get("num_hidden_layers", 0))
 

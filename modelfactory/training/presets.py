@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from modelfactory.training.families import target_group
+
 ATTENTION = "attention"
 ALL_LINEAR = "all_linear"
 TARGET_GROUPS = {
@@ -332,5 +334,7 @@ def validate_hyperparameters(
     return clean, errors
 
 
-def resolve_target_modules(value: str | list[str]) -> list[str]:
-    return list(TARGET_GROUPS[value]) if isinstance(value, str) else list(value)
+def resolve_target_modules(value: str | list[str], architecture: str | None = None) -> list[str]:
+    """The layer names to adapt: a group resolved for the model's family (Phi-3 names its fused layers qkv_proj
+    and gate_up_proj), or the list as given. TARGET_GROUPS shows the Llama names, which most families share."""
+    return target_group(value, architecture) if isinstance(value, str) else list(value)

@@ -38,35 +38,55 @@ def build_tiny_tokenizer(vocab_size: int = 512, *, chat_template: str = CHAT_TEM
     return fast
 
 
+def tiny_config(family: str, *, vocab_size: int, layers: int, hidden: int, special: dict[str, int], context: int = 256):
+    """A tiny random config of a family of modelfactory.training.families (by model_type): 4 query heads of 16, 2
+    key/value heads, each family's own quirks left on (Gemma's scaled embeddings, Gemma 2's soft-capping and sliding
+    window, Qwen2's q/k/v biases, Phi-3's fused layers)."""
+    from transformers import AutoConfig
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context, tie_word_embeddings=True,
+        **special,
+    )  # fmt: skip
+    extra = {
+        "llama": {},
+        "qwen2": {},
+        "mistral": {"sliding_window": 128},
+        "gemma": {"head_dim": hidden // 4},
+        "gemma2": {"head_dim": hidden // 4, "query_pre_attn_scalar": hidden // 4, "sliding_window": 128},
+        "phi3": {"tie_word_embeddings": False},  # Phi-3 checkpoints carry their own output layer
+    }
+    if family not in extra:
+        raise ValueError(f"No tiny config for the family {family!r}; known: {', '.join(extra)}.")
+    return AutoConfig.for_model(family, **{**common, **extra[family]})
+
+
 def build_tiny_model_dir(
     folder: Path,
     *,
     layers: int = 2,
     hidden: int = 64,
     seed: int = 0,
+    family: str = "llama",
     chat_template: str = CHAT_TEMPLATE,
     context: int = 256,
 ) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     tokenizer = build_tiny_tokenizer(chat_template=chat_template)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=context,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = tiny_config(
+        family, vocab_size=len(tokenizer), layers=layers, hidden=hidden, special=special, context=context
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

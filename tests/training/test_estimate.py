@@ -1,5 +1,9 @@
 import json
 
+import pytest
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
 from modelfactory.training.estimate import (
     CALIBRATED_FACTOR,
     ROUGH_FACTOR,
@@ -10,6 +14,8 @@ from modelfactory.training.estimate import (
     run_time_range,
 )
 from modelfactory.training.model_files import inspect_model_dir
+from modelfactory.training.presets import resolve_target_modules
+from modelfactory.training.tiny import build_tiny_model_dir
 
 from .conftest import CPU, fresh_model, hyperparameters
 
@@ -99,3 +105,14 @@ def test_the_memory_estimate_is_the_largest_of_training_evaluation_and_index(tin
     assert many.index_memory_bytes - few.index_memory_bytes == 5000 * k * 6
     assert many.training_memory_bytes == few.training_memory_bytes  # one micro-batch, whatever the rows
     assert many.peak_memory_bytes == many.index_memory_bytes and many.memory_stage == "index"
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3", "gemma"])
+def test_lora_parameters_equal_peft_for_each_family_layout(model_type, tmp_path):
+    """Phi-3's fused qkv_proj and gate_up_proj are counted at their real widths, as peft adapts them."""
+    folder = build_tiny_model_dir(tmp_path / model_type, family=model_type)
+    config = json.loads((folder / "config.json").read_text())
+    targets = resolve_target_modules("all_linear", config["architectures"][0])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=4, target_modules=targets))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_parameters(config, rank=4, targets=targets) == trainable

@@ -22,7 +22,9 @@ class Command(BaseCommand):
             if path is None:
                 model = base_model_ensure_default(progress=self.stdout.write)
             else:
-                model = base_model_register(path=path, name=name, slug=slug, licence=licence, make_default=default)
+                model = base_model_register(
+                    path=path, name=name, slug=slug, licence=licence, make_default=default, check=True
+                )
         except ModelFilesError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
