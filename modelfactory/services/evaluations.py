@@ -25,6 +25,7 @@ from modelfactory import selectors
 from modelfactory.models import FineTuneJob, ModelEvaluation
 from modelfactory.services.continue_training import lineage_jobs
 from modelfactory.services.finetune_jobs import LaunchError, test_set_versions_validated
+from modelfactory.training.presets import validate_hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -223,13 +224,13 @@ def evaluation_run(*, evaluation_id: int) -> ModelEvaluation | None:
     trained = [
         TrainedData(
             rows=selectors.finetune_rows(versions=list(j.datanet_versions.order_by("pk")))[0],
-            hyperparameters=j.hyperparameters,
+            hyperparameters=_settings_of(j),
         )
         for j in lineage_jobs(job=job)
     ]
     spec = EvaluationSpec(
         base_model_dir=Path(job.base_model.path), adapter_dir=Path(evaluation.version.adapter_path),
-        hyperparameters=job.hyperparameters, test_rows=test_rows, trained=trained,
+        hyperparameters=_settings_of(job), test_rows=test_rows, trained=trained,
         device=settings.MF_TRAINING_DEVICE,
     )  # fmt: skip
     try:
@@ -250,6 +251,14 @@ def evaluation_run(*, evaluation_id: int) -> ModelEvaluation | None:
         evaluation, status=ModelEvaluation.Status.SUCCEEDED, progress=1.0, rows=result["rows"],
         overlap=result["overlap"], metrics=result, samples=samples, message=_summary(result),
     )  # fmt: skip
+
+
+def _settings_of(job: FineTuneJob) -> dict:
+    """The job's settings over its preset's defaults (a job saved before a setting existed lacks it)."""
+    defaults, errors = validate_hyperparameters({}, preset=job.preset)
+    if errors:  # a preset that no longer exists
+        defaults, _ = validate_hyperparameters({})
+    return {**defaults, **job.hyperparameters}
 
 
 def _summary(result: dict) -> str:
