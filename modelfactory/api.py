@@ -139,9 +139,8 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         upload = data.validated_data.get("file")
         try:
             evaluation = services.evaluation_request(
-                user=request.user, job_id=int(pk), version_ids=data.validated_data["test_versions"],
-                upload_name=upload.name if upload else "", upload_data=upload.read() if upload else None,
-            )  # fmt: skip
+                user=request.user, job_id=int(pk), version_ids=data.validated_data["test_versions"], upload=upload
+            )
         except services.EvaluationRefused as exc:
             return _evaluation_refused(exc)
         location = reverse("evaluation-detail", kwargs={"evaluation_id": evaluation.pk})

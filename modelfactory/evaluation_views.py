@@ -19,7 +19,7 @@ MAX_CHOICES = 200
 
 def evaluations_context(*, user, job: FineTuneJob, model_version) -> dict:
     """What the job page's "Evaluate again" section needs (empty before the job has made a model)."""
-    if model_version is None:
+    if model_version is None or job.owner_id != user.pk:  # staff may see the job; only its owner evaluates
         return {}
     choices = version_list_usable(user=user).exclude(datanet__kind="text").filter(row_count__gt=0)[:MAX_CHOICES]
     return {
@@ -32,12 +32,13 @@ def evaluations_context(*, user, job: FineTuneJob, model_version) -> dict:
 @require_POST
 def job_evaluate(request, job_id: int):
     version = request.POST.get("test_version", "")
-    upload = request.FILES.get("file")
     try:
         evaluation = services.evaluation_request(
-            user=request.user, job_id=job_id, version_ids=[int(version)] if version.isdigit() else [],
-            upload_name=upload.name if upload else "", upload_data=upload.read() if upload else None,
-        )  # fmt: skip
+            user=request.user,
+            job_id=job_id,
+            version_ids=[int(version)] if version.isdigit() else [],
+            upload=request.FILES.get("file"),
+        )
     except services.EvaluationRefused as exc:
         if exc.status == 404:
             raise Http404(str(exc)) from None

@@ -37,6 +37,7 @@ QUEUE_DOWN_MESSAGE = (
 )
 STALE_MESSAGE = "The worker running this evaluation stopped unexpectedly. Ask for it again."
 PROGRESS_EVERY_S = 1.0
+TOO_BIG = f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB; use a smaller test set."
 
 
 class EvaluationRefused(Exception):
@@ -115,21 +116,24 @@ def _valid_rows(raw, kind: str) -> tuple[list[dict], str]:
     return rows, reason
 
 
-def evaluation_request(
-    *, user, job_id: int, version_ids: list[int] | None = None, upload_name: str = "", upload_data: bytes | None = None
-) -> ModelEvaluation:
+def evaluation_request(*, user, job_id: int, version_ids: list[int] | None = None, upload=None) -> ModelEvaluation:
     """Queues an evaluation of the model the job made on datanet versions (ones the user may use, with instruction or
-    chat rows) or on an uploaded file, never both. EvaluationRefused, nothing created, otherwise."""
+    chat rows) or on an uploaded file (`upload`: a Django UploadedFile), never both. EvaluationRefused, nothing
+    created, otherwise."""
     job = _evaluable_job(user=user, job_id=job_id)
     version_ids = list(version_ids or [])
-    if version_ids and upload_data is not None:
+    if version_ids and upload is not None:
         raise EvaluationRefused({"test_versions": "Choose datanet versions or upload a file, not both."})
-    if not version_ids and upload_data is None:
+    if not version_ids and upload is None:
         raise EvaluationRefused({"test_versions": "Choose a datanet version or upload a file to evaluate on."})
     rows: list[dict] = []
     versions: list = []
-    if upload_data is not None:
-        rows = upload_rows_read(name=upload_name, data=upload_data)
+    upload_name = ""
+    if upload is not None:
+        if upload.size > MAX_UPLOAD_BYTES:  # before reading it into memory
+            raise EvaluationRefused({"file": TOO_BIG})
+        upload_name = upload.name or "upload"
+        rows = upload_rows_read(name=upload_name, data=upload.read())
     else:
         try:
             versions = test_set_versions_validated(user=user, version_ids=version_ids)
@@ -139,7 +143,7 @@ def evaluation_request(
         evaluation = ModelEvaluation.objects.create(
             version=job.model_version,
             requested_by=user,
-            upload_name=(upload_name or "")[:255] if upload_data is not None else "",
+            upload_name=upload_name[:255],
             upload_rows=rows,
             rows=len(rows) or sum(v.row_count for v in versions),
             message="Waiting for a free worker.",

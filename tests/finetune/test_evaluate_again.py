@@ -77,7 +77,7 @@ def test_a_datanet_version_as_test_set_is_scored_row_by_row_without_the_rows_tra
 
 def test_an_uploaded_file_is_a_test_set_and_several_evaluations_are_kept(cast, finished, queued):
     data = "\n".join(json.dumps({"instruction": q, "output": a}) for q, a in EXTRA).encode()
-    first = request(cast.owner, finished, upload_name="exam.jsonl", upload_data=data)
+    first = request(cast.owner, finished, upload=SimpleUploadedFile("exam.jsonl", data))
     assert (first.upload_name, first.rows, [r["id"] for r in first.upload_rows]) == ("exam.jsonl", 2, [1, 2])
     assert first.upload_rows[0] == {"id": 1, "kind": "instruction", "content": {"instruction": EXTRA[0][0],
                                                                                "output": EXTRA[0][1]}}  # fmt: skip
@@ -85,7 +85,7 @@ def test_an_uploaded_file_is_a_test_set_and_several_evaluations_are_kept(cast, f
         json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
         for q, a in EXTRA
     ).encode()
-    second = request(cast.owner, finished, upload_name="chat.jsonl", upload_data=chat)
+    second = request(cast.owner, finished, upload=SimpleUploadedFile("chat.jsonl", chat))
     assert second.upload_rows[1]["kind"] == "chat"
     done = services.evaluation_run(evaluation_id=first.pk)
     assert done.status == "succeeded", done.message
@@ -110,7 +110,7 @@ TEXT_MESSAGE = (
 )  # fmt: skip
 def test_an_unusable_file_is_refused_before_anything_is_created(cast, finished, queued, upload, message):
     with pytest.raises(services.EvaluationRefused) as caught:
-        request(cast.owner, finished, upload_name="bad.jsonl", upload_data=upload)
+        request(cast.owner, finished, upload=SimpleUploadedFile("bad.jsonl", upload))
     assert caught.value.errors == {"file": message}
     assert ModelEvaluation.objects.count() == 0 and queued == []
 
@@ -130,7 +130,7 @@ def test_a_test_set_of_the_wrong_kind_or_not_usable_is_refused_before_anything_i
     cases = [
         ({"version_ids": [prose_v1.pk]}, {"test_versions": TEXT_MESSAGE}),
         ({}, {"test_versions": "Choose a datanet version or upload a file to evaluate on."}),
-        ({"version_ids": [prose_v1.pk], "upload_data": b"x", "upload_name": "x.jsonl"},
+        ({"version_ids": [prose_v1.pk], "upload": SimpleUploadedFile("x.jsonl", b"x")},
          {"test_versions": "Choose datanet versions or upload a file, not both."}),
     ]  # fmt: skip
     for kwargs, errors in cases:
@@ -299,3 +299,17 @@ def test_page_evaluate_again_and_follow(client, cast, finished, version, queued)
     client.force_login(cast.teammate)
     assert client.get(f"/train/jobs/{finished.pk}/evaluations/{evaluation.pk}/").status_code == 404
     assert client.post(f"/train/jobs/{finished.pk}/evaluations/", {"test_version": exam.pk}).status_code == 404
+
+
+def test_a_file_over_the_limit_is_refused_unread(cast, finished, queued, monkeypatch):
+    monkeypatch.setattr(evaluations, "MAX_UPLOAD_BYTES", 10)
+
+    class Unreadable(SimpleUploadedFile):
+        def read(self, *args):
+            pytest.fail("the file was read")
+
+    upload = Unreadable("big.jsonl", b'{"instruction": "Q?", "output": "A."}\n')
+    with pytest.raises(services.EvaluationRefused) as caught:
+        request(cast.owner, finished, upload=upload)
+    assert caught.value.errors == {"file": evaluations.TOO_BIG}
+    assert ModelEvaluation.objects.count() == 0 and queued == []
