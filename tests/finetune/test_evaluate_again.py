@@ -236,6 +236,10 @@ def test_api_evaluate_again_and_follow(cast, finished, version, queued):
     listed = api.get(f"/api/v1/finetunes/{finished.pk}/evaluations/").json()
     assert [e["id"] for e in listed["results"]] == [body["id"]]
     assert "samples" not in listed["results"][0]
+    other = APIClient()
+    other.force_authenticate(cast.teammate)
+    assert other.get(f"/api/v1/evaluations/{body['id']}/").status_code == 404
+    assert other.post(f"/api/v1/evaluations/{body['id']}/cancel/").status_code == 404
     response = api.post(f"/api/v1/evaluations/{body['id']}/cancel/")
     assert response.status_code == 409
     assert response.json()["error"]["message"] == "This evaluation has already ended (finished)."
