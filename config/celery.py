@@ -22,7 +22,11 @@ app.conf.update(
     task_default_routing_key="default",
     task_routes={
         "modelfactory.tasks.finetune_*": {"queue": "gpu", "routing_key": "gpu"},
-        "modelfactory.tasks.export_*": {"queue": "gpu", "routing_key": "gpu"},  # loads and merges a whole model
+        "modelfactory.tasks.export_*": {"queue": "gpu", "routing_key": "gpu"},
+        "modelfactory.tasks.evaluation_*": {
+            "queue": "gpu",
+            "routing_key": "gpu",
+        },  # as the job's own evaluation  # loads and merges a whole model
         "attribution.tasks.*": {"queue": "default", "routing_key": "default"},  # before "*.inference_*": CPU work
         "*.inference_*": {"queue": "inference", "routing_key": "inference"},
     },

@@ -271,6 +271,7 @@ MF_SWEEPS = {
     "uploads whose check stopped": "datanets.services.contribution_fail_stale",
     "training jobs whose worker died": "modelfactory.services.finetune_reap_stale",
     "exports whose worker died": "modelfactory.services.export_reap_stale",
+    "evaluations whose worker died": "modelfactory.services.evaluation_reap_stale",
     "answers that never finished (their fee reservation is released)": "modelfactory.services.inference_reap_stale",
     "answers whose attribution or settlement never finished": "attribution.services.attribution_sweep_pending",
     "earnings whose review period ended (they become available)": "ledger.services.earnings_release_due",
@@ -334,6 +335,7 @@ SPECTACULAR_SETTINGS = {
         "DatanetVisibilityEnum": "datanets.models.Datanet.Visibility",
         "ModelVisibilityEnum": "modelfactory.models.TrainedModel.Visibility",
         "ExportStatusEnum": "modelfactory.models.ModelExport.Status",
+        "EvaluationStatusEnum": "modelfactory.models.ModelEvaluation.Status",
         "RecordStatusEnum": "datanets.models.Record.Status",
     },
 }

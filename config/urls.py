@@ -16,6 +16,8 @@ from core.api import api_not_found
 from datanets.api import ContributionViewSet, DatanetViewSet
 from modelfactory.api import (
     BaseModelViewSet,
+    EvaluationCancelView,
+    EvaluationDetailView,
     ExportDetailView,
     FineTuneViewSet,
     InferenceDetailView,
@@ -40,6 +42,8 @@ api_v1 = [
     path("ledger/", include("ledger.api_urls")),
     path("inferences/<int:inference_id>/", InferenceDetailView.as_view(), name="inference-detail"),
     path("exports/<int:export_id>/", ExportDetailView.as_view(), name="export-detail"),
+    path("evaluations/<int:evaluation_id>/", EvaluationDetailView.as_view(), name="evaluation-detail"),
+    path("evaluations/<int:evaluation_id>/cancel/", EvaluationCancelView.as_view(), name="evaluation-cancel"),
     path(
         "inferences/<int:inference_id>/attribution/", InferenceAttributionView.as_view(), name="inference-attribution"
     ),

@@ -4,6 +4,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, mixins, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -19,9 +20,12 @@ from core.api import (
 from core.throttling import ScopedRateThrottle
 from ledger.calc.money import format_credits
 from modelfactory import selectors, services
-from modelfactory.models import FineTuneJob, Inference, ModelExport
+from modelfactory.models import FineTuneJob, Inference, ModelEvaluation, ModelExport
 from modelfactory.serializers import (
     BaseModelSerializer,
+    EvaluationRequestSerializer,
+    EvaluationSerializer,
+    EvaluationSummarySerializer,
     ExportRequestSerializer,
     ExportSerializer,
     FineTuneControlSerializer,
@@ -105,6 +109,111 @@ class FineTuneViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         except services.JobStateError as exc:
             raise exceptions.ValidationError({"status": [str(exc)]}) from None
         return Response(FineTuneJobSerializer(job).data)
+
+    @extend_schema(
+        methods=["GET"], request=None, responses={200: EvaluationSummarySerializer(many=True)},
+        operation_id="finetunes_evaluations_list",
+    )  # fmt: skip
+    @extend_schema(
+        methods=["POST"],
+        request={"application/json": EvaluationRequestSerializer, "multipart/form-data": EvaluationRequestSerializer},
+        responses={202: EvaluationSerializer, **error_responses(_409="The job has not made a model (yet).")},
+        operation_id="finetunes_evaluations_create",
+    )
+    @action(detail=True, methods=["get", "post"], parser_classes=[JSONParser, MultiPartParser])
+    def evaluations(self, request, pk=None):
+        """Evaluate again: the model this finished job made answers a test set you choose now (`test_versions`, or
+        an uploaded `file`), base and tuned side by side, each answer scored (exact match, token F1). 202 with the
+        evaluation to follow (GET /api/v1/evaluations/{id}/). A test set of the wrong kind or with no usable rows is
+        a 400 and nothing is created; rows the model trained on are counted in `overlap` and left out of the score.
+        GET lists the evaluations of this job's model, newest first."""
+        if request.method == "GET":
+            try:
+                evaluations = selectors.evaluations_of_job(user=request.user, job_id=int(pk))
+            except FineTuneJob.DoesNotExist:
+                raise exceptions.NotFound("No such fine-tuning job.") from None
+            page = self.paginate_queryset(evaluations)
+            return self.get_paginated_response([evaluation_payload(e) for e in page])
+        data = EvaluationRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data.get("file")
+        try:
+            evaluation = services.evaluation_request(
+                user=request.user, job_id=int(pk), version_ids=data.validated_data["test_versions"], upload=upload
+            )
+        except services.EvaluationRefused as exc:
+            return _evaluation_refused(exc)
+        location = reverse("evaluation-detail", kwargs={"evaluation_id": evaluation.pk})
+        body = EvaluationSerializer(evaluation_payload(evaluation, samples=True)).data
+        return Response(body, status=202, headers={"Location": request.build_absolute_uri(location)})
+
+
+def _evaluation_refused(exc):
+    if exc.status == 404:
+        raise exceptions.NotFound(next(iter(exc.errors.values())))
+    if exc.status == 400:
+        raise exceptions.ValidationError({field: [message] for field, message in exc.errors.items()})
+    message = next(iter(exc.errors.values()))
+    return Response(error_body("conflict", message, {k: [v] for k, v in exc.errors.items()}), status=exc.status)
+
+
+TOTALS = ("answers_scored", "base_exact_match", "exact_match", "base_token_f1", "token_f1", "base_eval_loss",
+          "eval_loss")  # fmt: skip
+
+
+def evaluation_payload(evaluation: ModelEvaluation, *, samples: bool = False) -> dict:
+    done = evaluation.status == ModelEvaluation.Status.SUCCEEDED
+    payload = {
+        "id": evaluation.pk,
+        "model": evaluation.version.model.slug,
+        "model_version": evaluation.version.number,
+        "job": evaluation.version.job_id,
+        "status": evaluation.status,
+        "progress": evaluation.progress,
+        "message": evaluation.message,
+        "test_versions": sorted(v.pk for v in evaluation.test_versions.all()),
+        "upload_name": evaluation.upload_name,
+        "rows": evaluation.rows,
+        "overlap": evaluation.overlap,
+        "totals": {key: evaluation.metrics.get(key) for key in TOTALS} if done else None,
+        "created_at": evaluation.created_at,
+        "finished_at": evaluation.finished_at,
+    }
+    if samples:
+        payload["samples"] = evaluation.samples
+    return payload
+
+
+class EvaluationDetailView(APIView):
+    """One of your evaluations of a finished model: status and progress while it runs, then the totals and every
+    scored row (expected, base and tuned answers). Only who asked for it sees it (others get 404)."""
+
+    @extend_schema(responses={200: EvaluationSerializer}, operation_id="evaluation_retrieve")
+    def get(self, request, evaluation_id: int):
+        try:
+            evaluation = selectors.evaluation_get_for(user=request.user, evaluation_id=evaluation_id)
+        except ModelEvaluation.DoesNotExist:
+            raise exceptions.NotFound("You have no evaluation with this id.") from None
+        return Response(EvaluationSerializer(evaluation_payload(evaluation, samples=True)).data)
+
+
+class EvaluationCancelView(APIView):
+    """Cancel an evaluation: a queued one ends at once, a running one at its next batch (nothing is kept)."""
+
+    @extend_schema(
+        request=None,
+        responses={200: EvaluationSerializer, **error_responses(_409="The evaluation has already ended.")},
+        operation_id="evaluation_cancel",
+    )
+    def post(self, request, evaluation_id: int):
+        try:
+            services.evaluation_cancel(user=request.user, evaluation_id=evaluation_id)
+        except ModelEvaluation.DoesNotExist:
+            raise exceptions.NotFound("You have no evaluation with this id.") from None
+        except services.EvaluationRefused as exc:
+            return _evaluation_refused(exc)
+        evaluation = selectors.evaluation_get_for(user=request.user, evaluation_id=evaluation_id)
+        return Response(EvaluationSerializer(evaluation_payload(evaluation, samples=True)).data)
 
 
 class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -229,6 +229,54 @@ class ModelVersion(models.Model):
         return f"{self.model.slug} v{self.number}"
 
 
+class ModelEvaluation(Job):
+    """ "Evaluate again": a finished model version answers a test set the owner chose after training (datanet
+    versions or an uploaded file), base and tuned side by side, each answer scored against the expected one. Rows
+    the model trained on are left out of the score and counted. A model version keeps every evaluation it had."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Waiting in line"
+        RUNNING = "running", "Evaluating"
+        SUCCEEDED = "succeeded", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_evaluations"
+    )
+    test_versions = models.ManyToManyField("datanets.DatanetVersion", blank=True, related_name="evaluations")
+    upload_name = models.CharField(max_length=255, blank=True, help_text="The file the test set came from, if any.")
+    upload_rows = models.JSONField(
+        default=list, blank=True, help_text="The uploaded file's rows as the training core reads them."
+    )
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    cancel_requested = models.BooleanField(default=False)
+    progress = models.FloatField(default=0.0)
+    rows = models.PositiveIntegerField(default=0, help_text="Rows in the test set.")
+    overlap = models.PositiveIntegerField(default=0, help_text="Rows the model trained on: left out of the score.")
+    metrics = models.JSONField(default=dict, blank=True)
+    samples = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0) & models.Q(progress__lte=1), name="model_evaluation_progress_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.pk} of {self.version} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+
 class ModelExport(Job):
     """One file made from a model version for use elsewhere (adapter, merged model, GGUF): made once per version and
     format (a constraint: two requests at once are one export), kept and downloaded again. The file is written under

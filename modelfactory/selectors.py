@@ -13,7 +13,15 @@ from django.utils import timezone
 
 from datanets.models import Datanet
 from datanets.selectors import datanet_ids_visible
-from modelfactory.models import BaseModel, FineTuneJob, Inference, ModelExport, ModelVersion, TrainedModel
+from modelfactory.models import (
+    BaseModel,
+    FineTuneJob,
+    Inference,
+    ModelEvaluation,
+    ModelExport,
+    ModelVersion,
+    TrainedModel,
+)
 
 PRIVATE_DATANET = "a private datanet"
 CARD_TABLE_HEADER = "| datanet | version | manifest hash |"  # modelfactory/training/artifacts.py model_card
@@ -412,3 +420,25 @@ def export_get_for(*, user, export_id: int) -> ModelExport:
 def exports_of_version(*, version: ModelVersion) -> dict[str, ModelExport]:
     """format -> export of this version (only the formats asked for so far)."""
     return {export.format: export for export in ModelExport.objects.filter(version=version)}
+
+
+def evaluations_of_job(*, user, job_id: int):
+    """The "evaluate again" runs of the model the user's job made, newest first (FineTuneJob.DoesNotExist when the
+    job is not the user's)."""
+    FineTuneJob.objects.filter(owner=user).only("pk").get(pk=job_id)
+    return (
+        ModelEvaluation.objects.filter(version__job_id=job_id, requested_by=user)
+        .select_related("version__model")
+        .prefetch_related("test_versions__datanet")
+        .defer("upload_rows", "samples")
+    )
+
+
+def evaluation_get_for(*, user, evaluation_id: int):
+    """One of the user's evaluations (ModelEvaluation.DoesNotExist otherwise)."""
+    return (
+        ModelEvaluation.objects.select_related("version__model", "version__job")
+        .prefetch_related("test_versions__datanet")
+        .defer("upload_rows")
+        .get(pk=evaluation_id, requested_by=user)
+    )

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from ledger.serializers import CreditsField, CreditsInputField
-from modelfactory.models import BaseModel, FineTuneJob, ModelExport, TrainedModel
+from modelfactory.models import BaseModel, FineTuneJob, ModelEvaluation, ModelExport, TrainedModel
 from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
 
@@ -228,3 +228,61 @@ class InferenceSerializer(serializers.Serializer):
     completed = serializers.DateTimeField(allow_null=True)
     attribution = serializers.URLField(help_text="Who shaped this answer and what each was paid.")
     citations = CitationSerializer(many=True, required=False, help_text="As in the generate response.")
+
+
+class EvaluationRequestSerializer(serializers.Serializer):
+    test_versions = serializers.ListField(
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        default=list,
+        help_text="Datanet versions (instruction or chat rows) of datanets you may use, as the test set. Or send "
+        "`file` instead (multipart).",
+    )
+    file = serializers.FileField(
+        required=False,
+        help_text="A JSONL, JSON, CSV, TSV or Parquet file of instruction rows (instruction, output) or chat rows "
+        "(messages), as the test set. Or send `test_versions` instead.",
+    )
+
+
+class EvaluationTotalsSerializer(serializers.Serializer):
+    answers_scored = serializers.IntegerField(help_text="Rows answered by both models and scored.")
+    base_exact_match = serializers.FloatField(allow_null=True, help_text="Share of base answers equal to the expected.")
+    exact_match = serializers.FloatField(allow_null=True, help_text="The same for the fine-tuned model.")
+    base_token_f1 = serializers.FloatField(allow_null=True, help_text="Mean token F1 of base answers, 0..1.")
+    token_f1 = serializers.FloatField(allow_null=True, help_text="Mean token F1 of fine-tuned answers, 0..1.")
+    base_eval_loss = serializers.FloatField(allow_null=True, help_text="Loss on the expected answers, base.")
+    eval_loss = serializers.FloatField(allow_null=True, help_text="Loss on the expected answers, fine-tuned.")
+
+
+class EvaluationSampleSerializer(serializers.Serializer):
+    row_id = serializers.IntegerField(allow_null=True, help_text="The record id, or the line of an uploaded file.")
+    prompt = serializers.CharField()
+    reference = serializers.CharField(help_text="The expected answer.")
+    base = serializers.CharField(allow_blank=True)
+    tuned = serializers.CharField(allow_blank=True)
+    base_exact = serializers.BooleanField()
+    tuned_exact = serializers.BooleanField()
+    base_f1 = serializers.FloatField()
+    tuned_f1 = serializers.FloatField()
+
+
+class EvaluationSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    model = serializers.CharField(help_text="The model's slug.")
+    model_version = serializers.IntegerField()
+    job = serializers.IntegerField(help_text="The training job that made the model version.")
+    status = serializers.ChoiceField(choices=ModelEvaluation.Status.choices)
+    progress = serializers.FloatField(help_text="0..1")
+    message = serializers.CharField(allow_blank=True)
+    test_versions = serializers.ListField(child=serializers.IntegerField())
+    upload_name = serializers.CharField(allow_blank=True, help_text="The uploaded file's name, if the test set is one.")
+    rows = serializers.IntegerField(help_text="Rows in the test set.")
+    overlap = serializers.IntegerField(help_text="Rows the model trained on: counted, left out of the score.")
+    totals = EvaluationTotalsSerializer(allow_null=True, help_text="Set once it has finished.")
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class EvaluationSerializer(EvaluationSummarySerializer):
+    samples = EvaluationSampleSerializer(many=True, help_text="Every scored row: expected, base and tuned answers.")

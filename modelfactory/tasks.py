@@ -39,3 +39,13 @@ def export_run_task(export_id: int) -> str:
 
     export = export_run(export_id=export_id)
     return export.status if export is not None else "not-claimed"
+
+
+@shared_task(name="modelfactory.tasks.evaluation_run_task", acks_late=True, reject_on_worker_lost=True)
+def evaluation_run_task(evaluation_id: int) -> str:
+    """Runs on the `gpu` queue, as the evaluation at the end of training does. Safe to deliver twice: the evaluation
+    is claimed with a conditional update; one whose worker died is failed by the sweep."""
+    from modelfactory.services import evaluation_run
+
+    evaluation = evaluation_run(evaluation_id=evaluation_id)
+    return evaluation.status if evaluation is not None else "not-claimed"

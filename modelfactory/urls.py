@@ -1,6 +1,6 @@
 from django.urls import path
 
-from modelfactory import export_views, views
+from modelfactory import evaluation_views, export_views, views
 
 app_name = "modelfactory"
 urlpatterns = [
@@ -10,6 +10,17 @@ urlpatterns = [
     path("train/jobs/<int:job_id>/", views.job_detail, name="job"),
     path("train/jobs/<int:job_id>/chart/", views.job_chart, name="job_chart"),
     path("train/jobs/<int:job_id>/control/", views.job_control, name="job_control"),
+    path("train/jobs/<int:job_id>/evaluations/", evaluation_views.job_evaluate, name="job_evaluate"),
+    path(
+        "train/jobs/<int:job_id>/evaluations/<int:evaluation_id>/",
+        evaluation_views.job_evaluation,
+        name="job_evaluation",
+    ),
+    path(
+        "train/jobs/<int:job_id>/evaluations/<int:evaluation_id>/cancel/",
+        evaluation_views.job_evaluation_cancel,
+        name="job_evaluation_cancel",
+    ),
     path("models/", views.models_list, name="models"),
     path("models/<slug:slug>/", views.model_detail, name="model"),
     path("models/<slug:slug>/download/", views.model_download, name="model_download"),

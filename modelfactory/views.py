@@ -18,7 +18,7 @@ from common.jsonlimits import JsonTooDeep, loads_bounded
 from core.api import error_body
 from datanets.selectors import version_list_usable
 from ledger.calc.money import format_credits_exact
-from modelfactory import comparison, export_views, selectors, services, wizard_steps
+from modelfactory import comparison, evaluation_views, export_views, selectors, services, wizard_steps
 from modelfactory.forms import PresetForm, PublishForm
 from modelfactory.models import FineTuneJob, Inference, ServingPolicy, TrainedModel
 from modelfactory.openai_api import relay
@@ -168,14 +168,16 @@ def train(request):
 
 
 def _job_context(request, job: FineTuneJob) -> dict:
+    model_version = getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None
     return {
+        **evaluation_views.evaluations_context(user=request.user, job=job, model_version=model_version),
         "job": job,
         "queue_position": selectors.job_queue_position(job=job),
         "queue_wait": selectors.job_queue_wait_seconds(job=job) if job.status == FineTuneJob.Status.QUEUED else None,
         "peak_memory": None if job.is_active else selectors.job_peak_memory_bytes(job=job),
         "latest": selectors.job_latest_train_event(job=job),
         "chart": selectors.job_chart_points(job=job),
-        "model_version": getattr(job, "model_version", None) if job.status == FineTuneJob.Status.SUCCEEDED else None,
+        "model_version": model_version,
         "worker_silent": job.status == FineTuneJob.Status.RUNNING and job.silent_for(settings.MF_JOB_STALE_SECONDS),
     }
 

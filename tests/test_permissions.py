@@ -74,6 +74,7 @@ PAGES = [
     ("GET", "/train/jobs/{job}/", LOGIN, 404, 404, 200, 200),
     ("GET", "/train/jobs/{job}/chart/", LOGIN, 404, 404, 200, 200),
     ("POST", "/train/jobs/{job}/control/", LOGIN, 404, 404, None, None),
+    ("POST", "/train/jobs/{job}/evaluations/", LOGIN, 404, 404, 302, 404),  # no test set chosen: back, nothing made
     ("GET", "/models/", 200, 200, 200, 200, 200),
     ("GET", "/models/{model}/", 404, 404, 404, 200, 200),
     ("GET", "/models/{model}/download/", LOGIN, 404, 404, None, None),
@@ -110,6 +111,8 @@ API = [
     ("GET", "/api/v1/finetunes/", 401, 200, 200, 200, 200),
     ("GET", "/api/v1/finetunes/{job}/", 401, 404, 404, 200, 404),
     ("POST", "/api/v1/finetunes/{job}/cancel/", 401, 404, 404, None, 404),
+    ("GET", "/api/v1/finetunes/{job}/evaluations/", 401, 404, 404, 200, 404),
+    ("POST", "/api/v1/finetunes/{job}/evaluations/", 401, 404, 404, 400, 404),  # no test set chosen: nothing made
     ("GET", "/api/v1/models/", 401, 200, 200, 200, 200),
     ("GET", "/api/v1/models/{model}/", 401, 404, 404, 200, 200),
     ("GET", "/api/v1/ledger/balance/", 401, 200, 200, 200, 200),

@@ -32,7 +32,15 @@ from accounts.services import api_token_create, api_token_revoke
 from attribution.models import Attribution, AttributionShare, ContributionValue, ModelIndex
 from datanets.models import Contribution, Datanet, DatanetVersion, Record, Tag, VersionRecord
 from ledger.services import credit_grant, withdrawal_request
-from modelfactory.models import BaseModel, FineTuneEvent, FineTuneJob, Inference, ModelVersion, TrainedModel
+from modelfactory.models import (
+    BaseModel,
+    FineTuneEvent,
+    FineTuneJob,
+    Inference,
+    ModelEvaluation,
+    ModelVersion,
+    TrainedModel,
+)
 from modelfactory.serializers import FineTuneJobSerializer, TrainedModelSerializer
 from tests.factories import UserFactory
 from tests.world import module_world
@@ -243,6 +251,20 @@ def chart_points(g: Grow, n: int) -> None:
     )
 
 
+def evaluations(g: Grow, n: int) -> None:
+    """ "Evaluate again" runs of the world's model, finished, each on a datanet version or a file."""
+    version = g.world.job.model_version
+    for i in g.take(n):
+        evaluation = ModelEvaluation.objects.create(
+            version=version, requested_by=g.cast.owner, upload_name=f"qb-eval-{i}.jsonl" if i % 2 else "", rows=3,
+            status=ModelEvaluation.Status.SUCCEEDED, progress=1.0, message=f"qb-eval-{i}",
+            metrics={"answers_scored": 3, "base_token_f1": 0.1, "token_f1": 0.5, "base_exact_match": 0.0,
+                     "exact_match": 0.33},
+        )  # fmt: skip
+        if not i % 2:
+            evaluation.test_versions.add(g.world.version)
+
+
 def answers(g: Grow, n: int) -> None:
     """Attributed answers of the owner's model, each asked by someone else."""
     for i in g.take(n):
@@ -364,6 +386,7 @@ PAGES = {
     "wizard base models": Case("/train/new/?step=1", base_models, r"qb-base-\d+", 6),
     "wizard versions": Case("/train/new/?step=2", usable_versions, r"qb-datanet-\d+", 6, session=WIZARD_STEP_2),
     "job chart": Case("/train/jobs/{job}/chart/", chart_points, train_points_grown, 3),
+    "job evaluations": Case("/train/jobs/{job}/", evaluations, r"/evaluations/\d+/", 12),
     "models": Case("/models/", models, r"qb-model-\d+", 3),
     # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one)
     "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 13),
@@ -382,6 +405,7 @@ ENDPOINTS = {
     "datanet records": Case("/api/v1/datanets/{datanet}/records/", records, r"qb-row-\d+", 5),
     "upload rows": Case("/api/v1/contributions/{contribution}/rows/", flagged_rows, r"qb-row-\d+", 5),
     "finetunes": Case("/api/v1/finetunes/", jobs, r"qb-job-\d+", 5),
+    "finetune evaluations": Case("/api/v1/finetunes/{job}/evaluations/", evaluations, r"qb-eval-\d+", 6),
     "models": Case("/api/v1/models/", models, r"qb-model-\d+", 4),
     "transactions": Case("/api/v1/ledger/transactions/", grants, r"qb-tx-\d+", 4),  # a cursor page: no count
     "withdrawals": Case("/api/v1/ledger/withdrawals/", withdrawals, results, 3),

@@ -88,6 +88,7 @@ def test_api_operation(case, world, db, media, monkeypatch):
 
     monkeypatch.setattr("datanets.services.contributions._enqueue_ingest", lambda contribution_id: None)
     monkeypatch.setattr(mf_services.finetune_jobs, "_enqueue", lambda job_id, resume=False: None)
+    monkeypatch.setattr(mf_services.evaluations, "_enqueue", lambda evaluation_id: None)
     checks = CHECKS.get_by_names(CHECK_NAMES)
     if is_form(case):
         # a form encodes every value as text, so "wrong type" or "[''] instead of a list of names" cannot be

@@ -11,6 +11,7 @@
 - inference_worker: generation, completion or failure of an inference; the stale-inference sweep.
 - inference_stream: the web side's wait for an answer, streamed or whole.
 - base_compare: the playground's free base-model comparison.
+- evaluations: "evaluate again": a finished model answers a test set chosen after training, scored base vs tuned.
 - exports: a model version's files for use elsewhere (adapter, merged, GGUF), made once by a background task.
 - retrieval: a model's retrieval settings, the rows a question retrieves, and the citations a caller sees.
 
@@ -27,6 +28,14 @@ from modelfactory.services.base_models import (
 )
 from modelfactory.services.continue_training import finetune_continue, lineage_jobs, model_lineage
 from modelfactory.services.errors import ServingRefused
+from modelfactory.services.evaluations import (
+    EvaluationRefused,
+    evaluation_cancel,
+    evaluation_reap_stale,
+    evaluation_request,
+    evaluation_run,
+    upload_rows_read,
+)
 from modelfactory.services.exports import export_reap_stale, export_request, export_run
 from modelfactory.services.finetune_jobs import (
     RESUME_QUEUED_MESSAGE,
@@ -38,6 +47,7 @@ from modelfactory.services.finetune_jobs import (
     finetune_launch,
     finetune_reap_stale,
     launch_fingerprint,
+    test_set_versions_validated,
 )
 from modelfactory.services.finetune_worker import PHASE_MESSAGES, finetune_run, trained_model_create_from_job
 from modelfactory.services.inference_requests import (
@@ -73,6 +83,13 @@ from modelfactory.services.retrieval import (
 )
 
 __all__ = [
+    "EvaluationRefused",
+    "evaluation_cancel",
+    "evaluation_reap_stale",
+    "evaluation_request",
+    "evaluation_run",
+    "upload_rows_read",
+    "test_set_versions_validated",
     "NO_SOURCES",
     "citations_for",
     "retrieval_index_build",

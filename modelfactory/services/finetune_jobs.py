@@ -87,7 +87,7 @@ def finetune_launch(
         preset=preset,
         hyperparameters=hyperparameters,
     )
-    test_versions = _test_set_validated(user=user, version_ids=test_version_ids or [])
+    test_versions = test_set_versions_validated(user=user, version_ids=test_version_ids or [])
     name = (name or "").strip() or _default_name(base, versions)
     try:
         with transaction.atomic():
@@ -173,7 +173,7 @@ def _replayed(job: FineTuneJob, *, key: str, fingerprint: str) -> FineTuneJob:
     return job
 
 
-def _test_set_validated(*, user, version_ids: list[int]) -> list:
+def test_set_versions_validated(*, user, version_ids: list[int]) -> list:
     """The datanet versions of a chosen test set: the user may use them, and they hold questions with expected
     answers (instruction or chat rows). LaunchError on "test_versions" otherwise, before anything is created."""
     if not version_ids:

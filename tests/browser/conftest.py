@@ -133,6 +133,8 @@ def keep_screenshots(page, name: str) -> None:
     SCREENS.mkdir(parents=True, exist_ok=True)
     for width, height in ((1280, 900), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
+        # two animation frames: a chart resizes to the new width on one (else the shot keeps its old width)
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         page.screenshot(path=str(SCREENS / f"{name}-{width}.png"), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name} is wider than {width} px"
     page.set_viewport_size({"width": 1280, "height": 900})

@@ -28,6 +28,7 @@ def test_every_sweep_is_registered_in_one_place():
         "attribution.services.bonds_settle_decided",
         "ledger.services.earnings_release_due",
         "modelfactory.services.export_reap_stale",
+        "modelfactory.services.evaluation_reap_stale",
     }
 
 
