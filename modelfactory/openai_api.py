@@ -82,7 +82,10 @@ def _refused(exc: services.ServingRefused) -> JsonResponse:
         response["Retry-After"] = str(QUOTA_RETRY_SECONDS)
         response["X-Should-Retry"] = "false"  # the openai SDK otherwise retries a 429 on its own
         return response
-    return JsonResponse(openai_error(exc.message, status=exc.status, code=exc.code, param=param), status=exc.status)
+    response = JsonResponse(openai_error(exc.message, status=exc.status, code=exc.code, param=param), status=exc.status)
+    if "retry_after_seconds" in exc.details:  # a busy model server: the SDK waits this long and retries on its own
+        response["Retry-After"] = str(exc.details["retry_after_seconds"])
+    return response
 
 
 def _invalid(message: str, param: str) -> JsonResponse:
