@@ -21,6 +21,7 @@ from modelfactory import openai_params, selectors, services
 from modelfactory.models import Inference, TrainedModel
 
 logger = logging.getLogger(__name__)
+timing_logger = logging.getLogger("modelfactory.timing")  # per-answer hop times (bench/bench_live_serving.py)
 
 KNOWN_PATHS = ("/v1/chat/completions", "/v1/models")
 
@@ -201,11 +202,14 @@ def relay(inference: Inference, *, on_delta, on_done, on_error):
     delivered = 0
     finished = False
     last_was_delta = False
+    lags: list[float] = []  # worker's send -> read here, per delta (the broker-free hop back)
     try:
         channel = services.inference_channel(inference.pk)
         for event in services.inference_events(channel=channel, inference_id=inference.pk):
             kind = event["type"]
             if kind == "delta":
+                if "t" in event:
+                    lags.append(time.time() - event["t"])
                 yield on_delta(event["text"])
                 delivered += 1
                 last_was_delta = True
@@ -221,6 +225,10 @@ def relay(inference: Inference, *, on_delta, on_done, on_error):
         if not finished:
             unread = 1 if last_was_delta else 0
             services.inference_stream_ack(inference_id=inference.pk, delivered=delivered - unread, cancelled=True)
+        if lags:
+            timing = {"inference": inference.pk, "delta_lag_ms_mean": round(1000 * sum(lags) / len(lags)),
+                      "delta_lag_ms_max": round(1000 * max(lags)), "deltas": len(lags)}  # fmt: skip
+            timing_logger.info("web %s", json.dumps(timing))
 
 
 def _stream_chunks(inference: Inference, *, include_usage: bool):
