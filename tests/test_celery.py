@@ -165,3 +165,30 @@ def test_broker_down_fails_fast_with_one_quick_reconnect(tmp_path):
         "interval_max": 0.2,
     }
     assert seen["result_store_connect_timeout"] == 1.0
+
+
+def test_workers_that_do_not_serve_answers_run_at_lower_priority(tmp_path):
+    """MF_BACKGROUND_NICE: attribution, settlement, ingest and training yield the cores to the inference worker."""
+    from config.celery import background_nice
+
+    assert background_nice(["default"], 10) == 10
+    assert background_nice(["gpu"], 7) == 7
+    assert background_nice(["default", "inference"], 10) == 0
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL")
+    }
+    env |= {"MF_VAR_DIR": str(tmp_path), "MF_BACKGROUND_NICE": "5"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    background, serving = _start_worker(env, queues="default"), _start_worker(env, queues="inference")
+    try:
+        for queue in ("default", "inference"):  # a round trip: both workers are set up
+            subprocess.run(
+                [sys.executable, "manage.py", "shell", "-c", "from core.tasks import health_ping_task as t; "
+                 f"t.apply_async(args=['x'], queue='{queue}', routing_key='{queue}').get(timeout=60)"],
+                cwd=ROOT, env=env, check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        assert os.getpriority(os.PRIO_PROCESS, background.pid) == min(19, base + 5)
+        assert os.getpriority(os.PRIO_PROCESS, serving.pid) == base
+    finally:
+        _stop(background)
+        _stop(serving)
