@@ -453,6 +453,12 @@ MF_INFERENCE_BATCH_SIZE = env.int("MF_INFERENCE_BATCH_SIZE", 16, min_value=1, ma
 # call that would wait. Nothing is held for a refused call.
 MF_INFERENCE_QUEUE_MAX = env.int("MF_INFERENCE_QUEUE_MAX", 16, min_value=0, max_value=100_000)
 MF_INFERENCE_RETRY_AFTER_SECONDS = env.int("MF_INFERENCE_RETRY_AFTER_SECONDS", 2, min_value=1, max_value=3600)
+# How text deltas travel from the inference worker to the web process: auto = a Redis stream when CACHE_URL is
+# redis://, an append-only file per answer when it is file://; cache = numbered cache keys, polled (as before; any
+# CACHE_URL).
+MF_STREAM_TRANSPORT = env.str("MF_STREAM_TRANSPORT", "auto")
+if MF_STREAM_TRANSPORT not in ("auto", "cache"):
+    raise EnvError("MF_STREAM_TRANSPORT", MF_STREAM_TRANSPORT, "auto or cache")
 # Workers that do not serve answers (ingest, attribution, settlement, training, exports) lower their CPU priority by
 # this much (nice): on cores shared with the inference worker, answers get the CPU first (0: same priority).
 MF_BACKGROUND_NICE = env.int("MF_BACKGROUND_NICE", 10, min_value=0, max_value=19)
