@@ -8,8 +8,11 @@ import os
 from celery import Celery
 from celery.signals import celeryd_after_setup
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# filesystem:// (the embedded broker) writes each message whole (core/broker.py), in every process that sends.
+TRANSPORT_ALIASES["filesystem"] = "core.broker:Transport"
 
 QUEUES = ("default", "gpu", "inference")
 

@@ -192,3 +192,28 @@ def test_workers_that_do_not_serve_answers_run_at_lower_priority(tmp_path):
     finally:
         _stop(background)
         _stop(serving)
+
+
+def test_the_embedded_broker_never_shows_a_consumer_half_a_message(tmp_path, monkeypatch):
+    """kombu's own filesystem transport opens `<name>.msg` and then writes it: a worker that took the file in between
+    read it empty and died (JSONDecodeError). Ours writes `.tmp` and renames it into place."""
+    import kombu
+
+    from core import broker
+
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)}
+    seen_while_writing = []
+    real_dumps = broker.dumps
+
+    def dumps_and_look(payload):
+        seen_while_writing.extend(os.listdir(tmp_path))  # the file being written exists now
+        return real_dumps(payload)
+
+    monkeypatch.setattr(broker, "dumps", dumps_and_look)
+    with kombu.Connection("filesystem://", transport_options=options) as connection:
+        assert isinstance(connection.transport, broker.Transport)
+        channel = connection.channel()
+        channel._put("inference", {"body": "hello"})
+        assert [name.endswith(".inference.msg") for name in seen_while_writing] == [False]
+        assert [name.endswith(".inference.msg") for name in os.listdir(tmp_path)] == [True]
+        assert channel._get("inference") == {"body": "hello"}
