@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
 from kombu import Exchange, Queue
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# filesystem:// (the embedded broker) writes each message whole (core/broker.py), in every process that sends.
+TRANSPORT_ALIASES["filesystem"] = "core.broker:Transport"
 
 QUEUES = ("default", "gpu", "inference")
 
@@ -42,3 +46,21 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 app.autodiscover_tasks()
+
+
+def background_nice(queues: list[str], nice: int) -> int:
+    """How much a worker consuming `queues` lowers its CPU priority: `nice` for one that does not serve answers (the
+    default queue's ingest, attribution and settlement, the gpu queue's training and exports), 0 for an inference
+    worker. On shared cores, answers then get the CPU first and the rest runs in what is left."""
+    return 0 if "inference" in queues else nice
+
+
+@celeryd_after_setup.connect
+def _lower_background_priority(sender=None, instance=None, **kwargs) -> None:
+    """Before the pool starts, so that prefork children inherit it (MF_BACKGROUND_NICE)."""
+    from django.conf import settings
+
+    queues = [queue.name for queue in instance.app.amqp.queues.consume_from.values()]
+    step = background_nice(queues, settings.MF_BACKGROUND_NICE)
+    if step:
+        os.nice(step)

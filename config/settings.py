@@ -447,6 +447,23 @@ MF_INFERENCE_START_TIMEOUT_SECONDS = env.int("MF_INFERENCE_START_TIMEOUT_SECONDS
 MF_INFERENCE_TIMEOUT_SECONDS = env.int("MF_INFERENCE_TIMEOUT_SECONDS", 300, min_value=1)
 # After a streamed answer ends, how long the worker waits for the web process to say how much reached the client.
 MF_STREAM_ACK_SECONDS = env.int("MF_STREAM_ACK_SECONDS", 10, min_value=1)
+# The most answers one inference worker process generates together (one batched forward pass per token); the worker
+# runs this many threads (scripts/run.sh), one per answer in the batch.
+MF_INFERENCE_BATCH_SIZE = env.int("MF_INFERENCE_BATCH_SIZE", 16, min_value=1, max_value=256)
+# Admission control: once this many answers are waiting for a place in a batch (beyond the MF_INFERENCE_BATCH_SIZE
+# each live inference worker is generating), new calls get 429 with Retry-After instead of queueing; 0 refuses any
+# call that would wait. Nothing is held for a refused call.
+MF_INFERENCE_QUEUE_MAX = env.int("MF_INFERENCE_QUEUE_MAX", 16, min_value=0, max_value=100_000)
+MF_INFERENCE_RETRY_AFTER_SECONDS = env.int("MF_INFERENCE_RETRY_AFTER_SECONDS", 2, min_value=1, max_value=3600)
+# How text deltas travel from the inference worker to the web process: auto = a Redis stream when CACHE_URL is
+# redis://, an append-only file per answer when it is file://; cache = numbered cache keys, polled (as before; any
+# CACHE_URL).
+MF_STREAM_TRANSPORT = env.str("MF_STREAM_TRANSPORT", "auto")
+if MF_STREAM_TRANSPORT not in ("auto", "cache"):
+    raise EnvError("MF_STREAM_TRANSPORT", MF_STREAM_TRANSPORT, "auto or cache")
+# Workers that do not serve answers (ingest, attribution, settlement, training, exports) lower their CPU priority by
+# this much (nice): on cores shared with the inference worker, answers get the CPU first (0: same priority).
+MF_BACKGROUND_NICE = env.int("MF_BACKGROUND_NICE", 10, min_value=0, max_value=19)
 # --- Ledger: staff credit grants ----------------------------------------------------------------------------------
 # The most credit one staff grant may give (whole credits). Granting needs the "Can grant credit to a user"
 # permission (ledger.grant_credit); grants above this are refused.

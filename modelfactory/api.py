@@ -284,13 +284,19 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         request=GenerateRequestSerializer,
         responses={
             200: GenerateResponseSerializer,
-            **error_responses(_402="Not enough credit for the most this answer can cost (code insufficient_credit)."),
+            **error_responses(
+                _402="Not enough credit for the most this answer can cost (code insufficient_credit).",
+                _429="Too many requests (code throttled), or the model server is busy: too many answers are "
+                "waiting for it (code server_busy, MF_INFERENCE_QUEUE_MAX). Nothing was held or charged; retry "
+                "after Retry-After seconds (also in details.retry_after_seconds).",
+            ),
         },
     )
     @action(detail=True, methods=["post"])
     def generate(self, request, slug=None):
         """Ask the model. The most the answer can cost is held first (402 without enough credit); the fee is for
-        the prompt and the answer's tokens. 503 when the model server is not reachable (nothing charged)."""
+        the prompt and the answer's tokens. 429 when too many answers already wait for the model server, 503 when it is
+        not reachable (nothing charged either way)."""
         data = GenerateRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
@@ -387,4 +393,7 @@ class ExportDetailView(APIView):
 
 
 def _refused(exc):
-    return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if "retry_after_seconds" in exc.details:  # a busy model server (admission control): when to try again
+        response["Retry-After"] = str(exc.details["retry_after_seconds"])
+    return response

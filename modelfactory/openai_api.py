@@ -21,6 +21,7 @@ from modelfactory import openai_params, openai_tools, selectors, services
 from modelfactory.models import Inference, TrainedModel
 
 logger = logging.getLogger(__name__)
+timing_logger = logging.getLogger("modelfactory.timing")  # per-answer hop times (bench/bench_live_serving.py)
 
 KNOWN_PATHS = ("/v1/chat/completions", "/v1/models")
 
@@ -82,7 +83,10 @@ def _refused(exc: services.ServingRefused) -> JsonResponse:
         response["Retry-After"] = str(QUOTA_RETRY_SECONDS)
         response["X-Should-Retry"] = "false"  # the openai SDK otherwise retries a 429 on its own
         return response
-    return JsonResponse(openai_error(exc.message, status=exc.status, code=exc.code, param=param), status=exc.status)
+    response = JsonResponse(openai_error(exc.message, status=exc.status, code=exc.code, param=param), status=exc.status)
+    if "retry_after_seconds" in exc.details:  # a busy model server: the SDK waits this long and retries on its own
+        response["Retry-After"] = str(exc.details["retry_after_seconds"])
+    return response
 
 
 def _invalid(message: str, param: str) -> JsonResponse:
@@ -205,11 +209,14 @@ def relay(inference: Inference, *, on_delta, on_done, on_error, on_end=None):
     held = 0  # deltas received but not yet written
     last_write = 0  # deltas carried by the last chunk written
     finished = False
+    lags: list[float] = []  # worker's send -> read here, per delta (the broker-free hop back)
     try:
         channel = services.inference_channel(inference.pk)
         for event in services.inference_events(channel=channel, inference_id=inference.pk):
             kind = event["type"]
             if kind == "delta":
+                if "t" in event:
+                    lags.append(time.time() - event["t"])
                 held += 1
                 chunk = on_delta(event["text"])
                 if chunk is not None:
@@ -230,6 +237,10 @@ def relay(inference: Inference, *, on_delta, on_done, on_error, on_end=None):
     finally:
         if not finished:
             services.inference_stream_ack(inference_id=inference.pk, delivered=delivered - last_write, cancelled=True)
+        if lags:
+            timing = {"inference": inference.pk, "delta_lag_ms_mean": round(1000 * sum(lags) / len(lags)),
+                      "delta_lag_ms_max": round(1000 * max(lags)), "deltas": len(lags)}  # fmt: skip
+            timing_logger.info("web %s", json.dumps(timing))
 
 
 def _stream_chunks(inference: Inference, *, include_usage: bool):

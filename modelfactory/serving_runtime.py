@@ -32,7 +32,9 @@ def batcher_for(base_path: str) -> Batcher:
             warm = WarmModel.get(base_path, device=_device())
             adapters = AdapterCache(warm, max_adapters=settings.MF_ADAPTER_CACHE_SIZE)
             engine = Engine(warm, adapters, max_new_tokens_cap=ENGINE_MAX_NEW_TOKENS)
-            batcher = Batcher(engine, window_ms=settings.MF_BATCH_WINDOW_MS, max_batch_size=16)
+            batcher = Batcher(
+                engine, window_ms=settings.MF_BATCH_WINDOW_MS, max_batch_size=settings.MF_INFERENCE_BATCH_SIZE
+            )
             _batchers[base_path] = batcher
         return batcher
 

@@ -1,20 +1,31 @@
 """The channel between an inference worker and the web process that waits for its answer.
 
-It lives in the Django cache (a folder of files by default, Redis in CI/production; both are shared by every process
-on the machine or cluster). One writer (the worker) appends numbered events; one reader (the web process) reads them
-in order and, when it is done or its client went away, writes an acknowledgement saying how many text deltas reached
-the client. Events: {"type": "started"}, {"type": "delta", "text"}, {"type": "done", ...usage},
-{"type": "error", "code", "message"}."""
+One writer (the worker) appends events in order; one reader (the web process) reads them in order and, when it is
+done or its client went away, writes an acknowledgement saying how many text deltas reached the client. Events:
+{"type": "started"}, {"type": "delta", "text", "t"}, {"type": "done", ...usage}, {"type": "error", "code", "message"}.
+
+Where the events travel depends on CACHE_URL (every process on the machine or cluster shares it):
+- redis://: a Redis stream per answer; the reader blocks on XREAD and wakes when an event arrives (no polling).
+- file:// (the embedded default of `make run`): an append-only file per answer next to the file cache; the reader
+  keeps it open and reads what was appended, every POLL_SECONDS (one read of an open file, not a cache lookup that
+  opens, unpickles and, for each write, lists the whole cache folder as the cache's culling does).
+- anything else (locmem in tests): numbered keys in the Django cache, polled.
+The acknowledgement and the Stop button's count are single keys in the Django cache in every case."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+from django.conf import settings
 from django.core.cache import caches
 
 TTL_SECONDS = 900  # a channel nobody reads to the end (a dead web process) expires; normally the reader deletes it
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.02  # the cache transport's polling (an open file is read every FILE_POLL_SECONDS)
+FILE_POLL_SECONDS = 0.005
 
 
 def _cache():
@@ -25,6 +36,59 @@ def _key(channel: str, part: str | int) -> str:
     return f"mf:stream:{channel}:{part}"
 
 
+def _transport() -> str:
+    url = settings.CACHE_URL
+    if settings.MF_STREAM_TRANSPORT == "cache":
+        return "cache"
+    if url.startswith(("redis://", "rediss://")):
+        return "redis"
+    return "file" if url.startswith("file://") else "cache"
+
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, object] = {}
+
+
+def _redis():
+    """One client (a thread-safe connection pool) per process and URL."""
+    import redis  # only where CACHE_URL is redis://
+
+    url = settings.CACHE_URL
+    with _redis_lock:
+        client = _redis_clients.get(url)
+        if client is None:
+            client = _redis_clients[url] = redis.Redis.from_url(url)
+        return client
+
+
+def _redis_key(channel: str) -> str:
+    return f"streams:mf:events:{channel}"
+
+
+def _file(channel: str) -> Path:
+    folder = Path(settings.CACHES["streams"]["LOCATION"]) / "events"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{channel}.jsonl"
+
+
+_expired_at = [0.0]
+
+
+def _expire_files() -> None:
+    """Deletes event files untouched for TTL_SECONDS (their reader left before the end), at most once a minute per
+    process; the reader deletes the others when it has read the last event."""
+    now = time.time()
+    if now - _expired_at[0] < 60:
+        return
+    _expired_at[0] = now
+    for path in _file("x").parent.glob("*.jsonl"):
+        try:
+            if now - path.stat().st_mtime > TTL_SECONDS:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 class Publisher:
     """The worker's end: appends events in order."""
 
@@ -33,7 +97,20 @@ class Publisher:
         self.seq = 0
 
     def publish(self, event: dict) -> None:
-        _cache().set(_key(self.channel, self.seq), event, TTL_SECONDS)
+        transport = _transport()
+        if transport == "redis":
+            key = _redis_key(self.channel)
+            pipe = _redis().pipeline(transaction=False)
+            pipe.xadd(key, {"e": json.dumps(event)})
+            pipe.expire(key, TTL_SECONDS)  # every time: a reader that left early deleted nothing
+            pipe.execute()
+        elif transport == "file":
+            if self.seq == 0:
+                _expire_files()
+            with open(_file(self.channel), "a", encoding="utf-8") as log:  # one line, appended whole
+                log.write(json.dumps(event) + "\n")
+        else:
+            _cache().set(_key(self.channel, self.seq), event, TTL_SECONDS)
         self.seq += 1
 
     def ack(self) -> dict | None:
@@ -58,27 +135,89 @@ class ChannelTimeout(Exception):
 
 
 def read(channel: str, *, start_timeout: float, timeout: float) -> Iterator[dict]:
-    """Yields events until `done` or `error` (included; the channel's keys are deleted then). Raises ChannelTimeout
-    if the worker does not start within `start_timeout` seconds or the whole answer takes longer than `timeout`."""
-    seq = 0
+    """Yields events until `done` or `error` (included; the channel is deleted then). Raises ChannelTimeout if the
+    worker does not start within `start_timeout` seconds or the whole answer takes longer than `timeout`."""
+    reader = {"redis": _read_redis, "file": _read_file}.get(_transport(), _read_cache)
     began = time.monotonic()
     started = False
+
+    def time_left() -> float:
+        """Seconds left to wait for the next event; raises ChannelTimeout once there are none."""
+        waited = time.monotonic() - began
+        left = min(timeout - waited, timeout if started else start_timeout - waited)
+        if left <= 0:
+            raise ChannelTimeout(started)
+        return left
+
+    events = reader(channel, time_left)
+    try:
+        for event in events:
+            started = True
+            if event["type"] in ("done", "error"):  # the reader deleted the channel's events
+                _cache().delete_many([_key(channel, "ack"), _key(channel, "shown")])
+                yield event
+                return
+            yield event
+    finally:
+        events.close()
+
+
+def _last(event: dict) -> bool:
+    return event["type"] in ("done", "error")
+
+
+def _read_cache(channel: str, time_left) -> Iterator[dict]:
+    seq = 0
     while True:
         event = _cache().get(_key(channel, seq))
         if event is None:
-            waited = time.monotonic() - began
-            if waited > timeout or (not started and waited > start_timeout):
-                raise ChannelTimeout(started)
-            time.sleep(POLL_SECONDS)
+            time.sleep(min(POLL_SECONDS, time_left()))
             continue
         seq += 1
-        started = True
-        if event["type"] in ("done", "error"):
-            ends = [_key(channel, "ack"), _key(channel, "shown")]
-            _cache().delete_many([_key(channel, n) for n in range(seq)] + ends)
-            yield event
-            return
+        if _last(event):
+            _cache().delete_many([_key(channel, n) for n in range(seq)])
         yield event
+
+
+def _read_file(channel: str, time_left) -> Iterator[dict]:
+    path = _file(channel)
+    log = None
+    pending = b""
+    try:
+        while True:
+            if log is None:
+                try:
+                    log = open(path, "rb")  # noqa: SIM115 (read as it grows; closed below)
+                except FileNotFoundError:
+                    time.sleep(min(FILE_POLL_SECONDS, time_left()))
+                    continue
+            chunk = log.read()
+            if not chunk:
+                time.sleep(min(FILE_POLL_SECONDS, time_left()))
+                continue
+            *lines, pending = (pending + chunk).split(b"\n")  # a line still being written stays for the next read
+            for line in lines:
+                event = json.loads(line)
+                if _last(event):
+                    path.unlink(missing_ok=True)
+                yield event
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _read_redis(channel: str, time_left) -> Iterator[dict]:
+    key = _redis_key(channel)
+    last = "0-0"
+    while True:
+        block = max(1, int(min(time_left(), 1.0) * 1000))  # wake at least every second to check the time
+        for _, entries in _redis().xread({key: last}, count=256, block=block) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                event = json.loads(fields[b"e"])
+                if _last(event):
+                    _redis().delete(key)
+                yield event
 
 
 def acknowledge(channel: str, *, delivered: int, cancelled: bool) -> None:

@@ -360,7 +360,10 @@ def playground(request, slug: str):
 
 
 def _json_error(exc) -> JsonResponse:
-    return JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    response = JsonResponse(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if "retry_after_seconds" in exc.details:
+        response["Retry-After"] = str(exc.details["retry_after_seconds"])
+    return response
 
 
 @login_required

@@ -21,11 +21,14 @@ pids+=($!)
 # Ingest, attribution and settlement.
 "$VENV/bin/celery" -A config worker -Q default -c 2 -n "main@%h" --loglevel=INFO &
 pids+=($!)
-# Inference: threads, so that concurrent requests share one warm model and are batched into one forward pass.
-"$VENV/bin/celery" -A config worker -Q inference -P threads -c 16 -n "inference@%h" --loglevel=INFO &
+# Inference: threads, so that concurrent requests share one warm model and are batched into one forward pass; one
+# thread per place in the batch (MF_INFERENCE_BATCH_SIZE, from the environment or .env; default 16).
+threads="${MF_INFERENCE_BATCH_SIZE:-$(sed -n 's/^MF_INFERENCE_BATCH_SIZE=\([0-9][0-9]*\)[[:space:]]*$/\1/p' .env 2>/dev/null | tail -n 1)}"
+"$VENV/bin/celery" -A config worker -Q inference -P threads -c "${threads:-16}" -n "inference@%h" --loglevel=INFO &
 pids+=($!)
-"$VENV/bin/python" manage.py runserver 127.0.0.1:8000 &
+addr="${MF_RUN_ADDR:-127.0.0.1:8000}"
+"$VENV/bin/python" manage.py runserver "$addr" &
 pids+=($!)
 
-echo "ModelFactory is starting on http://127.0.0.1:8000 (Ctrl-C stops everything)."
+echo "ModelFactory is starting on http://$addr (Ctrl-C stops everything)."
 wait -n "${pids[@]}"

@@ -165,3 +165,55 @@ def test_broker_down_fails_fast_with_one_quick_reconnect(tmp_path):
         "interval_max": 0.2,
     }
     assert seen["result_store_connect_timeout"] == 1.0
+
+
+def test_workers_that_do_not_serve_answers_run_at_lower_priority(tmp_path):
+    """MF_BACKGROUND_NICE: attribution, settlement, ingest and training yield the cores to the inference worker."""
+    from config.celery import background_nice
+
+    assert background_nice(["default"], 10) == 10
+    assert background_nice(["gpu"], 7) == 7
+    assert background_nice(["default", "inference"], 10) == 0
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL")
+    }
+    env |= {"MF_VAR_DIR": str(tmp_path), "MF_BACKGROUND_NICE": "5"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    background, serving = _start_worker(env, queues="default"), _start_worker(env, queues="inference")
+    try:
+        for queue in ("default", "inference"):  # a round trip: both workers are set up
+            subprocess.run(
+                [sys.executable, "manage.py", "shell", "-c", "from core.tasks import health_ping_task as t; "
+                 f"t.apply_async(args=['x'], queue='{queue}', routing_key='{queue}').get(timeout=60)"],
+                cwd=ROOT, env=env, check=True, capture_output=True, timeout=120,
+            )  # fmt: skip
+        assert os.getpriority(os.PRIO_PROCESS, background.pid) == min(19, base + 5)
+        assert os.getpriority(os.PRIO_PROCESS, serving.pid) == base
+    finally:
+        _stop(background)
+        _stop(serving)
+
+
+def test_the_embedded_broker_never_shows_a_consumer_half_a_message(tmp_path, monkeypatch):
+    """kombu's own filesystem transport opens `<name>.msg` and then writes it: a worker that took the file in between
+    read it empty and died (JSONDecodeError). Ours writes `.tmp` and renames it into place."""
+    import kombu
+
+    from core import broker
+
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)}
+    seen_while_writing = []
+    real_dumps = broker.dumps
+
+    def dumps_and_look(payload):
+        seen_while_writing.extend(os.listdir(tmp_path))  # the file being written exists now
+        return real_dumps(payload)
+
+    monkeypatch.setattr(broker, "dumps", dumps_and_look)
+    with kombu.Connection("filesystem://", transport_options=options) as connection:
+        assert isinstance(connection.transport, broker.Transport)
+        channel = connection.channel()
+        channel._put("inference", {"body": "hello"})
+        assert [name.endswith(".inference.msg") for name in seen_while_writing] == [False]
+        assert [name.endswith(".inference.msg") for name in os.listdir(tmp_path)] == [True]
+        assert channel._get("inference") == {"body": "hello"}

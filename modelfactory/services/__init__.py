@@ -52,6 +52,7 @@ from modelfactory.services.finetune_jobs import (
 from modelfactory.services.finetune_worker import PHASE_MESSAGES, finetune_run, trained_model_create_from_job
 from modelfactory.services.inference_requests import (
     UNREACHABLE,
+    inference_admit,
     inference_start,
     inference_worker_alive,
     model_servable,
@@ -135,6 +136,7 @@ __all__ = [
     "inference_stream_ack",
     "inference_stream_stop",
     "inference_wait",
+    "inference_admit",
     "inference_worker_alive",
     "model_servable",
     "trained_model_create_from_job",

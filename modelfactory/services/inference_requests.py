@@ -111,12 +111,37 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _inference_workers() -> int:
+    """Live workers listening on the inference queue (1 when generation runs in-process, in tests)."""
+    if settings.MF_INFERENCE_INLINE:
+        return 1
+    fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
+    return sum("inference" in w.queues for w in WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after))
+
+
 def inference_worker_alive() -> bool:
     """Whether a live worker listens on the inference queue (or generation runs in-process, in tests)."""
-    if settings.MF_INFERENCE_INLINE:
-        return True
-    fresh_after = timezone.now() - timedelta(seconds=settings.MF_WORKER_STALE_SECONDS)
-    return any("inference" in w.queues for w in WorkerHeartbeat.objects.filter(last_seen__gte=fresh_after))
+    return _inference_workers() > 0
+
+
+def inference_admit(*, workers: int) -> None:
+    """Admission control: ServingRefused (429, Retry-After) when MF_INFERENCE_QUEUE_MAX answers or more already wait
+    for a place in a batch, counting every answer not finished yet beyond the MF_INFERENCE_BATCH_SIZE each of the
+    `workers` live inference workers generates at once. Answers older than the inference timeout are not counted
+    (the sweep fails them). Calls that arrive together may each see the last free place: the bound is a ceiling on
+    waiting, give or take those."""
+    since = timezone.now() - timedelta(seconds=settings.MF_INFERENCE_TIMEOUT_SECONDS)
+    in_flight = Inference.objects.filter(status=Inference.Status.PENDING, created_at__gte=since).count()
+    waiting = in_flight - workers * settings.MF_INFERENCE_BATCH_SIZE
+    if waiting >= settings.MF_INFERENCE_QUEUE_MAX:
+        retry_after = settings.MF_INFERENCE_RETRY_AFTER_SECONDS
+        raise ServingRefused(
+            "The model server is busy with other answers right now. Nothing was generated and nothing was "
+            f"charged; try again in {retry_after} second{'' if retry_after == 1 else 's'}.",
+            code="server_busy",
+            status=429,
+            details={"retry_after_seconds": retry_after},
+        )
 
 
 def model_servable(*, user, slug: str) -> TrainedModel:
@@ -167,8 +192,10 @@ def inference_start(
         context=model.base_model.context_length,
         policy=policy,
     )
-    if not inference_worker_alive():
+    workers = _inference_workers()
+    if not workers:
         raise ServingRefused(UNREACHABLE, code="server_unreachable", status=503)
+    inference_admit(workers=workers)
     parameters = {"max_new_tokens": max_new_tokens, "temperature": float(temperature), "top_p": top_p, "stream": stream,
                   **controls}  # fmt: skip
     return _create_with_hold(

@@ -22,6 +22,7 @@ from modelfactory.models import Inference
 from modelfactory.services.publishing import fee_for_tokens
 
 logger = logging.getLogger(__name__)
+timing_logger = logging.getLogger("modelfactory.timing")
 
 
 def _channel(inference_id: int) -> str:
@@ -44,14 +45,20 @@ class _ClientGone(Exception):
     """Raised from the delta callback when the streaming client has gone: the engine cancels that answer."""
 
 
-def _delta_sink(publisher: streams.Publisher, *, stream: bool, deltas: list[str]) -> Callable[[str], None]:
-    """The engine's on_delta: keeps each text delta, publishes it, and (streamed answers) checks every 50 ms
-    whether the web side says the client went away."""
+def _delta_sink(
+    publisher: streams.Publisher, *, stream: bool, deltas: list[str], first: list[float]
+) -> Callable[[str], None]:
+    """The engine's on_delta: keeps each text delta, publishes it (with the time it was sent, for the web side's
+    timing of the hop), and (streamed answers) checks every 50 ms whether the web side says the client went away.
+    `first` gets the time of the first delta."""
     last_check = [time.monotonic()]
 
     def on_delta(text: str) -> None:
         deltas.append(text)
-        publisher.publish({"type": "delta", "text": text})
+        now = time.time()
+        if not first:
+            first.append(now)
+        publisher.publish({"type": "delta", "text": text, "t": now})
         now = time.monotonic()
         if stream and now - last_check[0] >= 0.05:
             last_check[0] = now
@@ -84,6 +91,7 @@ def inference_generate(*, inference_id: int) -> str:
     from modelfactory import serving_runtime  # torch: only the inference worker loads the model
     from modelfactory.serving import GenerationRequest  # torch, as above
 
+    picked_up = time.time()
     inference = Inference.objects.select_related("model_version", "model__base_model").get(pk=inference_id)
     if inference.status != Inference.Status.PENDING:
         return inference.status  # the web process gave up on it (timeout): nothing to do
@@ -92,7 +100,8 @@ def inference_generate(*, inference_id: int) -> str:
     params = inference.parameters
     stream = bool(params.get("stream"))
     deltas: list[str] = []
-    on_delta = _delta_sink(publisher, stream=stream, deltas=deltas)
+    first: list[float] = []
+    on_delta = _delta_sink(publisher, stream=stream, deltas=deltas, first=first)
     began = time.monotonic()
     try:
         batcher = serving_runtime.batcher_for(inference.model.base_model.path)
@@ -115,6 +124,7 @@ def inference_generate(*, inference_id: int) -> str:
         publisher.publish({"type": "error", "code": code, "message": message})
         return Inference.Status.FAILED
     latency_ms = int((time.monotonic() - began) * 1000)
+    _log_timing(inference, picked_up=picked_up, first=first[0] if first else None, tokens=len(result.token_ids))
     text, token_ids, finish_reason = result.text, list(result.token_ids), result.finish_reason
     if stream:
         text, token_ids, finish_reason = _delivered_part(
@@ -128,6 +138,26 @@ def inference_generate(*, inference_id: int) -> str:
         finish_reason=finish_reason,
         latency_ms=latency_ms,
         logprobs=None if result.logprobs is None else list(result.logprobs[: len(token_ids)]),
+    )
+
+
+def _log_timing(inference: Inference, *, picked_up: float, first: float | None, tokens: int) -> None:
+    """One line per answer on the `modelfactory.timing` logger: where its time went on the worker's side, in ms.
+    queue: the row's creation to this worker taking the job (commit, enqueue, broker, a free thread); first_token:
+    then to the first text delta (waiting for a place in the batch, prefill, first decode step); generate: first to
+    last token."""
+    now = time.time()
+    timing_logger.info(
+        "worker %s",
+        json.dumps(
+            {
+                "inference": inference.pk,
+                "queue_ms": round((picked_up - inference.created_at.timestamp()) * 1000),
+                "first_token_ms": round(((first or now) - picked_up) * 1000),
+                "generate_ms": round((now - (first or now)) * 1000),
+                "tokens": tokens,
+            }
+        ),
     )
 
 

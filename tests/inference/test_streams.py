@@ -1,5 +1,8 @@
 """The worker -> web channel in the cache: order, the reader's acknowledgement, clean-up and timeouts."""
 
+import threading
+import time
+
 import pytest
 from django.core.cache import caches
 
@@ -26,4 +29,64 @@ def test_no_worker_and_a_stalled_worker_time_out():
     streams.Publisher("t3").publish({"type": "started"})
     with pytest.raises(streams.ChannelTimeout) as caught:
         list(streams.read("t3", start_timeout=0.1, timeout=0.3))
+    assert caught.value.started is True
+
+
+@pytest.fixture(params=["file", "redis", "cache"])
+def transport(request, settings, tmp_path):
+    """Each way the events can travel (streams._transport): the same reader and writer semantics."""
+    if request.param == "redis":
+        import redis
+
+        url = "redis://127.0.0.1:6379/4"
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        except redis.ConnectionError:
+            pytest.skip("no Redis at 127.0.0.1:6379")
+        settings.CACHE_URL = url
+    elif request.param == "file":
+        settings.CACHE_URL = f"file://{tmp_path}/cache"
+        settings.CACHES = {**settings.CACHES, "streams": {**settings.CACHES["streams"],
+                           "LOCATION": str(tmp_path / "cache-streams")}}  # fmt: skip
+    else:
+        settings.MF_STREAM_TRANSPORT = "cache"
+    assert streams._transport() == request.param
+    return request.param
+
+
+def test_every_transport_keeps_order_waits_and_cleans_up(transport, tmp_path):
+    channel = f"tr-{transport}-{tmp_path.name}"
+    publisher = streams.Publisher(channel)
+    got = []
+
+    def write_later():
+        time.sleep(0.2)  # the reader is already waiting
+        for n in range(50):
+            publisher.publish({"type": "delta", "text": f"{n},"})
+        publisher.publish({"type": "done", "completion_tokens": 50})
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    publisher.publish({"type": "started"})
+    for event in streams.read(channel, start_timeout=5, timeout=10):
+        got.append(event)
+    writer.join()
+    assert [e["type"] for e in got] == ["started"] + ["delta"] * 50 + ["done"]
+    assert "".join(e.get("text", "") for e in got) == "".join(f"{n}," for n in range(50))
+    if transport == "file":
+        assert not streams._file(channel).exists()
+    elif transport == "redis":
+        assert streams._redis().exists(streams._redis_key(channel)) == 0
+    else:
+        assert caches["streams"].get(f"mf:stream:{channel}:0") is None
+
+
+def test_every_transport_times_out(transport, tmp_path):
+    with pytest.raises(streams.ChannelTimeout) as caught:
+        list(streams.read(f"none-{transport}-{tmp_path.name}", start_timeout=0.1, timeout=5))
+    assert caught.value.started is False
+    stalled = f"stalled-{transport}-{tmp_path.name}"
+    streams.Publisher(stalled).publish({"type": "started"})
+    with pytest.raises(streams.ChannelTimeout) as caught:
+        list(streams.read(stalled, start_timeout=0.1, timeout=0.3))
     assert caught.value.started is True
