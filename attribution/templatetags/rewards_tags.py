@@ -33,4 +33,5 @@ def split_policy() -> dict:
 def datanet_pool(datanet) -> dict:
     """{% datanet_pool datanet %}: the datanet's pool (balance, where it came from, the latest entries) and what it
     is for; the page shows it to the datanet's owner and curators."""
-    return {"pool": ledger_selectors.datanet_pool(datanet_id=datanet.pk, recent=5), "purpose": POOL_PURPOSE, "slug": datanet.slug}
+    pool = ledger_selectors.datanet_pool(datanet_id=datanet.pk, recent=5)
+    return {"pool": pool, "purpose": POOL_PURPOSE, "slug": datanet.slug}
