@@ -335,6 +335,8 @@ SPECTACULAR_SETTINGS = {
         "ModelVisibilityEnum": "modelfactory.models.TrainedModel.Visibility",
         "ExportStatusEnum": "modelfactory.models.ModelExport.Status",
         "RecordStatusEnum": "datanets.models.Record.Status",
+        "KindEnum": "datanets.models.Datanet.Kind",  # the datanet kind keeps its name beside the pool entry kind
+        "PoolEntryKindEnum": [("earning_forfeit", "Earnings forfeited"), ("bond_slash", "Bond forfeited")],
     },
 }
 
