@@ -214,3 +214,13 @@ def test_postgresql_refuses_moving_a_pool_to_another_datanet(people):
     with pytest.raises(IntegrityError, match="cannot change owner, role, shard, datanet"), transaction.atomic():
         Account.objects.filter(pk=pool).update(datanet_id=8)
     assert Account.objects.get(pk=pool).datanet_id == 7
+
+
+def test_staff_see_each_datanets_pool_in_the_admin(people, client, cast):
+    _settle(people, "s1")
+    earnings_forfeit_contribution(contribution_id=21, reason="harmful")
+    client.force_login(cast.staff)
+    page = client.get("/admin/ledger/account/", {"role__exact": "datanet_pool"}).content.decode()
+    assert '<td class="field-datanet_display">datanet 6</td>' in page and "0.350000" in page
+    found = client.get("/admin/ledger/account/", {"q": "6"}).content.decode()
+    assert "datanet 6" in found
