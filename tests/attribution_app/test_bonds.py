@@ -232,3 +232,15 @@ def test_the_api_rejects_as_spam_or_not_a_fit_and_refuses_other_grounds(
     assert Account.objects.get(owner=erin).balance == 2 * CREDIT
     assert Account.objects.get(role=Account.Role.DATANET_POOL, datanet_id=bonded.pk).balance == CREDIT
     ledger_verify()
+
+
+def test_the_admin_lists_the_grounds_and_does_not_let_staff_change_them(bonded, cast, client):
+    frank = UserFactory(username="frank-b")
+    ledger.credit_grant(user_id=frank.pk, amount_micro=CREDIT, granted_by=cast.staff, memo="test")
+    contribution = _waiting(bonded, frank)
+    datanets.contribution_reject(contribution=contribution, curator=cast.owner, reason="Ads", grounds="spam")
+    client.force_login(cast.staff)
+    listing = client.get("/admin/datanets/contribution/", {"rejected_as__exact": "spam"}).content.decode()
+    assert f">{contribution.pk}</a>" in listing and '<td class="field-rejected_as">Spam</td>' in listing
+    form = client.get(f"/admin/datanets/contribution/{contribution.pk}/change/").content.decode()
+    assert 'name="rejected_as"' not in form and "Spam" in form
