@@ -6,15 +6,21 @@ from rest_framework.views import APIView
 
 from attribution import selectors
 from attribution.models import Attribution
+from attribution.selectors import POOL_PURPOSE
 from attribution.serializers import (
     AttributionSerializer,
+    DatanetPoolSerializer,
     FindingRequestSerializer,
     FindingSerializer,
     ReceiptSerializer,
     ReputationSerializer,
 )
 from core.api import created
+from datanets.models import Datanet
+from datanets.selectors import datanet_can_curate, datanet_get_visible
 from ledger.calc.money import format_credits
+from ledger.models import CURRENCY
+from ledger.selectors import datanet_pool
 
 
 def attribution_payload(attribution: Attribution, *, user) -> dict:
@@ -95,6 +101,33 @@ class DatanetReputationView(APIView):
             raise exceptions.PermissionDenied("Only the datanet's owner and curators see its contributors' reputation.")
         rows = [{**r.__dict__, "low": r.low} for r in datanet_reputations(datanet=datanet)]
         return Response(ReputationSerializer(rows, many=True).data)
+
+
+class DatanetPoolView(APIView):
+    """The datanet's pool: forfeited earnings and slashed bonds, with the latest entries (owner and curators)."""
+
+    @extend_schema(responses={200: DatanetPoolSerializer}, operation_id="datanet_pool")
+    def get(self, request, slug: str):
+        try:
+            datanet = datanet_get_visible(user=request.user, slug=slug)
+        except Datanet.DoesNotExist:
+            raise exceptions.NotFound("No such datanet.") from None
+        if not datanet_can_curate(user=request.user, datanet=datanet):
+            raise exceptions.PermissionDenied("Only the datanet's owner and curators see its pool.")
+        pool = datanet_pool(datanet_id=datanet.pk, recent=20)
+        entries = [{**entry, "amount": format_credits(entry["amount"])} for entry in pool["entries"]]
+        data = {
+            "datanet": datanet.slug,
+            "currency": CURRENCY,
+            "balance": format_credits(pool["balance"]),
+            "forfeited": format_credits(pool["forfeited"]),
+            "forfeits": pool["forfeits"],
+            "slashed": format_credits(pool["slashed"]),
+            "slashes": pool["slashes"],
+            "entries": entries,
+            "purpose": POOL_PURPOSE,
+        }
+        return Response(DatanetPoolSerializer(data).data)
 
 
 class ContributionFindingView(APIView):

@@ -101,9 +101,36 @@ def farmer_rows(n: int = FARMER_ROWS) -> list[tuple[str, str]]:
             for i in range(1, n + 1)]  # fmt: skip
 
 
+# --farmer: the datanet's money terms, and two uploads a curator rejects, one on each ground.
+FARMER_HOLDING_DAYS = 7
+FARMER_BOND_MICRO = 500_000
+BOND_CREDIT_MICRO = 1_000_000  # what each contributor is given to post the bond
+REJECTED_UPLOADS = {
+    "demo_spammer": (
+        "spam",
+        "Advertising, not gardening answers.",
+        [
+            ("Where can I buy cheap seeds?", "Visit the best seed shop online today for huge discounts on every seed."),
+            ("What is the best seed shop?", "The best seed shop online has the lowest prices; order now and save."),
+        ],
+    ),
+    "demo_dave": (
+        "not_a_fit",
+        "About cars, not the kitchen garden.",
+        [
+            ("How often do I check tyre pressure?", "Check tyre pressure once a month, with the tyres cold."),
+            ("When do I change winter tyres?", "Fit winter tyres when it stays below 7 °C."),
+        ],
+    ),
+}
+
+
 def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) -> dict:
     """Runs the chain; returns the figures it printed (for tests). farmer: a fourth contributor uploads
-    FARMER_ROWS rows nobody asks about, and the payouts under settle-1 and settle-2 are compared at the end."""
+    FARMER_ROWS rows nobody asks about, and the payouts under settle-1 and settle-2 are compared at the end; the
+    datanet also holds earnings FARMER_HOLDING_DAYS days and asks a bond per upload, two more uploads are rejected
+    (one as spam: its bond goes to the datanet's pool; one as not a fit: its bond goes back), and each contributor's
+    pending and available credit, the bonds and the pool are shown."""
     from datanets import services as datanets
     from modelfactory.models import FineTuneJob
 
@@ -113,7 +140,9 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
     curator.user_permissions.add(Permission.objects.get(content_type__app_label="ledger", codename="grant_credit"))
     caller = _user("demo_caller")
     uploads = {**CONTRIBUTORS, **({FARMER: farmer_rows()} if farmer else {})}
+    rejected = {name: rows for name, (_, _, rows) in REJECTED_UPLOADS.items()} if farmer else {}
     contributors = {name: _user(name) for name in uploads}
+    uploaders = {**contributors, **{name: _user(name) for name in rejected}}
 
     say("1. A curator creates a datanet; three contributors upload (one file has bad rows).")
     datanet = datanets.datanet_create(
@@ -124,13 +153,15 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
         tags=["demo"],
         policy="approval",
     )
-    for name, pairs in uploads.items():
+    if farmer:
+        datanet = _money_terms(datanet=datanet, curator=curator, uploaders=uploaders, run=run, say=say)
+    for name, pairs in {**uploads, **rejected}.items():
         lines = [json.dumps({"instruction": q, "output": a}, ensure_ascii=False) for q, a in pairs]
         if name == "demo_carol":
             lines += CAROL_BAD_LINES
         upload = ContentFile(("\n".join(lines) + "\n").encode(), name=f"{name}.jsonl")
         contribution = datanets.contribution_create(
-            datanet=datanet, contributor=contributors[name], upload=upload, enqueue=False
+            datanet=datanet, contributor=uploaders[name], upload=upload, enqueue=False
         )
         contribution = datanets.contribution_ingest(contribution_id=contribution.pk)
         report = contribution.report
@@ -142,6 +173,12 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
             say(f"      line {error['line']}: {error['reason']}")
 
     say("2. The curator reviews the contributions and publishes version 1.")
+    for name, (grounds, reason, _) in REJECTED_UPLOADS.items() if farmer else ():
+        contribution = datanet.contributions.get(contributor=uploaders[name], status="needs_review")
+        contribution = datanets.contribution_reject(
+            contribution=contribution, curator=curator, reason=reason, grounds=grounds
+        )
+        say(f"   {name}: rejected as {contribution.get_rejected_as_display().lower()} ({reason})")
     for contribution in datanet.contributions.filter(status="needs_review"):
         datanets.contribution_approve(contribution=contribution, curator=curator, note="Checked by the demo.")
     version = datanets.version_publish(datanet=datanet, actor=curator, notes="Demo version")
@@ -180,8 +217,10 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
         balances[user.username] = wallet_summary(user=user)["available"]
         say(f"   {user.username:<14} {_credits(balances[user.username]):>14} credits")
 
+    money = {}
     if farmer:
         _compare_rules(answers=answers, contributors=contributors, say=say)
+        money = _show_money(datanet=datanet, uploaders=uploaders, say=say)
     say("7. ledger_verify recomputes every sum, balance, hash and checkpoint:")
     from io import StringIO
 
@@ -206,7 +245,57 @@ def demo_run(*, tiny: bool, say: Callable[[str], None], farmer: bool = False) ->
         "balances": balances,
         "model": trained.slug,
         "verified": verified,
+        **money,
     }
+
+
+def _money_terms(*, datanet, curator, uploaders: dict, run: str, say):
+    """--farmer: the datanet holds earnings and asks a bond; each uploader is given the credit to post it. Returns
+    the datanet as updated (uploads read its bond from it)."""
+    from datanets import services as datanets
+    from ledger.services import credit_grant
+
+    datanet = datanets.datanet_update(
+        datanet=datanet, actor=curator, holding_days=FARMER_HOLDING_DAYS, bond_micro=FARMER_BOND_MICRO
+    )
+    for name, user in uploaders.items():
+        credit_grant(user_id=user.pk, amount_micro=BOND_CREDIT_MICRO, granted_by=curator, key=f"demo-{run}-bond-{name}")
+    say(
+        f"   The datanet holds contributors' earnings for {FARMER_HOLDING_DAYS} days and asks a bond of "
+        f"{_credits(FARMER_BOND_MICRO)} credits per upload; each uploader is given {_credits(BOND_CREDIT_MICRO)} "
+        "credits to post it. Two more people upload: rows the curator will reject."
+    )
+    return datanet
+
+
+def _show_money(*, datanet, uploaders: dict, say) -> dict:
+    """--farmer: each uploader's available and pending credit, the bonds, and the datanet's pool."""
+    from ledger.models import Bond
+    from ledger.selectors import datanet_pool, wallet_summary
+
+    say(f"   Earnings from this datanet wait {FARMER_HOLDING_DAYS} days (pending) before they can be withdrawn:")
+    pending = {}
+    for name, user in uploaders.items():
+        wallet = wallet_summary(user=user)
+        pending[name] = (wallet["available"], wallet["earnings_pending"])
+        until = wallet["earnings_next_release_at"]
+        when = f" (the first on {until:%d %b %Y})" if until else ""
+        available, held = _credits(wallet["available"]), _credits(wallet["earnings_pending"])
+        say(f"   {name:<14} available {available:>10}  pending {held:>10}{when}")
+    say("   Bonds:")
+    bonds = {}
+    users = {user.pk: name for name, user in uploaders.items()}
+    for bond in Bond.objects.filter(datanet_id=datanet.pk).order_by("pk"):
+        name = users.get(bond.user_id, str(bond.user_id))
+        bonds[name] = (bond.amount, bond.status)
+        why = f": {bond.reason}" if bond.reason else ""
+        say(f"   {name:<14} {_credits(bond.amount):>10}  {bond.get_status_display().lower()}{why}")
+    pool = datanet_pool(datanet_id=datanet.pk)
+    say(
+        f"   The datanet's pool: {_credits(pool['balance'])} credits ({pool['forfeits']} forfeited earning(s), "
+        f"{pool['slashes']} forfeited bond(s)); it is kept for the datanet's curation, nothing pays out of it yet."
+    )
+    return {"pending": pending, "bonds": bonds, "pool": pool["balance"]}
 
 
 def _base_model(*, tiny: bool, say):

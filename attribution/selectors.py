@@ -18,6 +18,13 @@ from attribution.services.settlement import RETRIEVAL_PART
 from ledger.calc.money import format_credits, format_credits_short
 from ledger.calc.split import sub_part_amounts, to_fraction
 
+# What a datanet's pool is for, in the words the datanet page and the API show.
+POOL_PURPOSE = (
+    "Money forfeited by uploads a curator confirmed harmful (their earnings still under review) and the bonds of "
+    "uploads rejected as spam or confirmed harmful, kept for this datanet's curation. Nothing is paid out of the pool "
+    "yet: a way to spend it (for example on curators' work) is not built."
+)
+
 
 def attribution_get_for(*, user, inference_id: int) -> Attribution:
     """Raises Attribution.DoesNotExist when there is none yet or the user may not see it."""

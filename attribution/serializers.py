@@ -112,3 +112,27 @@ class FindingSerializer(serializers.Serializer):
     reason = serializers.CharField()
     curator = serializers.CharField(source="curator.username")
     created_at = serializers.DateTimeField()
+
+
+class PoolEntrySerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    kind = serializers.ChoiceField(
+        choices=[("earning_forfeit", "Earnings forfeited"), ("bond_slash", "Bond forfeited")],
+        help_text="earning_forfeit: a confirmed harmful upload's earnings still under review; bond_slash: the bond of "
+        "an upload rejected as spam or confirmed harmful.",
+    )
+    amount = serializers.CharField(help_text="Credits, decimal string with 6 places.")
+    contribution_id = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField()
+
+
+class DatanetPoolSerializer(serializers.Serializer):
+    datanet = serializers.CharField(help_text="The datanet's slug.")
+    currency = serializers.CharField()
+    balance = serializers.CharField(help_text="Credits in the pool, decimal string with 6 places.")
+    forfeited = serializers.CharField(help_text="Credits that came from forfeited earnings (all time).")
+    forfeits = serializers.IntegerField(help_text="How many forfeits.")
+    slashed = serializers.CharField(help_text="Credits that came from slashed bonds (all time).")
+    slashes = serializers.IntegerField(help_text="How many slashed bonds.")
+    entries = PoolEntrySerializer(many=True, help_text="The latest 20 entries, newest first.")
+    purpose = serializers.CharField(help_text="What the pool is for and what is not built, in words.")

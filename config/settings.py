@@ -337,6 +337,8 @@ SPECTACULAR_SETTINGS = {
         "ExportStatusEnum": "modelfactory.models.ModelExport.Status",
         "EvaluationStatusEnum": "modelfactory.models.ModelEvaluation.Status",
         "RecordStatusEnum": "datanets.models.Record.Status",
+        "KindEnum": "datanets.models.Datanet.Kind",  # the datanet kind keeps its name beside the pool entry kind
+        "PoolEntryKindEnum": [("earning_forfeit", "Earnings forfeited"), ("bond_slash", "Bond forfeited")],
     },
 }
 

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 from accounts.api import TokenObtainView
 from attribution.api import (
     ContributionFindingView,
+    DatanetPoolView,
     DatanetReputationView,
     InferenceAttributionView,
     InferenceReceiptView,
@@ -35,6 +36,7 @@ router.register("models", TrainedModelViewSet, basename="trained-model")
 api_v1 = [
     path("auth/token/", TokenObtainView.as_view(), name="api-token-obtain"),
     path("datanets/<slug:slug>/reputation/", DatanetReputationView.as_view(), name="datanet-reputation"),
+    path("datanets/<slug:slug>/pool/", DatanetPoolView.as_view(), name="datanet-pool"),
     path(
         "contributions/<int:contribution_id>/finding/", ContributionFindingView.as_view(), name="contribution-finding"
     ),

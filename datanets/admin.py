@@ -19,11 +19,23 @@ class DatanetAdmin(admin.ModelAdmin):
 
 @admin.register(Contribution)
 class ContributionAdmin(admin.ModelAdmin):
-    list_display = ["id", "datanet", "contributor", "original_name", "status", "rows_total", "rows_accepted"]
-    list_filter = ["status", "detected_format"]
+    list_display = [
+        "id",
+        "datanet",
+        "contributor",
+        "original_name",
+        "status",
+        "rejected_as",
+        "rows_total",
+        "rows_accepted",
+    ]
+    list_filter = ["status", "rejected_as", "detected_format"]
     search_fields = ["original_name", "sha256", "contributor__username", "datanet__slug"]
     raw_id_fields = ["datanet", "contributor", "reviewed_by"]
-    readonly_fields = ["sha256", "size", "report", "created_at", "started_at", "finished_at", "heartbeat_at"]
+    # rejected_as decided what happened to the upload's bond (a ledger transaction): reject again to change it, not here
+    readonly_fields = [
+        "sha256", "size", "report", "rejected_as", "created_at", "started_at", "finished_at", "heartbeat_at"
+    ]  # fmt: skip
 
 
 @admin.register(Record)

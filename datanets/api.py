@@ -25,6 +25,7 @@ from datanets.serializers import (
     DatanetSerializer,
     DatanetUpdateSerializer,
     RecordSerializer,
+    RejectSerializer,
     ReviewSerializer,
     VersionPublishSerializer,
     VersionSerializer,
@@ -230,15 +231,20 @@ class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewset
             raise refused(exc) from None
         return Response(ContributionSerializer(contribution).data)
 
-    @extend_schema(request=ReviewSerializer, responses=ContributionSerializer)
+    @extend_schema(request=RejectSerializer, responses=ContributionSerializer)
     @action(detail=True, methods=["post"])
     def reject(self, request, pk=None):
+        """Rejects the contribution as not a fit for the datanet (its bond goes back) or as spam (its bond is
+        forfeited to the datanet's pool); the reason is shown to the contributor."""
         contribution = self.get_object()
-        data = ReviewSerializer(data=request.data)
+        data = RejectSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             contribution = services.contribution_reject(
-                contribution=contribution, curator=request.user, reason=data.validated_data["reason"]
+                contribution=contribution,
+                curator=request.user,
+                reason=data.validated_data["reason"],
+                grounds=data.validated_data["grounds"],
             )
         except services.DatanetError as exc:
             raise refused(exc) from None

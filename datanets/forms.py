@@ -51,8 +51,8 @@ class DatanetSettingsForm(forms.Form):
         decimal_places=6,
         required=False,
         label="Bond per upload (credits)",
-        help_text="Taken from the contributor's wallet at upload, given back when the upload is accepted, kept by "
-        "the datanet when you reject it or find it harmful; 0: no bond.",
+        help_text="Taken from the contributor's wallet at upload, given back when the upload is accepted or you "
+        "reject it as not a fit, kept in the datanet's pool when you reject it as spam or find it harmful; 0: no bond.",
     )
 
     def money_terms(self) -> dict:

@@ -6,6 +6,8 @@ contribution's life without datanets importing them (see .importlinter). Apps re
   wallet cannot cover); then nothing of it is kept.
 - A reputation provider answers `provider(*, datanet) -> {user id: (score 0..100, low: bool)}` for the review
   queue, which lists the lowest first (attribution.reputation; none registered: no scores, newest first).
+- A bond provider answers `provider(*, contribution_ids) -> {contribution id: micro-units held}` for the review
+  pages, which say what each reject choice does to the upload's bond (attribution.services.bonds_held).
 - Decided handlers run after the transaction that accepts, rejects or fails a contribution has committed:
   `handler(*, contribution_id)`. They must be safe to run twice (a recovery sweep may run them again).
 """
@@ -19,6 +21,18 @@ from django.db import transaction
 upload_handlers: list[Callable[..., None]] = []
 decided_handlers: list[Callable[..., None]] = []
 reputation_providers: list[Callable[..., dict]] = []
+bond_providers: list[Callable[..., dict]] = []
+
+
+def register_bonds(provider: Callable[..., dict]) -> None:
+    if provider not in bond_providers:
+        bond_providers.append(provider)
+
+
+def bonds_held(contribution_ids) -> dict:
+    """{contribution id: micro-units of its bond still held} from the registered provider, or {}."""
+    ids = list(contribution_ids)
+    return bond_providers[0](contribution_ids=ids) if bond_providers and ids else {}
 
 
 def register_reputation(provider: Callable[..., dict]) -> None:

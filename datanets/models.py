@@ -54,8 +54,8 @@ class Datanet(models.Model):
     )
     bond_micro = models.BigIntegerField(
         default=0,
-        help_text="Credit (micro-units) a contributor stakes per upload: returned when it is accepted, forfeited "
-        "when it is rejected or confirmed harmful; 0: no bond.",
+        help_text="Credit (micro-units) a contributor stakes per upload: returned when it is accepted or rejected as "
+        "not a fit, forfeited to the datanet's pool when it is rejected as spam or confirmed harmful; 0: no bond.",
     )
     flag_actions = models.JSONField(
         default=default_flag_actions, help_text=f"Flag kind -> one of {', '.join(ACTIONS)}, applied at upload."
@@ -102,6 +102,17 @@ class Contribution(Job):
         REJECTED = "rejected", "Rejected"
         FAILED = "failed", "Failed"
 
+    class RejectedAs(models.TextChoices):
+        """Why a curator rejected it; decides its bond: returned for not_a_fit, forfeited for spam and harmful."""
+
+        NOT_A_FIT = "not_a_fit", "Not a fit for this datanet"
+        SPAM = "spam", "Spam"
+        HARMFUL = "harmful", "Confirmed harmful"
+
+    # Grounds a curator may pick when rejecting (harmful comes from a confirmed finding, attribution.penalties).
+    REJECT_CHOICES = (RejectedAs.NOT_A_FIT, RejectedAs.SPAM)
+    BOND_FORFEITED_WHEN = (RejectedAs.SPAM, RejectedAs.HARMFUL, "")  # "": rejected before grounds were recorded
+
     FINISHED = (Status.NEEDS_REVIEW, Status.ACCEPTED, Status.REJECTED, Status.FAILED)
 
     datanet = models.ForeignKey(Datanet, on_delete=models.CASCADE, related_name="contributions")
@@ -127,6 +138,14 @@ class Contribution(Job):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    rejected_as = models.CharField(
+        max_length=16,
+        choices=RejectedAs.choices,
+        blank=True,
+        default="",
+        help_text="Rejected contributions: the curator's grounds (empty: rejected before grounds were recorded, "
+        "when every rejection forfeited the bond).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

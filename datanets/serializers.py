@@ -43,7 +43,8 @@ class DatanetSerializer(serializers.ModelSerializer):
     curators = serializers.SlugRelatedField(many=True, read_only=True, slug_field="username")
     bond = serializers.SerializerMethodField(
         help_text="Credits (decimal string, 6 places) held from a contributor's wallet per upload: returned when the "
-        "upload is accepted, forfeited when it is rejected or confirmed harmful; 0: no bond."
+        "upload is accepted or rejected as not a fit, forfeited to the datanet's pool when it is rejected as spam or "
+        "confirmed harmful; 0: no bond."
     )
 
     class Meta:
@@ -174,6 +175,7 @@ class ContributionSerializer(serializers.ModelSerializer):
             "detected_format",
             "status",
             "message",
+            "rejected_as",
             "progress",
             "rows_processed",
             "report",
@@ -204,6 +206,15 @@ class ContributionUploadSerializer(serializers.Serializer):
 
 class ReviewSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=1000, default="")
+
+
+class RejectSerializer(ReviewSerializer):
+    grounds = serializers.ChoiceField(
+        choices=[(c.value, c.label) for c in Contribution.REJECT_CHOICES],
+        default=Contribution.RejectedAs.NOT_A_FIT.value,
+        help_text="not_a_fit (the default): the upload's bond, if any, goes back to the contributor; spam: the bond is "
+        "forfeited to the datanet's pool.",
+    )
 
 
 class VersionSerializer(serializers.ModelSerializer):

@@ -204,6 +204,8 @@ def contribution_detail(request, pk):
     report = contribution.report or {}
     if contribution.status == Contribution.Status.FAILED and report.get("code") == "columns":
         context["mapping_form"] = ColumnMappingForm(kind=datanet.kind, columns=report.get("columns", []))
+    if context["can_curate"] and contribution.status == Contribution.Status.NEEDS_REVIEW:
+        contribution.bond_held = hooks.bonds_held([contribution.pk]).get(contribution.pk, 0)
     if contribution.is_finished and contribution.status != Contribution.Status.FAILED:
         context["flagged"] = list(
             contribution.records.filter(status__in=Record.LIVE)
@@ -281,10 +283,13 @@ def contribution_review(request, pk, decision):
             )
             messages.success(request, f"Upload #{pk} accepted.")
         else:
-            services.contribution_reject(
-                contribution=contribution, curator=request.user, reason=request.POST.get("reason", "")
+            contribution = services.contribution_reject(
+                contribution=contribution,
+                curator=request.user,
+                reason=request.POST.get("reason", ""),
+                grounds=request.POST.get("grounds") or Contribution.RejectedAs.NOT_A_FIT,  # as the API's default
             )
-            messages.success(request, f"Upload #{pk} rejected.")
+            messages.success(request, f"Upload #{pk} rejected: {contribution.get_rejected_as_display().lower()}.")
     except services.DatanetError as exc:
         messages.error(request, exc.message)
     return redirect("datanets:review", slug=contribution.datanet.slug)
@@ -326,6 +331,9 @@ def review_queue(request, slug):
     for contribution in queue:  # lowest reputation first (new contributors are neutral, 50); newest first within
         contribution.reputation, contribution.low_reputation = scores.get(contribution.contributor_id, (50, False))
     queue.sort(key=lambda c: c.reputation)
+    held = hooks.bonds_held(c.pk for c in queue)
+    for contribution in queue:
+        contribution.bond_held = held.get(contribution.pk, 0)
     context = {**_base(request, datanet, "review"), "queue": queue, "reject_form": ReasonForm()}
     return render(request, "datanets/review.html", context)
 

@@ -62,14 +62,20 @@ class GrantForm(forms.Form):
 
 @admin.register(Account)
 class AccountAdmin(ReadOnlyAdmin):
-    list_display = ["id", "owner", "role", "shard", "currency", "balance_display", "allow_negative"]
+    list_display = ["id", "owner", "role", "datanet_display", "shard", "currency", "balance_display", "allow_negative"]
     list_filter = ["role", "currency"]
-    search_fields = ["owner__username"]
+    search_fields = ["owner__username", "=datanet_id"]
     change_list_template = "admin/ledger/account/change_list.html"
 
     @admin.display(description="balance (credits)", ordering="balance")
     def balance_display(self, obj):
         return format_credits(obj.balance)
+
+    @admin.display(description="datanet (pools)", ordering="datanet_id")
+    def datanet_display(self, obj):
+        if obj.role != Account.Role.DATANET_POOL:
+            return ""
+        return f"datanet {obj.datanet_id}" if obj.datanet_id is not None else "shared (before pools per datanet)"
 
     def get_urls(self):
         return [path("grant/", self.admin_site.admin_view(self.grant_view), name="ledger_grant"), *super().get_urls()]

@@ -27,6 +27,8 @@ class Account(models.Model):
         PAID_OUT = "paid_out", "Withdrawals paid out"
         EARNINGS_PENDING = "earnings_pending", "Earnings in their review period"
         BONDS_HELD = "bonds_held", "Contributors' bonds held"
+        # One account per datanet (datanet_id set). The one without a datanet_id is where forfeits and slashes went
+        # before pools were kept per datanet; nothing is paid into it any more.
         DATANET_POOL = "datanet_pool", "Datanet pools (forfeited earnings, slashed bonds)"
 
     owner = models.ForeignKey(
@@ -36,6 +38,9 @@ class Account(models.Model):
     # System accounts that every settlement touches are split into shards so concurrent settlements do not queue
     # on one row lock; a role's balance is the sum over its shards.
     shard = models.PositiveSmallIntegerField(default=0)
+    # A datanet's pool (role datanet_pool): the datanet it belongs to, a row of the datanets app (the ledger imports
+    # no other app, so a plain number). One pool per datanet, created on first use; no other account has one.
+    datanet_id = models.BigIntegerField(null=True, blank=True)
     currency = models.CharField(max_length=8, default=CURRENCY)
     allow_negative = models.BooleanField(default=False)
     balance = models.BigIntegerField(default=0, help_text="Micro-units; always the sum of this account's postings.")
@@ -48,7 +53,16 @@ class Account(models.Model):
                 fields=["owner", "currency"], condition=Q(owner__isnull=False), name="ledger_one_wallet_per_user"
             ),
             models.UniqueConstraint(
-                fields=["role", "shard", "currency"], condition=Q(owner__isnull=True), name="ledger_one_system_shard"
+                fields=["role", "shard", "currency"],
+                condition=Q(owner__isnull=True, datanet_id__isnull=True),
+                name="ledger_one_system_shard",
+            ),
+            models.UniqueConstraint(
+                fields=["datanet_id", "currency"], condition=Q(datanet_id__isnull=False), name="ledger_one_datanet_pool"
+            ),
+            models.CheckConstraint(
+                condition=Q(datanet_id__isnull=True) | (Q(role="datanet_pool") & Q(owner__isnull=True)),
+                name="ledger_datanet_id_only_on_pools",
             ),
             models.CheckConstraint(
                 condition=(Q(role="user") & Q(owner__isnull=False)) | (~Q(role="user") & Q(owner__isnull=True)),
@@ -63,6 +77,8 @@ class Account(models.Model):
     def __str__(self) -> str:
         if self.owner_id:
             return f"wallet of user {self.owner_id}"
+        if self.datanet_id is not None:
+            return f"pool of datanet {self.datanet_id}"
         return f"{self.get_role_display()} #{self.shard}"
 
     @property

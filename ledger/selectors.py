@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db.models import F, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Window
+from django.db.models import Count, F, IntegerField, Min, OuterRef, QuerySet, Subquery, Sum, Window
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
@@ -367,3 +367,47 @@ def credit_grants() -> QuerySet[CreditGrant]:
         )
         .order_by("-seq")
     )
+
+
+def datanet_pool(*, datanet_id: int, recent: int = 10) -> dict:
+    """A datanet's pool (callers check who may see it): its balance in micro-units, how much of it came from
+    forfeited earnings and from slashed bonds (and how many of each), and the latest `recent` entries, newest first
+    ({at, kind, what, amount, contribution_id, reason}). A datanet whose pool was never used has an empty one."""
+    account = Account.objects.filter(role=Account.Role.DATANET_POOL, datanet_id=datanet_id).first()
+    parts = {Transaction.Kind.EARNING_FORFEIT: [0, 0], Transaction.Kind.BOND_SLASH: [0, 0]}
+    entries = []
+    if account is not None:
+        for kind, total, count in (
+            Posting.objects.filter(account=account)
+            .values_list("transaction__kind")
+            .annotate(total=Sum("amount"), count=Count("id"))
+            .order_by()
+        ):
+            parts[kind] = [total, count]
+        for posting in (
+            Posting.objects.filter(account=account).select_related("transaction").order_by("-transaction__seq")[:recent]
+        ):
+            tx = posting.transaction
+            entries.append(
+                {
+                    "at": tx.created_at,
+                    "kind": tx.kind,
+                    "what": tx.get_kind_display(),
+                    "amount": posting.amount,
+                    "contribution_id": tx.metadata.get("contribution_id"),
+                    "reason": tx.metadata.get("reason", ""),
+                }
+            )
+    (forfeited, forfeits), (slashed, slashes) = (
+        parts[Transaction.Kind.EARNING_FORFEIT],
+        parts[Transaction.Kind.BOND_SLASH],
+    )
+    return {
+        "datanet_id": datanet_id,
+        "balance": account.balance if account is not None else 0,
+        "forfeited": forfeited,
+        "forfeits": forfeits,
+        "slashed": slashed,
+        "slashes": slashes,
+        "entries": entries,
+    }

@@ -136,6 +136,36 @@ def _verify_open_items() -> None:
             raise LedgerBreach(f"{role} holds {in_account} but the open {model._meta.verbose_name}s are {still_open}")
 
 
+def _verify_pools() -> None:
+    """The datanet pools hold exactly the forfeited earnings and slashed bonds (nothing else is paid into them and
+    nothing leaves them yet), and each forfeit or slash went to the pool of its own datanet (or, before pools were
+    kept per datanet, to the one shared pool account without a datanet)."""
+    pools = dict(Account.objects.filter(role=Account.Role.DATANET_POOL).values_list("id", "datanet_id"))
+    in_pools = Account.objects.filter(pk__in=pools).aggregate(t=Sum("balance"))["t"] or 0
+    closes: dict[int, tuple[str, int]] = {}
+    for model, status in ((PendingEarning, PendingEarning.Status.FORFEITED), (Bond, Bond.Status.SLASHED)):
+        for key, tx_id, datanet_id in model.objects.filter(status=status).values_list(
+            "key", "close_tx_id", "datanet_id"
+        ):
+            closes[tx_id] = (f"{model._meta.verbose_name} {key!r}", datanet_id)
+    closed = (
+        PendingEarning.objects.filter(status=PendingEarning.Status.FORFEITED).aggregate(t=Sum("amount"))["t"] or 0
+    ) + (Bond.objects.filter(status=Bond.Status.SLASHED).aggregate(t=Sum("amount"))["t"] or 0)
+    if in_pools != closed:
+        raise LedgerBreach(f"the datanet pools hold {in_pools} but forfeited earnings and slashed bonds are {closed}")
+    for tx_id, account_id in Posting.objects.filter(transaction_id__in=closes, amount__gt=0).values_list(
+        "transaction_id", "account_id"
+    ):
+        what, datanet_id = closes[tx_id]
+        if account_id not in pools:
+            raise LedgerBreach(f"{what} (datanet {datanet_id}) was paid to account {account_id}, not to a pool")
+        if pools[account_id] is not None and pools[account_id] != datanet_id:
+            raise LedgerBreach(
+                f"{what} of datanet {datanet_id} was paid to the pool of datanet {pools[account_id]} "
+                f"(account {account_id})"
+            )
+
+
 def _verify_checkpoints() -> int:
     expected_first = 1
     count = 0
@@ -167,6 +197,7 @@ def ledger_verify(*, since_seq: int = 0) -> VerifyReport:
     _verify_head(last_seq, last_hash)
     accounts = _verify_balances()
     _verify_open_items()
+    _verify_pools()
     checkpoints = _verify_checkpoints() if not since_seq else Checkpoint.objects.count()
     return VerifyReport(count, postings, accounts, checkpoints, last_seq, last_hash)
 

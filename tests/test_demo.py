@@ -45,8 +45,11 @@ def test_demo_runs_the_whole_chain(settings, tmp_path):
 
 
 def test_demo_with_a_farmer_compares_the_rules(settings, tmp_path):
+    from django.db.models import Sum
+
     from attribution.demo import FARMER
-    from ledger.models import Account
+    from datanets.models import Contribution
+    from ledger.models import Account, Bond, PendingEarning
 
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MF_BASE_MODEL_DIR = tmp_path / "models"
@@ -58,6 +61,25 @@ def test_demo_with_a_farmer_compares_the_rules(settings, tmp_path):
     assert "version 1: 210 rows from 4 contributors" in text
     assert "The same answers under the older rule settle-1 (by row count) and the current settle-2:" in text
     line = next(x for x in text.splitlines() if x.strip().startswith(f"{FARMER} ") and "settle-1" in x)
-    paid = Account.objects.filter(owner__username=FARMER).values_list("balance", flat=True).first() or 0
-    assert line.split("settle-2")[1].strip() == f"{paid / 1_000_000:.6f}"  # the ledger paid what settle-2 says
+    # The datanet holds earnings 7 days: what settle-2 pays the farmer waits in its pending earnings.
+    paid = PendingEarning.objects.filter(user__username=FARMER, status="pending").aggregate(t=Sum("amount"))["t"] or 0
+    assert line.split("settle-2")[1].strip() == f"{paid / 1_000_000:.6f}"  # the ledger holds what settle-2 says
+    assert "holds contributors' earnings for 7 days and asks a bond of 0.500000 credits per upload" in text
+    assert "demo_spammer: rejected as spam (Advertising, not gardening answers.)" in text
+    assert "demo_dave: rejected as not a fit for this datanet (About cars, not the kitchen garden.)" in text
+    wallets = {line.split()[0]: line.split() for line in text.splitlines() if " available " in line}
+    for name in ("demo_alice", "demo_bob", "demo_carol", FARMER, "demo_dave"):  # bond returned: the 1 credit given
+        assert wallets[name][2] == "1.000000", wallets[name]
+    assert wallets["demo_spammer"][2:5] == ["0.500000", "pending", "0.000000"]
+    for name in ("demo_alice", "demo_bob", "demo_carol", FARMER):
+        held = PendingEarning.objects.filter(user__username=name, status="pending").aggregate(t=Sum("amount"))["t"]
+        assert wallets[name][4] == f"{(held or 0) / 1_000_000:.6f}"
+    statuses = dict(Bond.objects.values_list("user__username", "status"))
+    assert statuses == {"demo_alice": "returned", "demo_bob": "returned", "demo_carol": "returned",
+                        FARMER: "returned", "demo_dave": "returned", "demo_spammer": "slashed"}  # fmt: skip
+    spam = Contribution.objects.get(contributor__username="demo_spammer")
+    assert f"   demo_spammer     0.500000  forfeited: contribution #{spam.pk} rejected as spam: Advertising" in text
+    pool = Account.objects.get(role=Account.Role.DATANET_POOL, datanet_id=spam.datanet_id)
+    assert pool.balance == 500_000
+    assert "The datanet's pool: 0.500000 credits (0 forfeited earning(s), 1 forfeited bond(s))" in text
     assert "Ledger OK:" in text

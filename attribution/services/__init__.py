@@ -24,7 +24,7 @@ from attribution.services.answer import (
     attribution_run,
     inference_completed,
 )
-from attribution.services.bonds import bond_on_decided, bond_on_upload, bonds_settle_decided
+from attribution.services.bonds import bond_on_decided, bond_on_upload, bonds_held, bonds_settle_decided
 from attribution.services.holding import pending_parts
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.penalties import FindingError, contribution_decide
@@ -59,6 +59,7 @@ __all__ = [
     "FindingError",
     "bond_on_decided",
     "bond_on_upload",
+    "bonds_held",
     "bonds_settle_decided",
     "contribution_decide",
     "attribution_request",

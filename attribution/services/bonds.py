@@ -1,10 +1,14 @@
 """Bonds on uploads (datanets.hooks): a datanet that sets a bond (Datanet.bond_micro) has it held from the
 contributor's wallet when the file is stored (a ledger bond; a wallet that cannot cover it refuses the upload and
-nothing is kept), returned when the contribution is accepted or could not be read (failed: a retry posts a new one),
-and slashed to the datanet pool when a curator rejects it or confirms it harmful (penalties). Each step is a ledger
-transaction with its own key; `bonds_settle_decided` is also a recovery sweep for a step a crash left undone."""
+nothing is kept), returned when the contribution is accepted, rejected as not a fit for the datanet, or could not be
+read (failed: a retry posts a new one), and slashed to the datanet's pool when a curator rejects it as spam or confirms
+it harmful (penalties; a rejection recorded before grounds existed counts as spam, the rule it was made under). Each
+step is a ledger transaction with its own key; `bonds_settle_decided` is also a recovery sweep for a step a crash left
+undone."""
 
 from __future__ import annotations
+
+from django.db.models import Sum
 
 from datanets.models import Contribution
 from datanets.services import DatanetError
@@ -37,7 +41,7 @@ def bond_on_upload(*, contribution: Contribution) -> None:
 
 def bond_on_decided(*, contribution_id: int) -> None:
     """Returns or slashes the contribution's held bonds by its status (nothing while it waits for review)."""
-    contribution = Contribution.objects.filter(pk=contribution_id).values("status", "message").first()
+    contribution = Contribution.objects.filter(pk=contribution_id).values("status", "message", "rejected_as").first()
     if contribution is None:
         return
     status = contribution["status"]
@@ -45,13 +49,26 @@ def bond_on_decided(*, contribution_id: int) -> None:
         "key", flat=True
     ):
         try:
-            if status in (Contribution.Status.ACCEPTED, Contribution.Status.FAILED):
-                ledger.bond_return(bond_key=key)
-            elif status == Contribution.Status.REJECTED:
+            rejected = status == Contribution.Status.REJECTED
+            if rejected and contribution["rejected_as"] in Contribution.BOND_FORFEITED_WHEN:
+                how = "rejected as spam" if contribution["rejected_as"] == Contribution.RejectedAs.SPAM else "rejected"
                 reason = contribution["message"] or "rejected by a curator"
-                ledger.bond_slash(bond_key=key, reason=f"contribution #{contribution_id} rejected: {reason}")
+                ledger.bond_slash(bond_key=key, reason=f"contribution #{contribution_id} {how}: {reason}")
+            elif rejected or status in (Contribution.Status.ACCEPTED, Contribution.Status.FAILED):
+                ledger.bond_return(bond_key=key)
         except ledger.BondNotHeld:
             continue
+
+
+def bonds_held(*, contribution_ids) -> dict[int, int]:
+    """{contribution id: micro-units of its bonds still held} (datanets.hooks: the review pages)."""
+    rows = (
+        Bond.objects.filter(contribution_id__in=list(contribution_ids), status=Bond.Status.HELD)
+        .values("contribution_id")
+        .annotate(total=Sum("amount"))
+        .order_by()
+    )
+    return {row["contribution_id"]: row["total"] for row in rows}
 
 
 def bonds_settle_decided() -> list[int]:

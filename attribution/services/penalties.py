@@ -87,7 +87,11 @@ def _apply_confirmed(contribution: Contribution, *, curator, reason: str) -> Non
     contribution.refresh_from_db()
     if contribution.status in (Contribution.Status.NEEDS_REVIEW, Contribution.Status.ACCEPTED):
         datanets.contribution_reject(
-            contribution=contribution, curator=curator, reason=f"Confirmed harmful by a curator: {reason}"
+            contribution=contribution,
+            curator=curator,
+            reason=f"Confirmed harmful by a curator: {reason}",
+            grounds=Contribution.RejectedAs.HARMFUL,
+            from_finding=True,
         )
     words = f"contribution #{contribution.pk} confirmed harmful: {reason}"
     ledger.earnings_forfeit_contribution(contribution_id=contribution.pk, reason=words)

@@ -197,15 +197,35 @@ def contribution_approve(*, contribution: Contribution, curator, note: str = "")
     return contribution
 
 
-def contribution_reject(*, contribution: Contribution, curator, reason: str) -> Contribution:
+def contribution_reject(
+    *,
+    contribution: Contribution,
+    curator,
+    reason: str,
+    grounds: str = Contribution.RejectedAs.NOT_A_FIT,
+    from_finding: bool = False,
+) -> Contribution:
+    """Rejects a contribution on `grounds` (Contribution.REJECT_CHOICES): "not_a_fit" returns its bond, "spam"
+    forfeits it to the datanet's pool (the decided handlers do, after commit). "harmful" (forfeits it too) only
+    `from_finding`: a curator's confirmed finding (attribution.penalties), never a plain reject."""
     _require_curator(curator, contribution.datanet)
     reason = (reason or "").strip()
+    allowed = Contribution.RejectedAs.values if from_finding else Contribution.REJECT_CHOICES
+    if grounds not in allowed:
+        choices = " or ".join(f"“{c.value}” ({c.label.lower()})" for c in Contribution.REJECT_CHOICES)
+        raise DatanetError(f"Reject as {choices}.", code="invalid_grounds")
     if not reason:
         raise DatanetError("Say why the contribution is rejected; the contributor will see it.", code="reason_required")
     with transaction.atomic(durable=True):
         updated = Contribution.objects.filter(
             pk=contribution.pk, status__in=[Contribution.Status.NEEDS_REVIEW, Contribution.Status.ACCEPTED]
-        ).update(status=Contribution.Status.REJECTED, message=reason, reviewed_by=curator, reviewed_at=timezone.now())
+        ).update(
+            status=Contribution.Status.REJECTED,
+            message=reason,
+            rejected_as=grounds,
+            reviewed_by=curator,
+            reviewed_at=timezone.now(),
+        )
         if not updated:
             raise DatanetError("This contribution cannot be rejected in its current state.", code="not_reviewable")
         Record.objects.filter(contribution=contribution, status__in=Record.LIVE).update(status=Record.Status.REJECTED)

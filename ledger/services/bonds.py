@@ -1,12 +1,21 @@
 """Bonds: a stake a contributor posts to upload to a datanet that asks for one. Posting moves it from the wallet to a
 bonds-held shard (refused, and recorded as refused, when the wallet lacks it); it is returned when the contribution
-is accepted and slashed to the datanets' pool when it is rejected as spam or confirmed harmful. Each step is a
-ledger transaction with its own key; return and slash of one bond race safely (both lock the bond row first)."""
+is accepted and slashed to its datanet's pool (an account per datanet) when it is rejected as spam or confirmed
+harmful. Each step is a ledger transaction with its own key; return and slash of one bond race safely (both lock
+the bond row first)."""
 
 from __future__ import annotations
 
 from ledger.models import Account, Bond, Transaction
-from ledger.services.engine import _commit, _legs, _lock_accounts, _Plan, _positive_amount, request_fingerprint
+from ledger.services.engine import (
+    _commit,
+    _legs,
+    _lock_accounts,
+    _Plan,
+    _pool_account,
+    _positive_amount,
+    request_fingerprint,
+)
 from ledger.services.errors import BondNotHeld, InvalidRequest
 
 
@@ -65,9 +74,8 @@ def _close(*, bond_key: str, to: str, reason: str) -> Transaction:
             raise BondNotHeld(f"There is no bond with key {bond_key!r}.")
         if bond.status != Bond.Status.HELD:
             raise BondNotHeld(f"The bond {bond_key!r} is already {bond.get_status_display().lower()}.")
-        pool = (Account.Role.DATANET_POOL, 0)
-        locked, _, by_role = _lock_accounts(ids=[bond.held_id, bond.wallet_id], system=[pool] if to == "slash" else [])
-        target = bond.wallet_id if to == "return" else by_role[pool]
+        target = bond.wallet_id if to == "return" else _pool_account(bond.datanet_id)
+        locked, _, _ = _lock_accounts(ids=[bond.held_id, bond.wallet_id, target])
         status = Bond.Status.RETURNED if to == "return" else Bond.Status.SLASHED
 
         def after(tx: Transaction) -> None:
@@ -102,5 +110,5 @@ def bond_return(*, bond_key: str) -> Transaction:
 
 
 def bond_slash(*, bond_key: str, reason: str) -> Transaction:
-    """Forfeits a held bond to the datanets' pool, with the reason the contributor reads. Raises BondNotHeld."""
+    """Forfeits a held bond to its datanet's pool, with the reason the contributor reads. Raises BondNotHeld."""
     return _close(bond_key=bond_key, to="slash", reason=reason)

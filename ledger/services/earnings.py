@@ -17,8 +17,8 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from ledger.calc.split import SplitError, allocate, to_fraction
-from ledger.models import Account, PendingEarning, Transaction
-from ledger.services.engine import _commit, _legs, _lock_accounts, _Plan, request_fingerprint
+from ledger.models import PendingEarning, Transaction
+from ledger.services.engine import _commit, _legs, _lock_accounts, _Plan, _pool_account, request_fingerprint
 from ledger.services.errors import EarningNotPending, InvalidRequest
 
 
@@ -95,8 +95,9 @@ def _open_earning(key: str) -> PendingEarning:
 
 
 def _close(*, earning_key: str, to: str, reason: str) -> Transaction:
-    """Moves a pending earning out of the pending shard: to the contributor's wallet ("release") or to the pool
-    ("forfeit"). A replay of the same key (even one that lost a race to itself) returns the stored transaction."""
+    """Moves a pending earning out of the pending shard: to the contributor's wallet ("release") or to its
+    datanet's pool ("forfeit"). A replay of the same key (even one that lost a race to itself) returns the stored
+    transaction."""
     if to not in ("release", "forfeit"):
         raise InvalidRequest(f"Unknown destination {to!r}.")
     key = f"earning-{to}:{earning_key}"
@@ -107,9 +108,8 @@ def _close(*, earning_key: str, to: str, reason: str) -> Transaction:
 
     def build() -> _Plan:
         earning = _open_earning(earning_key)
-        system = [(Account.Role.DATANET_POOL, 0)] if to == "forfeit" else []
-        locked, _, by_role = _lock_accounts(ids=[earning.pending_id, earning.wallet_id], system=system)
-        target = earning.wallet_id if to == "release" else by_role[(Account.Role.DATANET_POOL, 0)]
+        target = earning.wallet_id if to == "release" else _pool_account(earning.datanet_id)
+        locked, _, _ = _lock_accounts(ids=[earning.pending_id, earning.wallet_id, target])
         status = PendingEarning.Status.RELEASED if to == "release" else PendingEarning.Status.FORFEITED
 
         def after(tx: Transaction) -> None:
@@ -151,7 +151,8 @@ def earning_release(*, earning_key: str) -> Transaction:
 
 
 def earning_forfeit(*, earning_key: str, reason: str) -> Transaction:
-    """Forfeits one pending earning to the datanet pool, with the reason the contributor will read."""
+    """Forfeits one pending earning to its datanet's pool (an account per datanet), with the reason the
+    contributor will read."""
     return _close(earning_key=earning_key, to="forfeit", reason=reason)
 
 

@@ -166,6 +166,25 @@ def _lock_accounts(
     return locked, by_user, by_role
 
 
+def _pool_account(datanet_id: int) -> int:
+    """The id of the datanet's pool account (role datanet_pool), created on first use. Call it inside the plan's
+    database transaction, then lock the id with the others through `_lock_accounts(ids=...)` (the id order keeps
+    the lock order). Two first uses at once create one account: the loser's insert waits for the winner and does
+    nothing."""
+    if isinstance(datanet_id, bool) or not isinstance(datanet_id, int) or datanet_id <= 0:
+        raise InvalidRequest("A datanet pool needs the datanet's id (a positive whole number).")
+    found = Account.objects.filter(role=Account.Role.DATANET_POOL, datanet_id=datanet_id).values_list("pk", flat=True)
+    pk = found.first()
+    if pk is None:
+        Account.objects.bulk_create(
+            [Account(role=Account.Role.DATANET_POOL, datanet_id=datanet_id)], ignore_conflicts=True
+        )
+        pk = found.first()
+    if pk is None:
+        raise InvalidRequest(f"Could not create the pool of datanet {datanet_id}.")
+    return pk
+
+
 def _legs(legs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Validated legs, zero legs dropped, sorted. One account may appear twice (a payer who is also the model's
     owner pays the fee and receives the owner's part: two postings, as in any double-entry book)."""

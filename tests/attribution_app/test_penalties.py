@@ -223,3 +223,43 @@ def test_the_review_queue_lists_the_lowest_reputation_first(scene, cast, client)
     assert page.index('by mallory · reputation <strong class="bad">16 (low)</strong>') < page.index(
         "by newbie · reputation 50"
     )
+
+
+def test_the_datanets_pool_shows_its_forfeits_and_slashes_to_curators_on_the_page_and_in_the_api(
+    scene, cast, client, api_client
+):
+    datanet, mallory, contribution, bond = scene
+    client.force_login(cast.owner)
+    page = client.get(f"/datanets/{datanet.slug}/").content.decode()
+    assert 'id="pool"' in page and "Nothing has been forfeited here yet." in page
+    contribution_decide(contribution=contribution, curator=cast.owner, verdict="confirmed", reason="Poisoned")
+    assert Contribution.objects.get(pk=contribution.pk).rejected_as == "harmful"
+    page = client.get(f"/datanets/{datanet.slug}/").content.decode()
+    assert (
+        'This datanet\'s pool: <strong><span class="amount" title="1.700000 credits">1.70</span> credits</strong>'
+        in page
+    )
+    assert "kept for this datanet&#x27;s curation. Nothing is paid out of the pool yet" in page
+    assert '<span class="amount" title="0.700000 credits">0.70</span> credits from 1 forfeited earning ·' in page
+    assert '<span class="amount" title="1.000000 credits">1.00</span> credits from 1 forfeited bond.' in page
+    assert f'<a href="/datanets/contributions/{contribution.pk}/">#{contribution.pk}</a>' in page
+    for who in (mallory, cast.outsider):  # not curators: neither the section nor the API
+        client.force_login(who)
+        assert 'id="pool"' not in client.get(f"/datanets/{datanet.slug}/").content.decode()
+        api_client.force_authenticate(who)
+        refused = api_client.get(f"/api/v1/datanets/{datanet.slug}/pool/")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["message"] == "Only the datanet's owner and curators see its pool."
+    api_client.force_authenticate(cast.owner)
+    assert api_client.get("/api/v1/datanets/no-such-datanet/pool/").status_code == 404
+    body = api_client.get(f"/api/v1/datanets/{datanet.slug}/pool/").json()
+    assert {k: v for k, v in body.items() if k not in ("entries", "purpose")} == {
+        "datanet": datanet.slug, "currency": "CRD", "balance": "1.700000", "forfeited": "0.700000", "forfeits": 1,
+        "slashed": "1.000000", "slashes": 1,
+    }  # fmt: skip
+    assert [(e["kind"], e["amount"], e["contribution_id"], e["reason"]) for e in body["entries"]] == [
+        ("bond_slash", "1.000000", contribution.pk, f"contribution #{contribution.pk} confirmed harmful: Poisoned"),
+        ("earning_forfeit", "0.700000", contribution.pk, f"contribution #{contribution.pk} confirmed harmful: Poisoned"),
+    ]  # fmt: skip
+    assert body["purpose"].startswith("Money forfeited by uploads a curator confirmed harmful")
+    ledger_verify()

@@ -7,12 +7,13 @@ contributors earn and the fact contributor earns the most; the same answers unde
 import random
 
 import pytest
+from django.db.models import Sum
 
 from attribution import services
 from attribution.engine import validation as V
 from attribution.models import Attribution
 from attribution.tasks import inference_attribute_task
-from ledger.models import Account
+from ledger.models import Account, PendingEarning
 from ledger.verification import ledger_verify
 
 pytestmark = pytest.mark.django_db
@@ -77,10 +78,17 @@ def test_rows_nobody_asks_about_earn_nothing_however_many(planted_factory, make_
     assert len(answers) == 15 and {a.settlement_status for a in answers} == {"settled"}
     assert {a.settlement_rule for a in answers} == {"settle-2"}
 
+    # What each was paid: the wallet, plus earnings the settlement paid into the pending shard (a contribution that
+    # valuation flagged harmful waits MF_FLAGGED_HOLD_DAYS for a curator, whatever the datanet's holding period).
     new = {
-        name: Account.objects.filter(owner=user).values_list("balance", flat=True).first() or 0
+        name: (Account.objects.filter(owner=user).values_list("balance", flat=True).first() or 0)
+        + (PendingEarning.objects.filter(user=user, status="pending").aggregate(t=Sum("amount"))["t"] or 0)
         for name, user in people.items()
     }  # a contributor paid nothing has no wallet yet
+    held = {
+        name: PendingEarning.objects.filter(user=user, status="pending").aggregate(t=Sum("amount"))["t"] or 0
+        for name, user in people.items()
+    }
     recomputed = services.rule_payouts(attributions=answers, rule="settle-2")
     assert {name: recomputed.get(user.pk, 0) for name, user in people.items()} == new  # the ledger paid the rule
     old = {
@@ -90,7 +98,8 @@ def test_rows_nobody_asks_about_earn_nothing_however_many(planted_factory, make_
     print(f"\nscenario payouts in micro-credits (15 answers of 1 credit; mean unattributed {unattributed:.3f})")
     print("  unattributed per answer: " + " ".join(f"{a.unattributed:.2f}" for a in answers))
     for name in ("teacher", "ordinary1", "ordinary2", "farmer"):
-        print(f"  {name:10} rows {len(rows[name]):3}  settle-1 {old[name]:>9}  settle-2 {new[name]:>9}")
+        print(f"  {name:10} rows {len(rows[name]):3}  settle-1 {old[name]:>9}  settle-2 {new[name]:>9}"
+              f"  (of which pending {held[name]})")  # fmt: skip
 
     total = sum(new.values())
     assert total > 0
