@@ -13,6 +13,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.utils import html
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,25 @@ class StrictPageSizeMixin:
 
 class Pagination(StrictPageSizeMixin, PageNumberPagination):
     pass
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false. In a JSON body only JSON's own true/false: DRF's BooleanField also took "1", "t", "yes" or 0,
+    so a wrong type was silently read as a choice. In a form (multipart) request every value is text, so the texts
+    a form sends ("true", "false", "on", ...) are taken there."""
+
+    default_error_messages = {"invalid": "Must be true or false (JSON booleans), not {input!r}."}
+
+    def get_value(self, dictionary):
+        self._from_form = html.is_html_input(dictionary)
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        if getattr(self, "_from_form", False):
+            return super().to_internal_value(data)
+        self.fail("invalid", input=data)
 
 
 class ErrorBodySerializer(serializers.Serializer):

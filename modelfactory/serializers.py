@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from core.api import StrictBooleanField
 from ledger.serializers import CreditsField, CreditsInputField
 from modelfactory.models import BaseModel, FineTuneJob, ModelEvaluation, ModelExport, TrainedModel
 from modelfactory.selectors import job_queue_position
@@ -84,7 +85,7 @@ class FineTuneControlSerializer(serializers.Serializer):
 
 
 class RetrievalSettingsSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField(help_text="Answers look up rows of the data and cite them.")
+    enabled = StrictBooleanField(help_text="Answers look up rows of the data and cite them.")
     top_k = serializers.IntegerField(
         required=False, min_value=1, max_value=10, help_text="Most rows put before a question (default 4)."
     )
@@ -93,7 +94,7 @@ class RetrievalSettingsSerializer(serializers.Serializer):
         required=False,
         help_text="Datanet version ids to answer from; default: the versions the model was trained on.",
     )
-    live = serializers.BooleanField(
+    live = StrictBooleanField(
         required=False, help_text="Follow each datanet's latest version: new accepted rows answer without retraining."
     )
 
@@ -135,7 +136,7 @@ class PublishSerializer(serializers.Serializer):
         'e.g. "0.002000". Operators set the allowed range.',
     )
     visibility = serializers.ChoiceField(choices=TrainedModel.Visibility.choices, default="public")
-    allow_exports = serializers.BooleanField(
+    allow_exports = StrictBooleanField(
         required=False,
         help_text="Let others download this model's files (adapter, merged, GGUF) while it is public. "
         "Left out: unchanged. Never for a private model.",

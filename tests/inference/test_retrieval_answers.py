@@ -52,7 +52,13 @@ def test_publish_defaults_to_the_versions_trained_on(api_client, cast, served, r
 
 @pytest.mark.parametrize(
     ("retrieval", "field"),
-    [({"enabled": True, "top_k": 0}, "top_k"), ({"enabled": True, "top_k": 11}, "top_k"), ({"top_k": 2}, "enabled")],
+    [
+        ({"enabled": True, "top_k": 0}, "top_k"),
+        ({"enabled": True, "top_k": 11}, "top_k"),
+        ({"top_k": 2}, "enabled"),
+        ({"enabled": "t"}, "enabled"),  # JSON booleans only: DRF took "t", "yes" or 1 as true
+        ({"enabled": True, "live": 1}, "live"),
+    ],
 )
 def test_publish_refuses_bad_settings_and_changes_nothing(api_client, cast, served, rag, retrieval, field):
     response = _publish(api_client, cast.owner, retrieval)
