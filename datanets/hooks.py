@@ -6,6 +6,9 @@ contribution's life without datanets importing them (see .importlinter). Apps re
   wallet cannot cover); then nothing of it is kept.
 - A reputation provider answers `provider(*, datanet) -> {user id: (score 0..100, low: bool)}` for the review
   queue, which lists the lowest first (attribution.reputation; none registered: no scores, newest first).
+- A row-earnings provider answers `provider(*, user, contribution_id, record_ids) -> dict` with what the user's
+  rows earned them (attribution.selectors.row_earnings: {"rows": {record id: micro-units}, "contribution",
+  "paid", "tied", "untied"}); none registered: the rows page shows no earnings.
 - Decided handlers run after the transaction that accepts, rejects or fails a contribution has committed:
   `handler(*, contribution_id)`. They must be safe to run twice (a recovery sweep may run them again).
 """
@@ -19,6 +22,19 @@ from django.db import transaction
 upload_handlers: list[Callable[..., None]] = []
 decided_handlers: list[Callable[..., None]] = []
 reputation_providers: list[Callable[..., dict]] = []
+row_earnings_providers: list[Callable[..., dict]] = []
+
+
+def register_row_earnings(provider: Callable[..., dict]) -> None:
+    if provider not in row_earnings_providers:
+        row_earnings_providers.append(provider)
+
+
+def row_earnings(*, user, contribution_id: int, record_ids) -> dict | None:
+    """What `user`'s rows earned them, from the registered provider, or None."""
+    if not row_earnings_providers:
+        return None
+    return row_earnings_providers[0](user=user, contribution_id=contribution_id, record_ids=record_ids)
 
 
 def register_reputation(provider: Callable[..., dict]) -> None:
