@@ -94,5 +94,5 @@ def contribution_decide(request, slug: str, contribution_id: int):
             if verdict == "confirmed"
             else "Flag dismissed: its earnings follow the datanet's usual review period."
         )
-        messages.success(request, f"Contribution #{contribution.pk}: {done}")
+        messages.success(request, f"Upload #{contribution.pk}: {done}")
     return redirect("attribution:datanet", slug=found.slug)

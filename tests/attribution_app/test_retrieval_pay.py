@@ -103,7 +103,8 @@ def test_a_replay_pays_once_and_the_page_and_receipt_show_both_parts(planted, ma
     body = receipt.content.decode()
     assert (
         'id="receipt-retrieval"' in body
-        and "For rows cited as the answer's sources (1 person, 30% of this part): 0.210000 credits" in body
+        and "For rows cited as the answer's sources (1 person, 30% of this part): "
+        '<span class="amount" title="0.210000 credits">0.21</span> credits' in body
     )
 
 

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from attribution.models import Attribution, AttributionRow, AttributionShare
-from attribution.services import attribution_rows_for, row_amounts
+from attribution.services import attribution_rows_for, attribution_verify, row_amounts
 from attribution.tasks import inference_attribute_task
 from datanets.models import Contribution, Record
 from ledger.calc.money import format_credits, format_credits_short
@@ -105,6 +105,19 @@ def test_the_rows_earnings_add_up_to_what_the_ledger_paid(planted, make_inferenc
         assert attribution.settlement_rule == "settle-2"
         assert sum(expected.values()) == paid
         assert all(r.record.contributor_id == user_id for r in pair)
+
+    # attribution_verify recomputes the rows' shares from the index and divides the pay again.
+    for attribution in Attribution.objects.all():
+        result = attribution_verify(inference_id=attribution.inference_id)
+        checks = {check.name: check.ok for check in result.checks}
+        assert result.ok and checks["row shares"] and checks["row amounts"], result.checks
+    tampered = rows[0]
+    AttributionRow.objects.filter(pk=tampered.pk).update(amount_micro=tampered.amount_micro + 1)
+    result = attribution_verify(inference_id=Attribution.objects.get(pk=tampered.attribution_id).inference_id)
+    assert [(c.name, c.detail) for c in result.checks if not c.ok] == [
+        ("row amounts", f"differ for contributors {tampered.contributor_id}")
+    ]
+    AttributionRow.objects.filter(pk=tampered.pk).update(amount_micro=tampered.amount_micro)
 
     # Per contributor: rows + the part not tied to a row == the ledger's payouts, to the micro-unit.
     ledger_paid = _ledger_paid()
