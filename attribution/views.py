@@ -20,6 +20,7 @@ def index(request):
         "attribution/index.html",
         {
             "summary": selectors.contributor_summary(user=request.user),
+            "top_rows": selectors.top_earning_rows(user=request.user),
             "page": page,
             "reputations": contributor_reputations(user=request.user),
             "flag_hold_days": settings.MF_FLAGGED_HOLD_DAYS,

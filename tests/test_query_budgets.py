@@ -365,8 +365,9 @@ PAGES = {
     "wizard versions": Case("/train/new/?step=2", usable_versions, r"qb-datanet-\d+", 6, session=WIZARD_STEP_2),
     "job chart": Case("/train/jobs/{job}/chart/", chart_points, train_points_grown, 3),
     "models": Case("/models/", models, r"qb-model-\d+", 3),
-    # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one)
-    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 13),
+    # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one); + your rows that
+    # earned the most (1)
+    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 14),
     "attribution model": Case("/attribution/models/{model}/", model_shares, r"qb-contributor-\d+", 5),
     # + reputation (4) and the curators' findings (1)
     "attribution datanet": Case("/attribution/datanets/{datanet}/", datanet_shares, r"qb-contributor-\d+", 11),

@@ -213,3 +213,9 @@ def test_the_rows_page_and_api_read_the_earnings_in_a_fixed_number_of_queries(cl
     assert sum(2 * (1_000 + i) for i in range(8)) - sum(2 * (700 + i) for i in range(8)) == 4_800
     assert "credits are not tied to a single row" in page
     assert 'title="0.004800 credits">0.0048</span> credits are not tied' in page
+    # The attribution overview lists the rows that earned the most: row q7 earned 2 * 707, then q6 2 * 706, ...
+    overview = client.get("/attribution/")
+    assert [(r["record__text"], r["amount"], r["answers"]) for r in overview.context["top_rows"]] == [
+        (f"qb-row-{i}", 2 * (700 + i), 2) for i in (7, 6, 5, 4, 3)
+    ]
+    assert 'title="0.001414 credits">0.00141</span>' in overview.content.decode()
