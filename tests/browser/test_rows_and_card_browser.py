@@ -46,6 +46,10 @@ def test_an_uploads_rows_for_its_contributor_then_a_curator_drops_one(page, cast
     expect(page.locator(f"#row-{first.pk} .row-earned")).to_have_text("earned you 0.0084 credits")
     expect(page.locator(".row-earned", has_text="earned nothing yet")).to_have_count(1)
     keep_screenshots(page, "contribution-rows-contributor")
+    page.goto("/attribution/")  # the overview names the row that earned
+    expect(page.locator("#top-rows + p + .table-wrap tbody tr")).to_have_count(1)
+    expect(page.locator("#top-rows + p + .table-wrap tbody tr")).to_contain_text(f"line {first.line}")
+    keep_screenshots(page, "attribution-top-rows")
     page.goto(f"/datanets/contributions/{contribution.pk}/")  # the file's fingerprint, folded away
     expect(page.locator("details.fingerprint code")).to_be_hidden()
     keep_screenshots(page, "contribution-report")
