@@ -21,9 +21,17 @@ class AttributionConfig(AppConfig):
         register_inference_completed(services.inference_completed)
 
         from attribution.reputation import datanet_reputation_scores
-        from datanets.hooks import register_bonds, register_decided, register_reputation, register_upload
+        from attribution.selectors import row_earnings
+        from datanets.hooks import (
+            register_bonds,
+            register_decided,
+            register_reputation,
+            register_row_earnings,
+            register_upload,
+        )
 
         register_upload(services.bond_on_upload)
         register_decided(services.bond_on_decided)
         register_reputation(datanet_reputation_scores)
         register_bonds(services.bonds_held)
+        register_row_earnings(row_earnings)

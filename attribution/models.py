@@ -170,3 +170,29 @@ class AttributionShare(models.Model):
 
     def __str__(self) -> str:
         return f"{self.contributor_id}: {self.share:.3f}"
+
+
+class AttributionRow(models.Model):
+    """One training row's part of one answer's pay to its contributor: what "this row earned" adds up.
+
+    `share` is the row's share of the answer (the engine's rule step 5); `settled_share` its part of the
+    contributor's settled share, in the units of `Attribution.settlement_shares` (under settle-3 it includes the
+    row's part of the retrieval part when it was cited). At settlement the contributor's amount for the answer is
+    divided over their rows in proportion to `settled_share` (services.row_earnings.row_amounts); what is not tied
+    to one row (paid by row count, a fallback, credit spread too thin to keep) stays with the contributor's
+    AttributionShare only."""
+
+    attribution = models.ForeignKey(Attribution, on_delete=models.CASCADE, related_name="rows")
+    record = models.ForeignKey("datanets.Record", on_delete=models.CASCADE, related_name="+", db_index=False)
+    contributor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    share = models.FloatField(help_text="The row's share of the answer (engine), 0..1.")
+    settled_share = models.FloatField(help_text="The row's part of its contributor's settled share.")
+    amount_micro = models.BigIntegerField(default=0, help_text="The part of the contributor's pay tied to this row.")
+
+    class Meta:
+        ordering = ["-settled_share", "record_id"]
+        constraints = [models.UniqueConstraint(fields=["attribution", "record"], name="attribution_row_once")]
+        indexes = [models.Index(fields=["record", "contributor"], include=["amount_micro"], name="attribution_row_pay")]
+
+    def __str__(self) -> str:
+        return f"row {self.record_id} of attribution {self.attribution_id}: {self.settled_share:.3f}"

@@ -20,6 +20,7 @@ def index(request):
         "attribution/index.html",
         {
             "summary": selectors.contributor_summary(user=request.user),
+            "top_rows": selectors.top_earning_rows(user=request.user),
             "page": page,
             "reputations": contributor_reputations(user=request.user),
             "flag_hold_days": settings.MF_FLAGGED_HOLD_DAYS,
@@ -94,5 +95,5 @@ def contribution_decide(request, slug: str, contribution_id: int):
             if verdict == "confirmed"
             else "Flag dismissed: its earnings follow the datanet's usual review period."
         )
-        messages.success(request, f"Contribution #{contribution.pk}: {done}")
+        messages.success(request, f"Upload #{contribution.pk}: {done}")
     return redirect("attribution:datanet", slug=found.slug)

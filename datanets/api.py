@@ -15,7 +15,7 @@ from core.api import (
     idempotency_key,
 )
 from core.throttling import ScopedRateThrottle
-from datanets import selectors, services
+from datanets import hooks, selectors, services
 from datanets.models import Contribution, Datanet, Record
 from datanets.serializers import (
     ContributionRowSerializer,
@@ -261,7 +261,8 @@ class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewset
     @action(detail=True, methods=["get"])
     def rows(self, request, pk=None):
         """The contribution's rows in file order, with their state, flags and the versions that hold them (the
-        contributor and the datanet's curators)."""
+        contributor and the datanet's curators). To the contributor, each row also says what it earned them
+        (`earned`; null for curators)."""
         contribution = self.get_object()
         wanted = request.query_params.get("status", "")
         if wanted and wanted not in selectors.CONTRIBUTION_ROW_STATUSES:
@@ -269,6 +270,10 @@ class ContributionViewSet(WriteThrottleMixin, mixins.RetrieveModelMixin, viewset
             raise ValidationError({"status": [f"“{wanted}” is not one of: {choices}."]})
         page = self.paginate_queryset(selectors.contribution_rows(contribution=contribution, status=wanted))
         versions = selectors.record_version_numbers(record_ids=[record.pk for record in page])
-        return self.get_paginated_response(
-            ContributionRowSerializer(page, many=True, context={"versions": versions}).data
-        )
+        earnings = None
+        if contribution.contributor_id == request.user.pk:
+            earnings = hooks.row_earnings(
+                user=request.user, contribution_id=contribution.pk, record_ids=[record.pk for record in page]
+            )
+        context = {"versions": versions, "earned": earnings["rows"] if earnings else None}
+        return self.get_paginated_response(ContributionRowSerializer(page, many=True, context=context).data)

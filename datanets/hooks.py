@@ -8,6 +8,9 @@ contribution's life without datanets importing them (see .importlinter). Apps re
   queue, which lists the lowest first (attribution.reputation; none registered: no scores, newest first).
 - A bond provider answers `provider(*, contribution_ids) -> {contribution id: micro-units held}` for the review
   pages, which say what each reject choice does to the upload's bond (attribution.services.bonds_held).
+- A row-earnings provider answers `provider(*, user, contribution_id, record_ids) -> dict` with what the user's
+  rows earned them (attribution.selectors.row_earnings: {"rows": {record id: micro-units}, "contribution",
+  "paid", "tied", "untied"}); none registered: the rows page shows no earnings.
 - Decided handlers run after the transaction that accepts, rejects or fails a contribution has committed:
   `handler(*, contribution_id)`. They must be safe to run twice (a recovery sweep may run them again).
 """
@@ -22,6 +25,7 @@ upload_handlers: list[Callable[..., None]] = []
 decided_handlers: list[Callable[..., None]] = []
 reputation_providers: list[Callable[..., dict]] = []
 bond_providers: list[Callable[..., dict]] = []
+row_earnings_providers: list[Callable[..., dict]] = []
 
 
 def register_bonds(provider: Callable[..., dict]) -> None:
@@ -33,6 +37,18 @@ def bonds_held(contribution_ids) -> dict:
     """{contribution id: micro-units of its bond still held} from the registered provider, or {}."""
     ids = list(contribution_ids)
     return bond_providers[0](contribution_ids=ids) if bond_providers and ids else {}
+
+
+def register_row_earnings(provider: Callable[..., dict]) -> None:
+    if provider not in row_earnings_providers:
+        row_earnings_providers.append(provider)
+
+
+def row_earnings(*, user, contribution_id: int, record_ids) -> dict | None:
+    """What `user`'s rows earned them, from the registered provider, or None."""
+    if not row_earnings_providers:
+        return None
+    return row_earnings_providers[0](user=user, contribution_id=contribution_id, record_ids=record_ids)
 
 
 def register_reputation(provider: Callable[..., dict]) -> None:

@@ -265,6 +265,11 @@ class ContributionRowSerializer(serializers.ModelSerializer):
     copy_of = serializers.IntegerField(
         source="copy_of_id", read_only=True, allow_null=True, help_text="The earlier row this one copies, if any."
     )
+    earned = serializers.SerializerMethodField(
+        help_text="Credits this row earned its contributor (decimal string, 6 places): each answer's pay to the "
+        "contributor divided over their rows in proportion to how much each row shaped that answer. Shown to the "
+        "contributor only; null for curators."
+    )
 
     class Meta:
         model = Record
@@ -280,7 +285,16 @@ class ContributionRowSerializer(serializers.ModelSerializer):
             "flag_details",
             "copy_of",
             "versions",
+            "earned",
         ]
 
     def get_versions(self, obj) -> list[int]:
         return self.context.get("versions", {}).get(obj.pk, [])
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_earned(self, obj) -> str | None:
+        earned = self.context.get("earned")
+        if earned is None:
+            return None
+        micro = earned.get(obj.pk, 0)  # never negative: a row's part of what its contributor was paid
+        return f"{micro // 1_000_000}.{micro % 1_000_000:06d}"

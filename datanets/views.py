@@ -241,14 +241,22 @@ def contribution_rows(request, pk):
     rows = selectors.contribution_rows(contribution=contribution, status=status)
     page = Paginator(rows, PAGE_SIZE).get_page(request.GET.get("page"))
     versions = selectors.record_version_numbers(record_ids=[record.pk for record in page])
+    # What the rows earned is the contributor's business: shown to them only (curators see the rows, not the pay).
+    earnings = None
+    if contribution.contributor_id == request.user.pk:
+        earnings = hooks.row_earnings(
+            user=request.user, contribution_id=contribution.pk, record_ids=[record.pk for record in page]
+        )
     for record in page:
         record.version_numbers = versions[record.pk]
+        record.earned = earnings["rows"][record.pk] if earnings else None
     context = {
         **_base(request, contribution.datanet, "contributions"),
         "c": contribution,
         "page": page,
         "status": status,
         "filters": ROW_FILTERS,
+        "earnings": earnings,
     }
     return render(request, "datanets/contribution_rows.html", context)
 

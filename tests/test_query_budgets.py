@@ -388,8 +388,9 @@ PAGES = {
     "job chart": Case("/train/jobs/{job}/chart/", chart_points, train_points_grown, 3),
     "job evaluations": Case("/train/jobs/{job}/", evaluations, r"/evaluations/\d+/", 12),
     "models": Case("/models/", models, r"qb-model-\d+", 3),
-    # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one)
-    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 13),
+    # + your reputation: the datanets you have rows in, then 4 queries per datanet (here one); + your rows that
+    # earned the most (1)
+    "attribution answers": Case("/attribution/", answers, r"qb-answer-\d+", 14),
     "attribution model": Case("/attribution/models/{model}/", model_shares, r"qb-contributor-\d+", 5),
     # + reputation (4) and the curators' findings (1)
     "attribution datanet": Case("/attribution/datanets/{datanet}/", datanet_shares, r"qb-contributor-\d+", 11),

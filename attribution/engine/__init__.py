@@ -26,6 +26,8 @@ Per inference (a `default`-queue task)
     result.contributor_shares      # {contributor_id: share}; + result.unattributed == 1 (within float rounding)
     result.contribution_shares     # {contribution_id: share} when row_meta names contributions
     result.top_rows                # [(row_id, tau)] best first, tau > 0 only (at most top_k=10)
+    result.row_shares              # {row_id: share of the answer}: the credited rows (the 100 largest); a
+                                   # contributor's rows sum to their share when none is left out
     result.spans                   # [(start, end, row_id)]: answer token positions [start, end) found verbatim
     result.span_coverage, result.gradient_attributed, result.params   # what a recomputation needs
     result.to_dict()               # JSON-ready

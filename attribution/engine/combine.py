@@ -20,6 +20,10 @@ The rule, version "poa-2" (METHOD_VERSION; change the version whenever any step 
    those rows). Span shares are normalised to 1 over contributors.
 4. Mix. With f = fraction of answer tokens covered verbatim: share_c = f * span_c + (1 - f) * gradient_c, and
    unattributed = (1 - f) * (1 - a). Shares plus unattributed sum to 1.
+5. Rows. The same mix per row: row_share_i = f * span_i + (1 - f) * gradient_i, where span_i is row i's part of
+   the span credit (its contributor's part of each span, split equally over that contributor's rows holding it)
+   and gradient_i = a * credit_i / sum(credit). A contributor's rows' shares sum to the contributor's share. The
+   result keeps the ROW_SHARES_KEPT largest (`row_shares`); what is spread thinner than that is not tied to a row.
 
 `AttributionResult.params` stores the method version and every parameter (index seed, k, widths, kappa, the noise
 floor and its alpha and number of null queries, score method, min_span, top_k), so a result can be recomputed
@@ -42,6 +46,7 @@ from attribution.engine.spans import DEFAULT_MIN_SPAN, SpanIndex, SpanMatch
 METHOD_VERSION = "poa-2"  # poa-1: per-query median + 3 MAD floor, mixture-null mass
 DEFAULT_TOP_K = 10
 MAX_ROWS_PER_SPAN = 20  # rows listed per span in the result (credit still goes to every containing row)
+ROW_SHARES_KEPT = 100  # rows whose share of an answer is kept (rule step 5), largest first
 
 
 class RowOwner(NamedTuple):
@@ -73,6 +78,7 @@ class AttributionResult:
     span_coverage: float = 0.0  # f: fraction of answer tokens covered verbatim
     gradient_attributed: float = 0.0  # a: attributed fraction of the gradient part
     params: dict = field(default_factory=dict)
+    row_shares: dict = field(default_factory=dict)  # row_id -> share of the answer (rule step 5), largest kept
 
     def to_dict(self) -> dict:
         """JSON-ready (ids become strings as JSON object keys)."""
@@ -81,6 +87,7 @@ class AttributionResult:
         data["contribution_shares"] = {str(k): v for k, v in self.contribution_shares.items()}
         data["top_rows"] = [[int(r), float(s)] for r, s in self.top_rows]
         data["spans"] = [[int(a), int(b), int(r)] for a, b, r in self.spans]
+        data["row_shares"] = {str(k): v for k, v in self.row_shares.items()}
         return data
 
 
@@ -157,10 +164,12 @@ def attribute_features(
 
     gradient_contributors: dict = {}
     gradient_contributions: dict = {}
+    gradient_rows: dict[int, float] = {}
     total_credit = float(credit.sum())
     if total_credit > 0 and attributed > 0:
         for row in np.flatnonzero(credit):
             part = attributed * float(credit[row]) / total_credit
+            gradient_rows[int(index.row_ids[row])] = part
             owner = owner_of(row_meta, int(index.row_ids[row]))
             gradient_contributors[owner.contributor_id] = gradient_contributors.get(owner.contributor_id, 0.0) + part
             if owner.contribution_id is not None:
@@ -171,12 +180,15 @@ def attribute_features(
     coverage = 0.0
     span_contributors: dict = {}
     span_contributions: dict = {}
+    span_row_shares: dict[int, float] = {}
     if span_index is not None and len(answer_ids):
         match = span_index.match(answer_ids, min_span)
         coverage = match.coverage
         span_contributors, span_rows = span_credit(match, row_meta)
         row_total = sum(span_rows.values())
         for row_id, value in span_rows.items():
+            if row_total > 0:
+                span_row_shares[row_id] = value / row_total
             contribution = owner_of(row_meta, row_id).contribution_id
             if contribution is not None and row_total > 0:
                 span_contributions[contribution] = span_contributions.get(contribution, 0.0) + value / row_total
@@ -189,6 +201,8 @@ def attribute_features(
         return {key: value for key, value in sorted(mixed.items(), key=lambda kv: -kv[1]) if value > 0}
 
     contributor_shares = mix(span_contributors, gradient_contributors)
+    row_shares = mix(span_row_shares, gradient_rows)
+    kept = sorted(row_shares.items(), key=lambda kv: (-kv[1], kv[0]))[:ROW_SHARES_KEPT]
     unattributed = max(0.0, 1.0 - sum(contributor_shares.values()))
     candidates = np.argpartition(-scores, top_k)[:top_k] if 0 < top_k < len(scores) else np.arange(len(scores))
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:top_k]  # by score, ties by row position
@@ -202,6 +216,7 @@ def attribute_features(
         contribution_shares=mix(span_contributions, gradient_contributions),
         span_coverage=coverage,
         gradient_attributed=attributed,
+        row_shares=dict(kept),
         params={
             "method_version": METHOD_VERSION,
             "score_method": method,

@@ -8,6 +8,7 @@
   the model owner, never by row count; "settle-3" for answers given with retrieval: a part to the contributors of
   the cited rows; older answers under their recorded "settle-1"), batches of waiting answers
   claimed with advisory locks, one ledger.settlement_post_many call per batch;
+- row_earnings: a contributor's pay for an answer divided over their rows (what each row earned);
 - settlement_check: a settled answer checked against the rule it recorded;
 - holding / penalties: which parts of a settlement arrive as pending earnings; a curator's verdict on a
   contribution flagged harmful (forfeit, slash, reject) or the flag dismissed;
@@ -28,6 +29,7 @@ from attribution.services.bonds import bond_on_decided, bond_on_upload, bonds_he
 from attribution.services.holding import pending_parts
 from attribution.services.indexing import INDEX_FOLDER, index_build, index_stage_discard, index_stage_run
 from attribution.services.penalties import FindingError, contribution_decide
+from attribution.services.row_earnings import attribution_rows_for, original_rows, row_amounts, row_amounts_write
 from attribution.services.settlement import (
     CLAIM_CANDIDATES,
     RETRIEVAL_PART,
@@ -77,6 +79,10 @@ __all__ = [
     "index_stage_run",
     "pending_parts",
     "rule_payouts",
+    "attribution_rows_for",
+    "original_rows",
+    "row_amounts",
+    "row_amounts_write",
     "settlement_shares",
     "settlement_terms",
     "training_row_shares",

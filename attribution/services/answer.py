@@ -12,12 +12,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from attribution import runtime
-from attribution.models import Attribution, AttributionShare, ModelIndex
+from attribution.models import Attribution, AttributionRow, AttributionShare, ModelIndex
+from attribution.services.row_earnings import attribution_rows_for, original_rows
 from attribution.services.settlement import (
     RETRIEVAL_SETTLEMENT_RULE,
     SETTLEMENT_RULE,
     attribution_settle,
     citation_weights,
+    retrieval_part,
     settlement_shares,
     training_row_shares,
 )
@@ -97,6 +99,10 @@ def attribution_compute(inference) -> dict:
             for row_id, score in result.top_rows
         ],
         "spans": spans,
+        "row_shares": [
+            {"record_id": row_id, "contributor_id": entry.owners[row_id].contributor_id, "share": float(share)}
+            for row_id, share in result.row_shares.items()
+        ],
         "compute_ms": int((time.perf_counter() - started) * 1000),
     }
 
@@ -109,6 +115,8 @@ def _store(*, attribution_id: int, fields: dict, status: str) -> Attribution:
             return attribution
         inference = attribution.inference
         job = inference.model_version.job
+        fields = dict(fields)
+        credited_rows = fields.pop("row_shares", [])  # the engine's rows (none in a fallback)
         rule = SETTLEMENT_RULE if inference.retrieval is None else RETRIEVAL_SETTLEMENT_RULE
         row_shares = training_row_shares(job=job) if rule == "settle-1" else {}
         shares = fields.get("contributor_shares", {})
@@ -142,6 +150,23 @@ def _store(*, attribution_id: int, fields: dict, status: str) -> Attribution:
                 created_at=inference.created_at,
             )
             for uid in users
+        )
+        rows = attribution_rows_for(
+            row_shares=credited_rows,
+            rule=rule,
+            retrieval_part=retrieval_part(weights),
+            citations=(inference.retrieval or {}).get("citations") or [],
+            settled=settled,
+        )
+        AttributionRow.objects.bulk_create(
+            AttributionRow(
+                attribution=attribution,
+                record_id=row["record_id"],
+                contributor_id=row["contributor_id"],
+                share=row["share"],
+                settled_share=row["settled_share"],
+            )
+            for row in original_rows(rows=rows)
         )
     return attribution
 

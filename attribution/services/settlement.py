@@ -39,6 +39,7 @@ from django.db.models import Q
 
 from attribution.models import Attribution, AttributionShare
 from attribution.services.holding import pending_parts
+from attribution.services.row_earnings import row_amounts_write
 from datanets.selectors import version_contributor_row_counts
 from ledger import services as ledger
 from ledger.calc.money import format_credits
@@ -202,6 +203,8 @@ def _finish_settlements(finished: list[tuple[int, str, str, object]]) -> None:
                 )
             for pk, amount in amounts:
                 AttributionShare.objects.filter(pk=pk).update(amount_micro=amount)
+        if paid:
+            row_amounts_write(paid=paid)
 
 
 def attribution_settle(*, attribution_id: int) -> Attribution:

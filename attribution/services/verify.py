@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attribution.models import Attribution
+from attribution.models import Attribution, AttributionRow, AttributionShare
+from attribution.services.row_earnings import original_rows, row_amounts
 from attribution.services.settlement_check import attribution_settlement_check
 from common.files import file_sha256
 
@@ -56,6 +57,43 @@ def _compare_shares(name: str, stored: dict, recomputed: dict, out: Verification
         if not _close(float(stored.get(key, 0.0)), float(recomputed.get(key, 0.0)))
     ]
     out.add(name, not differing, "; ".join(differing[:5]) or f"{len(keys)} equal within {SHARE_TOLERANCE:g}")
+
+
+def _check_rows(attribution: Attribution, fields: dict, out: Verification) -> None:
+    """The rows recorded for what each row earned (services.row_earnings): their engine shares recomputed, and each
+    contributor's pay divided over them again. Answers settled before rows were recorded have none to check."""
+    stored = list(AttributionRow.objects.filter(attribution=attribution).order_by("pk"))
+    if not stored:
+        out.add("rows", True, "no rows recorded for this answer")
+        return
+    paid_to = {str(uid) for uid in attribution.settlement_shares}
+    recomputed = original_rows(
+        rows=[
+            {**row, "settled_share": 0.0}
+            for row in fields.get("row_shares", [])
+            if str(row["contributor_id"]) in paid_to
+        ]
+    )
+    _compare_shares(
+        "row shares",
+        {str(r.record_id): r.share for r in stored if r.share > 0},
+        {str(r["record_id"]): r["share"] for r in recomputed},
+        out,
+    )
+    if attribution.settlement_status != Attribution.Settlement.SETTLED:
+        return
+    paid = dict(AttributionShare.objects.filter(attribution=attribution).values_list("contributor_id", "amount_micro"))
+    wrong = []
+    for user_id in sorted({r.contributor_id for r in stored}):
+        mine = [r for r in stored if r.contributor_id == user_id]
+        expected = row_amounts(
+            amount_micro=paid.get(user_id, 0),
+            basis=attribution.settlement_shares.get(str(user_id), "0"),
+            parts=[(r.pk, r.settled_share) for r in mine],
+        )
+        if {r.pk: r.amount_micro for r in mine} != expected or sum(expected.values()) > paid.get(user_id, 0):
+            wrong.append(str(user_id))
+    out.add("row amounts", not wrong, f"differ for contributors {', '.join(wrong)}" if wrong else f"{len(stored)} rows")
 
 
 def attribution_verify(*, inference_id: int) -> Verification:
@@ -121,6 +159,7 @@ def attribution_verify(*, inference_id: int) -> Verification:
         spans = [(s["start"], s["end"], s["record_id"]) for s in attribution.spans]
         new_spans = [(s["start"], s["end"], s["record_id"]) for s in fields["spans"]]
         out.add("spans", spans == new_spans, f"{len(spans)} spans" if spans == new_spans else f"recomputed {new_spans}")
+        _check_rows(attribution, fields, out)
     else:
         out.add("attribution", True, "no attribution could be computed; the fee was settled as the fallback says")
     if attribution.settlement_status == Attribution.Settlement.SETTLED:

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from attribution.models import Attribution
+from attribution.models import Attribution, AttributionRow
 from attribution.services import attribution_settlement_check, settlement
 from attribution.tasks import inference_attribute_task
 from datanets.models import Record
@@ -57,6 +57,13 @@ def test_cited_rows_contributors_share_the_retrieval_part_by_citation_weight(pla
                       to_fraction(record["unattributed"]))  # fmt: skip
     assert record["split"]["contributors"] == {str(u): a for u, a in split.contributors.items()}
     assert split.contributors[bob] >= 157_500 - 1 and split.contributors[carol] >= 52_500 - 1
+    # What each row earned: all of bob's and carol's pay is tied to rows, their cited rows holding the sources' part.
+    rows = AttributionRow.objects.filter(attribution=attribution)
+    for person, uid, part in (("bob", bob, 157_500), ("carol", carol, 52_500)):
+        mine = {r.record_id: r.amount_micro for r in rows if r.contributor_id == uid}
+        assert sum(mine.values()) == split.contributors[uid]
+        cited = Record.objects.filter(contributor=planted.people[person]).order_by("pk").first().pk
+        assert mine[cited] >= part - 1
     assert attribution_settlement_check(attribution=attribution) == []
     ledger_verify()
 
@@ -103,7 +110,9 @@ def test_a_replay_pays_once_and_the_page_and_receipt_show_both_parts(planted, ma
     body = receipt.content.decode()
     assert (
         'id="receipt-retrieval"' in body
-        and "For rows cited as the answer's sources (1 person, 30% of this part): 0.210000 credits" in body
+        and "For rows cited as the answer's sources (1 person, 30% of this part): "
+        '<span class="amount" title="0.210000 credits">0.21</span> credits'
+        in body
     )
 
 

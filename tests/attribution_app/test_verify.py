@@ -44,6 +44,8 @@ def test_a_stored_attribution_recomputes_to_the_same_shares_rows_and_settlement(
         ("unattributed", True),
         ("top rows", True),
         ("spans", True),
+        ("row shares", True),  # the rows' shares of the answer, and the pay divided over them (row_earnings)
+        ("row amounts", True),
         ("settlement", True),
     ]
     output, error = verify(answered.pk)

@@ -118,7 +118,7 @@ def test_wallet_separates_refunds_from_earnings_and_receipts_are_readable(owner_
     lines.first.get_by_role("link").click()
     expect(page.get_by_role("heading", name=re.compile(r"^Receipt #\d+$"))).to_be_visible()
     expect(page.locator("#receipt-lines tbody tr")).to_have_text(
-        ["Your share as the model's owner0.040000", "Refund: the unused part of a reserved fee0.300000"]
+        ["Your share as the model's owner0.04", "Refund: the unused part of a reserved fee0.30"]
     )
     check = page.locator("#receipt-check")
     expect(check.locator("header")).to_have_text("Verified")
@@ -126,6 +126,7 @@ def test_wallet_separates_refunds_from_earnings_and_receipts_are_readable(owner_
     raw = check.get_by_role("link", name="The raw proof (JSON)")
     expect(raw).to_be_hidden()
     check.locator("summary").click()
+    keep_screenshots(page, "receipt")
     href = raw.get_attribute("href")
     proof = page.request.get(href).json()
     assert proof["seq"] == int(page.locator("h1").inner_text().split("#")[1])

@@ -5,10 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
+from attribution.models import Attribution, AttributionRow, AttributionShare
 from datanets import services as datanet_services
-from modelfactory.models import ModelVersion
+from modelfactory.models import Inference, ModelVersion
 from modelfactory.training.artifacts import model_card
 from tests.browser.conftest import keep_screenshots, log_in
 from tests.datanets.conftest import upload
@@ -18,12 +20,44 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_an_uploads_rows_for_its_contributor_then_a_curator_drops_one(page, cast, world, live_server):
     contribution = world.contribution
+    # One answer paid the teammate 0.0112 credits, 0.0084 of it for their first row (the rest not tied to a row).
+    first = contribution.records.order_by("line").first()
+    inference = Inference.objects.create(
+        caller=cast.outsider, model=world.model, model_version=world.model.versions.get(), source="api",
+        status="completed", messages=[{"role": "user", "content": "?"}], output="Quells eat blue moss.",
+        price_per_1k_tokens=0,
+    )  # fmt: skip
+    attribution = Attribution.objects.create(inference=inference, status="done", settlement_status="settled")
+    AttributionShare.objects.create(
+        attribution=attribution, contributor=cast.teammate, model=world.model, share=1.0, settled_share=1.0,
+        amount_micro=11_200, created_at=timezone.now(),
+    )  # fmt: skip
+    AttributionRow.objects.create(
+        attribution=attribution, record=first, contributor=cast.teammate, share=0.75, settled_share=0.75,
+        amount_micro=8_400,
+    )  # fmt: skip
     log_in(page, live_server, cast.teammate)
     page.goto(f"/datanets/contributions/{contribution.pk}/")
     page.locator("#see-rows").click()
     expect(page.get_by_role("heading", name=re.compile(r"Rows of upload #"))).to_be_visible()
     expect(page.get_by_text("in version 1").first).to_be_visible()
+    expect(page.locator("#row-earnings")).to_contain_text("The rows of this upload earned you 0.0084 credits in all.")
+    expect(page.locator("#row-earnings")).to_contain_text("0.0028 credits are not tied to a single row")
+    expect(page.locator(f"#row-{first.pk} .row-earned")).to_have_text("earned you 0.0084 credits")
+    expect(page.locator(".row-earned", has_text="earned nothing yet")).to_have_count(1)
     keep_screenshots(page, "contribution-rows-contributor")
+    page.goto("/attribution/")  # the overview names the row that earned
+    expect(page.locator("#top-rows + p + .table-wrap tbody tr")).to_have_count(1)
+    expect(page.locator("#top-rows + p + .table-wrap tbody tr")).to_contain_text(f"line {first.line}")
+    keep_screenshots(page, "attribution-top-rows")
+    page.goto(f"/datanets/contributions/{contribution.pk}/")  # the file's fingerprint, folded away
+    expect(page.locator("details.fingerprint code")).to_be_hidden()
+    keep_screenshots(page, "contribution-report")
+    page.goto(f"/datanets/{contribution.datanet.slug}/versions/1/")
+    expect(page.get_by_text(world.version.manifest_hash)).to_be_hidden()
+    page.get_by_text("How to check this version").click()
+    expect(page.get_by_text(world.version.manifest_hash)).to_be_visible()
+    keep_screenshots(page, "version")
 
     # The outsider uploads to the public datanet; its curator (the owner) reads the rows before deciding.
     uploaded = datanet_services.contribution_create(
@@ -57,6 +91,10 @@ def test_the_model_page_shows_its_card_rendered(page, cast, world, live_server):
     expect(page.locator("#model-card h2", has_text="Training data")).to_be_visible()
     expect(page.locator("#model-card td", has_text="Zorb facts")).to_be_visible()
     expect(page.get_by_text("| datanet | version")).to_be_hidden()  # the Markdown source only behind its toggle
+    fingerprint = page.locator("#model-card td details.fingerprint")  # the version's hash, folded away
+    expect(fingerprint.locator("code")).to_be_hidden()
+    fingerprint.locator("summary").click()
+    expect(fingerprint.locator("code")).to_have_text(world.version.manifest_hash)
     page.locator("#model-card").scroll_into_view_if_needed()
     keep_screenshots(page, "model-card")
 

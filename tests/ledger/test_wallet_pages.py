@@ -81,8 +81,13 @@ def test_receipt_is_readable_and_verified(client, answers):
     ]
     assert response.context["checks"] == {"content": True, "link": True, "checkpoint": None}
     assert "<strong>Verified</strong>" in body
-    assert "How the fee of 0.300000 credits was shared" in body
-    assert "The people whose data trained the model (2): 0.210000 credits" in body
+    assert 'How the fee of <span class="amount" title="0.300000 credits">0.30</span> credits was shared' in body
+    assert (
+        'The people whose data trained the model (2): <span class="amount" title="0.210000 credits">0.21</span> '
+        "credits" in body
+    )
+    # The exact amounts stay in the technical details.
+    assert "fee 0.300000 (owner 0.060000, contributors 0.210000, platform 0.030000)" in body
     assert f'href="/api/v1/ledger/proofs/{first.pk}/?format=json"' in body
 
 
