@@ -11,7 +11,8 @@ tuned model answers, through the serving engine as the playground does:
   the fact's contributor; shown separately for answers that state the fact (the model learned it);
 - new phrasings: each fact asked twice in words no row uses (is a fact credited when the question is new?);
 - out-of-domain: 10 questions about nothing in the data, and 10 more written before the method was changed, with
-  no parameter tuned on them (alpha stays 0.05; the calibration prompts share no question with either set); their unattributed fraction should be near 1, and how many are credited at all near 0.
+  no parameter tuned on them (alpha stays 0.05; the calibration prompts share no question with either set);
+  their unattributed fraction should be near 1, and how many are credited at all near 0.
 
 Each answer is scored under the current rule (METHOD_VERSION) and, as the baseline in the same run, under the
 previous rule "poa-2" (the same index and query features, the floor from the permutation nulls alone). Prints the
