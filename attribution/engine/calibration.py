@@ -1,4 +1,5 @@
-"""Fluent calibration queries for the noise floor: the tuned model's own greedy answers to everyday questions.
+"""The noise floor's calibration queries: permutation nulls (`null_queries`) and fluent ones (`fluent_queries`:
+the tuned model's own greedy answers to everyday questions).
 
 Every answer the engine attributes is an answer the model generated: fluent text in the model's own style, with
 the low loss such text has. Answers of random tokens (the permutation nulls of `index.null_queries`) sit far
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,6 +74,25 @@ CALIBRATION_PROMPTS = (
     "What is the capital of Canada?",
 )
 CALIBRATION_MAX_NEW_TOKENS = 48
+Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels), as index.Row
+
+
+def null_queries(rows: Sequence[Row], count: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Permutation-null queries: the prompt of a random training row followed by an answer of a random row's
+    length whose tokens are drawn at random from all rows' answer tokens. Such an answer uses the datanet's own
+    vocabulary (and so shares its generic gradient directions) but repeats no row's content: whatever credit it
+    gets is noise. Fixed seed: an auditor regenerates the same queries."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 2])))
+    pool = np.asarray([t for _, ids, labels in rows for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
+    starts = [next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) for _, _, labels in rows]
+    lengths = [sum(lab != IGNORE_INDEX for lab in labels) for _, _, labels in rows]
+    queries = []
+    for _ in range(count):
+        prompt_row, length_row = rng.integers(len(rows), size=2)
+        prompt = list(rows[prompt_row][1][: starts[prompt_row]])
+        answer = rng.choice(pool, size=lengths[length_row]).tolist()
+        queries.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
+    return queries
 
 
 def prompts_digest(prompts: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.engine.calibration import fluent_queries
+from attribution.engine.calibration import fluent_queries, null_queries
 from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
 from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
@@ -341,24 +341,6 @@ def project_rows(model: nn.Module, rows, projector: Projector, *, batch_size: in
 
     per_row_features(model, rows, projector, batch_size=batch_size, pad_id=pad_id, consume=consume)
     return out
-
-
-def null_queries(rows: Sequence[Row], count: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """Permutation-null queries: the prompt of a random training row followed by an answer of a random row's
-    length whose tokens are drawn at random from all rows' answer tokens. Such an answer uses the datanet's own
-    vocabulary (and so shares its generic gradient directions) but repeats no row's content: whatever credit it
-    gets is noise. Fixed seed: an auditor regenerates the same queries."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 2])))
-    pool = np.asarray([t for _, ids, labels in rows for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
-    starts = [next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) for _, _, labels in rows]
-    lengths = [sum(lab != IGNORE_INDEX for lab in labels) for _, _, labels in rows]
-    queries = []
-    for _ in range(count):
-        prompt_row, length_row = rng.integers(len(rows), size=2)
-        prompt = list(rows[prompt_row][1][: starts[prompt_row]])
-        answer = rng.choice(pool, size=lengths[length_row]).tolist()
-        queries.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
-    return queries
 
 
 def best_relevance(index: AttributionIndex, phi: np.ndarray, method: str) -> np.ndarray:
