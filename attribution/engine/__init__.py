@@ -22,7 +22,7 @@ Per inference (a `default`-queue task)
 --------------------------------------
     index = AttributionIndex.load(path); spans = SpanIndex.load(path2)
     result = attribute(index, spans, model, prompt_ids, answer_ids, row_meta)   # -> AttributionResult
-    result.method_version          # "poa-2" (METHOD_VERSION): store it with the row
+    result.method_version          # "poa-3" (METHOD_VERSION; "poa-2" for an index built before it): store it
     result.contributor_shares      # {contributor_id: share}; + result.unattributed == 1 (within float rounding)
     result.contribution_shares     # {contribution_id: share} when row_meta names contributions
     result.top_rows                # [(row_id, tau)] best first, tau > 0 only (at most top_k=10)
@@ -47,7 +47,15 @@ planted-fact top-1 and LDS measured with `attribution.engine.validation` (bench/
 Errors: every bad input raises `EngineError` (a ValueError) with a plain-words message.
 """
 
-from attribution.engine.combine import METHOD_VERSION, AttributionResult, RowOwner, attribute, attribute_features
+from attribution.engine.calibration import CALIBRATION_PROMPTS, calibration_inputs, calibration_prompt_ids
+from attribution.engine.combine import (
+    METHOD_VERSION,
+    METHOD_VERSIONS,
+    AttributionResult,
+    RowOwner,
+    attribute,
+    attribute_features,
+)
 from attribution.engine.index import (
     DEFAULT_KAPPA,
     DEFAULT_METHOD,
@@ -63,7 +71,9 @@ __all__ = [
     "DEFAULT_KAPPA",
     "DEFAULT_METHOD",
     "DEFAULT_MIN_SPAN",
+    "CALIBRATION_PROMPTS",
     "METHOD_VERSION",
+    "METHOD_VERSIONS",
     "SCORE_METHODS",
     "AttributionIndex",
     "AttributionResult",
@@ -75,5 +85,7 @@ __all__ = [
     "attribute",
     "attribute_features",
     "build_index",
+    "calibration_inputs",
+    "calibration_prompt_ids",
     "data_valuation",
 ]

@@ -1,6 +1,6 @@
 """Proof of Attribution for one answer: gradient influence and verbatim spans combined into contributor shares.
 
-The rule, version "poa-2" (METHOD_VERSION; change the version whenever any step below changes):
+The rule, version "poa-3" (METHOD_VERSION; change the version whenever any step below changes):
 
 1. Gradient scores. tau_i = score of every indexed row (default method "fisher": block-diagonal damped Fisher per
    LoRA matrix); tau > 0 means training on row i made this answer more likely.
@@ -8,9 +8,12 @@ The rule, version "poa-2" (METHOD_VERSION; change the version whenever any step 
    a scale-free relevance scale rho_i = tau_i / (|phi_q| |phi_i|) in the method's metric (for "fisher":
    |x| = sqrt(x^T (F + lambda I)^-1 x); rho is a cosine in [-1, 1]). NULL_QUERIES permutation-null queries (a
    training prompt, then an answer of random tokens drawn from all rows' answers: the datanet's vocabulary, no
-   row's content) are scored against every row; the floor c is the (1 - alpha) quantile over them of the largest
-   rho any row gets (alpha = null_alpha, default 0.05). So an unrelated answer credits any row at all with
-   probability about alpha, whatever the number of rows.
+   row's content) are scored against every row, and so are the fluent calibration queries (calibration.py: the
+   tuned model's own greedy answers to everyday prompts, the kind of unrelated answer the model really gives).
+   The floor c is the higher of the two (1 - alpha) quantiles, over each set, of the largest rho any row gets
+   (alpha = null_alpha, default 0.05). So an unrelated answer, random or fluent, credits any row at all with
+   probability about alpha, whatever the number of rows. (Rule "poa-2", for an index of format poa-index-2: the
+   same with the permutation nulls alone.)
    A row's credit is its influence above the floor: credit_i = tau_i (rho_i - c) / rho_i where rho_i > c, else 0.
    The attributed fraction a is 1 when some row clears the floor, else 0 (the whole gradient part unattributed).
    Contributor c gets a * credit_c / sum(credit).
@@ -43,7 +46,17 @@ from attribution.engine.index import DEFAULT_METHOD, AttributionIndex
 from attribution.engine.lora import EngineError
 from attribution.engine.spans import DEFAULT_MIN_SPAN, SpanIndex, SpanMatch
 
-METHOD_VERSION = "poa-2"  # poa-1: per-query median + 3 MAD floor, mixture-null mass
+METHOD_VERSION = "poa-3"  # poa-2: the floor from permutation nulls alone; poa-1: median + 3 MAD, mixture mass
+# The rules this engine still computes: an index of format "poa-index-2" (no fluent calibration) is attributed by
+# rule "poa-2" exactly as when it was built, so its answers stay verifiable; poa-1 is refused (recorded as such).
+METHOD_VERSIONS = ("poa-2", METHOD_VERSION)
+
+
+def method_version_of(index: AttributionIndex) -> str:
+    """The rule an index is attributed under: "poa-2" for an index built before fluent calibration."""
+    return "poa-2" if index.format == "poa-index-2" else METHOD_VERSION
+
+
 DEFAULT_TOP_K = 10
 MAX_ROWS_PER_SPAN = 20  # rows listed per span in the result (credit still goes to every containing row)
 ROW_SHARES_KEPT = 100  # rows whose share of an answer is kept (rule step 5), largest first
@@ -207,8 +220,9 @@ def attribute_features(
     candidates = np.argpartition(-scores, top_k)[:top_k] if 0 < top_k < len(scores) else np.arange(len(scores))
     order = candidates[np.lexsort((candidates, -scores[candidates]))][:top_k]  # by score, ties by row position
     top_rows = [(int(index.row_ids[i]), float(scores[i])) for i in order if scores[i] > 0]
+    version = method_version_of(index)
     return AttributionResult(
-        method_version=METHOD_VERSION,
+        method_version=version,
         contributor_shares=contributor_shares,
         unattributed=unattributed,
         top_rows=top_rows,
@@ -218,7 +232,7 @@ def attribute_features(
         gradient_attributed=attributed,
         row_shares=dict(kept),
         params={
-            "method_version": METHOD_VERSION,
+            "method_version": version,
             "score_method": method,
             "min_span": min_span,
             "top_k": top_k,

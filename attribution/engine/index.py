@@ -13,11 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from attribution.engine.calibration import fluent_queries, null_queries
 from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
 from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
 
-INDEX_FORMAT = "poa-index-2"  # 2: permutation-null noise floor (null_floor, null_features)
+INDEX_FORMAT = "poa-index-3"  # 3: + fluent calibration (fluent_features, fluent_ids); 2: permutation-null floor
+READ_FORMATS = ("poa-index-2", INDEX_FORMAT)  # an index of format 2 is read as built (no fluent calibration)
 SCORE_METHODS = ("fisher", "dot", "cosine")
 DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.778 (32 subsets), top-1 1.00 for all
 DEFAULT_KAPPA = 0.1  # LDS 0.825; 0.01 gave 0.804, 0.3 0.824, 1.0 0.817 (bench/bench_attribution.py)
@@ -44,6 +46,12 @@ class AttributionIndex:
     null_features: np.ndarray  # (NULL_QUERIES, k) float32: phi of the permutation-null queries
     null_floor: dict[str, float]  # score method -> noise floor on the relevance scale (see `relevance`)
     null_alpha: float = NULL_ALPHA
+    # fluent calibration (calibration.py): the model's greedy answers to everyday prompts, (C, k) float32, and the
+    # token ids they were computed from: (ids, labels) per query. C = 0: the floor rests on the permutation nulls.
+    fluent_features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    fluent_queries: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # how the fluent queries were made (prompts digest, tokens)
+    format: str = INDEX_FORMAT
     build_seconds: float = 0.0
     _projector: Projector | None = field(default=None, repr=False)
     _features32: np.ndarray | None = field(default=None, repr=False)
@@ -65,9 +73,9 @@ class AttributionIndex:
         return list(zip(starts[:-1], starts[1:], strict=True))
 
     def params(self) -> dict:
-        """What a recomputation needs besides the model and the rows."""
-        return {
-            "format": INDEX_FORMAT,
+        """What a recomputation needs besides the model and the rows (an older format: what it recorded)."""
+        params = {
+            "format": self.format,
             "seed": self.seed,
             "projection": self.projection,
             "k": self.k,
@@ -78,6 +86,10 @@ class AttributionIndex:
             "null_floor": dict(self.null_floor),
             "matrices": [m.name for m in self.matrices],
         }
+        if self.format != "poa-index-2":
+            params["fluent_queries"] = len(self.fluent_queries)
+            params["calibration"] = dict(self.calibration)
+        return params
 
     # -- projection and query features ----------------------------------------------------------------------------
     def projector(self) -> Projector:
@@ -182,6 +194,10 @@ class AttributionIndex:
             null_floor={},
             null_alpha=self.null_alpha,
             build_seconds=self.build_seconds,
+            fluent_features=self.fluent_features,
+            fluent_queries=self.fluent_queries,
+            calibration=self.calibration,
+            format=self.format,
             _projector=self._projector,
             _features32=self._features32,
             _norms=self._norms,
@@ -203,6 +219,13 @@ class AttributionIndex:
         }
         for position, inverse in enumerate(self.fisher_inverse):
             tensors[f"fisher_inverse.{position}"] = np.ascontiguousarray(inverse, dtype=np.float32)
+        if self.fluent_queries:
+            tensors["fluent_features"] = np.ascontiguousarray(self.fluent_features, dtype=np.float32)
+            tensors["fluent_ids"] = np.asarray([t for ids, _ in self.fluent_queries for t in ids], dtype=np.int64)
+            tensors["fluent_lengths"] = np.asarray(
+                [(len(ids), sum(label != IGNORE_INDEX for label in labels)) for ids, labels in self.fluent_queries],
+                dtype=np.int64,
+            )
         meta = {
             **self.params(),
             "kinds": [m.kind for m in self.matrices],
@@ -227,9 +250,17 @@ class AttributionIndex:
         if raw_meta is None:
             raise EngineError(f"{path} is not an attribution index (no engine metadata).")
         meta = json.loads(raw_meta)
-        if meta.get("format") != INDEX_FORMAT:
-            raise EngineError(f"{path} has index format {meta.get('format')!r}; this engine reads {INDEX_FORMAT!r}.")
+        if meta.get("format") not in READ_FORMATS:
+            readable = ", ".join(map(repr, READ_FORMATS))
+            raise EngineError(f"{path} has index format {meta.get('format')!r}; this engine reads {readable}.")
         tensors = load_file(str(path))
+        fluent = []
+        if "fluent_ids" in tensors:
+            flat, start = tensors["fluent_ids"].tolist(), 0
+            for total, answer in tensors["fluent_lengths"].tolist():
+                ids = flat[start : start + total]
+                fluent.append((ids, [IGNORE_INDEX] * (total - answer) + ids[total - answer :]))
+                start += total
         matrices = [
             LoraMatrix(name, kind, tuple(shape), rank)
             for name, kind, shape, rank in zip(
@@ -251,6 +282,10 @@ class AttributionIndex:
             null_floor={key: float(value) for key, value in meta["null_floor"].items()},
             null_alpha=float(meta["null_alpha"]),
             build_seconds=float(meta["build_seconds"]),
+            fluent_features=tensors.get("fluent_features", np.zeros((0, int(meta["k"])), dtype=np.float32)),
+            fluent_queries=fluent,
+            calibration=dict(meta.get("calibration", {})),
+            format=meta["format"],
         )
 
 
@@ -308,32 +343,24 @@ def project_rows(model: nn.Module, rows, projector: Projector, *, batch_size: in
     return out
 
 
-def null_queries(rows: Sequence[Row], count: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """Permutation-null queries: the prompt of a random training row followed by an answer of a random row's
-    length whose tokens are drawn at random from all rows' answer tokens. Such an answer uses the datanet's own
-    vocabulary (and so shares its generic gradient directions) but repeats no row's content: whatever credit it
-    gets is noise. Fixed seed: an auditor regenerates the same queries."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 2])))
-    pool = np.asarray([t for _, ids, labels in rows for t, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
-    starts = [next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX) for _, _, labels in rows]
-    lengths = [sum(lab != IGNORE_INDEX for lab in labels) for _, _, labels in rows]
-    queries = []
-    for _ in range(count):
-        prompt_row, length_row = rng.integers(len(rows), size=2)
-        prompt = list(rows[prompt_row][1][: starts[prompt_row]])
-        answer = rng.choice(pool, size=lengths[length_row]).tolist()
-        queries.append((prompt + answer, [IGNORE_INDEX] * len(prompt) + answer))
-    return queries
+def best_relevance(index: AttributionIndex, phi: np.ndarray, method: str) -> np.ndarray:
+    """The largest relevance any row gets, per query (phi: (q, k))."""
+    scores = np.atleast_2d(index.scores(phi, method))
+    return index.relevance(scores, phi, method).max(axis=1)
 
 
 def calibrate_floor(index: AttributionIndex) -> dict[str, float]:
     """Noise floor per score method: the (1 - null_alpha) quantile, over the permutation-null queries, of the
-    largest relevance any row gets. An unrelated answer then credits any row at all with probability ~null_alpha."""
+    largest relevance any row gets, and the same over the fluent calibration queries when the index has them; the
+    floor is the higher of the two. An unrelated answer, random or fluent, then credits any row at all with
+    probability ~null_alpha."""
     floors = {}
     for method in SCORE_METHODS:
-        scores = np.atleast_2d(index.scores(index.null_features, method))
-        best = index.relevance(scores, index.null_features, method).max(axis=1)
-        floors[method] = float(np.quantile(best, 1.0 - index.null_alpha))
+        floor = float(np.quantile(best_relevance(index, index.null_features, method), 1.0 - index.null_alpha))
+        if len(index.fluent_queries):
+            fluent = best_relevance(index, index.fluent_features, method)
+            floor = max(floor, float(np.quantile(fluent, 1.0 - index.null_alpha)))
+        floors[method] = floor
     return floors
 
 
@@ -365,6 +392,9 @@ def build_index(
     memory_budget: int | None = None,
     pad_id: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    calibration_prompts: Sequence[Sequence[int]] = (),
+    eos_ids: Sequence[int] = (),
+    calibration: dict | None = None,
 ) -> AttributionIndex:
     """Projected per-row gradients of `model` (a peft LoRA model, at its final adapter) for every training row.
 
@@ -389,7 +419,9 @@ def build_index(
     features = np.zeros((len(rows), projector.k), dtype=np.float16)
     row_scale = np.ones(len(rows), dtype=np.float32)
     null_phi = np.zeros((NULL_QUERIES, projector.k), dtype=np.float32)
-    stream = [(r[1], r[2]) for r in rows] + null_queries(rows, NULL_QUERIES, seed)
+    fluent = fluent_queries(model, calibration_prompts, eos_ids=eos_ids) if calibration_prompts else []
+    fluent_phi = np.zeros((len(fluent), projector.k), dtype=np.float32)
+    stream = [(r[1], r[2]) for r in rows] + null_queries(rows, NULL_QUERIES, seed) + fluent
     if max_tokens is None:
         max_tokens = batch_size * max(len(ids) for ids, _ in stream)
     max_rows = None
@@ -401,8 +433,10 @@ def build_index(
     def consume(indices: list[int], phi_batch: torch.Tensor) -> None:
         nonlocal done
         phi = phi_batch.numpy()
-        is_row = np.asarray(indices) < len(rows)
-        null_phi[np.asarray(indices)[~is_row] - len(rows)] = phi[~is_row]
+        at = np.asarray(indices)
+        is_row, is_null = at < len(rows), (at >= len(rows)) & (at < len(rows) + NULL_QUERIES)
+        null_phi[at[is_null] - len(rows)] = phi[is_null]
+        fluent_phi[at[~is_row & ~is_null] - len(rows) - NULL_QUERIES] = phi[~is_row & ~is_null]
         phi, indices = phi[is_row], np.asarray(indices)[is_row]
         scale = np.abs(phi).max(axis=1) / np.float32(FP16_TARGET)
         scale[scale == 0] = 1.0
@@ -440,6 +474,9 @@ def build_index(
         damping=np.zeros(0),
         null_features=null_phi,
         null_floor={},
+        fluent_features=fluent_phi,
+        fluent_queries=fluent,
+        calibration=dict(calibration or {}),
         _projector=projector,
     )
     index.fisher_inverse, index.damping = fisher_blocks(index.features32(), widths, kappa)

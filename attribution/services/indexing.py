@@ -116,6 +116,8 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
         memory_budget=_stage_memory_budget(),
         pad_id=tokenizer.pad_token_id,
         on_progress=progress,
+        # the noise floor is also measured on the model's own answers to everyday questions (rule poa-3)
+        **engine.calibration_inputs(model, tokenizer),
     )
     spans = engine.SpanIndex.build(train)
     train_owners = {row_id: owners[row_id] for row_id, _, _ in train}

@@ -99,7 +99,7 @@ def _check_rows(attribution: Attribution, fields: dict, out: Verification) -> No
 def attribution_verify(*, inference_id: int) -> Verification:
     """Every check of one answer's attribution (read-only). A fallback answer (no attribution could be computed) is
     checked for its settlement only."""
-    from attribution.engine import METHOD_VERSION
+    from attribution.engine import METHOD_VERSIONS
     from attribution.models import ModelIndex
     from attribution.services.answer import attribution_compute
 
@@ -130,17 +130,23 @@ def attribution_verify(*, inference_id: int) -> Verification:
             out.add(
                 "index files", not changed, "changed since built: " + ", ".join(changed) if changed else "unchanged"
             )
-        if attribution.method_version != METHOD_VERSION:
+        if attribution.method_version not in METHOD_VERSIONS:
+            versions = ", ".join(METHOD_VERSIONS)
             out.add(
-                "method",
-                False,
-                f"computed with {attribution.method_version}; this installation computes {METHOD_VERSION}",
+                "method", False, f"computed with {attribution.method_version}; this installation computes {versions}"
             )
             return out
         try:
             fields = attribution_compute(attribution.inference)
         except Exception as exc:  # the engine's own refusal, a missing adapter: the answer cannot be re-checked
             out.add("recomputed", False, f"{exc.__class__.__name__}: {exc}")
+            return out
+        if fields["method_version"] != attribution.method_version:  # the index is of another format than it was
+            out.add(
+                "method",
+                False,
+                f"computed with {attribution.method_version}; its index now gives {fields['method_version']}",
+            )
             return out
         _compare_shares("contributor shares", attribution.contributor_shares, fields["contributor_shares"], out)
         _compare_shares("contribution shares", attribution.contribution_shares, fields["contribution_shares"], out)

@@ -22,7 +22,7 @@ def test_shares_and_unattributed_sum_to_one_and_the_owner_leads(planted):
     leads = 0
     for prompt, answer, owner in datanet.queries:
         result = attribute(index, spans, model, prompt, answer, datanet.row_meta)
-        assert result.method_version == METHOD_VERSION == "poa-2"
+        assert result.method_version == METHOD_VERSION == "poa-3"
         assert all(share > 0 for share in result.contributor_shares.values())
         assert sum(result.contributor_shares.values()) + result.unattributed == pytest.approx(1.0, abs=1e-9)
         assert result.spans == []  # fact answers are 5 tokens, shorter than the 8-token minimum span

@@ -202,4 +202,5 @@ def test_a_budgeted_build_stores_the_same_features(planted):
     for n in range(len(rows)):
         expected = free.features32()[n]
         np.testing.assert_allclose(bounded.features32()[n], expected, rtol=0, atol=2e-3 * np.abs(expected).max())
-    np.testing.assert_allclose(bounded.null_features, free.null_features, rtol=1e-4, atol=1e-6)
+    scale = np.abs(free.null_features).max()  # float rounding of other pass groupings, as for the rows above
+    np.testing.assert_allclose(bounded.null_features, free.null_features, rtol=1e-4, atol=1e-5 * scale)

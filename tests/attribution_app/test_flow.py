@@ -61,7 +61,7 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
     owner_id, _, _, attribution, _ = seen[0]
     inference = attribution.inference
     assert attribution.status == "done" and attribution.settlement_status == "settled"
-    assert attribution.method_version == "poa-2" and attribution.settlement_rule == "settle-2"
+    assert attribution.method_version == "poa-3" and attribution.settlement_rule == "settle-2"
     assert attribution.spans == []  # a 4-character code is shorter than a verbatim span
     assert attribution.top_rows[0]["contributor_id"] == owner_id
     tx = attribution.settlement_tx
@@ -97,7 +97,7 @@ def test_each_planted_fact_is_credited_to_its_contributor_and_the_fee_is_settled
     # The caller sees the amounts through the API and on the page.
     client.force_login(cast.teammate)
     body = client.get(f"/api/v1/inferences/{inference.pk}/attribution/").json()
-    assert body["inference_id"] == inference.pk and body["status"] == "done" and body["method_version"] == "poa-2"
+    assert body["inference_id"] == inference.pk and body["status"] == "done" and body["method_version"] == "poa-3"
     owner_name = next(u.username for u in planted.people.values() if u.pk == owner_id)
     assert body["contributors"][0]["username"] == owner_name
     paid = {c["username"]: c["amount"] for c in body["contributors"]}

@@ -145,7 +145,7 @@ def test_every_contributor_gets_a_sentence_and_no_raw_score_is_shown(answered, c
     assert '<details id="how-computed"><summary>How this was computed</summary>' in page
     details = page.split('<details id="how-computed">')[1]
     rule = AttributionShare.objects.filter(attribution__inference=answered).first().attribution.settlement_rule
-    assert "poa-2" in details and f"(settlement rule {rule})" in details and rule == "settle-2"
+    assert "poa-3" in details and f"(settlement rule {rule})" in details and rule == "settle-2"
 
 
 def test_the_overview_counts_answers_that_paid_for_untraced_data(answered, cast, client):

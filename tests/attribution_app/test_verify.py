@@ -107,3 +107,39 @@ def test_the_receipt_carries_what_a_recomputation_compares(answered, cast):
     client.force_authenticate(cast.outsider)  # neither the caller nor the model's owner
     response = client.get(f"/api/v1/inferences/{answered.pk}/receipt/")
     assert response.status_code == 404
+
+
+def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answered):
+    """An index built before fluent calibration (format poa-index-2) is attributed under rule poa-2, as when its
+    answers were computed: they still verify. A rule this installation cannot compute is refused by name."""
+    import dataclasses
+
+    from attribution import runtime
+    from attribution.engine import AttributionIndex
+    from attribution.engine.index import calibrate_floor
+    from attribution.services.verify import DIGEST_KEY, index_files_digest
+
+    record = ModelIndex.objects.get()
+    path = Path(record.index_path)
+    built = AttributionIndex.load(path)
+    assert built.format == "poa-index-3" and len(built.fluent_queries) == 48
+    old = dataclasses.replace(built, format="poa-index-2", fluent_queries=[], fluent_features=built.null_features[:0])
+    old.null_floor = calibrate_floor(old)  # the floor as format 2 built it: permutation nulls alone
+    old.save(path)
+    ModelIndex.objects.filter(pk=record.pk).update(
+        params={**record.params, DIGEST_KEY: index_files_digest(record.folder)}
+    )
+    runtime.clear()  # the worker's cache still holds the index as it was
+    attribution = Attribution.objects.get(inference=answered)
+    assert attribution.method_version == "poa-3"
+    Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-2")
+    result = attribution_verify(inference_id=answered.pk)
+    assert [(c.name, c.ok) for c in result.checks if not c.ok] == []  # a planted fact: the same shares either way
+
+    Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-3")  # stored poa-3, index now gives poa-2
+    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=answered.pk).checks if not c.ok]
+    assert failed == [("method", "computed with poa-3; its index now gives poa-2")]
+    Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-1")
+    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=answered.pk).checks if not c.ok]
+    assert failed == [("method", "computed with poa-1; this installation computes poa-2, poa-3")]
+    runtime.clear()
