@@ -372,10 +372,11 @@ WIZARD_STEP_2 = {
 PAGES = {
     "dashboard": Case("/", dashboard, r"qb-(?:datanet|upload|job|model)-\d+", 6, shows=(4 * N, 4 * 5)),  # 5 each
     "datanets": Case("/datanets/", public_datanets, r"qb-datanet-\d+", 5),
-    "datanet rows": Case("/datanets/{datanet}/", records, r"qb-row-\d+", 5),
+    "datanet rows": Case("/datanets/{datanet}/", records, r"qb-row-\d+", 6),  # 6: the datanet pool, shown to its owner
     "contributions": Case("/datanets/{datanet}/contributions/", contributions, r"qb-upload-\d+", 5),
     # + the contributors' reputation (rows, answers credited, flags, findings: 4 queries, whatever the queue's length)
-    "review queue": Case("/datanets/{datanet}/review/", review_queue, r"qb-upload-\d+", 8),
+    # + the bonds still held, for what each reject choice does (1 query)
+    "review queue": Case("/datanets/{datanet}/review/", review_queue, r"qb-upload-\d+", 9),
     "versions": Case("/datanets/{datanet}/versions/", versions, r"qb-version-\d+", 4),
     "version diff": Case("/datanets/{datanet}/versions/{version}/", version_rows, r"qb-contributor-\d+", 6),
     "contributors": Case("/datanets/{datanet}/contributors/", records, r"qb-contributor-\d+", 6),
