@@ -119,3 +119,27 @@ def test_an_index_of_an_unknown_format_is_refused_by_name(planted, tmp_path):
     path = dataclasses.replace(index, format="poa-index-1").save(tmp_path / "older.safetensors")
     with pytest.raises(EngineError, match=r"has index format 'poa-index-1'; this engine reads 'poa-index-2', 'poa-i"):
         AttributionIndex.load(path)
+
+
+def test_prompts_generated_together_get_the_answers_each_gets_alone(planted, tokenizer):
+    """Left padding and the cached keys of a group change no answer: each prompt's greedy tokens equal those of a
+    plain loop over that prompt alone, without a cache (prompts of different lengths, groups of 1, 3 and all)."""
+    import torch
+
+    _, model, _, _ = planted
+    prompts = calibration_prompt_ids(tokenizer)[:5]
+    assert len({len(p) for p in prompts}) > 1
+    eos = tokenizer.eos_token_id
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = list(prompt)
+            for _ in range(CALIBRATION_MAX_NEW_TOKENS):
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                if token == eos:
+                    break
+                ids.append(token)
+            answer = ids[len(prompt) :] or [eos]
+            expected.append((list(prompt) + answer, [-100] * len(prompt) + answer))
+    for batch in (1, 3, len(prompts)):
+        assert fluent_queries(model, prompts, eos_ids=[eos], batch=batch) == expected
