@@ -1,4 +1,5 @@
-"""One way to hand a job to Celery: `enqueue_or_fail`. Called from `transaction.on_commit`, so a job row is never
+"""One way to hand a job to Celery: `enqueue_or_fail`, and one way for a worker to take it: `claim_queued`.
+`enqueue_or_fail` is called from `transaction.on_commit`, so a job row is never
 enqueued before it exists; a broker that is down is logged and the caller's `fail` callback leaves the row in a
 state a person can read (failed with a plain message, or pending for the sweeper), never "waiting" for a worker
 that will never see it."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from django.db.models import F
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 logger = logging.getLogger(__name__)
@@ -35,3 +38,15 @@ def enqueue_or_fail(
             fail(exc)
         return False
     return True
+
+
+def claim_queued(model, pk: int, *, message: str) -> bool:
+    """Marks a queued job row running (started and heartbeat now, one attempt more, `message`) by a conditional
+    update, so a second delivery of the same task claims nothing. The model has `Status.QUEUED`/`RUNNING`,
+    `started_at`, `heartbeat_at`, `attempts` and `message`. Returns whether this call claimed it."""
+    now = timezone.now()
+    return bool(
+        model.objects.filter(pk=pk, status=model.Status.QUEUED).update(
+            status=model.Status.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1, message=message
+        )
+    )

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from core.jobs import enqueue_or_fail
+from core.jobs import claim_queued, enqueue_or_fail
 from datanets.ingest.errors import IngestError
 from datanets.ingest.formats import HEAD_BYTES, detect_format
 from datanets.ingest.readers import read_rows
@@ -213,12 +212,8 @@ def evaluation_run(*, evaluation_id: int) -> ModelEvaluation | None:
     from modelfactory.training.loop import TrainingError
     from modelfactory.training.reevaluate import EvaluationSpec, TrainedData, evaluate_adapter
 
-    now = timezone.now()
-    claimed = ModelEvaluation.objects.filter(pk=evaluation_id, status=ModelEvaluation.Status.QUEUED).update(
-        status=ModelEvaluation.Status.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
-        message="Loading the model and answering the test set with the base model and the fine-tuned one.",
-    )  # fmt: skip
-    if not claimed:
+    message = "Loading the model and answering the test set with the base model and the fine-tuned one."
+    if not claim_queued(ModelEvaluation, evaluation_id, message=message):
         return None
     evaluation = ModelEvaluation.objects.select_related("version__job__base_model").get(pk=evaluation_id)
     job = evaluation.version.job

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from common.files import file_sha256
-from core.jobs import enqueue_or_fail
+from core.jobs import claim_queued, enqueue_or_fail
 from modelfactory import export_howto, selectors
 from modelfactory.export import ExportError, gguf_file, merge
 from modelfactory.models import ModelExport, TrainedModel
@@ -106,12 +105,7 @@ def _enqueue(export_id: int) -> None:
 
 def export_run(*, export_id: int) -> ModelExport | None:
     """Claims a queued export (a conditional update: a second delivery does nothing) and makes its file."""
-    now = timezone.now()
-    claimed = ModelExport.objects.filter(pk=export_id, status=ModelExport.Status.QUEUED).update(
-        status=ModelExport.Status.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
-        message="Starting.",
-    )  # fmt: skip
-    if not claimed:
+    if not claim_queued(ModelExport, export_id, message="Starting."):
         return None
     export = ModelExport.objects.select_related("version__model__base_model").get(pk=export_id)
     started = time.perf_counter()
