@@ -37,7 +37,7 @@ from common.retry import full_jitter, retry
 from ledger.calc.canonical import GENESIS_HASH, canonical_json, chain_hash, jsonable, sha256_hex, transaction_content
 from ledger.models import Account, ChainHead, Posting, Transaction
 from ledger.services.checkpoints import _maybe_schedule_checkpoint
-from ledger.services.errors import IdempotencyConflict, InsufficientFunds, InvalidRequest
+from ledger.services.errors import IdempotencyConflict, InsufficientFunds, InvalidRequest, LedgerError
 
 MAX_ATTEMPTS = 8
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
@@ -109,7 +109,16 @@ def _commit(*, key: str, request_hash: str, build: Callable[[], _Plan]) -> Trans
         with transaction.atomic(durable=outermost):
             tx = _existing(key, request_hash)
             if tx is None:
-                plan = build()
+                try:
+                    plan = build()
+                except LedgerError:
+                    # build() locks what it spends (a hold, a bond, a pending earning): a concurrent request with
+                    # this key may have spent it and committed while we waited for the lock. Then this request is
+                    # a replay of that one, not an error; the lock wait makes its row visible to a new query.
+                    tx = _existing(key, request_hash)
+                    if tx is None:
+                        raise
+                    return tx
                 tx = _write(key=key, request_hash=request_hash, plan=plan, early_release=early)
                 if tx.status == Transaction.Status.POSTED and plan.after is not None:
                     plan.after(tx)

@@ -57,7 +57,8 @@ def test_the_contributor_sees_state_and_versions_but_cannot_drop(client, cast, d
     client.force_login(cast.teammate)
     page = client.get(f"/datanets/contributions/{uploaded.pk}/rows/").content.decode()
     assert page.count('row-status status-accepted">Accepted</span>') == 4
-    assert page.count("in version 1</small>") == 4
+    assert page.count("in version 1\n") == 4
+    assert page.count('<span class="row-earned">earned nothing yet</span></small>') == 4  # no answer paid yet
     assert "Drop this row" not in page
     assert "answers those models give that draw on your rows earn you a share of their fee" in page
 

@@ -46,7 +46,7 @@ def _connections_to(database: str) -> int:
 def test_run_script_starts_runserver_with_these_settings():
     """The test below starts what scripts/run.sh starts: guard against the script moving to another server."""
     script = (ROOT / "scripts" / "run.sh").read_text()
-    assert '"$VENV/bin/python" manage.py runserver 127.0.0.1:8000 &' in script
+    assert 'addr="${MF_RUN_ADDR:-127.0.0.1:8000}"\n"$VENV/bin/python" manage.py runserver "$addr" &' in script
 
 
 @needs_postgresql("counts the server's connections in pg_stat_activity; SQLite has no connections to count")

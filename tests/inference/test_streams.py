@@ -46,8 +46,9 @@ def transport(request, settings, tmp_path):
         settings.CACHE_URL = url
     elif request.param == "file":
         settings.CACHE_URL = f"file://{tmp_path}/cache"
-        settings.CACHES = {**settings.CACHES, "streams": {**settings.CACHES["streams"],
-                           "LOCATION": str(tmp_path / "cache-streams")}}  # fmt: skip
+        settings.CACHES = {**settings.CACHES, "streams": {  # as config/settings.py makes it for file:// (CI runs Redis)
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(tmp_path / "cache-streams"),
+        }}  # fmt: skip
     else:
         settings.MF_STREAM_TRANSPORT = "cache"
     assert streams._transport() == request.param

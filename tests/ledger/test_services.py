@@ -280,6 +280,34 @@ def test_hold_then_settle_refunds_the_rest_and_cannot_settle_twice(cast, fund):
     ledger_verify()
 
 
+def test_a_request_that_lost_the_race_for_its_hold_is_a_replay_not_an_error(cast, fund, monkeypatch):
+    """Two settlements with one key: the second read no transaction under the key, then waited for the hold's lock
+    while the first settled it and committed. It must answer the first's transaction (as a replay does), not
+    "already settled" (which marked a settled answer failed). The race window is reproduced by hiding the key from
+    the second request's first look."""
+    from ledger.services import engine
+
+    fund(cast.outsider, 2)
+    hold_create(key="inference:9", payer_user_id=cast.outsider.pk, amount_micro=CREDIT)
+    request = dict(key="settle:9", hold_key="inference:9", fee_micro=600_000, owner_user_id=cast.owner.pk,
+                   contributor_shares={cast.teammate.pk: 1})  # fmt: skip
+    first = settlement_post(**request)
+    before = snapshot()
+    real, looks = engine._existing, []
+
+    def existing(key, request_hash):
+        looks.append(key)
+        return None if len(looks) == 1 else real(key, request_hash)
+
+    monkeypatch.setattr(engine, "_existing", existing)
+    assert settlement_post(**request).pk == first.pk
+    assert looks == ["settle:9", "settle:9"]
+    assert snapshot() == before
+    with pytest.raises(HoldNotOpen, match="already settled"):  # another key for the same hold stays an error
+        settlement_post(**{**request, "key": "settle:9b"})
+    ledger_verify()
+
+
 def test_hold_lacking_credit_is_a_clear_error(cast, fund):
     fund(cast.outsider, 1)
     before_holds = Hold.objects.count()
