@@ -84,21 +84,26 @@ class InferenceReceiptView(APIView):
         )
 
 
+def _curated_datanet(request, slug: str, *, what: str) -> Datanet:
+    """The datanet `slug` if the caller curates it: 404 when they cannot see it, 403 (naming `what` only curators
+    see) when they can but do not curate it."""
+    try:
+        datanet = datanet_get_visible(user=request.user, slug=slug)
+    except Datanet.DoesNotExist:
+        raise exceptions.NotFound("No such datanet.") from None
+    if not datanet_can_curate(user=request.user, datanet=datanet):
+        raise exceptions.PermissionDenied(f"Only the datanet's owner and curators see {what}.")
+    return datanet
+
+
 class DatanetReputationView(APIView):
     """Each contributor's reputation in a datanet with its parts, lowest first (curators only)."""
 
     @extend_schema(responses={200: ReputationSerializer(many=True)}, operation_id="datanet_reputation")
     def get(self, request, slug: str):
         from attribution.reputation import datanet_reputations
-        from datanets.models import Datanet
-        from datanets.selectors import datanet_can_curate, datanet_get_visible
 
-        try:
-            datanet = datanet_get_visible(user=request.user, slug=slug)
-        except Datanet.DoesNotExist:
-            raise exceptions.NotFound("No such datanet.") from None
-        if not datanet_can_curate(user=request.user, datanet=datanet):
-            raise exceptions.PermissionDenied("Only the datanet's owner and curators see its contributors' reputation.")
+        datanet = _curated_datanet(request, slug, what="its contributors' reputation")
         rows = [{**r.__dict__, "low": r.low} for r in datanet_reputations(datanet=datanet)]
         return Response(ReputationSerializer(rows, many=True).data)
 
@@ -108,12 +113,7 @@ class DatanetPoolView(APIView):
 
     @extend_schema(responses={200: DatanetPoolSerializer}, operation_id="datanet_pool")
     def get(self, request, slug: str):
-        try:
-            datanet = datanet_get_visible(user=request.user, slug=slug)
-        except Datanet.DoesNotExist:
-            raise exceptions.NotFound("No such datanet.") from None
-        if not datanet_can_curate(user=request.user, datanet=datanet):
-            raise exceptions.PermissionDenied("Only the datanet's owner and curators see its pool.")
+        datanet = _curated_datanet(request, slug, what="its pool")
         pool = datanet_pool(datanet_id=datanet.pk, recent=20)
         entries = [{**entry, "amount": format_credits(entry["amount"])} for entry in pool["entries"]]
         data = {
