@@ -483,13 +483,20 @@ def preset_hp(preset: str = LORA_PRESET) -> dict:
 
 def preset_fit(folder: Path, hp: dict, *, device: torch.device, pad: int, steps: list[int]) -> V.Fit:
     """Trains a fresh LoRA as a training job does: the project's loop at the preset's settings (`steps` collects the
-    optimizer steps of each run)."""
+    optimizer steps of each run). Prints a line after the first run (the model on all rows, before the index)."""
     from modelfactory.training.data import Example
     from modelfactory.training.loop import load_model_for_training, train
 
     def fit(rows):
+        wall, cpu = time.perf_counter(), time.process_time()
         model, _ = load_model_for_training(folder, hp, device=device)
         steps.append(train(model, [Example(*r) for r in rows], hp, device=device, pad_id=pad).steps)
+        if len(steps) == 1:
+            print(
+                f"trained on all {len(rows)} rows: {steps[0]} steps in {time.perf_counter() - wall:.1f} s "
+                f"({time.process_time() - cpu:.1f} s CPU); indexing them, then the half-subsets",
+                flush=True,
+            )
         return model
 
     return fit
