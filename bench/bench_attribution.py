@@ -6,6 +6,18 @@ with its number of half-subsets, planted-fact top-1 (printed last).
     python bench/bench_attribution.py --model smollm2  # the default base model, SmolLM2-135M-Instruct, a few minutes
     python bench/bench_attribution.py --device cuda --synthetic-config 135m --tokenizer-dir var/tokenizers/smollm2 \
         --rows 2000                                    # GPU: random-init model of SmolLM2-135M's shape, no weights
+    python bench/bench_attribution.py --model smollm2 --lds-subsets 16 --lds-rows 64
+                                                       # LDS of the product's method on SmolLM2 (CPU: ~1 hour)
+
+LDS mode (`--lds-subsets N`, with --model smollm2 or --model-dir): the product's method end to end on planted facts
+(`--lds-rows`, 16 rows per contributor: 4 made-up facts in 2 phrasings and 8 filler rows) in the product's chat
+format (modelfactory.training.data.build_examples): the model is trained by the project's training loop at the
+default preset's settings (LORA_PRESET: rank 16 on all linear layers, lr 1e-3 cosine, at least 80 steps of 4 rows;
+every row trained, none held out), indexed as the training job indexes it (k=--lds-k, default 4096 as
+MF_ATTRIBUTION_K; the preset's seed; passes of batch size x the longest row; no fluent calibration, which changes no
+score), then retrained the same way on N random half-subsets (attribution/engine/validation.py). Prints a line per
+retrain, then the LDS per score method, the facts' recall and the time per retrain; writes
+attribution_smollm2_lds.json (or attribution_<model folder>_lds.json, `_<device>` on a GPU).
 
 Build ratio: the epoch is the project's training loop (modelfactory.training.loop.train, as the training job runs
 it) on the same rows with the same batch size; epoch and build are timed alternately, several rounds, and the
@@ -43,6 +55,9 @@ from bench.synthetic_model import bench_tokenizer, write_synthetic_model  # noqa
 
 TRAIN = V.TrainConfig(epochs=40, lr=1e-2)
 LDS_SUBSETS = 32
+LORA_PRESET = "balanced"  # the default preset (modelfactory.training.presets.DEFAULT_PRESET)
+LDS_KAPPAS = (0.01, 0.1, 0.3, 1.0)
+LDS_ROWS_PER_CONTRIBUTOR = 16  # 4 facts x 2 phrasings + 8 filler rows, as the tiny model's LDS datanet
 LATENCY_ROWS = 10_000
 LATENCY_K = 4096
 MAX_LENGTH = 256  # the training max length of loop_hp: with the batch size, the build's token budget per pass
@@ -442,6 +457,153 @@ def large_model(results: dict, args, *, folder: Path, label: str, device: torch.
     )
 
 
+def product_format(tokenizer, max_length: int) -> V.Encode:
+    """A question and its answer as the product tokenises an instruction row (its chat template, the answer and the
+    end-of-turn token trained)."""
+    from modelfactory.training.data import build_examples
+
+    def encode(question: str, answer: str) -> tuple[list[int], list[int], str]:
+        raw = [{"id": 1, "kind": "instruction", "content": {"instruction": question, "output": answer}}]
+        examples, report = build_examples(tokenizer, raw, max_length=max_length)
+        if not examples:
+            raise ValueError(f"The row {question!r} -> {answer!r} cannot be trained: {report}")
+        return list(examples[0].input_ids), list(examples[0].labels), f"{question}\n{answer}"
+
+    return encode
+
+
+def preset_hp(preset: str = LORA_PRESET) -> dict:
+    """The preset's settings, every row trained (the LDS compares models trained on exactly the chosen rows)."""
+    from modelfactory.training.presets import validate_hyperparameters
+
+    hp, errors = validate_hyperparameters({"eval_split": 0.0}, preset=preset)
+    assert not errors, errors
+    return hp
+
+
+def preset_fit(folder: Path, hp: dict, *, device: torch.device, pad: int, steps: list[int]) -> V.Fit:
+    """Trains a fresh LoRA as a training job does: the project's loop at the preset's settings (`steps` collects the
+    optimizer steps of each run). Prints a line after the first run (the model on all rows, before the index)."""
+    from modelfactory.training.data import Example
+    from modelfactory.training.loop import load_model_for_training, train
+
+    def fit(rows):
+        wall, cpu = time.perf_counter(), time.process_time()
+        model, _ = load_model_for_training(folder, hp, device=device)
+        steps.append(train(model, [Example(*r) for r in rows], hp, device=device, pad_id=pad).steps)
+        if len(steps) == 1:
+            print(
+                f"trained on all {len(rows)} rows: {steps[0]} steps in {time.perf_counter() - wall:.1f} s "
+                f"({time.process_time() - cpu:.1f} s CPU); indexing them, then the half-subsets",
+                flush=True,
+            )
+        return model
+
+    return fit
+
+
+def preset_lds(results: dict, args, *, folder: Path, label: str, device: torch.device) -> None:
+    """LDS of the product's method (its row format, training loop at the default preset, index build) on `folder`."""
+    from transformers import AutoTokenizer
+
+    from modelfactory.training.schedule import plan_steps
+
+    hp = preset_hp()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as load_model_for_training does
+    pad = tokenizer.pad_token_id
+    datanet = V.planted_facts(
+        tokenizer,
+        contributors=args.lds_rows // LDS_ROWS_PER_CONTRIBUTOR,
+        facts_each=4,
+        filler_each=8,
+        encode=product_format(tokenizer, int(hp["max_length"])),
+    )
+    rows = datanet.rows
+    longest = max(len(ids) for _, ids, _ in rows)
+    batch = int(hp["batch_size"])
+    steps: list[int] = []
+    half_steps = plan_steps(len(rows) // 2, hp)[1]
+    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    print(
+        f"LDS of the product's method on {label} ({device_name(device)}{threads}): preset '{LORA_PRESET}' (LoRA rank "
+        f"{hp['rank']} alpha {hp['alpha']} on {hp['target_modules']}, lr {hp['learning_rate']:g} {hp['scheduler']}, "
+        f"batch {batch}, at least {hp['min_steps']} steps: {plan_steps(len(rows), hp)[1]} on all {len(rows)} rows, "
+        f"{half_steps} per half-subset), {len(datanet.queries)} planted facts, {len(rows)} rows of "
+        f"{min(len(ids) for _, ids, _ in rows)}-{longest} tokens, k={args.lds_k}, {args.lds_subsets} half-subsets",
+        flush=True,
+    )
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, report: V.LdsReport) -> None:
+        wall, cpu = report.retrain_seconds[-1], report.retrain_cpu_seconds[-1]
+        left = statistics.mean(report.retrain_seconds) * (total - done)
+        print(
+            f"subset {done}/{total}: retrained on {len(rows) // 2} rows ({steps[-1]} steps) in {wall:.1f} s "
+            f"({cpu:.1f} s CPU), mean query loss {report.subset_query_loss[-1]:.3f}; "
+            f"{time.perf_counter() - started:.0f} s so far, about {left:.0f} s left",
+            flush=True,
+        )
+
+    lds = V.linear_datamodeling_score(
+        folder,
+        tokenizer,
+        subsets=args.lds_subsets,
+        k=args.lds_k,
+        kappas=LDS_KAPPAS,
+        on_subset=progress,
+        datanet=datanet,
+        fit=preset_fit(folder, hp, device=device, pad=pad, steps=steps),
+        index_kw={"batch_size": batch, "max_tokens": batch * longest, "seed": int(hp["seed"])},
+    )
+    total_s = time.perf_counter() - started
+    results.update(
+        {
+            "model": label,
+            "device": device.type,
+            "hardware": device_name(device),
+            "threads": torch.get_num_threads(),
+            "preset": LORA_PRESET,
+            "hyperparameters": {key: hp[key] for key in sorted(hp)},
+            "rows": lds.rows,
+            "contributors": len(set(datanet.row_meta.values())),
+            "lds_queries": lds.queries,
+            "lds_subsets": lds.subsets,
+            "k": args.lds_k,
+            "steps_full": steps[0],
+            "steps_per_retrain": steps[1:],
+            "lds_recall": lds.recall,
+            "full_query_loss": round(lds.full_query_loss, 4),
+            "subset_query_loss_mean": round(statistics.mean(lds.subset_query_loss), 4),
+            "fit_s": round(lds.fit_seconds, 2),
+            "index_s": round(lds.index_seconds, 2),
+            "retrain_s": [round(x, 2) for x in lds.retrain_seconds],
+            "retrain_cpu_s": [round(x, 2) for x in lds.retrain_cpu_seconds],
+            "retrain_mean_s": round(statistics.mean(lds.retrain_seconds), 2),
+            "retrain_cpu_mean_s": round(statistics.mean(lds.retrain_cpu_seconds), 2),
+            "total_s": round(total_s, 1),
+            "load_average_end": os.getloadavg()[0],
+        }
+    )
+    for method, value in lds.lds.items():
+        results[f"lds_{method}"] = round(value, 4)
+    print(
+        f"trained on all rows in {lds.fit_seconds:.1f} s ({steps[0]} steps), index built in {lds.index_seconds:.1f} s;"
+        f" per retrain {results['retrain_mean_s']:.1f} s ({results['retrain_cpu_mean_s']:.1f} s CPU); total "
+        f"{total_s:.0f} s"
+    )
+    print(
+        f"recall of the {lds.queries} facts (model on all rows): {lds.recall:.2f}; mean query loss "
+        f"{lds.full_query_loss:.3f} on all rows, {results['subset_query_loss_mean']:.3f} on half-subsets"
+    )
+    print(
+        f"LDS over {lds.subsets} half-subsets ({lds.queries} queries): "
+        + ", ".join(f"{m} {v:.3f}" for m, v in lds.lds.items())
+        + " (goal >= 0.45)"
+    )
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -462,6 +624,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=0, help="alternating epoch/build rounds (default 5 tiny, 2 otherwise)"
     )
+    parser.add_argument(
+        "--lds-subsets", type=int, default=0, help="LDS mode: retrain on this many half-subsets (smollm2 / --model-dir)"
+    )
+    parser.add_argument(
+        "--lds-rows",
+        type=int,
+        default=64,
+        help=f"LDS mode: planted-facts rows, a multiple of {LDS_ROWS_PER_CONTRIBUTOR} (one contributor each)",
+    )
+    parser.add_argument("--lds-k", type=int, default=LATENCY_K, help="LDS mode: projection dimensions k")
+    parser.add_argument("--model-dir", default=None, help="LDS mode: a converted model folder instead of SmolLM2")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output", default=None, help="results JSON (default under bench/results/)")
     args = parser.parse_args(argv)
@@ -470,12 +643,30 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU here")
         return 2
-    if device.type == "cuda" and args.model == "tiny" and not args.synthetic_config:
+    if device.type == "cuda" and args.model == "tiny" and not (args.synthetic_config or args.model_dir):
         print("--device cuda needs --model smollm2 or --synthetic-config (the tiny validation runs on the CPU)")
+        return 2
+    if args.lds_subsets < 0 or (args.lds_subsets and args.lds_subsets < 2):
+        print("--lds-subsets must be at least 2 (a Spearman correlation over subsets)")
+        return 2
+    if args.lds_rows < 2 * LDS_ROWS_PER_CONTRIBUTOR or args.lds_rows % LDS_ROWS_PER_CONTRIBUTOR:
+        print(f"--lds-rows must be a multiple of {LDS_ROWS_PER_CONTRIBUTOR}, at least {2 * LDS_ROWS_PER_CONTRIBUTOR}")
+        return 2
+    if args.lds_subsets and (args.synthetic_config or (args.model == "tiny" and not args.model_dir)):
+        print("--lds-subsets needs --model smollm2 or --model-dir (the tiny bench measures its own LDS)")
+        return 2
+    if args.model_dir and not args.lds_subsets:
+        print("--model-dir is for the LDS mode: give --lds-subsets too")
         return 2
     results: dict = {"threads": args.threads, "load_average": os.getloadavg()[0]}
     print(f"torch threads {args.threads}; machine load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    if args.synthetic_config:
+    if args.lds_subsets:
+        folder = Path(args.model_dir) if args.model_dir else smollm2_dir()
+        label = "SmolLM2-135M-Instruct" if not args.model_dir else folder.name
+        preset_lds(results, args, folder=folder, label=label, device=device)
+        stem = "smollm2" if not args.model_dir else folder.name
+        name = f"attribution_{stem}_lds" + ("" if device.type == "cpu" else f"_{device.type}")
+    elif args.synthetic_config:
         with tempfile.TemporaryDirectory(prefix="bench-attribution-") as tmp:
             tokenizer = bench_tokenizer(args.tokenizer_dir)
             dtype = torch.bfloat16 if device.type == "cuda" else None

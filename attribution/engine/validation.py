@@ -4,6 +4,10 @@ here with plain torch AdamW (deliberately independent of modelfactory/training, 
 - `planted_facts`: contributors each own distinctive made-up facts; asking about a fact must credit its owner.
 - `linear_datamodeling_score`: LDS as in TRAK: retrain on random half-subsets, Spearman correlation between the
   predicted query loss change (minus the sum of the subset's scores) and the actual query loss, averaged over queries.
+
+Both default to this tiny setting (rows as "Q: ...\nA: answer<eos>", the trainer here); a caller can pass another row
+format (`encode`, e.g. the product's chat template) and another trainer (`fit`, e.g. the product's training loop at
+a preset's settings), as bench/bench_attribution.py does to measure the LDS of the product's method on SmolLM2.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 from attribution.engine.index import SCORE_METHODS, AttributionIndex, build_index
 from attribution.engine.lora import IGNORE_INDEX, row_loss
 
+Row = tuple[int, list[int], list[int]]  # (row id, input ids, labels with IGNORE_INDEX on untrained tokens)
+Encode = Callable[[str, str], tuple[list[int], list[int], str]]  # (question, answer) -> (ids, labels, text)
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -86,12 +92,16 @@ def train_lora(model, rows: Sequence[tuple[int, list[int], list[int]]], config: 
     return (time.perf_counter() - started) / max(1, config.epochs)
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def query_losses(model, queries: Sequence[tuple[Sequence[int], Sequence[int], str]], pad_id: int) -> np.ndarray:
     rows = [(list(p) + list(a), [IGNORE_INDEX] * len(p) + list(a)) for p, a, _ in queries]
-    ids, labels, mask = _pad(rows, pad_id)
+    ids, labels, mask = (t.to(_device(model)) for t in _pad(rows, pad_id))
     model.eval()
-    return row_loss(model(input_ids=ids, attention_mask=mask).logits, labels).numpy()
+    return row_loss(model(input_ids=ids, attention_mask=mask).logits, labels).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -100,7 +110,7 @@ def recall(model, queries: Sequence[tuple[Sequence[int], Sequence[int], str]]) -
     model.eval()
     hits = 0
     for prompt, answer, _ in queries:
-        ids = torch.as_tensor([list(prompt)])
+        ids = torch.as_tensor([list(prompt)], device=_device(model))
         for _ in range(len(answer)):
             next_id = model(input_ids=ids).logits[0, -1].argmax()
             ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
@@ -117,23 +127,53 @@ def _code(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(4))
 
 
-def planted_facts(
-    tokenizer, *, contributors: int = 5, facts_each: int = 5, filler_each: int = 12, copies: int = 2, seed: int = 0
-) -> Datanet:
-    """Each contributor owns `facts_each` made-up facts ("code of Bazoki?" -> "k7q2"), `copies` rows per fact in two
-    phrasings, plus `filler_each` generic rows (copying a word) of the same shape that teach no fact."""
-    rng = random.Random(seed)
+def raw_format(tokenizer) -> Encode:
+    """Rows as plain text "Q: {question}\nA: {answer}<eos>", the answer and <eos> trained (the tiny model's format)."""
     end = tokenizer.eos_token
-    rows, meta, queries, texts = [], {}, [], {}
 
-    def add(prompt: str, answer: str, owner: str) -> tuple[list[int], list[int]]:
+    def encode(question: str, answer: str) -> tuple[list[int], list[int], str]:
+        prompt = f"Q: {question}\nA: "
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(answer + end, add_special_tokens=False)["input_ids"]
+        return p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids, prompt + answer
+
+    return encode
+
+
+def split_query(ids: Sequence[int], labels: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(prompt, answer) of a row: the answer runs from the first to the last trained token (what the product traces
+    for a held-out row, attribution/services/indexing.py)."""
+    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not trained:
+        raise ValueError("A row without trained tokens cannot be a query.")
+    return list(ids[: trained[0]]), list(ids[trained[0] : trained[-1] + 1])
+
+
+def planted_facts(
+    tokenizer,
+    *,
+    contributors: int = 5,
+    facts_each: int = 5,
+    filler_each: int = 12,
+    copies: int = 2,
+    seed: int = 0,
+    encode: Encode | None = None,
+) -> Datanet:
+    """Each contributor owns `facts_each` made-up facts ("code of Bazoki?" -> "k7q2"), `copies` rows per fact in two
+    phrasings, plus `filler_each` generic rows (copying a word) of the same shape that teach no fact. `encode` turns
+    a question and its answer into a row (default `raw_format`); a fact's query is its first row split by
+    `split_query`."""
+    rng = random.Random(seed)
+    encode = encode or raw_format(tokenizer)
+    rows, meta, queries, texts = [], {}, [], {}
+
+    def add(question: str, answer: str, owner: str) -> tuple[list[int], list[int]]:
+        ids, labels, text = encode(question, answer)
         row_id = len(rows) + 1
-        rows.append((row_id, p_ids + a_ids, [IGNORE_INDEX] * len(p_ids) + a_ids))
+        rows.append((row_id, list(ids), list(labels)))
         meta[row_id] = owner
-        texts[row_id] = prompt + answer
-        return p_ids, a_ids
+        texts[row_id] = text
+        return split_query(ids, labels)
 
     used: set[str] = set()
     for c in range(contributors):
@@ -144,7 +184,7 @@ def planted_facts(
                 name = _name(rng)
             used.add(name)
             code = _code(rng)
-            phrasings = [f"Q: code of {name}?\nA: ", f"Q: what is the code of {name}?\nA: "]
+            phrasings = [f"code of {name}?", f"what is the code of {name}?"]
             first = None
             for copy in range(copies):
                 ids = add(phrasings[copy % len(phrasings)], code, owner)
@@ -152,7 +192,7 @@ def planted_facts(
             queries.append((first[0], first[1], owner))
         for _ in range(filler_each):
             word = _name(rng).lower()
-            add(f"Q: repeat {word}\nA: ", word, owner)
+            add(f"repeat {word}", word, owner)
     return Datanet(rows=rows, row_meta=meta, queries=queries, texts=texts)
 
 
@@ -229,6 +269,27 @@ class LdsReport:
     subsets: int
     queries: int
     recall: float
+    rows: int = 0
+    fit_seconds: float = 0.0  # training the model on all rows (the one the index explains)
+    index_seconds: float = 0.0
+    retrain_seconds: list[float] = field(default_factory=list)  # wall seconds per half-subset (train + query losses)
+    retrain_cpu_seconds: list[float] = field(default_factory=list)  # this process's CPU seconds for the same
+    full_query_loss: float = 0.0  # mean query loss of the model trained on all rows
+    subset_query_loss: list[float] = field(default_factory=list)  # the same per half-subset model
+
+
+Fit = Callable[[Sequence[Row]], object]  # trains a fresh LoRA model on the rows and returns it (in eval mode)
+
+
+def validation_fit(base_dir: Path, config: TrainConfig, pad_id: int) -> Fit:
+    """This module's yardstick trainer: a fresh LoRA (load_lora_model) trained by train_lora."""
+
+    def fit(rows: Sequence[Row]):
+        model = load_lora_model(base_dir, config)
+        train_lora(model, rows, config, pad_id)
+        return model
+
+    return fit
 
 
 def linear_datamodeling_score(
@@ -241,38 +302,57 @@ def linear_datamodeling_score(
     projection: str = "lowrank",
     kappas: Sequence[float] = (0.1,),
     seed: int = 0,
-    on_subset: Callable[[int, int], None] | None = None,
+    on_subset: Callable[[int, int, LdsReport], None] | None = None,
+    datanet: Datanet | None = None,
+    fit: Fit | None = None,
+    index_kw: dict | None = None,
     **datanet_kw,
 ) -> LdsReport:
-    datanet = planted_facts(tokenizer, seed=seed, **datanet_kw)
+    """LDS of the index's scores. Defaults: a `planted_facts(tokenizer, seed=seed, **datanet_kw)` datanet and the
+    `validation_fit` trainer with `config`. `datanet`, `fit` (any trainer: rows -> trained LoRA model) and `index_kw`
+    (more build_index arguments, e.g. the batch size, token budget and seed the product builds with) replace them.
+    `on_subset(done, total, report so far)` runs after each half-subset's retrain."""
     pad = tokenizer.pad_token_id
-    model = load_lora_model(base_dir, config)
-    train_lora(model, datanet.rows, config, pad)
-    index = build_index(model, datanet.rows, k=k, projection=projection, pad_id=pad)
+    datanet = datanet if datanet is not None else planted_facts(tokenizer, seed=seed, **datanet_kw)
+    fit = fit or validation_fit(base_dir, config, pad)
+    report = LdsReport(lds={}, subsets=subsets, queries=len(datanet.queries), recall=0.0, rows=len(datanet.rows))
+    started = time.perf_counter()
+    model = fit(datanet.rows)
+    report.fit_seconds = time.perf_counter() - started
+    index = build_index(model, datanet.rows, k=k, projection=projection, pad_id=pad, **(index_kw or {}))
+    report.index_seconds = index.build_seconds
     phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
     predicted: dict[str, np.ndarray] = {}  # method -> (queries, N) scores
     for method in SCORE_METHODS:
         predicted[method] = index.scores(phis, method)
     for kappa in kappas:
         predicted[f"fisher@{kappa:g}"] = index.with_damping(kappa).scores(phis, "fisher")
+    report.full_query_loss = float(query_losses(model, datanet.queries, pad).mean())
+    report.recall = recall(model, datanet.queries)
+    del model, index
     rng = np.random.default_rng(seed + 1)
     masks, actual = [], []
     for s in range(subsets):
         mask = np.zeros(len(datanet.rows), dtype=bool)
         mask[rng.choice(len(datanet.rows), size=len(datanet.rows) // 2, replace=False)] = True
-        sub_model = load_lora_model(base_dir, config)
-        train_lora(sub_model, [r for r, keep in zip(datanet.rows, mask, strict=True) if keep], config, pad)
+        wall, cpu = time.perf_counter(), time.process_time()
+        sub_model = fit([r for r, keep in zip(datanet.rows, mask, strict=True) if keep])
         actual.append(query_losses(sub_model, datanet.queries, pad))
+        del sub_model
+        report.retrain_seconds.append(time.perf_counter() - wall)
+        report.retrain_cpu_seconds.append(time.process_time() - cpu)
+        report.subset_query_loss.append(float(actual[-1].mean()))
         masks.append(mask)
         if on_subset is not None:
-            on_subset(s + 1, subsets)
+            on_subset(s + 1, subsets, report)
     masks_arr, actual_arr = np.stack(masks).astype(np.float64), np.stack(actual)  # (S, N), (S, Q)
-    lds = {}
     for method, scores in predicted.items():
         # more positive influence kept -> lower loss: predicted loss = -sum of kept scores
         pred = -(masks_arr @ scores.T)  # (S, Q)
-        lds[method] = float(np.mean([spearman(pred[:, q], actual_arr[:, q]) for q in range(actual_arr.shape[1])]))
-    return LdsReport(lds=lds, subsets=subsets, queries=len(datanet.queries), recall=recall(model, datanet.queries))
+        report.lds[method] = float(
+            np.mean([spearman(pred[:, q], actual_arr[:, q]) for q in range(actual_arr.shape[1])])
+        )
+    return report
 
 
 def prepare_base(folder: Path, *, layers: int = 2, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
