@@ -242,19 +242,25 @@ def linear_datamodeling_score(
     kappas: Sequence[float] = (0.1,),
     seed: int = 0,
     on_subset: Callable[[int, int], None] | None = None,
+    feature_dtypes: Sequence[str] = ("int8",),
     **datanet_kw,
 ) -> LdsReport:
+    """`feature_dtypes`: how the index stores its features (build_index's feature_dtype); the first gives the plain
+    method keys, each other one the same keys after "<dtype>:" (e.g. "float16:fisher"), all scored against the
+    same retrained subsets and the same model."""
     datanet = planted_facts(tokenizer, seed=seed, **datanet_kw)
     pad = tokenizer.pad_token_id
     model = load_lora_model(base_dir, config)
     train_lora(model, datanet.rows, config, pad)
-    index = build_index(model, datanet.rows, k=k, projection=projection, pad_id=pad)
-    phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
     predicted: dict[str, np.ndarray] = {}  # method -> (queries, N) scores
-    for method in SCORE_METHODS:
-        predicted[method] = index.scores(phis, method)
-    for kappa in kappas:
-        predicted[f"fisher@{kappa:g}"] = index.with_damping(kappa).scores(phis, "fisher")
+    for position, dtype in enumerate(feature_dtypes):
+        index = build_index(model, datanet.rows, k=k, projection=projection, pad_id=pad, feature_dtype=dtype)
+        phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
+        prefix = "" if position == 0 else f"{dtype}:"
+        for method in SCORE_METHODS:
+            predicted[prefix + method] = index.scores(phis, method)
+        for kappa in kappas:
+            predicted[f"{prefix}fisher@{kappa:g}"] = index.with_damping(kappa).scores(phis, "fisher")
     rng = np.random.default_rng(seed + 1)
     masks, actual = [], []
     for s in range(subsets):
