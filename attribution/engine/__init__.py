@@ -14,13 +14,14 @@ At the end of a training job (its own progress stage)
                         batch_size=16, max_tokens=16 * max_length,     # padded tokens per pass (rows + the
                         pad_id=tokenizer.pad_token_id,                 # 32 calibration queries, by length)
                         on_progress=lambda done, total: ...)
-    index.save(folder / "attribution.safetensors")          # N x k float16 features + per-row scale, row ids,
-                                                            # per-matrix (F_m + lambda_m I)^-1, seed, k_m, version
+    index.save(folder / "attribution.safetensors")          # N x k int8 features + per-row scale and norms, row
+                                                            # ids, per-matrix (F_m + lambda_m I)^-1, seed, k_m,
+                                                            # version (format poa-index-4; ~k + 20 bytes a row)
     spans = SpanIndex.build(rows); spans.save(folder / "spans.npz")
 
 Per inference (a `default`-queue task)
 --------------------------------------
-    index = AttributionIndex.load(path); spans = SpanIndex.load(path2)
+    index = AttributionIndex.load(path); spans = SpanIndex.load(path2)   # features mapped from the file, not read
     result = attribute(index, spans, model, prompt_ids, answer_ids, row_meta)   # -> AttributionResult
     result.method_version          # "poa-3" (METHOD_VERSION; "poa-2" for an index built before it): store it
     result.contributor_shares      # {contributor_id: share}; + result.unattributed == 1 (within float rounding)

@@ -1,9 +1,20 @@
 """The gradient-feature index of one trained model: projected per-row LoRA gradients, per-matrix damped Fisher
-inverses, the projection seed and a calibrated noise level, in one safetensors file."""
+inverses, the projection seed and a calibrated noise level, in one safetensors file.
+
+Storage (format poa-index-4): each row's features as int8 with a float32 scale (symmetric per row: phi_i ~=
+features_i * row_scale_i, row_scale_i = max|phi_i| / 127), plus each row's norm and Fisher norm computed at build
+time, ~k + 20 bytes a row. `load` maps the (N, k) features from the file instead of reading them (np.memmap at the
+tensor's offset): a worker holding many indexes holds their small parts only, and the kernel pages features in (and
+out) as queries read them. Scoring runs over SCORE_CHUNK rows at a time (dequantise, multiply, next chunk): no
+(N, k) float32 copy is ever made. Formats poa-index-2 and -3 (float16 features, no stored norms) are read and
+scored as before; their norms are computed once, in chunks, on first use."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +29,10 @@ from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check
 from attribution.engine.projection import Projector, allocate
 from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
 
-INDEX_FORMAT = "poa-index-3"  # 3: + fluent calibration (fluent_features, fluent_ids); 2: permutation-null floor
-READ_FORMATS = ("poa-index-2", INDEX_FORMAT)  # an index of format 2 is read as built (no fluent calibration)
+INDEX_FORMAT = "poa-index-4"  # 4: int8 features, stored row norms; 3: + fluent calibration; 2: permutation nulls
+# an index of format 2 is read as built (no fluent calibration); formats 2 and 3 have float16 features
+READ_FORMATS = ("poa-index-2", "poa-index-3", INDEX_FORMAT)
+FEATURE_DTYPES = {"int8": INDEX_FORMAT, "float16": "poa-index-3"}  # how build_index may store features -> format
 SCORE_METHODS = ("fisher", "dot", "cosine")
 DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.778 (32 subsets), top-1 1.00 for all
 DEFAULT_KAPPA = 0.1  # LDS 0.825; 0.01 gave 0.804, 0.3 0.824, 1.0 0.817 (bench/bench_attribution.py)
@@ -27,6 +40,9 @@ NULL_QUERIES = 32  # permutation-null queries scored at build time (see `null_qu
 NULL_ALPHA = 0.05  # false-positive rate of the noise floor: P(an unrelated answer credits any row at all)
 FISHER_CHUNK = 2048  # rows per float64 chunk of the Fisher sums (bounded memory: see fisher_blocks)
 FP16_TARGET = 1024.0  # each stored row's largest |value|: far from fp16 overflow, ~11 bits of relative precision
+INT8_LEVELS = 127.0  # format 4: each stored row's largest |value| (symmetric: -127..127)
+SCORE_CHUNK = 256  # rows dequantised at a time when scoring: 4 MiB of float32 at k=4096, stays in cache
+_SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1", "I32": "<i4", "I64": "<i8"}
 
 Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels with -100 on non-answer tokens)
 
@@ -34,7 +50,9 @@ Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels wit
 @dataclass
 class AttributionIndex:
     row_ids: np.ndarray  # (N,) int64
-    features: np.ndarray  # (N, k) float16: phi_i / row_scale_i (per-row scaling keeps tiny gradients off fp16 zero)
+    # (N, k) phi_i / row_scale_i: int8 (format 4) or float16 (formats 2, 3; per-row scaling keeps tiny gradients off
+    # fp16 zero). A loaded index's features are a read-only np.memmap of the file.
+    features: np.ndarray
     row_scale: np.ndarray  # (N,) float32
     matrices: list[LoraMatrix]
     widths: list[int]  # k_m per LoRA matrix, in `matrices` order
@@ -54,9 +72,8 @@ class AttributionIndex:
     format: str = INDEX_FORMAT
     build_seconds: float = 0.0
     _projector: Projector | None = field(default=None, repr=False)
-    _features32: np.ndarray | None = field(default=None, repr=False)
-    _norms: np.ndarray | None = field(default=None, repr=False)
-    _h_norms: np.ndarray | None = field(default=None, repr=False)
+    _norms: np.ndarray | None = field(default=None, repr=False)  # (N,) float32 |phi_i| (stored in format 4)
+    _h_norms: np.ndarray | None = field(default=None, repr=False)  # (N,) float32 |phi_i|_H (stored in format 4)
 
     # -- shape ---------------------------------------------------------------------------------------------------
     @property
@@ -110,23 +127,26 @@ class AttributionIndex:
         return project_rows(model, [(ids, labels)], self.projector())[0]
 
     # -- scores -----------------------------------------------------------------------------------------------------
+    def rows32(self, start: int, stop: int) -> np.ndarray:
+        """phi of rows [start, stop) as float32 (dequantised): features * row_scale."""
+        return _dequantise(self.features[start:stop], self.row_scale[start:stop])
+
     def features32(self) -> np.ndarray:
-        if self._features32 is None:
-            self._features32 = self.features.astype(np.float32) * self.row_scale[:, None]
-        return self._features32
+        """Every row's phi as one (N, k) float32 array: 4 bytes a feature, made on each call and not kept. For tests
+        and small indexes; scoring, norms and the Fisher blocks go over `rows32` chunks instead."""
+        return self.rows32(0, self.size)
 
     def norms(self) -> np.ndarray:
         if self._norms is None:
-            self._norms = np.linalg.norm(self.features32(), axis=1)
+            self._norms = row_norms(self.features, self.row_scale)
         return self._norms
 
     def h_norms(self) -> np.ndarray:
         """||phi_i||_H = sqrt(phi_i^T (F + lambda I)^-1 phi_i) per row (the "fisher" metric)."""
         if self._h_norms is None:
-            features = self.features32()
             squared = np.empty(self.size, dtype=np.float64)
             for start in range(0, self.size, 4096):
-                chunk = features[start : start + 4096]
+                chunk = self.rows32(start, start + 4096)
                 squared[start : start + 4096] = np.einsum("ij,ij->i", self.precondition(chunk), chunk)
             self._h_norms = np.sqrt(np.clip(squared, 0.0, None)).astype(np.float32)
         return self._h_norms
@@ -171,14 +191,31 @@ class AttributionIndex:
         return raw / np.maximum(q_norm * self.norms(), 1e-30)
 
     def _against_rows(self, phi: np.ndarray) -> np.ndarray:
-        """phi (k,) or (q, k) against every row -> (N,) or (q, N), without copying the (N, k) features."""
-        out = _matmul(self.features32(), np.atleast_2d(phi).T).T
-        return out[0] if phi.ndim == 1 else out
+        """phi (k,) or (q, k) against every row -> (N,) or (q, N), SCORE_CHUNK rows at a time: no (N, k) float32
+        copy of the features. int8 rows are multiplied as stored and scaled after (the same product, one multiply
+        a row instead of one a feature); float16 rows (formats 2, 3) are dequantised first, as they always were."""
+        query = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(phi).T, dtype=np.float32))  # (k, q)
+        out = torch.empty((self.size, query.shape[1]), dtype=torch.float32)
+        buffer = torch.empty((min(SCORE_CHUNK, self.size), self.k), dtype=torch.float32)
+        as_numpy = buffer.numpy()
+        scaled_after = self.features.dtype == np.int8
+        for start in range(0, self.size, SCORE_CHUNK):
+            stop = min(start + SCORE_CHUNK, self.size)
+            rows = as_numpy[: stop - start]
+            np.copyto(rows, self.features[start:stop], casting="unsafe")
+            if not scaled_after:
+                rows *= self.row_scale[start:stop, None]
+            torch.mm(buffer[: stop - start], query, out=out[start:stop])
+        scores = out.numpy()
+        if scaled_after:
+            scores *= self.row_scale[:, None]
+        scores = scores.T
+        return scores[0] if phi.ndim == 1 else scores
 
     # -- damping ----------------------------------------------------------------------------------------------------
     def with_damping(self, kappa: float) -> AttributionIndex:
         """The same features with lambda_m = kappa * tr(F_m) / k_m (for choosing kappa by validation)."""
-        inverses, damping = fisher_blocks(self.features32(), self.widths, kappa)
+        inverses, damping = fisher_blocks(self.features, self.widths, kappa, row_scale=self.row_scale)
         index = AttributionIndex(
             row_ids=self.row_ids,
             features=self.features,
@@ -199,7 +236,6 @@ class AttributionIndex:
             calibration=self.calibration,
             format=self.format,
             _projector=self._projector,
-            _features32=self._features32,
             _norms=self._norms,
         )
         index.null_floor = calibrate_floor(index)
@@ -207,16 +243,25 @@ class AttributionIndex:
 
     # -- storage ----------------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        """Written to a temporary file beside `path`, then renamed over it: a process that has the previous file
+        mapped (a worker, or this index itself when it was loaded from `path`) keeps reading the old file intact."""
         from safetensors.numpy import save_file
 
         path = Path(path)
+        if self.features.dtype not in (np.int8, np.float16):
+            raise EngineError(f"Index features are stored as int8 or float16, not {self.features.dtype}.")
+        if self.format == INDEX_FORMAT and self.features.dtype != np.int8:
+            raise EngineError(f"An index of format {INDEX_FORMAT} stores its features as int8.")
         tensors = {
             "row_ids": np.ascontiguousarray(self.row_ids, dtype=np.int64),
-            "features": np.ascontiguousarray(self.features, dtype=np.float16),
+            "features": np.ascontiguousarray(self.features),
             "row_scale": np.ascontiguousarray(self.row_scale, dtype=np.float32),
             "damping": np.asarray(self.damping, dtype=np.float64),
             "null_features": np.ascontiguousarray(self.null_features, dtype=np.float32),
         }
+        if self.format == INDEX_FORMAT:  # what scoring needs per row, so that loading makes no pass over features
+            tensors["row_norms"] = np.ascontiguousarray(self.norms(), dtype=np.float32)
+            tensors["row_h_norms"] = np.ascontiguousarray(self.h_norms(), dtype=np.float32)
         for position, inverse in enumerate(self.fisher_inverse):
             tensors[f"fisher_inverse.{position}"] = np.ascontiguousarray(inverse, dtype=np.float32)
         if self.fluent_queries:
@@ -234,26 +279,48 @@ class AttributionIndex:
             "build_seconds": self.build_seconds,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"engine": json.dumps(meta)})
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file(tensors, temporary, metadata={"engine": json.dumps(meta)})
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionIndex:
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
-
+        """The index at `path`, its features mapped from the file (not read); every other tensor is read."""
         path = Path(path)
         if not path.exists():
             raise EngineError(f"No attribution index at {path}.")
-        with safe_open(str(path), framework="numpy") as handle:
-            raw_meta = (handle.metadata() or {}).get("engine")
+        header, data_start = _safetensors_header(path)
+        raw_meta = (header.get("__metadata__") or {}).get("engine")
         if raw_meta is None:
             raise EngineError(f"{path} is not an attribution index (no engine metadata).")
-        meta = json.loads(raw_meta)
+        try:
+            meta = json.loads(raw_meta)
+        except json.JSONDecodeError:
+            raise EngineError(f"{path} is corrupt: its engine metadata is not JSON.") from None
         if meta.get("format") not in READ_FORMATS:
             readable = ", ".join(map(repr, READ_FORMATS))
             raise EngineError(f"{path} has index format {meta.get('format')!r}; this engine reads {readable}.")
-        tensors = load_file(str(path))
+        mapped = {name: _map_tensor(path, name, spec, data_start) for name, spec in header.items()}
+        mapped.pop("__metadata__", None)
+        tensors = {name: np.array(array) for name, array in mapped.items() if name != "features"}
+        features = mapped.get("features")
+        if features is None or features.ndim != 2 or features.dtype not in (np.int8, np.float16):
+            raise EngineError(f"{path} is corrupt: it has no (rows, k) int8 or float16 features.")
+        n, k = features.shape
+        expected = {"row_ids": (n,), "row_scale": (n,), "row_norms": (n,), "row_h_norms": (n,)}
+        for name, shape in expected.items():
+            if name in tensors and tensors[name].shape != shape:
+                raise EngineError(f"{path} is corrupt: {name} has shape {tensors[name].shape}, expected {shape}.")
+        if meta["format"] == INDEX_FORMAT and not {"row_norms", "row_h_norms"} <= tensors.keys():
+            raise EngineError(f"{path} is corrupt: an index of format {INDEX_FORMAT} stores its row norms.")
+        if int(meta["k"]) != k or sum(meta["widths"]) != k:
+            raise EngineError(f"{path} is corrupt: its features have {k} dimensions, its metadata says {meta['k']}.")
         fluent = []
         if "fluent_ids" in tensors:
             flat, start = tensors["fluent_ids"].tolist(), 0
@@ -269,7 +336,7 @@ class AttributionIndex:
         ]
         return cls(
             row_ids=tensors["row_ids"],
-            features=tensors["features"],
+            features=features,
             row_scale=tensors["row_scale"],
             matrices=matrices,
             widths=list(meta["widths"]),
@@ -286,7 +353,86 @@ class AttributionIndex:
             fluent_queries=fluent,
             calibration=dict(meta.get("calibration", {})),
             format=meta["format"],
+            _norms=tensors.get("row_norms"),
+            _h_norms=tensors.get("row_h_norms"),
         )
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The safetensors header (tensor name -> dtype, shape, data_offsets; "__metadata__") and where data starts,
+    every tensor checked to lie within the file: a truncated or corrupt file is refused here, not met later as a
+    crash while a query reads a missing page."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if length <= 0 or 8 + length > size:
+            raise EngineError(f"{path} is truncated or not a safetensors file.")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise EngineError(f"{path} is corrupt: its safetensors header is not readable.")
+    data_size = size - 8 - length
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = (int(x) for x in spec["data_offsets"])
+            itemsize = np.dtype(_SAFETENSORS_DTYPES[spec["dtype"]]).itemsize
+            count = math.prod(int(d) for d in spec["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise EngineError(f"{path} is corrupt: tensor {name!r} has an unreadable entry.") from None
+        if end > data_size:
+            raise EngineError(f"{path} is truncated: tensor {name!r} ends past the end of the file.")
+        if not 0 <= begin <= end or end - begin != count * itemsize:
+            raise EngineError(f"{path} is corrupt: tensor {name!r} does not match its shape.")
+    return header, 8 + length
+
+
+def _map_tensor(path: Path, name: str, spec, data_start: int) -> np.ndarray:
+    """A read-only view of one tensor of the file (checked by `_safetensors_header`), mapped, not read."""
+    if name == "__metadata__":
+        return spec
+    dtype = np.dtype(_SAFETENSORS_DTYPES[spec["dtype"]])
+    shape = tuple(int(d) for d in spec["shape"])
+    begin, end = (int(x) for x in spec["data_offsets"])
+    if begin == end:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+
+
+def _dequantise(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return features.astype(np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+
+
+def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """|phi_i| per row of stored features (chunks of `chunk` rows, no full float32 copy)."""
+    out = np.empty(features.shape[0], dtype=np.float32)
+    for start in range(0, features.shape[0], chunk):
+        out[start : start + chunk] = np.linalg.norm(
+            _dequantise(features[start : start + chunk], row_scale[start : start + chunk]), axis=1
+        )
+    return out
+
+
+def quantise_rows(phi: np.ndarray, dtype: str = "int8") -> tuple[np.ndarray, np.ndarray]:
+    """Stored features and per-row scale of float32 rows phi: int8 with scale max|phi_i| / 127 (symmetric, round to
+    nearest), or float16 with scale max|phi_i| / FP16_TARGET (formats 2, 3). An all-zero row gets scale 1."""
+    phi = np.asarray(phi, dtype=np.float32)
+    top = np.abs(phi).max(axis=1) if phi.size else np.zeros(phi.shape[0], dtype=np.float32)
+    if dtype == "int8":
+        scale = top / np.float32(INT8_LEVELS)
+        scale[scale == 0] = 1.0
+        stored = np.clip(np.rint(phi / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    elif dtype == "float16":
+        scale = top / np.float32(FP16_TARGET)
+        scale[scale == 0] = 1.0
+        stored = (phi / scale[:, None]).astype(np.float16)
+    else:
+        raise EngineError(f"Features are stored as {' or '.join(FEATURE_DTYPES)}, not {dtype!r}.")
+    return stored, scale.astype(np.float32)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -300,8 +446,11 @@ def _check_same_model(model: nn.Module, matrices: Sequence[LoraMatrix]) -> None:
         raise EngineError("The model's LoRA matrices differ from the ones this index was built for.")
 
 
-def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> tuple[list[np.ndarray], np.ndarray]:
+def fisher_blocks(
+    features: np.ndarray, widths: Sequence[int], kappa: float, *, row_scale: np.ndarray | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
     """(F_m + lambda_m I)^-1 per block with F_m = Phi_m^T Phi_m / N and lambda_m = kappa * tr(F_m) / k_m.
+    `features`: float32 phi, or stored features (int8 / float16) with their `row_scale`, dequantised per chunk.
 
     Blocks of the same width (the same layer kind in every decoder layer) are formed and inverted as one batch:
     a handful of calls instead of one per LoRA matrix (hundreds on a real model), same float64 arithmetic. The
@@ -318,7 +467,10 @@ def fisher_blocks(features: np.ndarray, widths: Sequence[int], kappa: float) -> 
     for width, positions in by_width.items():
         fisher = torch.zeros((len(positions), width, width), dtype=torch.float64)
         for chunk in range(0, features.shape[0], FISHER_CHUNK):
-            phi = torch.from_numpy(np.ascontiguousarray(features[chunk : chunk + FISHER_CHUNK]))
+            rows = features[chunk : chunk + FISHER_CHUNK]
+            if row_scale is not None:
+                rows = _dequantise(rows, row_scale[chunk : chunk + FISHER_CHUNK])
+            phi = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
             blocks = torch.stack([phi[:, starts[p] : starts[p] + width] for p in positions]).to(torch.float64)
             fisher += blocks.transpose(1, 2) @ blocks  # (B, w, w)
         fisher /= n
@@ -395,6 +547,7 @@ def build_index(
     calibration_prompts: Sequence[Sequence[int]] = (),
     eos_ids: Sequence[int] = (),
     calibration: dict | None = None,
+    feature_dtype: str = "int8",
 ) -> AttributionIndex:
     """Projected per-row gradients of `model` (a peft LoRA model, at its final adapter) for every training row.
 
@@ -404,8 +557,14 @@ def build_index(
     may hold at most, so the build never needs more activation memory than training did. With `memory_budget`
     (bytes), no pass holds more rows or tokens than `pass_limits` allows in it either: the build's peak memory then
     depends on the budget, not on how many rows there are or how short they are. How rows are grouped does not
-    change any row's features (each row's gradient is recovered exactly from the batched pass)."""
+    change any row's features (each row's gradient is recovered exactly from the batched pass).
+
+    `feature_dtype` "int8" (format poa-index-4, the default) or "float16" (format poa-index-3, as indexes were built
+    before it: kept to compare the two). The Fisher blocks, norms and noise floor are computed on the stored
+    (dequantised) features: the ones queries are scored against."""
     started = time.perf_counter()
+    if feature_dtype not in FEATURE_DTYPES:
+        raise EngineError(f"Features are stored as {' or '.join(FEATURE_DTYPES)}, not {feature_dtype!r}.")
     if not rows:
         raise EngineError("No training rows to index.")
     row_ids = np.asarray([int(r[0]) for r in rows], dtype=np.int64)
@@ -416,7 +575,8 @@ def build_index(
     matrices = [m for m, _ in lora_modules(model)]
     widths = allocate(matrices, k, projection)
     projector = Projector(matrices, widths, seed, projection)
-    features = np.zeros((len(rows), projector.k), dtype=np.float16)
+    features = np.zeros((len(rows), projector.k), dtype=np.dtype(feature_dtype))
+    finite = True
     row_scale = np.ones(len(rows), dtype=np.float32)
     null_phi = np.zeros((NULL_QUERIES, projector.k), dtype=np.float32)
     fluent = fluent_queries(model, calibration_prompts, eos_ids=eos_ids) if calibration_prompts else []
@@ -431,17 +591,16 @@ def build_index(
     done = 0
 
     def consume(indices: list[int], phi_batch: torch.Tensor) -> None:
-        nonlocal done
+        nonlocal done, finite
         phi = phi_batch.numpy()
         at = np.asarray(indices)
         is_row, is_null = at < len(rows), (at >= len(rows)) & (at < len(rows) + NULL_QUERIES)
         null_phi[at[is_null] - len(rows)] = phi[is_null]
         fluent_phi[at[~is_row & ~is_null] - len(rows) - NULL_QUERIES] = phi[~is_row & ~is_null]
         phi, indices = phi[is_row], np.asarray(indices)[is_row]
-        scale = np.abs(phi).max(axis=1) / np.float32(FP16_TARGET)
-        scale[scale == 0] = 1.0
-        features[indices] = (phi / scale[:, None]).astype(np.float16)
-        row_scale[indices] = scale
+        finite = finite and bool(np.isfinite(phi).all())
+        with np.errstate(invalid="ignore", over="ignore"):
+            features[indices], row_scale[indices] = quantise_rows(phi, feature_dtype)
         done += len(indices)
         if on_progress is not None and len(indices):
             on_progress(done, len(rows))
@@ -459,7 +618,7 @@ def build_index(
         consume=consume,
     )
     release_freed()  # the passes' activations go back to the system, not to this process's heap
-    if not np.isfinite(features).all():
+    if not finite or (feature_dtype == "float16" and not np.isfinite(features).all()):
         raise EngineError("Some row gradients are not finite (overflow in float16 or a diverged model).")
     index = AttributionIndex(
         row_ids=row_ids,
@@ -477,9 +636,10 @@ def build_index(
         fluent_features=fluent_phi,
         fluent_queries=fluent,
         calibration=dict(calibration or {}),
+        format=FEATURE_DTYPES[feature_dtype],
         _projector=projector,
     )
-    index.fisher_inverse, index.damping = fisher_blocks(index.features32(), widths, kappa)
+    index.fisher_inverse, index.damping = fisher_blocks(features, widths, kappa, row_scale=row_scale)
     index.null_floor = calibrate_floor(index)
     index.build_seconds = time.perf_counter() - started
     return index

@@ -306,12 +306,16 @@ def linear_datamodeling_score(
     datanet: Datanet | None = None,
     fit: Fit | None = None,
     index_kw: dict | None = None,
+    feature_dtypes: Sequence[str] = ("int8",),
     **datanet_kw,
 ) -> LdsReport:
     """LDS of the index's scores. Defaults: a `planted_facts(tokenizer, seed=seed, **datanet_kw)` datanet and the
     `validation_fit` trainer with `config`. `datanet`, `fit` (any trainer: rows -> trained LoRA model) and `index_kw`
     (more build_index arguments, e.g. the batch size, token budget and seed the product builds with) replace them.
-    `on_subset(done, total, report so far)` runs after each half-subset's retrain."""
+    `feature_dtypes`: how the index stores its features (build_index's feature_dtype); the first gives the plain
+    method keys, each other one the same keys after "<dtype>:" (e.g. "float16:fisher"), all scored against the
+    same retrained subsets and the same model. `on_subset(done, total, report so far)` runs after each half-subset's
+    retrain."""
     pad = tokenizer.pad_token_id
     datanet = datanet if datanet is not None else planted_facts(tokenizer, seed=seed, **datanet_kw)
     fit = fit or validation_fit(base_dir, config, pad)
@@ -319,14 +323,19 @@ def linear_datamodeling_score(
     started = time.perf_counter()
     model = fit(datanet.rows)
     report.fit_seconds = time.perf_counter() - started
-    index = build_index(model, datanet.rows, k=k, projection=projection, pad_id=pad, **(index_kw or {}))
-    report.index_seconds = index.build_seconds
-    phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
     predicted: dict[str, np.ndarray] = {}  # method -> (queries, N) scores
-    for method in SCORE_METHODS:
-        predicted[method] = index.scores(phis, method)
-    for kappa in kappas:
-        predicted[f"fisher@{kappa:g}"] = index.with_damping(kappa).scores(phis, "fisher")
+    for position, dtype in enumerate(feature_dtypes):
+        index = build_index(
+            model, datanet.rows, k=k, projection=projection, pad_id=pad, feature_dtype=dtype, **(index_kw or {})
+        )
+        if position == 0:
+            report.index_seconds = index.build_seconds
+        phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
+        prefix = "" if position == 0 else f"{dtype}:"
+        for method in SCORE_METHODS:
+            predicted[prefix + method] = index.scores(phis, method)
+        for kappa in kappas:
+            predicted[f"{prefix}fisher@{kappa:g}"] = index.with_damping(kappa).scores(phis, "fisher")
     report.full_query_loss = float(query_losses(model, datanet.queries, pad).mean())
     report.recall = recall(model, datanet.queries)
     del model, index

@@ -50,7 +50,7 @@ def test_synthetic_mode_runs_without_django_and_reports_ratio_latency_and_storag
         assert result[key] > 0
     assert result["latency_rows"] == 300 and result["latency_forward_backward_ms"] > 0
     assert result["latency_scoring_ms"] > 0
-    assert result["storage_bytes_per_row_features"] == result["latency_k"] * 2 + 12
+    assert result["storage_bytes_per_row_features"] == result["latency_k"] + 20
     assert result["storage_bytes_per_row"] == round(result["index_file_bytes"] / 12, 1)
 
 

@@ -78,7 +78,7 @@ def test_the_calibration_is_saved_with_the_index_and_recorded_in_its_parameters(
     np.testing.assert_array_equal(loaded.fluent_features, index.fluent_features)
     assert loaded.params() == index.params()
     params = index.params()
-    assert params["format"] == "poa-index-3" and params["fluent_queries"] == PROMPTS
+    assert params["format"] == "poa-index-4" and params["fluent_queries"] == PROMPTS
     assert params["calibration"] == {"prompts": PROMPTS, "decoding": "greedy"}
     assert loaded.null_floor == index.null_floor
 
@@ -100,7 +100,7 @@ def test_an_index_of_the_previous_format_is_read_and_attributed_under_its_own_ru
     """An index built before fluent calibration (format poa-index-2) keeps its floor: its answers recompute
     exactly as they were computed (rule poa-2), so their receipts stay verifiable."""
     _, model, index, datanet = planted
-    old = dataclasses.replace(index, format="poa-index-2", _projector=None, _features32=None)
+    old = dataclasses.replace(index, format="poa-index-2", _projector=None)
     path = old.save(tmp_path / "old.safetensors")
     loaded = AttributionIndex.load(path)
     assert loaded.format == "poa-index-2" and loaded.fluent_queries == []

@@ -122,7 +122,7 @@ def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answ
     record = ModelIndex.objects.get()
     path = Path(record.index_path)
     built = AttributionIndex.load(path)
-    assert built.format == "poa-index-3" and len(built.fluent_queries) == 48
+    assert built.format == "poa-index-4" and len(built.fluent_queries) == 48
     old = dataclasses.replace(built, format="poa-index-2", fluent_queries=[], fluent_features=built.null_features[:0])
     old.null_floor = calibrate_floor(old)  # the floor as format 2 built it: permutation nulls alone
     old.save(path)
