@@ -13,7 +13,9 @@ moment in that stage.
 
 Stages, as the training job runs them: "training" (the project's loop, --train-steps optimizer steps: each step's
 memory is bounded by its batch, not by the number of rows), "evaluation" (held-out loss of base and tuned, greedy
-answers to up to --answers held-out rows), "index" (attribution/services/indexing.py's build: the memory budget and
+answers of up to --new-tokens tokens to up to --answers held-out rows, in passes that fit --fraction of the memory
+free when the stage starts, as a job's evaluation does; --long-prompts puts the long rows' text in their prompts, so
+that the answers read long prompts too), "index" (attribution/services/indexing.py's build: the memory budget and
 the largest training micro-batch bound each pass) and "valuation" (the held-out rows scored against the index).
 Up to --old-rows short rows (default 0: it held 20.9 GB at 100 rows on this 23 GB machine, more rows can take all
 of its memory), the index is also built as it was before (passes of batch size x max length tokens, no memory
@@ -41,18 +43,22 @@ WORDS = ("river", "copper", "lantern", "meadow", "signal", "harbor", "orchid", "
          "falcon", "willow", "quartz", "ember", "canyon", "maple")  # fmt: skip
 
 
-def make_rows(n: int, *, long_tokens: int = 0) -> list[dict]:
-    """Instruction rows with made-up facts; long rows repeat varied sentences to about `long_tokens` tokens."""
+def make_rows(n: int, *, long_tokens: int = 0, long_prompts: bool = False) -> list[dict]:
+    """Instruction rows with made-up facts; long rows repeat varied sentences to about `long_tokens` tokens, in the
+    answer (or, with `long_prompts`, in the prompt's input: then the greedy answers read long prompts)."""
     rows = []
     for i in range(n):
         a, b, c = WORDS[i % 16], WORDS[(i // 16) % 16], WORDS[(i // 256) % 16]
         output = f"The {a} code of {b} house {i} is {i * 37 % 1000}."
+        content = {"instruction": f"What is the {a} code of {b} house {i}?"}
         if long_tokens:
-            sentences = [f"Near the {WORDS[(i + j) % 16]} {c}, item {j} of {i} weighs {(i * j) % 97} grams."
-                         for j in range(long_tokens // 18)]  # fmt: skip
-            output = output + " " + " ".join(sentences)
-        question = f"What is the {a} code of {b} house {i}?"
-        rows.append({"id": i + 1, "kind": "instruction", "content": {"instruction": question, "output": output}})
+            sentences = " ".join(f"Near the {WORDS[(i + j) % 16]} {c}, item {j} of {i} weighs {(i * j) % 97} grams."
+                                 for j in range(long_tokens // 18))  # fmt: skip
+            if long_prompts:
+                content["input"] = sentences
+            else:
+                output = output + " " + sentences
+        rows.append({"id": i + 1, "kind": "instruction", "content": {**content, "output": output}})
     return rows
 
 
@@ -71,10 +77,10 @@ def child(args) -> dict:
 
     from attribution.engine import RowOwner, build_index, data_valuation
     from modelfactory.training.data import build_examples
-    from modelfactory.training.evaluate import compare_base_and_tuned
+    from modelfactory.training.evaluate import compare_base_and_tuned, loss_passes
     from modelfactory.training.finetune import split_rows
     from modelfactory.training.loop import load_model_for_training, train
-    from modelfactory.training.memory import budget_bytes
+    from modelfactory.training.memory import budget_bytes, free_bytes, release_freed
     from modelfactory.training.presets import validate_hyperparameters
 
     torch.set_num_threads(args.threads)
@@ -82,14 +88,14 @@ def child(args) -> dict:
     hp, errors = validate_hyperparameters({"min_steps": 0, "epochs": 1}, preset="thorough")
     assert not errors, errors
     device = torch.device("cpu")
-    figures: dict = {"rows": args.rows, "long_tokens": args.long_tokens}
+    figures: dict = {"rows": args.rows, "long_tokens": args.long_tokens, "long_prompts": args.long_prompts}
     _peak_since()
     model, tokenizer = load_model_for_training(SMOLLM2_DIR, hp, device=device)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 1e-3)
-    rows = make_rows(args.rows, long_tokens=args.long_tokens)
+    rows = make_rows(args.rows, long_tokens=args.long_tokens, long_prompts=args.long_prompts)
     examples, _ = build_examples(tokenizer, rows, max_length=int(hp["max_length"]))
     train_ids, eval_ids = split_rows([e.row_id for e in examples], eval_split=float(hp["eval_split"]), seed=0)
     train_examples = [e for e in examples if e.row_id in train_ids]
@@ -118,9 +124,18 @@ def child(args) -> dict:
     figures["training"] = _peak_since()
     mark = time.perf_counter()
     figures["training_steps"] = steps["n"]
+    release_freed()  # as the job does between stages (finetune.release_memory)
+    free = free_bytes()
+    passes = []
     compare_base_and_tuned(model, tokenizer, eval_examples, eval_rows, device=device, max_answers=args.answers,
-                           max_new_tokens=24, batch_size=int(hp["batch_size"]))  # fmt: skip
+                           max_new_tokens=args.new_tokens, batch_size=int(hp["batch_size"]),
+                           memory_budget=int(args.fraction * free), memory_free=free,
+                           on_plan=passes.append)  # fmt: skip
     figures["evaluation"] = _peak_since()
+    figures["evaluation_budget"] = int(args.fraction * free)
+    figures["evaluation_passes"] = passes[0]  # loss passes and answer batches, base and tuned
+    batches = len(loss_passes([e.n_tokens for e in eval_examples], batch_size=int(hp["batch_size"])))
+    figures["evaluation_loss_batches"] = 2 * batches  # the loss passes without the budget, for comparison
     figures["evaluation_seconds"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
     train_rows = [(e.row_id, e.input_ids, e.labels) for e in train_examples]
     batch = int(hp["batch_size"])
@@ -146,7 +161,8 @@ def child(args) -> dict:
 def _child(args, rows: int, long_tokens: int, *, old: bool) -> dict:
     command = [sys.executable, __file__, "--child", "--rows", str(rows), "--long-tokens", str(long_tokens),
                "--threads", str(args.threads), "--train-steps", str(args.train_steps), "--answers", str(args.answers),
-               "--fraction", str(args.fraction)] + (["--old"] if old else [])  # fmt: skip
+               "--fraction", str(args.fraction), "--new-tokens", str(args.new_tokens)]  # fmt: skip
+    command += (["--old"] if old else []) + (["--long-prompts"] if long_tokens and args.long_prompts else [])
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         return {"rows": rows, "long_tokens": long_tokens, "error": done.stderr[-2000:] or f"exit {done.returncode}"}
@@ -194,6 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--answers", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=96, help="the most tokens a greedy answer may have")
+    parser.add_argument("--long-prompts", action="store_true", help="long rows carry their long text in the prompt")
     parser.add_argument("--fraction", type=float, default=0.5, help="MF_MEMORY_BUDGET_FRACTION")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "memory.json"))

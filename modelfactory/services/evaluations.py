@@ -230,7 +230,8 @@ def evaluation_run(*, evaluation_id: int) -> ModelEvaluation | None:
     spec = EvaluationSpec(
         base_model_dir=Path(job.base_model.path), adapter_dir=Path(evaluation.version.adapter_path),
         hyperparameters=_settings_of(job), test_rows=test_rows, trained=trained,
-        device=settings.MF_TRAINING_DEVICE,
+        device=settings.MF_TRAINING_DEVICE, memory_budget_fraction=settings.MF_MEMORY_BUDGET_FRACTION,
+        memory_limit_bytes=settings.MF_MEMORY_LIMIT_MB * 2**20,
     )  # fmt: skip
     try:
         result = evaluate_adapter(spec, on_progress=_progress_writer(evaluation_id))

@@ -105,7 +105,9 @@ def row_fingerprint(row: dict[str, Any]) -> str:
     return json.dumps([row.get("kind"), row.get("content")], sort_keys=True, ensure_ascii=False)
 
 
-def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device, on_batch=None) -> dict[str, Any] | None:
+def _test_set_comparison(
+    spec, model, tokenizer, train_ids, *, hp, device, on_batch=None, memory_budget=None, memory_free=None
+) -> dict[str, Any] | None:
     """Base vs tuned on the test set the user chose, without the rows the model trained on (counted in
     "overlap"): the same measures and per-row samples as on the held-out rows, plus "rows" (all of the test set)
     and "overlap". None without a test set."""
@@ -120,7 +122,8 @@ def _test_set_comparison(spec, model, tokenizer, train_ids, *, hp, device, on_ba
     rows = sorted((r for r in kept if int(r["id"]) in usable), key=lambda r: int(r["id"]))
     result = compare_base_and_tuned(
         model, tokenizer, test_examples, rows, device=device, max_answers=spec.max_answers,
-        max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]), on_batch=on_batch,
+        max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]), memory_budget=memory_budget,
+        memory_free=memory_free, phase="evaluating_again", on_batch=on_batch,
     )  # fmt: skip
     result["rows"] = len(spec.test_rows)
     result["overlap"] = len(spec.test_rows) - len(kept)
@@ -254,6 +257,8 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
         release_memory(device)  # what training freed goes back to the system before the next stage
         cancel_check()
         evaluating = time.perf_counter()
+        free = memory.free_bytes(device=device, simulated=spec.memory_limit_bytes)  # what the stage could add
+        bounds = {"memory_budget": int(spec.memory_budget_fraction * free), "memory_free": free}
         comparison = compare_base_and_tuned(
             model,
             tokenizer,
@@ -264,8 +269,11 @@ def _finetune(spec, hp, *, workdir: Path, device, on_event, control, resume: boo
             max_new_tokens=spec.max_new_tokens,
             batch_size=int(hp["batch_size"]),
             on_batch=cancel_check,
+            **bounds,
         )
-        test = _test_set_comparison(spec, model, tokenizer, train_ids, hp=hp, device=device, on_batch=cancel_check)
+        test = _test_set_comparison(
+            spec, model, tokenizer, train_ids, hp=hp, device=device, on_batch=cancel_check, **bounds
+        )
         evaluation_seconds = time.perf_counter() - evaluating
         release_memory(device)
         cancel_check()

@@ -423,8 +423,9 @@ def _checkpoint_if_due(run: _Run, done: _Done) -> None:
 def _evaluate(run: _Run, done: _Done, *, epoch: float) -> None:
     if run.eval_examples:
         loss, _ = eval_loss(
-            run.model, run.eval_examples, device=run.device, pad_id=run.pad_id, batch_size=run.batch_size
-        )
+            run.model, run.eval_examples, device=run.device, pad_id=run.pad_id, batch_size=run.batch_size,
+            max_tokens=run.pass_tokens,  # a training pass's bound: an evaluation pass of as many tokens needs less
+        )  # fmt: skip
         done.eval_losses.append((done.step, loss))
         run.on_event({"type": "eval", "step": done.step, "epoch": epoch, "eval_loss": loss})
 

@@ -7,7 +7,9 @@ what torch holds. A stage sizes its passes so that one pass fits in the budget, 
 The per-token costs are formulas, shared with the wizard's estimate (estimate.py): activations of a forward and
 backward pass per token and layer about 34 x hidden x bytes/2 (Korthikanti et al. 2022, with fused attention),
 the output logits of answer tokens (logits, softmax and their gradient in fp32), and, for the attribution index,
-the gradient at every LoRA matrix's output, all held at once for one pass (attribution/engine/lora.py).
+the gradient at every LoRA matrix's output, all held at once for one pass (attribution/engine/lora.py). An
+evaluation pass keeps no graph: only the layer it is computing is live (a few layers' worth of the same formula) plus
+the answer tokens' logits; greedy answers add the key/value cache of every prompt and answer token.
 
 No Django here: the limit a setting simulates (MF_MEMORY_LIMIT_MB) is passed in by the caller.
 """
@@ -22,6 +24,9 @@ DEFAULT_BUDGET_FRACTION = 0.5
 NEAR_LIMIT_FRACTION = 0.85  # a process killed while holding this share of what it could have: out of memory
 LOGIT_BYTES = 4 * 3  # fp32 logits, their softmax and its gradient, per answer token and vocabulary entry
 FLOOR_TOKENS = 64  # a pass may always hold this many tokens (one short row), whatever the budget says
+FORWARD_LAYERS = 3  # layers' worth of activations one pass without a graph holds (94 KB/token measured on SmolLM2: 2.4)
+SCORE_BYTES = 32  # per head, attended position and token of a masked (left-padded) prompt pass: ~7 fp32 copies of
+# the attention scores measured on SmolLM2 (CPU sdpa falls back to its unfused kernel when a padding mask is given)
 
 
 def _read_int(path: str) -> int | None:
@@ -98,16 +103,20 @@ def near_limit(rss: int, limit: int, *, fraction: float = NEAR_LIMIT_FRACTION) -
     return limit > 0 and rss >= fraction * limit
 
 
-def budget_bytes(*, fraction: float = DEFAULT_BUDGET_FRACTION, device: Any = None, simulated: int = 0) -> int:
-    """The memory one pass of a stage may add: `fraction` of what is still free for this process (the model it
-    already holds is not counted again). On a CUDA device: of the device's free memory."""
+def free_bytes(*, device: Any = None, simulated: int = 0) -> int:
+    """What this process can still add (the model it already holds is not counted again): the memory available
+    to it, or what is left of `simulated` (MF_MEMORY_LIMIT_MB); on a CUDA device, the device's free memory."""
     if device is not None and getattr(device, "type", "cpu") == "cuda":
         import torch  # only a process that trains on a GPU asks
 
         free, _total = torch.cuda.mem_get_info(device)
-        return int(fraction * free)
-    free = (simulated - rss_bytes()) if simulated > 0 else available_bytes()
-    return int(fraction * max(0, free))
+        return int(free)
+    return max(0, (simulated - rss_bytes()) if simulated > 0 else available_bytes())
+
+
+def budget_bytes(*, fraction: float = DEFAULT_BUDGET_FRACTION, device: Any = None, simulated: int = 0) -> int:
+    """The memory one pass of a stage may add: `fraction` of what is still free for this process."""
+    return int(fraction * free_bytes(device=device, simulated=simulated))
 
 
 def activation_bytes_per_token(config: dict[str, Any], *, act_bytes: int = 4, answer_share: float = 1.0) -> float:
@@ -118,13 +127,42 @@ def activation_bytes_per_token(config: dict[str, Any], *, act_bytes: int = 4, an
     return layers * hidden * 34 * act_bytes / 2 + answer_share * vocab * LOGIT_BYTES
 
 
+def _attention_shape(config: dict[str, Any]) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a model config."""
+    hidden = int(config.get("hidden_size", 0))
+    heads = int(config.get("num_attention_heads", 1))
+    kv = int(config.get("num_key_value_heads", heads))
+    return heads, kv, int(config.get("head_dim") or hidden // max(1, heads))
+
+
+def forward_bytes_per_token(config: dict[str, Any], *, act_bytes: int = 4, answer_share: float = 1.0) -> float:
+    """One forward pass without a graph (evaluation) per token: FORWARD_LAYERS layers' worth of activations (no
+    layer's are kept for a backward pass) plus the logits and their softmax of the answer tokens (`answer_share`
+    of the tokens; 0 for a generation's prompt, whose logits are computed for its last token only)."""
+    hidden = int(config.get("hidden_size", 0))
+    vocab = int(config.get("vocab_size", 0))
+    return FORWARD_LAYERS * hidden * 34 * act_bytes / 2 + answer_share * vocab * LOGIT_BYTES
+
+
+def kv_cache_bytes_per_token(config: dict[str, Any], *, act_bytes: int = 4) -> float:
+    """The key/value cache of one token (prompt or generated), all layers: keys and values of every key/value
+    head, in the activations' precision."""
+    _heads, kv, head_dim = _attention_shape(config)
+    return 2 * int(config.get("num_hidden_layers", 0)) * kv * head_dim * act_bytes
+
+
+def attention_scores_bytes_per_token(config: dict[str, Any], *, width: int) -> float:
+    """A prompt pass with a padding mask, per token: one layer's attention scores over `width` positions (and
+    their softmax and mask), when the attention kernel forms them (SCORE_BYTES)."""
+    heads, _kv, _head_dim = _attention_shape(config)
+    return heads * width * SCORE_BYTES
+
+
 def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
     """Sum over LoRA matrices of their output widths (lora_A: rank, lora_B: the layer's output), all layers."""
     hidden = int(config.get("hidden_size", 0))
     inter = int(config.get("intermediate_size", 4 * hidden))
-    heads = int(config.get("num_attention_heads", 1))
-    kv = int(config.get("num_key_value_heads", heads))
-    head_dim = int(config.get("head_dim") or hidden // max(1, heads))
+    heads, kv, head_dim = _attention_shape(config)
     outs = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim, "o_proj": hidden,
             "gate_proj": inter, "up_proj": inter, "down_proj": hidden,
             "qkv_proj": (heads + 2 * kv) * head_dim, "gate_up_proj": 2 * inter}  # fmt: skip
@@ -174,9 +212,28 @@ STAGE_WORDS = {
     "loading": "loading the base model",
     "training": "training",
     "evaluating": "comparing the base model and the fine-tuned one on held-out rows",
+    "evaluating_again": "comparing the base model and the fine-tuned one on the test set",
     "saving": "saving the adapter",
     "indexing": "building the attribution index over the training rows",
 }
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 / 10 else f"{n / 2**20:.0f} MB"
+
+
+def row_too_large_message(*, phase: str, tokens: int, needed: float, free: int, answering: bool = False) -> str:
+    """A row that cannot fit even alone in all the memory a stage could add: what, in which stage, what to lower.
+    `answering`: it is the greedy answer to the row's prompt (`tokens`: prompt and answer) that does not fit."""
+    stage = STAGE_WORDS.get(phase, "running the job")
+    what = f"answering its longest prompt ({tokens} tokens with the answer)" if answering else (
+        f"its longest row ({tokens} tokens)"
+    )  # fmt: skip
+    return (
+        f"There is not enough memory for {stage}: {what} needs about {_size(needed)} on its own, and the worker has "
+        f"{_size(free)} free, so nothing was evaluated. Lower the maximum length (rows longer than it are left out) "
+        "or leave the longest rows out, then launch it again."
+    )
 
 
 def out_of_memory_message(

@@ -5,7 +5,6 @@ of the score and counted. Plain data in, plain data out; no Django."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from modelfactory.training.data import build_examples
 from modelfactory.training.finetune import row_fingerprint, split_rows
+from modelfactory.training.memory import DEFAULT_BUDGET_FRACTION, free_bytes
 
 
 @dataclass
@@ -33,6 +33,8 @@ class EvaluationSpec:
     max_answers: int = 64
     max_new_tokens: int = 96
     device: str = "auto"
+    memory_budget_fraction: float = DEFAULT_BUDGET_FRACTION  # of the memory free once the model is loaded
+    memory_limit_bytes: int = 0  # the memory the evaluation may hold (0: what the machine has)
 
 
 def trained_fingerprints(tokenizer, trained: list[TrainedData]) -> set[str]:
@@ -64,8 +66,10 @@ def evaluate_adapter(
 ) -> dict[str, Any]:
     """{"rows", "overlap", "answers_scored", "base_exact_match", "exact_match", "base_token_f1", "token_f1",
     "base_eval_loss", "eval_loss", "base_perplexity", "perplexity", "eval_tokens", "samples", "seconds"}.
-    `on_progress(fraction)` runs before each batch of either side (the caller's cancel check: it may raise).
-    Raises loop.TrainingError when the files cannot be loaded."""
+    `on_progress(fraction)` runs before each pass of either side (the caller's cancel check: it may raise). Each
+    pass fits in `memory_budget_fraction` of the memory free once the model is loaded (evaluate.pass_limits).
+    Raises loop.TrainingError when the files cannot be loaded, or when a row cannot fit even alone in that free
+    memory (nothing is evaluated then)."""
     import time
 
     from modelfactory.training.evaluate import compare_base_and_tuned
@@ -87,19 +91,22 @@ def evaluate_adapter(
         examples, _ = build_examples(tokenizer, kept, max_length=int(hp["max_length"]))
         usable = {e.row_id for e in examples}
         rows = sorted((r for r in kept if int(r["id"]) in usable), key=lambda r: int(r["id"]))
-        batch_size = int(hp["batch_size"])
-        answered = min(len(rows), spec.max_answers)
-        batches = 2 * (math.ceil(len(examples) / batch_size) + math.ceil(answered / max(batch_size, 16)))
-        done = [0]
+        passes, done = [1], [0]  # how many passes both sides take (compare_base_and_tuned plans them), how many ran
+
+        def on_plan(planned: int) -> None:
+            passes[0] = planned
 
         def on_batch() -> None:
             if on_progress is not None:
-                on_progress(min(done[0] / max(1, batches), 1.0))
+                on_progress(min(done[0] / max(1, passes[0]), 1.0))
             done[0] += 1
 
+        free = free_bytes(device=device, simulated=spec.memory_limit_bytes)
         result = compare_base_and_tuned(
             model, tokenizer, examples, rows, device=device, max_answers=spec.max_answers,
-            max_new_tokens=spec.max_new_tokens, batch_size=batch_size, on_batch=on_batch,
+            max_new_tokens=spec.max_new_tokens, batch_size=int(hp["batch_size"]),
+            memory_budget=int(spec.memory_budget_fraction * free), memory_free=free, phase="evaluating_again",
+            on_batch=on_batch, on_plan=on_plan,
         )  # fmt: skip
     finally:
         del model

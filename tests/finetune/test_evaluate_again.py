@@ -2,6 +2,7 @@
 answered by base and tuned and scored row by row; bad input refused before anything is created."""
 
 import json
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -73,6 +74,28 @@ def test_a_datanet_version_as_test_set_is_scored_row_by_row_without_the_rows_tra
     assert done.metrics["token_f1"] == pytest.approx(f1)
     assert done.message.startswith(f"Finished: {4 - overlap} questions answered by both.")
     assert services.evaluation_run(evaluation_id=evaluation.pk) is None  # a second delivery does nothing
+
+
+def test_a_test_set_that_cannot_fit_the_workers_memory_fails_clearly_and_keeps_nothing(cast, finished, queued,
+                                                                                      settings, monkeypatch):  # fmt: skip
+    """MF_MEMORY_LIMIT_MB under what the worker already holds: nothing is free, so not even one row fits alone."""
+    from modelfactory.training import evaluate
+
+    settings.MF_MEMORY_LIMIT_MB = 1
+    ran = []
+    monkeypatch.setattr(evaluate, "eval_loss", lambda *args, **kwargs: ran.append(1))
+    evaluation = request(cast.owner, finished, upload=SimpleUploadedFile("exam.jsonl", b'{"instruction": "Hi?", '
+                                                                         b'"output": "Hello."}'))  # fmt: skip
+    done = services.evaluation_run(evaluation_id=evaluation.pk)
+    assert ran == []  # refused before any pass
+    assert (done.status, done.metrics, done.samples, done.rows) == ("failed", {}, [], 1)
+    assert re.fullmatch(
+        r"There is not enough memory for comparing the base model and the fine-tuned one on the test set: answering "
+        r"its longest prompt \(\d+ tokens with the answer\) needs about \d+ MB on its own, and the worker has 0 MB "
+        r"free, so nothing was evaluated\. Lower the maximum length \(rows longer than it are left out\) or leave "
+        r"the longest rows out, then launch it again\.",
+        done.message,
+    )
 
 
 def test_an_uploaded_file_is_a_test_set_and_several_evaluations_are_kept(cast, finished, queued):
