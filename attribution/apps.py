@@ -8,7 +8,12 @@ class AttributionConfig(AppConfig):
     def ready(self) -> None:
         # Imported here: models and services can only load once the app registry is ready.
         from attribution import services
-        from modelfactory.hooks import PostTrainingStage, register_inference_completed, register_post_training_stage
+        from modelfactory.hooks import (
+            PostTrainingStage,
+            register_inference_completed,
+            register_model_quality,
+            register_post_training_stage,
+        )
 
         register_post_training_stage(
             PostTrainingStage(
@@ -19,6 +24,9 @@ class AttributionConfig(AppConfig):
             )
         )
         register_inference_completed(services.inference_completed)
+        from attribution.selectors import model_quality
+
+        register_model_quality(model_quality)
 
         from attribution.reputation import datanet_reputation_scores
         from attribution.selectors import row_earnings

@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Avg, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 
+from attribution import quality
 from attribution.models import Attribution, AttributionRow, AttributionShare, ContributionValue
 from attribution.services.settlement import RETRIEVAL_PART
 from ledger.calc.money import format_credits, format_credits_short
@@ -256,6 +258,60 @@ def model_summary(*, model) -> dict:
             ],
         },
     }
+
+
+def model_quality(*, version) -> dict:
+    """How well this model version's answers are traced (issue 15), for its page and its API detail, in one query:
+
+    - `method_version`: the attribution method its index records (None: the version has no index);
+    - `measurements`: what the benches recorded for that method in attribution/quality.json, best first per metric
+      (attribution.quality; [] when it has not been measured yet);
+    - `answers`: its completed answers (`total`), those traced by the engine (`traced`) and the mean share of them
+      that was traced to training rows (`traced_share`, None before the first), those whose tracing failed and were
+      paid by row shares (`fallback`), and those not traced yet (`pending`: waiting, retrying, or not picked up)."""
+    from modelfactory.models import Inference, ModelVersion
+
+    done, fallback = Attribution.Status.DONE, Attribution.Status.FALLBACK
+    completed = Q(inferences__status=Inference.Status.COMPLETED)
+    row = (
+        ModelVersion.objects.filter(pk=version.pk)
+        .annotate(
+            method_version=F("job__attribution_index__method_version"),
+            answers=Count("inferences", filter=completed),
+            traced=Count("inferences", filter=completed & Q(inferences__attribution__status=done)),
+            fallback=Count("inferences", filter=completed & Q(inferences__attribution__status=fallback)),
+            mean_unattributed=Avg(
+                "inferences__attribution__unattributed", filter=completed & Q(inferences__attribution__status=done)
+            ),
+        )
+        .values("method_version", "answers", "traced", "fallback", "mean_unattributed")
+        .get()
+    )
+    method = row["method_version"] or None
+    measured = quality.quality_read().get(method, []) if method else []
+    traced_share = None if row["mean_unattributed"] is None else 1.0 - row["mean_unattributed"]
+    return {
+        "method_version": method,
+        "measurements": [asdict(m) for m in _best_first(measured)],
+        "answers": {
+            "total": row["answers"],
+            "traced": row["traced"],
+            "fallback": row["fallback"],
+            "pending": row["answers"] - row["traced"] - row["fallback"],
+            "traced_share": traced_share,
+        },
+    }
+
+
+def _best_first(measurements: list) -> list:
+    """Per metric (in the order attribution.quality.METRICS lists them), a real base model's measurement before the
+    tiny test model's, the newest first: the first of each metric is the one a page states."""
+    order = list(quality.METRICS)
+    return sorted(measurements, key=lambda m: (order.index(m.metric), m.bench_model == quality.TINY, _neg_date(m.date)))
+
+
+def _neg_date(date: str) -> int:
+    return -int(date.replace("-", ""))
 
 
 def contributor_summary(*, user) -> dict:

@@ -28,7 +28,11 @@ micro-batch may hold), the 32 calibration queries in the same passes as the rows
 `--synthetic-config` (bench/synthetic_model.py, shared with bench_training.py) needs torch, transformers and peft
 only: no Django, no gguf, no weights; it measures the build ratio, query latency and storage (random weights learn
 no planted facts quickly, so no top-1 or LDS). Writes bench/results/attribution.json (tiny),
-attribution_smollm2.json or attribution_<device>_synthetic_<shape>.json (or --output)."""
+attribution_smollm2.json or attribution_<device>_synthetic_<shape>.json (or --output).
+
+`--record` (tiny only: the one run that measures top-1 and LDS) merges the planted-fact top-1 and the LDS of the
+product's default score method into attribution/quality.json under the index's method version, which the model
+pages show (attribution/quality.py)."""
 
 from __future__ import annotations
 
@@ -48,9 +52,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attribution.engine import AttributionIndex, SpanIndex, attribute_features, build_index  # noqa: E402
+from attribution.engine import DEFAULT_METHOD, AttributionIndex, SpanIndex, attribute_features, build_index  # noqa: E402
 from attribution.engine import validation as V  # noqa: E402
+from attribution.engine.combine import method_version_of  # noqa: E402
 from attribution.engine.lora import per_row_features, per_row_gradients, reference_row_gradient  # noqa: E402
+from attribution.quality import TINY, Measurement, quality_record, today  # noqa: E402
 from bench.synthetic_model import bench_tokenizer, write_synthetic_model  # noqa: E402
 
 TRAIN = V.TrainConfig(epochs=40, lr=1e-2)
@@ -193,6 +199,8 @@ def tiny(results: dict, rounds: int) -> None:
     # -- planted facts (and the model the build ratio is measured on) ------------------------------------------
     report, model, index, datanet = V.run_planted_facts(base, tokenizer, config=TRAIN, k=2048)
     rows = datanet.rows
+    results["method_version"] = method_version_of(index)
+    results["score_method"] = DEFAULT_METHOD
 
     # -- build ratio -------------------------------------------------------------------------------------------
     hp = loop_hp(TRAIN.batch_size, "all_linear", TRAIN.rank)
@@ -334,7 +342,7 @@ def tiny(results: dict, rounds: int) -> None:
     results["planted_recall"] = report.recall
     for method, value in report.top1.items():
         results[f"top1_{method}"] = value
-    results["top1_rate"] = report.top1["fisher"]
+    results["top1_rate"] = report.top1[DEFAULT_METHOD]
     print("top-1 by method: " + ", ".join(f"{m} {v:.2f}" for m, v in report.top1.items()))
     print(
         f"index build ratio to one training epoch: {ratio['ratio']:.2f}x at {len(rows)} rows (per-row features "
@@ -607,6 +615,22 @@ def preset_lds(results: dict, args, *, folder: Path, label: str, device: torch.d
     )
 
 
+def record(results: dict, argv: list[str]) -> dict:
+    """The tiny run's planted-fact top-1 and LDS (the product's default score method) into attribution/quality.json."""
+    method = results["score_method"]
+    command = " ".join(["python", "bench/bench_attribution.py", *argv])
+    common = {"bench_model": TINY, "date": today(), "bench": "bench/bench_attribution.py", "command": command}
+    measurements = [
+        Measurement(metric="planted_fact_top1", value=results[f"top1_{method}"],
+                    counts={"queries": results["planted_facts"]},
+                    details={"recall": results["planted_recall"], "score_method": method}, **common),
+        Measurement(metric="lds", value=results[f"lds_{method}"],
+                    counts={"subsets": results["lds_subsets"], "queries": results["lds_queries"]},
+                    details={"recall": results["lds_recall"], "score_method": method}, **common),
+    ]  # fmt: skip
+    return quality_record(method_version=results["method_version"], measurements=measurements)
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -640,7 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=None, help="LDS mode: a converted model folder instead of SmolLM2")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output", default=None, help="results JSON (default under bench/results/)")
+    parser.add_argument("--record", action="store_true",
+                        help="merge top-1 and LDS into attribution/quality.json (tiny model only)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.record and (args.model != "tiny" or args.synthetic_config):
+        print("--record: only the tiny run measures planted-fact top-1 and LDS (nothing to record)")
+        return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -687,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output) if args.output else ROOT / "bench" / "results" / f"{name}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
+    if args.record:
+        record(results, sys.argv[1:] if argv is None else argv)
+        print(f"recorded in attribution/quality.json under {results['method_version']}")
     return 0
 
 

@@ -23,6 +23,10 @@ files, the rows and the training settings> (the index per rule version): a secon
 (`--no-cache` trains afresh and keeps nothing).
 
     python bench/bench_attribution_planted.py [--threads 1] [--k 4096] [--no-cache] [--output bench/results/x.json]
+        [--record]
+
+`--record` merges each rule's in-domain top-1 and its unattributed fractions in and out of domain (the 20
+out-of-domain questions together) into attribution/quality.json, which the model pages show (attribution/quality.py).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from attribution.quality import Measurement, quality_record, today  # noqa: E402
 from bench.bench_learning import FACTS, ask, learning_rows  # noqa: E402
 from bench.synthetic_model import DEFAULT_MODEL, LOCAL_MODEL  # noqa: E402
 from modelfactory.training.presets import DEFAULT_PRESET  # noqa: E402
@@ -158,6 +163,34 @@ def answered(adapter_dir: Path, model_dir: Path, questions: list[str], cache: Pa
     return [known[q] for q in questions]
 
 
+def bench_model_name(model_dir: Path) -> str:
+    """The name a recorded measurement gives the model the bench ran on."""
+    return "SmolLM2-135M-Instruct" if model_dir.name.lower() == "smollm2-135m-instruct" else model_dir.name
+
+
+def record(results: dict, *, model_dir: Path, argv: list[str]) -> None:
+    """Each rule's figures into attribution/quality.json, under the rule's own method version."""
+    common = {"bench_model": bench_model_name(model_dir), "date": today(),
+              "bench": "bench/bench_attribution_planted.py",
+              "command": " ".join(["python", "bench/bench_attribution_planted.py", *argv])}  # fmt: skip
+    in_domain = results["questions_in_domain"]
+    outside = results["questions_out_of_domain"] + results["questions_out_of_domain_held_out"]
+    for rule, figures in results["by_rule"].items():
+        measurements = [
+            Measurement(metric="planted_fact_top1", value=figures["top1_in_domain"], counts={"queries": in_domain},
+                        details={"answers_stating_the_fact": results["answers_stating_the_fact"],
+                                 "top1_when_fact_stated": figures["top1_when_fact_stated"]}, **common),
+            Measurement(metric="unattributed_in_domain", value=figures["unattributed_in_domain_mean"],
+                        counts={"queries": in_domain}, **common),
+            Measurement(metric="unattributed_out_of_domain", value=figures["unattributed_out_of_domain_all_mean"],
+                        counts={"queries": outside},
+                        details={"credited": figures["credited_out_of_domain"]
+                                 + figures["credited_out_of_domain_held_out"]}, **common),
+        ]  # fmt: skip
+        quality_record(method_version=rule, measurements=measurements)
+        print(f"recorded in attribution/quality.json under {rule}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", default=None)
@@ -167,6 +200,7 @@ def main(argv: list[str]) -> int:
                         help="where the trained adapter and the answers are kept between runs")  # fmt: skip
     parser.add_argument("--no-cache", action="store_true", help="train and generate afresh, keep nothing")
     parser.add_argument("--output", default=str(HERE / "results" / "attribution_planted_smollm2.json"))
+    parser.add_argument("--record", action="store_true", help="merge the figures into attribution/quality.json")
     args = parser.parse_args(argv)
     import torch
 
@@ -277,6 +311,8 @@ def main(argv: list[str]) -> int:
             fractions = [o[rule].unattributed for o in outs]
             figures[f"unattributed_{name}_mean"] = round(sum(fractions) / len(fractions), 3)
             figures[f"credited_{name}"] = sum(f < 1.0 - 1e-9 for f in fractions)
+        every = [o[rule].unattributed for outs in outside.values() for o in outs]
+        figures["unattributed_out_of_domain_all_mean"] = round(sum(every) / len(every), 3)
         new_stated = [(owner, outs[rule]) for owner, said, outs in new if said]
         figures["top1_new_phrasings_when_fact_stated"] = round(
             sum(top_of(o)[0] == w for w, o in new_stated) / len(new_stated), 3
@@ -299,6 +335,8 @@ def main(argv: list[str]) -> int:
     print(json.dumps(results, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    if args.record:
+        record(results, model_dir=model_dir, argv=argv)
     return 0
 
 

@@ -334,6 +334,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DatanetVisibilityEnum": "datanets.models.Datanet.Visibility",
         "ModelVisibilityEnum": "modelfactory.models.TrainedModel.Visibility",
+        # the name it had before the detail serializer (attribution_quality) made it shared by two components
+        "TrainedModelStatusEnum": "modelfactory.models.TrainedModel.Status",
         "ExportStatusEnum": "modelfactory.models.ModelExport.Status",
         "EvaluationStatusEnum": "modelfactory.models.ModelEvaluation.Status",
         "RecordStatusEnum": "datanets.models.Record.Status",

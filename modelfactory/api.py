@@ -35,6 +35,7 @@ from modelfactory.serializers import (
     GenerateResponseSerializer,
     InferenceSerializer,
     PublishSerializer,
+    TrainedModelDetailSerializer,
     TrainedModelSerializer,
 )
 
@@ -224,6 +225,10 @@ class TrainedModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
     def get_queryset(self):
         return selectors.trained_model_list(user=self.request.user)
+
+    def get_serializer_class(self):
+        # the detail adds the attribution quality (one query per model: not on the list)
+        return TrainedModelDetailSerializer if self.action == "retrieve" else TrainedModelSerializer
 
     def get_throttles(self):
         if self.action in ("generate", "publish", "unpublish", "exports"):

@@ -7,6 +7,8 @@ them (see DESIGN.md: datanets <- modelfactory <- attribution -> ledger).
   to stop a stage when the job is cancelled: let it through.
 - Inference-completed handlers run inside the transaction that completes an inference; they should only enqueue
   work with transaction.on_commit.
+- The model-quality provider answers what a model version's page and API detail show about how well its answers
+  are traced (attribution registers its selector).
 
 Apps register in their AppConfig.ready()."""
 
@@ -37,3 +39,17 @@ def register_post_training_stage(stage: PostTrainingStage) -> None:
 def register_inference_completed(handler: Callable[..., None]) -> None:
     if handler not in inference_completed_handlers:
         inference_completed_handlers.append(handler)
+
+
+model_quality_providers: list[Callable[..., dict]] = []
+
+
+def register_model_quality(provider: Callable[..., dict]) -> None:
+    if provider not in model_quality_providers:
+        model_quality_providers.append(provider)
+
+
+def model_quality(*, version) -> dict | None:
+    """How well a model version's answers are traced to its training rows (attribution.selectors.model_quality: the
+    method's measured figures and its answers' traced share), from the registered provider, or None."""
+    return model_quality_providers[0](version=version) if model_quality_providers else None

@@ -1,7 +1,9 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.api import StrictBooleanField
 from ledger.serializers import CreditsField, CreditsInputField
+from modelfactory import hooks
 from modelfactory.models import BaseModel, FineTuneJob, ModelEvaluation, ModelExport, TrainedModel
 from modelfactory.selectors import job_queue_position
 from modelfactory.training.presets import PRESETS
@@ -128,6 +130,59 @@ class TrainedModelSerializer(serializers.ModelSerializer):
         versions = sorted(v.pk for v in model.retrieval_versions.all()) if model.retrieval_enabled else []
         return {"enabled": model.retrieval_enabled, "top_k": model.retrieval_top_k, "live": model.retrieval_live,
                 "datanet_versions": versions}  # fmt: skip
+
+
+class QualityMeasurementSerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(
+        choices=["planted_fact_top1", "lds", "unattributed_in_domain", "unattributed_out_of_domain"],
+        help_text="planted_fact_top1: share of made-up-fact questions whose largest share went to the fact's "
+        "contributor; lds: linear datamodeling score; unattributed_*: mean untraced share of an answer, to the data's "
+        "own questions or to questions about things not in the data.",
+    )
+    value = serializers.FloatField()
+    bench_model = serializers.CharField(help_text='The model the bench ran on: "tiny" (a small test model), or a name.')
+    date = serializers.DateField(help_text="When the bench ran (UTC).")
+    bench = serializers.CharField(help_text="The bench script that measured it.")
+    command = serializers.CharField(help_text="The command line that produced it.")
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Sample sizes, e.g. queries, subsets.")
+    details = serializers.DictField(help_text="Other facts of the run, e.g. the facts' recall.")
+
+
+class TracedAnswersSerializer(serializers.Serializer):
+    total = serializers.IntegerField(help_text="Completed answers of this version.")
+    traced = serializers.IntegerField(help_text="Answers the attribution engine traced.")
+    fallback = serializers.IntegerField(help_text="Answers whose tracing failed, paid by row shares instead.")
+    pending = serializers.IntegerField(help_text="Answers not traced yet.")
+    traced_share = serializers.FloatField(
+        allow_null=True, help_text="Mean share (0..1) of a traced answer that was traced to training rows."
+    )
+
+
+class AttributionQualitySerializer(serializers.Serializer):
+    method_version = serializers.CharField(
+        allow_null=True, help_text="The attribution method the version's index records; null without an index."
+    )
+    measurements = QualityMeasurementSerializer(
+        many=True, help_text="What the product's benches measured for this method, per metric the figure the page "
+        "states first; empty when it has not been measured yet.",
+    )  # fmt: skip
+    answers = TracedAnswersSerializer()
+
+
+class TrainedModelDetailSerializer(TrainedModelSerializer):
+    attribution_quality = serializers.SerializerMethodField(
+        help_text="How well this version's payments follow its data: its attribution method's measured figures and "
+        "how much of its answers so far was traced to training rows."
+    )
+
+    class Meta(TrainedModelSerializer.Meta):
+        fields = [*TrainedModelSerializer.Meta.fields, "attribution_quality"]
+
+    @extend_schema_field(AttributionQualitySerializer(allow_null=True))
+    def get_attribution_quality(self, model) -> dict | None:
+        version = model.latest_version
+        quality = hooks.model_quality(version=version) if version else None
+        return AttributionQualitySerializer(quality).data if quality is not None else None
 
 
 class PublishSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ PURE_CORES = [
     "modelfactory.serving",
     "modelfactory.export",
     "attribution.engine",
+    "attribution.quality",  # the benches write it, the pages read it
     "ledger.calc",
     "common",
 ]
