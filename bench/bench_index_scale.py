@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from attribution.engine import AttributionIndex, attribute_features, build_index  # noqa: E402
 from attribution.engine import validation as V  # noqa: E402
 from attribution.engine.index import _matmul  # noqa: E402
+from bench.bench_attribution import best_of  # noqa: E402
 
 TRAIN = V.TrainConfig(epochs=40, lr=1e-2)
 
@@ -115,15 +116,6 @@ def run_child(variant: str, paths: list[Path], query: Path, threads: int) -> dic
     if done.returncode != 0:
         raise SystemExit(f"RSS child ({variant}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def mib(n: float) -> str:
