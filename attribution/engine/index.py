@@ -11,10 +11,6 @@ scored as before; their norms are computed once, in chunks, on first use."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,24 +21,29 @@ import torch
 from torch import nn
 
 from attribution.engine.calibration import fluent_queries, null_queries
-from attribution.engine.lora import IGNORE_INDEX, EngineError, LoraMatrix, check_row, lora_modules, per_row_features
+from attribution.engine.lora import EngineError, LoraMatrix, check_row, lora_modules, per_row_features
 from attribution.engine.projection import Projector, allocate
+from attribution.engine.storage import (  # noqa: F401 (re-exported: the index's storage names)
+    FEATURE_DTYPES,
+    FP16_TARGET,
+    INDEX_FORMAT,
+    INT8_LEVELS,
+    READ_FORMATS,
+    _dequantise,
+    load_index,
+    quantise_rows,
+    row_norms,
+    save_index,
+)
 from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
 
-INDEX_FORMAT = "poa-index-4"  # 4: int8 features, stored row norms; 3: + fluent calibration; 2: permutation nulls
-# an index of format 2 is read as built (no fluent calibration); formats 2 and 3 have float16 features
-READ_FORMATS = ("poa-index-2", "poa-index-3", INDEX_FORMAT)
-FEATURE_DTYPES = {"int8": INDEX_FORMAT, "float16": "poa-index-3"}  # how build_index may store features -> format
 SCORE_METHODS = ("fisher", "dot", "cosine")
 DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.778 (32 subsets), top-1 1.00 for all
 DEFAULT_KAPPA = 0.1  # LDS 0.825; 0.01 gave 0.804, 0.3 0.824, 1.0 0.817 (bench/bench_attribution.py)
 NULL_QUERIES = 32  # permutation-null queries scored at build time (see `null_queries`)
 NULL_ALPHA = 0.05  # false-positive rate of the noise floor: P(an unrelated answer credits any row at all)
 FISHER_CHUNK = 2048  # rows per float64 chunk of the Fisher sums (bounded memory: see fisher_blocks)
-FP16_TARGET = 1024.0  # each stored row's largest |value|: far from fp16 overflow, ~11 bits of relative precision
-INT8_LEVELS = 127.0  # format 4: each stored row's largest |value| (symmetric: -127..127)
 SCORE_CHUNK = 256  # rows dequantised at a time when scoring: 4 MiB of float32 at k=4096, stays in cache
-_SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1", "I32": "<i4", "I64": "<i8"}
 
 Row = tuple[int, Sequence[int], Sequence[int]]  # (row_id, input_ids, labels with -100 on non-answer tokens)
 
@@ -241,198 +242,15 @@ class AttributionIndex:
         index.null_floor = calibrate_floor(index)
         return index
 
-    # -- storage ----------------------------------------------------------------------------------------------------
+    # -- storage (storage.py) ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Written to a temporary file beside `path`, then renamed over it: a process that has the previous file
-        mapped (a worker, or this index itself when it was loaded from `path`) keeps reading the old file intact."""
-        from safetensors.numpy import save_file
-
-        path = Path(path)
-        if self.features.dtype not in (np.int8, np.float16):
-            raise EngineError(f"Index features are stored as int8 or float16, not {self.features.dtype}.")
-        if self.format == INDEX_FORMAT and self.features.dtype != np.int8:
-            raise EngineError(f"An index of format {INDEX_FORMAT} stores its features as int8.")
-        tensors = {
-            "row_ids": np.ascontiguousarray(self.row_ids, dtype=np.int64),
-            "features": np.ascontiguousarray(self.features),
-            "row_scale": np.ascontiguousarray(self.row_scale, dtype=np.float32),
-            "damping": np.asarray(self.damping, dtype=np.float64),
-            "null_features": np.ascontiguousarray(self.null_features, dtype=np.float32),
-        }
-        if self.format == INDEX_FORMAT:  # what scoring needs per row, so that loading makes no pass over features
-            tensors["row_norms"] = np.ascontiguousarray(self.norms(), dtype=np.float32)
-            tensors["row_h_norms"] = np.ascontiguousarray(self.h_norms(), dtype=np.float32)
-        for position, inverse in enumerate(self.fisher_inverse):
-            tensors[f"fisher_inverse.{position}"] = np.ascontiguousarray(inverse, dtype=np.float32)
-        if self.fluent_queries:
-            tensors["fluent_features"] = np.ascontiguousarray(self.fluent_features, dtype=np.float32)
-            tensors["fluent_ids"] = np.asarray([t for ids, _ in self.fluent_queries for t in ids], dtype=np.int64)
-            tensors["fluent_lengths"] = np.asarray(
-                [(len(ids), sum(label != IGNORE_INDEX for label in labels)) for ids, labels in self.fluent_queries],
-                dtype=np.int64,
-            )
-        meta = {
-            **self.params(),
-            "kinds": [m.kind for m in self.matrices],
-            "shapes": [list(m.shape) for m in self.matrices],
-            "ranks": [m.rank for m in self.matrices],
-            "build_seconds": self.build_seconds,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata={"engine": json.dumps(meta)})
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        """Written to a temporary file beside `path`, then renamed over it (storage.save_index)."""
+        return save_index(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> AttributionIndex:
-        """The index at `path`, its features mapped from the file (not read); every other tensor is read."""
-        path = Path(path)
-        if not path.exists():
-            raise EngineError(f"No attribution index at {path}.")
-        header, data_start = _safetensors_header(path)
-        raw_meta = (header.get("__metadata__") or {}).get("engine")
-        if raw_meta is None:
-            raise EngineError(f"{path} is not an attribution index (no engine metadata).")
-        try:
-            meta = json.loads(raw_meta)
-        except json.JSONDecodeError:
-            raise EngineError(f"{path} is corrupt: its engine metadata is not JSON.") from None
-        if meta.get("format") not in READ_FORMATS:
-            readable = ", ".join(map(repr, READ_FORMATS))
-            raise EngineError(f"{path} has index format {meta.get('format')!r}; this engine reads {readable}.")
-        mapped = {name: _map_tensor(path, name, spec, data_start) for name, spec in header.items()}
-        mapped.pop("__metadata__", None)
-        tensors = {name: np.array(array) for name, array in mapped.items() if name != "features"}
-        features = mapped.get("features")
-        if features is None or features.ndim != 2 or features.dtype not in (np.int8, np.float16):
-            raise EngineError(f"{path} is corrupt: it has no (rows, k) int8 or float16 features.")
-        n, k = features.shape
-        expected = {"row_ids": (n,), "row_scale": (n,), "row_norms": (n,), "row_h_norms": (n,)}
-        for name, shape in expected.items():
-            if name in tensors and tensors[name].shape != shape:
-                raise EngineError(f"{path} is corrupt: {name} has shape {tensors[name].shape}, expected {shape}.")
-        if meta["format"] == INDEX_FORMAT and not {"row_norms", "row_h_norms"} <= tensors.keys():
-            raise EngineError(f"{path} is corrupt: an index of format {INDEX_FORMAT} stores its row norms.")
-        if int(meta["k"]) != k or sum(meta["widths"]) != k:
-            raise EngineError(f"{path} is corrupt: its features have {k} dimensions, its metadata says {meta['k']}.")
-        fluent = []
-        if "fluent_ids" in tensors:
-            flat, start = tensors["fluent_ids"].tolist(), 0
-            for total, answer in tensors["fluent_lengths"].tolist():
-                ids = flat[start : start + total]
-                fluent.append((ids, [IGNORE_INDEX] * (total - answer) + ids[total - answer :]))
-                start += total
-        matrices = [
-            LoraMatrix(name, kind, tuple(shape), rank)
-            for name, kind, shape, rank in zip(
-                meta["matrices"], meta["kinds"], meta["shapes"], meta["ranks"], strict=True
-            )
-        ]
-        return cls(
-            row_ids=tensors["row_ids"],
-            features=features,
-            row_scale=tensors["row_scale"],
-            matrices=matrices,
-            widths=list(meta["widths"]),
-            seed=int(meta["seed"]),
-            projection=meta["projection"],
-            kappa=float(meta["kappa"]),
-            fisher_inverse=[tensors[f"fisher_inverse.{p}"] for p in range(len(matrices))],
-            damping=tensors["damping"],
-            null_features=tensors["null_features"],
-            null_floor={key: float(value) for key, value in meta["null_floor"].items()},
-            null_alpha=float(meta["null_alpha"]),
-            build_seconds=float(meta["build_seconds"]),
-            fluent_features=tensors.get("fluent_features", np.zeros((0, int(meta["k"])), dtype=np.float32)),
-            fluent_queries=fluent,
-            calibration=dict(meta.get("calibration", {})),
-            format=meta["format"],
-            _norms=tensors.get("row_norms"),
-            _h_norms=tensors.get("row_h_norms"),
-        )
-
-
-def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (tensor name -> dtype, shape, data_offsets; "__metadata__") and where data starts,
-    every tensor checked to lie within the file: a truncated or corrupt file is refused here, not met later as a
-    crash while a query reads a missing page."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if length <= 0 or 8 + length > size:
-            raise EngineError(f"{path} is truncated or not a safetensors file.")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-    if not isinstance(header, dict):
-        raise EngineError(f"{path} is corrupt: its safetensors header is not readable.")
-    data_size = size - 8 - length
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in spec["data_offsets"])
-            itemsize = np.dtype(_SAFETENSORS_DTYPES[spec["dtype"]]).itemsize
-            count = math.prod(int(d) for d in spec["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise EngineError(f"{path} is corrupt: tensor {name!r} has an unreadable entry.") from None
-        if end > data_size:
-            raise EngineError(f"{path} is truncated: tensor {name!r} ends past the end of the file.")
-        if not 0 <= begin <= end or end - begin != count * itemsize:
-            raise EngineError(f"{path} is corrupt: tensor {name!r} does not match its shape.")
-    return header, 8 + length
-
-
-def _map_tensor(path: Path, name: str, spec, data_start: int) -> np.ndarray:
-    """A read-only view of one tensor of the file (checked by `_safetensors_header`), mapped, not read."""
-    if name == "__metadata__":
-        return spec
-    dtype = np.dtype(_SAFETENSORS_DTYPES[spec["dtype"]])
-    shape = tuple(int(d) for d in spec["shape"])
-    begin, end = (int(x) for x in spec["data_offsets"])
-    if begin == end:
-        return np.zeros(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
-
-
-def _dequantise(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return features.astype(np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
-
-
-def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """|phi_i| per row of stored features (chunks of `chunk` rows, no full float32 copy)."""
-    out = np.empty(features.shape[0], dtype=np.float32)
-    for start in range(0, features.shape[0], chunk):
-        out[start : start + chunk] = np.linalg.norm(
-            _dequantise(features[start : start + chunk], row_scale[start : start + chunk]), axis=1
-        )
-    return out
-
-
-def quantise_rows(phi: np.ndarray, dtype: str = "int8") -> tuple[np.ndarray, np.ndarray]:
-    """Stored features and per-row scale of float32 rows phi: int8 with scale max|phi_i| / 127 (symmetric, round to
-    nearest), or float16 with scale max|phi_i| / FP16_TARGET (formats 2, 3). An all-zero row gets scale 1."""
-    phi = np.asarray(phi, dtype=np.float32)
-    top = np.abs(phi).max(axis=1) if phi.size else np.zeros(phi.shape[0], dtype=np.float32)
-    if dtype == "int8":
-        scale = top / np.float32(INT8_LEVELS)
-        scale[scale == 0] = 1.0
-        stored = np.clip(np.rint(phi / scale[:, None]), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    elif dtype == "float16":
-        scale = top / np.float32(FP16_TARGET)
-        scale[scale == 0] = 1.0
-        stored = (phi / scale[:, None]).astype(np.float16)
-    else:
-        raise EngineError(f"Features are stored as {' or '.join(FEATURE_DTYPES)}, not {dtype!r}.")
-    return stored, scale.astype(np.float32)
+        """The index at `path`, its features mapped from the file, not read (storage.load_index)."""
+        return load_index(cls, path)
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
