@@ -16,8 +16,10 @@ in this run).
 
 With --runs N each preset runs N times; each run's estimate is calibrated on the runs before it (the product
 calibrates on the machine's finished runs the same way; the first run has only the rough guess). Each run prints
-"in range: yes/no" with the machine's load average before and after it, and the end prints how many runs of N fell
-in their range (the goal of issue 14: at least 8 of 10). --tiny trains a tiny Llama-style model made here (the
+"in range: yes/no" for its time and for its peak memory (each stage's peak, measured as the product's worker
+measures it, memory.StagePeaks; the range covers the stages run here, training and the comparison: no attribution
+index, see bench_job.py), with the machine's load average before and after it, and the end prints how many runs of
+N fell in their range (the goal of issue 14: at least 8 of 10). --tiny trains a tiny Llama-style model made here (the
 tests' model: it learns no facts; the timing check is what it is for).
 """
 
@@ -105,7 +107,7 @@ def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> 
     from transformers import AutoTokenizer
 
     from modelfactory.training.data import build_examples
-    from modelfactory.training.estimate import estimate_run, rough_run_seconds, run_time_range
+    from modelfactory.training.estimate import estimate_run, memory_range, rough_run_seconds, run_time_range
     from modelfactory.training.finetune import split_rows
     from modelfactory.training.model_files import inspect_model_dir
     from modelfactory.training.presets import validate_hyperparameters
@@ -124,9 +126,12 @@ def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> 
         answer_tokens=sum(e.n_answer_tokens for e in train),
     )  # fmt: skip
     rough = rough_run_seconds(estimate, answers=len(eval_ids), parameters=parameters)
+    # the stages this bench runs (no attribution index: that is the product's later stage, bench_job.py)
+    stages = {stage: getattr(estimate, f"{stage}_memory_bytes") for stage in BENCH_STAGES}
     return {
         **estimate.as_dict(),
         **run_time_range(tokens=estimate.tokens, answers=len(eval_ids), past=past, rough_seconds=rough),
+        **{f"memory_{key}": value for key, value in memory_range(stages, past=past).items()},
     }
 
 
@@ -147,20 +152,38 @@ def ask(adapter_dir: Path | None, model_dir: Path, questions: list[str]) -> list
     return [result.text for result in engine.generate(requests)]
 
 
+BENCH_STAGES = ("training", "evaluation")
+
+
+def ask_apart(adapter_dir: Path, model_dir: Path, questions: list[str]) -> list[str]:
+    """`ask` in a process of its own: the serving engine it loads would otherwise stay in this one and add to the
+    next run's measured memory (a training worker holds no serving engine)."""
+    import multiprocessing
+
+    import torch
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+        return pool.apply(ask, (adapter_dir, model_dir, questions))
+
+
 def run_preset(model_dir: Path, preset: str, past: list) -> dict:
     from modelfactory.training.estimate import PastRun
     from modelfactory.training.finetune import FinetuneSpec, run_finetune
+    from modelfactory.training.memory import StagePeaks
 
     rows = learning_rows()
     estimate = estimate_for(model_dir, rows, preset, past)
     epochs: list[float] = []
     phases: dict[str, float] = {}
     memory: list[int] = []
+    peaks = StagePeaks()  # as the product's worker measures each stage
 
     def on_event(event: dict) -> None:
         now = time.perf_counter()
         if event.get("type") == "phase":
             phases[event["phase"]] = now
+            peaks.phase(event["phase"])
         if event.get("type") == "eval":
             epochs.append(now)
         if event.get("type") == "train":
@@ -173,6 +196,7 @@ def run_preset(model_dir: Path, preset: str, past: list) -> dict:
         spec = FinetuneSpec(base_model_dir=model_dir, rows=rows, preset=preset, device="cpu", checkpoint_every=0)
         result = run_finetune(spec, workdir=Path(workdir), on_event=on_event)
         wall = time.perf_counter() - started
+        measured = peaks.finish()
         shown = ("steps", "passes", "train_seconds", "evaluation_seconds", "base_eval_loss", "eval_loss",
                  "base_token_f1", "token_f1", "base_exact_match", "exact_match")  # fmt: skip
         print("  trained:", json.dumps({k: result.metrics.get(k) for k in shown}), flush=True)
@@ -181,7 +205,7 @@ def run_preset(model_dir: Path, preset: str, past: list) -> dict:
         passes = result.metrics["steps"] / max(1, result.metrics.get("steps_per_epoch") or 1)
         epoch_seconds = result.metrics["train_seconds"] / max(1.0, passes)
         questions = [q for _, qs, _ in FACTS for q in qs]
-        tuned = ask(result.adapter_dir, model_dir, questions)
+        tuned = ask_apart(result.adapter_dir, model_dir, questions)
     recalled = {}
     for index, (key, qs, _) in enumerate(FACTS):
         answers = tuned[index * len(qs) : (index + 1) * len(qs)]
@@ -194,9 +218,15 @@ def run_preset(model_dir: Path, preset: str, past: list) -> dict:
             tokens_per_s=m["tokens"] / m["train_seconds"],
             seconds_per_answer=m["evaluation_seconds"] / max(1, m["answers_scored"]),
             overhead_seconds=max(0.0, wall - m["train_seconds"] - m["evaluation_seconds"]),
+            memory_ratios={
+                stage: measured[stage] / estimate[f"{stage}_memory_bytes"]
+                for stage in BENCH_STAGES
+                if measured.get(stage) and estimate[f"{stage}_memory_bytes"]
+            },  # fmt: skip
         )
     )
     low, high = estimate["low"], estimate["high"]
+    peak = max((measured.get(stage, 0) for stage in BENCH_STAGES), default=0)
     return {
         "preset": preset,
         "facts_recalled": facts,
@@ -212,6 +242,10 @@ def run_preset(model_dir: Path, preset: str, past: list) -> dict:
         "estimate_s": round(estimate["seconds"], 1),
         "estimate_range_s": [round(low, 1), round(high, 1)],
         "estimate_memory_mb": round(estimate["peak_memory_bytes"] / 2**20),
+        "memory_method": estimate["memory_method"],
+        "memory_range_mb": [round(estimate["memory_low"] / 2**20), round(estimate["memory_high"] / 2**20)],
+        "peak_stage_memory_mb": {stage: round(measured.get(stage, 0) / 2**20) for stage in BENCH_STAGES},
+        "memory_in_range": bool(estimate["memory_low"] <= peak <= estimate["memory_high"]),
         "actual_in_range": bool(low <= wall <= high),
         "evaluation_s": round(evaluation, 1),
         "epoch_s": round(epoch_seconds, 1),
@@ -226,9 +260,13 @@ def run_preset(model_dir: Path, preset: str, past: list) -> dict:
 
 def in_range_line(figures: dict) -> str:
     low, high = figures["estimate_range_s"]
+    mem_low, mem_high = figures["memory_range_mb"]
+    peak = max(figures["peak_stage_memory_mb"].values())
     return (
         f"run {figures['run']} ({figures['preset']}): estimate {low:.0f}-{high:.0f} s ({figures['estimate_method']}), "
-        f"actual {figures['wall_s']:.0f} s, in range: {'yes' if figures['actual_in_range'] else 'no'} "
+        f"actual {figures['wall_s']:.0f} s, in range: {'yes' if figures['actual_in_range'] else 'no'}; memory "
+        f"{mem_low}-{mem_high} MB ({figures['memory_method']}), peak {peak} MB, in range: "
+        f"{'yes' if figures['memory_in_range'] else 'no'} "
         f"(load average {figures['load_before']:.2f} before, {figures['load_after']:.2f} after)"
     )
 
@@ -275,7 +313,8 @@ def main(argv: list[str]) -> int:
         hits = sum(r["actual_in_range"] for r in runs)
         print(f"preset {preset}: actual in the shown range in {hits} of {len(runs)} runs "
               f"(calibrated runs: {sum(r['actual_in_range'] for r in runs if r['estimate_method'] == 'calibrated')} "
-              f"of {sum(r['estimate_method'] == 'calibrated' for r in runs)})", flush=True)  # fmt: skip
+              f"of {sum(r['estimate_method'] == 'calibrated' for r in runs)}); peak memory in its range in "
+              f"{sum(r['memory_in_range'] for r in runs)} of {len(runs)} runs", flush=True)  # fmt: skip
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     summary = {f"{r['preset']}_{k}": v for r in results if r["run"] == args.runs for k, v in r.items() if k != "preset"}
@@ -284,6 +323,7 @@ def main(argv: list[str]) -> int:
         summary[f"{preset}_runs"] = len(runs)
         summary[f"{preset}_runs_in_range"] = sum(r["actual_in_range"] for r in runs)
         summary[f"{preset}_in_range_per_run"] = [r["actual_in_range"] for r in runs]
+        summary[f"{preset}_runs_memory_in_range"] = sum(r["memory_in_range"] for r in runs)
     (out / ("bench_learning_tiny.json" if args.tiny else "bench_learning.json")).write_text(
         json.dumps(summary, indent=1) + "\n"
     )

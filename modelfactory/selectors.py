@@ -140,9 +140,14 @@ def job_queue_wait_seconds(*, job: FineTuneJob) -> float | None:
 
 
 def job_peak_memory_bytes(*, job: FineTuneJob) -> int | None:
-    """The highest memory a training step reported (peak GPU memory, or the worker's resident memory on a CPU)."""
+    """The job's peak memory over all its stages as it measured it (metrics["peak_memory"]["job"]); for a job that
+    did not measure it (an older one), the highest memory a training step reported (peak GPU memory, or the
+    worker's resident memory on a CPU)."""
     from django.db.models import Max
 
+    measured = ((job.metrics or {}).get("peak_memory") or {}).get("job")
+    if measured:
+        return int(measured)
     return job.events.filter(kind="train").aggregate(peak=Max("memory_bytes"))["peak"]
 
 
@@ -253,7 +258,14 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
 
     from modelfactory.training.data import build_examples
     from modelfactory.training.devices import describe_hardware
-    from modelfactory.training.estimate import estimate_run, rough_run_seconds, run_time_range, teaching_warnings
+    from modelfactory.training.estimate import (
+        MEMORY_STAGES,
+        estimate_run,
+        memory_range,
+        rough_run_seconds,
+        run_time_range,
+        teaching_warnings,
+    )
     from modelfactory.training.evaluate import MAX_ANSWERS
     from modelfactory.training.finetune import split_rows
 
@@ -278,15 +290,18 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
     )
     hardware = describe_hardware(plan, caps)
     answers = min(len(eval_ids), MAX_ANSWERS)
+    past = past_runs(base=base, hardware=hardware)
     time_range = run_time_range(
         tokens=estimate.tokens,
         answers=answers,
-        past=past_runs(base=base, hardware=hardware),
+        past=past,
         rough_seconds=rough_run_seconds(estimate, answers=answers, parameters=base.parameters),
     )
+    stages = {stage: getattr(estimate, f"{stage}_memory_bytes") for stage in MEMORY_STAGES}
     return {
         **estimate.as_dict(),
         **{f"run_{key}": value for key, value in time_range.items()},
+        **{f"memory_{key}": value for key, value in memory_range(stages, past=past).items()},
         "device": hardware,
         "train_rows": len(train_examples),
         "eval_rows": len(eval_ids),
@@ -299,14 +314,20 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
 def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
     """The calibration of this machine: what the last `limit` finished runs of this base model on this hardware
     measured (estimate.PastRun), newest first."""
-    from modelfactory.training.estimate import PastRun
+    from modelfactory.training.estimate import MEMORY_STAGES, PastRun
 
     jobs = FineTuneJob.objects.filter(
         base_model=base, status=FineTuneJob.Status.SUCCEEDED, metrics__hardware=hardware, started_at__isnull=False
     ).order_by("-finished_at")[:limit]
     runs = []
-    for job in jobs.only("metrics", "started_at", "finished_at"):
+    for job in jobs.only("metrics", "estimate", "started_at", "finished_at"):
         m = job.metrics
+        measured, estimated = m.get("peak_memory") or {}, job.estimate or {}
+        ratios = {
+            stage: measured[stage] / estimated[f"{stage}_memory_bytes"]
+            for stage in MEMORY_STAGES
+            if (measured.get(stage) or 0) > 0 and (estimated.get(f"{stage}_memory_bytes") or 0) > 0
+        }
         train, evaluation = float(m.get("train_seconds") or 0), float(m.get("evaluation_seconds") or 0)
         if not train or not m.get("tokens") or not job.finished_at:
             continue
@@ -316,6 +337,7 @@ def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
                 tokens_per_s=float(m["tokens"]) / train,
                 seconds_per_answer=evaluation / max(1, int(m.get("answers_scored") or 0)),
                 overhead_seconds=max(0.0, total - train - evaluation),
+                memory_ratios=ratios,
             )
         )
     return runs

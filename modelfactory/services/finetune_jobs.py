@@ -125,7 +125,7 @@ def _launch_estimate(*, base, versions, hp: dict[str, Any]) -> dict[str, Any]:
         return {}
     keep = ("steps", "tokens", "peak_memory_bytes", "device", "run_seconds", "run_low", "run_high", "run_method",
             "run_runs", "warnings", "training_memory_bytes", "evaluation_memory_bytes", "index_memory_bytes",
-            "memory_stage")  # fmt: skip
+            "memory_stage", "memory_bytes", "memory_low", "memory_high", "memory_method", "memory_runs")  # fmt: skip
     return {key: estimate[key] for key in keep if key in estimate}
 
 

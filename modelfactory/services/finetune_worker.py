@@ -86,8 +86,9 @@ class _JobProgress:
 
     POLL_SECONDS = 1.0  # the control column is read at most this often; a phase change reads it at once
 
-    def __init__(self, job: FineTuneJob):
+    def __init__(self, job: FineTuneJob, *, gpu: bool = False):
         self.job_id = job.pk
+        self.peaks = memory.StagePeaks(gpu=gpu)  # each stage's peak, kept with the result to calibrate estimates
         self.last_poll = 0.0
         self.control_value = ""
         self._stop = threading.Event()
@@ -125,6 +126,7 @@ class _JobProgress:
         kind = event.get("type")
         fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
         if kind == "phase":
+            self.peaks.phase(event["phase"])
             FineTuneEvent.objects.create(job_id=self.job_id, kind=FineTuneEvent.Kind.PHASE, data=event)
             fields["phase"] = event["phase"]
             fields["message"] = PHASE_MESSAGES.get(event["phase"], "")
@@ -205,36 +207,24 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         memory_budget_fraction=settings.MF_MEMORY_BUDGET_FRACTION,
         memory_limit_bytes=settings.MF_MEMORY_LIMIT_MB * 2**20,
     )
-    try:
-        with _JobProgress(job) as progress:
+    hardware, device_type = _hardware(job.hyperparameters)
+    with _JobProgress(job, gpu=device_type == "cuda") as progress:  # heartbeats through the later stages too
+        try:
             result = run_finetune(
                 spec, workdir=job.workdir, on_event=progress.on_event, control=progress.control, resume=resume
             )
-    except Cancelled:
-        return _end_cancelled(job)
-    except TrainingError as exc:
-        _finish(job_id, status=FineTuneJob.Status.FAILED, message=str(exc))
-        return FineTuneJob.objects.get(pk=job_id)
-    except Exception as exc:
-        if _out_of_memory(exc):  # raised outside the training step (which says so itself): loading, evaluation
-            logger.warning("fine-tune job %s ran out of memory: %s", job_id, exc)
-            job = FineTuneJob.objects.get(pk=job_id)
-            message = memory.out_of_memory_message(phase=job.phase, hp=job.hyperparameters)
-            _finish(job_id, status=FineTuneJob.Status.FAILED, message=message)
+        except Cancelled:
+            return _end_cancelled(job)
+        except TrainingError as exc:
+            _finish(job_id, status=FineTuneJob.Status.FAILED, message=str(exc))
             return FineTuneJob.objects.get(pk=job_id)
-        logger.exception("fine-tune job %s crashed", job_id)
-        _finish(
-            job_id,
-            status=FineTuneJob.Status.FAILED,
-            message="Training stopped because of an unexpected error on our side. It has been logged; "
-            "try again, and tell an operator if it happens twice.",
-        )
-        return FineTuneJob.objects.get(pk=job_id)
-
-    try:
-        stage_errors = _run_post_training_stages(job_id=job_id, result=result)
-    except _CancelledInStage:
-        return _end_cancelled(job)
+        except Exception as exc:
+            return _end_crashed(job_id, exc)
+        try:
+            stage_errors = _run_post_training_stages(job_id=job_id, result=result, peaks=progress.peaks)
+        except _CancelledInStage:
+            return _end_cancelled(job)
+        peaks = progress.peaks.finish()
 
     with transaction.atomic():
         job = FineTuneJob.objects.select_for_update().get(pk=job_id)
@@ -243,7 +233,7 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
         trained = trained_model_create_from_job(job=job, result=result)
         stopped = result.stopped_early
         job.status = FineTuneJob.Status.SUCCEEDED
-        job.metrics = {**result.metrics, "hardware": _hardware(job.hyperparameters)}
+        job.metrics = {**result.metrics, "hardware": hardware, **({"peak_memory": peaks} if peaks else {})}
         job.samples = result.samples
         job.report = {**result.report, "stage_errors": stage_errors} if stage_errors else result.report
         job.progress = 1.0
@@ -256,22 +246,42 @@ def finetune_run(*, job_id: int, hostname: str, resume: bool = False) -> FineTun
     return job
 
 
+def _end_crashed(job_id: int, exc: Exception) -> FineTuneJob:
+    """Training raised something other than a cancel or a worded TrainingError: the job fails with a plain message
+    (what ran out and what to lower, for an out-of-memory error)."""
+    if _out_of_memory(exc):  # raised outside the training step (which says so itself): loading, evaluation
+        logger.warning("fine-tune job %s ran out of memory: %s", job_id, exc)
+        job = FineTuneJob.objects.get(pk=job_id)
+        message = memory.out_of_memory_message(phase=job.phase, hp=job.hyperparameters)
+        _finish(job_id, status=FineTuneJob.Status.FAILED, message=message)
+        return FineTuneJob.objects.get(pk=job_id)
+    logger.exception("fine-tune job %s crashed", job_id)
+    _finish(
+        job_id,
+        status=FineTuneJob.Status.FAILED,
+        message="Training stopped because of an unexpected error on our side. It has been logged; "
+        "try again, and tell an operator if it happens twice.",
+    )
+    return FineTuneJob.objects.get(pk=job_id)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     from modelfactory.training.failures import is_out_of_memory  # loads torch, as the training worker has
 
     return is_out_of_memory(exc)
 
 
-def _hardware(hyperparameters: dict[str, Any]) -> str:
-    """This worker's hardware in the words the estimate uses: runs on the same hardware calibrate the next ones."""
+def _hardware(hyperparameters: dict[str, Any]) -> tuple[str, str]:
+    """This worker's hardware in the words the estimate uses (runs on the same hardware calibrate the next ones),
+    and the device type it trains on ("cpu", "cuda"; "" when it cannot train)."""
     from modelfactory.training.devices import HardwareError, describe_hardware, detect_capabilities
 
     caps = detect_capabilities()
     try:
         plan, _ = selectors.training_plan(caps=caps, quantization=hyperparameters.get("quantization", "none"))
     except HardwareError:
-        return ""
-    return describe_hardware(plan, caps)
+        return "", ""
+    return describe_hardware(plan, caps), plan.device_type
 
 
 class _CancelledInStage(Exception):  # noqa: N818 (a request, like training's Cancelled)
@@ -295,7 +305,7 @@ def _end_cancelled(job: FineTuneJob) -> FineTuneJob:
     return FineTuneJob.objects.get(pk=job.pk)
 
 
-def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
+def _run_post_training_stages(*, job_id: int, result, peaks: memory.StagePeaks | None = None) -> dict[str, str]:
     """Runs the stages other apps registered (modelfactory.hooks), each as a phase with its own progress. A stage
     that fails does not throw the trained adapter away: its error is kept and shown with the result. A cancel is
     honoured before each stage and at each progress report (raises _CancelledInStage)."""
@@ -305,6 +315,8 @@ def _run_post_training_stages(*, job_id: int, result) -> dict[str, str]:
             raise _CancelledInStage
         FineTuneJob.objects.filter(pk=job_id).update(phase=stage.name, message=stage.label, heartbeat_at=timezone.now())
         FineTuneEvent.objects.create(job_id=job_id, kind=FineTuneEvent.Kind.PHASE, data={"phase": stage.name})
+        if peaks is not None:
+            peaks.phase(stage.name)
 
         def on_progress(done: int, total: int, stage=stage) -> None:
             FineTuneJob.objects.filter(pk=job_id).update(

@@ -12,18 +12,20 @@ With several devices (data-parallel, distributed.py) the time is divided by the 
 an assumption, not a measurement (the all-reduce of the LoRA gradients is small, untested on several GPUs).
 Memory is per device: each device's micro-batches hold at most `batch_size` rows, as on one device.
 
-Memory is a formula, not a measurement: weights + adapter, its gradients and AdamW state + activations of the
+Memory starts as a formula: weights + adapter, its gradients and AdamW state + activations of the
 largest micro-batch (per token and layer about 34 x hidden x bytes/2, Korthikanti et al. 2022, with fused
 attention) + output logits on answer tokens + a fixed framework overhead. The peak is the largest of the job's
 stages: training, the held-out comparison and the attribution index (memory.py's per-token costs; the index also
-holds every row's features). bench/bench_memory.py measures each stage.
+holds every row's features). bench/bench_memory.py measures each stage. Each finished job measures its stages'
+peaks (memory.StagePeaks); `memory_range` scales each stage's formula by what the last runs on this machine
+measured against it, as `run_time_range` calibrates the time.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from modelfactory.training.memory import activation_bytes_per_token, index_bytes_per_token
@@ -231,6 +233,8 @@ class PastRun:
     tokens_per_s: float  # training tokens / training seconds
     seconds_per_answer: float  # the base-vs-tuned comparison's seconds per held-out row answered
     overhead_seconds: float  # everything else from start to finish: loading, saving, indexing
+    # measured peak / estimated memory of each stage it measured ("training", "evaluation", "index")
+    memory_ratios: dict[str, float] = field(default_factory=dict)
 
 
 def _median(values: list[float]) -> float:
@@ -265,6 +269,45 @@ def run_time_range(*, tokens: int, answers: int, past: list[PastRun], rough_seco
         "high": seconds * max(CALIBRATED_FACTOR, slowest * 1.1),
         "method": "calibrated",
         "runs": len(past),
+    }
+
+
+MEMORY_STAGES = ("training", "evaluation", "index")  # Estimate.<stage>_memory_bytes
+ROUGH_MEMORY_LOW, ROUGH_MEMORY_HIGH = 0.75, 2.0  # no run yet: the formula is off by this much (1.43x under measured)
+CALIBRATED_MEMORY_FACTOR = 1.15  # calibrated: memory varies far less than time from run to run
+
+
+def memory_range(stages: dict[str, int], *, past: list[PastRun]) -> dict[str, Any]:
+    """The job's peak memory as a range. Each stage's formula (`stages`: {stage: estimated bytes}) is scaled by the
+    median of what the last runs on this base model and hardware measured against their own estimate of that stage
+    (PastRun.memory_ratios), its range widened to cover each of those ratios and at least x/÷
+    CALIBRATED_MEMORY_FACTOR; a stage no run measured yet is its formula from ROUGH_MEMORY_LOW to ROUGH_MEMORY_HIGH
+    times. The job's peak is the largest stage's. {"bytes", "low", "high", "method": "calibrated" | "rough",
+    "runs", "stage"}; method is "calibrated" only when every stage is."""
+    ranges: dict[str, tuple[float, float, float]] = {}
+    runs, rough = 0, False
+    for stage, estimated in stages.items():
+        ratios = [run.memory_ratios[stage] for run in past[:10] if run.memory_ratios.get(stage, 0) > 0]
+        if not ratios:
+            rough = True
+            ranges[stage] = (estimated, estimated * ROUGH_MEMORY_LOW, estimated * ROUGH_MEMORY_HIGH)
+            continue
+        runs = max(runs, len(ratios))
+        ratio = _median(ratios)
+        expected = estimated * ratio
+        below = max(CALIBRATED_MEMORY_FACTOR, max(ratio / r for r in ratios) * 1.05)
+        above = max(CALIBRATED_MEMORY_FACTOR, max(r / ratio for r in ratios) * 1.05)
+        ranges[stage] = (expected, expected / below, expected * above)
+    if not ranges:
+        return {"bytes": 0, "low": 0, "high": 0, "method": "rough", "runs": 0, "stage": ""}
+    stage = max(ranges, key=lambda name: ranges[name][0])
+    return {
+        "bytes": int(ranges[stage][0]),
+        "low": int(max(low for _, low, _ in ranges.values())),
+        "high": int(max(high for _, _, high in ranges.values())),
+        "method": "rough" if rough else "calibrated",
+        "runs": runs,
+        "stage": stage,
     }
 
 

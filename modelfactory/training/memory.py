@@ -80,6 +80,53 @@ def reset_peak_rss() -> bool:
     return True
 
 
+STAGE_OF_PHASE = {"loading": "training", "training": "training", "evaluating": "evaluation", "indexing": "index"}
+
+
+class StagePeaks:
+    """The peak memory of each stage of one job, in the terms of its estimate (estimate.py), for the calibration of
+    the next estimates: the process's resident memory (VmHWM, started over at each phase); on a GPU, the device
+    memory torch allocated for training and the comparison (the index is built on the CPU). Phases are the job's
+    (STAGE_OF_PHASE names the stage each belongs to; others, such as saving, count only in the job's peak).
+    One job at a time in the process: the peaks are the process's."""
+
+    def __init__(self, *, gpu: bool = False):
+        self.gpu = gpu
+        self.peaks: dict[str, int] = {}
+        self._stage: str | None = None
+        self.measured = reset_peak_rss()  # False where /proc cannot start the peak over: nothing is recorded
+
+    def phase(self, name: str) -> None:
+        """Phase `name` starts: the one before it ends (its peak is kept) and the peak starts over."""
+        self._close()
+        self._stage = STAGE_OF_PHASE.get(name, "other")
+        reset_peak_rss()
+        if self.gpu:
+            import torch  # only a process that trains on a GPU asks
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def _close(self) -> None:
+        if self._stage is None:
+            return
+        if self.gpu and self._stage in ("training", "evaluation"):
+            import torch
+
+            value = int(torch.cuda.max_memory_allocated())
+        else:
+            value = peak_rss_bytes()
+        self.peaks[self._stage] = max(self.peaks.get(self._stage, 0), value)
+
+    def finish(self) -> dict[str, int]:
+        """{stage: peak bytes, ..., "job": the largest}; {} when nothing could be measured."""
+        self._close()
+        self._stage = None
+        if not self.measured or not self.peaks:
+            return {}
+        stages = {name: value for name, value in self.peaks.items() if name != "other"}
+        return {**stages, "job": max(self.peaks.values())}
+
+
 def available_bytes() -> int:
     """Memory the machine can still give: MemAvailable, or less when this process's cgroup has a lower limit."""
     info = _meminfo()

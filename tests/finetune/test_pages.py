@@ -1,4 +1,5 @@
 import pytest
+from django.template.defaultfilters import filesizeformat
 from django.test import TestCase
 from django.urls import reverse
 
@@ -49,6 +50,8 @@ def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, v
     assert "5. Review and launch" in page
     assert "Estimated time" in page and "Estimated memory" in page
     assert "a rough guess: it gets sharper after the first run on this computer" in page  # no earlier run here
+    assert page.count("a rough guess: it gets sharper after the first run on this computer") == 2  # time, memory
+    assert "Estimated memory</header><strong>" in page and '</strong><br><small class="muted">most while ' in page
     # 9 training rows, batch 4, 2 passes, no minimum: 6 steps, and the review says so before launch
     assert "Only 6 learning steps are planned: too few for the model to learn your facts." in page
     assert "Only 9 rows to train on" in page
@@ -142,6 +145,12 @@ def test_job_page_progress_partial_and_download(client, cast, tiny_base, version
     page = client.get(f"/train/jobs/{job.pk}/").content.decode()
     assert "Finished" in page and "Held-out questions, answered by both" in page
     assert "(a rough guess: no earlier run on this computer)" in page and "peak <strong>" in page
+    job.refresh_from_db()
+    low, high = (filesizeformat(job.estimate[key]) for key in ("memory_low", "memory_high"))
+    assert f"estimated {low} to {high} (a rough guess" in page
+    measured = job.metrics["peak_memory"]  # each stage's peak, measured by the worker
+    assert set(measured) == {"training", "evaluation", "index", "job"}
+    assert f"peak <strong>{filesizeformat(measured['job'])}</strong>" in page
     assert 'id="verdict"' in page and "Answers that match the expected ones" in page
     assert "preset “Learns your tone, fast”" in page  # the name the wizard showed, not the API's key
     chart = client.get(f"/train/jobs/{job.pk}/chart/").json()
@@ -267,6 +276,13 @@ def test_a_second_run_is_estimated_from_the_first_and_the_queue_says_how_long(cl
     took = (first.finished_at - first.started_at).total_seconds()
     assert abs(second.estimate["run_seconds"] - took) < 0.05 * took + 0.05
     assert second.estimate["run_low"] < took < second.estimate["run_high"]
+    # memory too: each stage's formula scaled by what the first run measured against it
+    peaks = first.metrics["peak_memory"]
+    assert (second.estimate["memory_method"], second.estimate["memory_runs"]) == ("calibrated", 1)
+    stage = second.estimate["memory_stage"]
+    assert abs(second.estimate["memory_bytes"] - peaks[stage]) <= 1  # the same data: the first run's peak
+    assert second.estimate["memory_low"] <= max(peaks[s] for s in ("training", "evaluation", "index"))
+    assert max(peaks[s] for s in ("training", "evaluation", "index")) <= second.estimate["memory_high"]
     assert selectors.job_queue_wait_seconds(job=second) == 0.0  # first in line, nothing running
     assert selectors.job_queue_wait_seconds(job=third) == pytest.approx(second.estimate["run_seconds"])
     client.force_login(cast.owner)

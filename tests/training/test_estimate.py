@@ -6,13 +6,18 @@ from transformers import AutoModelForCausalLM
 
 from modelfactory.training.estimate import (
     CALIBRATED_FACTOR,
+    CALIBRATED_MEMORY_FACTOR,
     ROUGH_FACTOR,
+    ROUGH_MEMORY_HIGH,
+    ROUGH_MEMORY_LOW,
     PastRun,
     estimate_run,
     lora_parameters,
     measure_tokens_per_s,
+    memory_range,
     run_time_range,
 )
+from modelfactory.training.memory import StagePeaks
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 from modelfactory.training.tiny import build_tiny_model_dir
@@ -87,6 +92,55 @@ def test_run_time_range_from_past_runs_uses_their_medians_and_covers_their_sprea
 def test_run_time_range_ignores_runs_without_a_rate():
     got = run_time_range(tokens=100, answers=0, past=[PastRun(0.0, 0.0, 0.0)], rough_seconds=9.0)
     assert got["method"] == "rough"
+
+
+MB = 2**20
+
+
+def test_memory_range_without_a_past_run_is_the_formula_widened_and_peaks_at_the_largest_stage():
+    got = memory_range({"training": 1000 * MB, "evaluation": 400 * MB, "index": 900 * MB}, past=[])
+    assert got == {"bytes": 1000 * MB, "low": int(1000 * MB * ROUGH_MEMORY_LOW),
+                   "high": int(1000 * MB * ROUGH_MEMORY_HIGH), "method": "rough", "runs": 0, "stage": "training"}  # fmt: skip
+
+
+def test_memory_range_scales_each_stage_by_what_past_runs_measured_against_their_estimate():
+    past = [PastRun(1.0, 0.0, 0.0, memory_ratios={"training": 1.4, "index": 0.5}),
+            PastRun(1.0, 0.0, 0.0, memory_ratios={"training": 1.5, "index": 0.5}),
+            PastRun(1.0, 0.0, 0.0, memory_ratios={"training": 1.6, "index": 0.6})]  # fmt: skip
+    got = memory_range({"training": 1000 * MB, "index": 1800 * MB}, past=past)
+    # training: 1000 MB x the median 1.5; index: 1800 MB x 0.5 = 900 MB, so training is the peak
+    assert (got["bytes"], got["stage"], got["method"], got["runs"]) == (1500 * MB, "training", "calibrated", 3)
+    assert got["high"] == int(1500 * MB * CALIBRATED_MEMORY_FACTOR)  # 1.6 / 1.5 x 1.05 is within the factor
+    assert got["low"] == int(1500 * MB / CALIBRATED_MEMORY_FACTOR)
+    outlier = PastRun(1.0, 0.0, 0.0, memory_ratios={"training": 3.0})
+    spread = memory_range({"training": 1000 * MB}, past=[*past, outlier])
+    assert spread["bytes"] == int(1000 * MB * 1.55)  # the median of 1.4, 1.5, 1.6, 3.0
+    assert spread["high"] == pytest.approx(1000 * MB * 3.0 * 1.05, abs=1)  # widened to cover the 3.0 run
+
+
+def test_memory_range_is_rough_while_one_stage_was_never_measured():
+    past = [PastRun(1.0, 0.0, 0.0, memory_ratios={"training": 1.5})]
+    got = memory_range({"training": 1000 * MB, "index": 1000 * MB}, past=past)
+    assert (got["method"], got["bytes"], got["stage"]) == ("rough", 1500 * MB, "training")
+    assert got["high"] == int(1000 * MB * ROUGH_MEMORY_HIGH)  # the unmeasured index may need up to twice its formula
+    assert got["low"] == int(1500 * MB / CALIBRATED_MEMORY_FACTOR)
+
+
+def test_stage_peaks_measure_each_phase_on_its_own():
+    peaks = StagePeaks()
+    assert peaks.measured  # Linux: /proc/self/clear_refs starts the peak over
+    peaks.phase("loading")
+    held = bytearray(300 * MB)  # resident: bytearray writes its zeros
+    del held
+    peaks.phase("evaluating")
+    small = bytearray(10 * MB)
+    peaks.phase("saving")
+    del small
+    got = peaks.finish()
+    assert set(got) == {"training", "evaluation", "job"}  # saving is no stage of the estimate, only in the job's peak
+    assert got["training"] >= got["evaluation"] + 250 * MB  # the 300 MB were freed before the comparison
+    assert got["job"] == got["training"]
+    assert StagePeaks().finish() == {}  # no phase: nothing measured
 
 
 def test_the_memory_estimate_is_the_largest_of_training_evaluation_and_index(tiny_dir):
