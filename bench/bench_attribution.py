@@ -30,9 +30,9 @@ only: no Django, no gguf, no weights; it measures the build ratio, query latency
 no planted facts quickly, so no top-1 or LDS). Writes bench/results/attribution.json (tiny),
 attribution_smollm2.json or attribution_<device>_synthetic_<shape>.json (or --output).
 
-`--record` (tiny only: the one run that measures top-1 and LDS) merges the planted-fact top-1 and the LDS of the
-product's default score method into attribution/quality.json under the index's method version, which the model
-pages show (attribution/quality.py)."""
+`--record` merges the figures of the product's default score method into attribution/quality.json under the
+method version, which the model pages show (attribution/quality.py): on the tiny run, planted-fact top-1 and LDS;
+in the LDS mode (`--lds-subsets`), the LDS on the model it ran on (SmolLM2-135M-Instruct)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from attribution.engine import DEFAULT_METHOD, AttributionIndex, SpanIndex, attribute_features, build_index  # noqa: E402
 from attribution.engine import validation as V  # noqa: E402
-from attribution.engine.combine import method_version_of  # noqa: E402
+from attribution.engine.combine import METHOD_VERSION, method_version_of  # noqa: E402
 from attribution.engine.lora import per_row_features, per_row_gradients, reference_row_gradient  # noqa: E402
 from attribution.quality import TINY, Measurement, quality_record, today  # noqa: E402
 from bench.synthetic_model import bench_tokenizer, write_synthetic_model  # noqa: E402
@@ -418,6 +418,8 @@ def large_model(results: dict, args, *, folder: Path, label: str, device: torch.
     results.update(
         {
             "model": label,
+            "method_version": METHOD_VERSION,  # features built by the product's index build, scored as it scores
+            "score_method": DEFAULT_METHOD,
             "device": device.type,
             "hardware": device_name(device),
             "rows": len(rows),
@@ -572,6 +574,8 @@ def preset_lds(results: dict, args, *, folder: Path, label: str, device: torch.d
     results.update(
         {
             "model": label,
+            "method_version": METHOD_VERSION,  # features built by the product's index build, scored as it scores
+            "score_method": DEFAULT_METHOD,
             "device": device.type,
             "hardware": device_name(device),
             "threads": torch.get_num_threads(),
@@ -616,17 +620,23 @@ def preset_lds(results: dict, args, *, folder: Path, label: str, device: torch.d
 
 
 def record(results: dict, argv: list[str]) -> dict:
-    """The tiny run's planted-fact top-1 and LDS (the product's default score method) into attribution/quality.json."""
+    """The product's default score method's figures into attribution/quality.json: the tiny run's planted-fact
+    top-1 and LDS, or the LDS mode's LDS on the model it ran on (e.g. SmolLM2-135M-Instruct)."""
     method = results["score_method"]
     command = " ".join(["python", "bench/bench_attribution.py", *argv])
-    common = {"bench_model": TINY, "date": today(), "bench": "bench/bench_attribution.py", "command": command}
+    common = {"bench_model": results.get("model", TINY), "date": today(), "bench": "bench/bench_attribution.py",
+              "command": command}  # fmt: skip
+    lds = Measurement(metric="lds", value=results[f"lds_{method}"],
+                      counts={"subsets": results["lds_subsets"], "queries": results["lds_queries"]},
+                      details={"recall": results["lds_recall"], "score_method": method, "rows": results["rows"]}
+                      | ({"hardware": results["hardware"]} if "hardware" in results else {}), **common)  # fmt: skip
+    if "planted_facts" not in results:  # the LDS mode measures LDS alone
+        return quality_record(method_version=results["method_version"], measurements=[lds])
     measurements = [
         Measurement(metric="planted_fact_top1", value=results[f"top1_{method}"],
                     counts={"queries": results["planted_facts"]},
                     details={"recall": results["planted_recall"], "score_method": method}, **common),
-        Measurement(metric="lds", value=results[f"lds_{method}"],
-                    counts={"subsets": results["lds_subsets"], "queries": results["lds_queries"]},
-                    details={"recall": results["lds_recall"], "score_method": method}, **common),
+        lds,
     ]  # fmt: skip
     return quality_record(method_version=results["method_version"], measurements=measurements)
 
@@ -664,11 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default=None, help="LDS mode: a converted model folder instead of SmolLM2")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output", default=None, help="results JSON (default under bench/results/)")
-    parser.add_argument("--record", action="store_true",
-                        help="merge top-1 and LDS into attribution/quality.json (tiny model only)")  # fmt: skip
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="merge top-1 and LDS (tiny), or LDS (--lds-subsets), into attribution/quality.json",
+    )
     args = parser.parse_args(argv)
-    if args.record and (args.model != "tiny" or args.synthetic_config):
-        print("--record: only the tiny run measures planted-fact top-1 and LDS (nothing to record)")
+    if args.record and not args.lds_subsets and (args.model != "tiny" or args.synthetic_config):
+        print("--record: only the tiny run and the LDS mode (--lds-subsets) measure quality (nothing to record)")
         return 2
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
