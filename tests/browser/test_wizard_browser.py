@@ -45,3 +45,47 @@ def test_back_forward_and_reload_keep_the_step_and_starting_over_asks(page, cast
     page.get_by_role("button", name="Start over").click()
     expect(page.get_by_role("heading", name="1. Which base model do you start from?")).to_be_visible()
     expect(page).to_have_url(re.compile(r"\?step=1$"))
+
+
+def test_the_review_and_the_job_page_show_memory_as_a_range_learned_from_the_runs_before(
+    page, cast, live_server, tiny_base, version  # noqa: F811
+):
+    from django.template.defaultfilters import filesizeformat
+
+    from modelfactory import services
+    from modelfactory.models import FineTuneJob
+    from tests.finetune.conftest import FAST, launch_job
+
+    def review() -> None:
+        page.goto("/train/new/?restart=1")
+        if page.get_by_role("button", name="Start over").count():
+            page.get_by_role("button", name="Start over").click()
+        page.get_by_role("button", name="Next").click()
+        page.get_by_label(re.compile("Zorb facts")).check()
+        for _ in range(3):
+            page.get_by_role("button", name="Next").click()
+        expect(page.get_by_role("heading", name="5. Review and launch")).to_be_visible()
+
+    log_in(page, live_server, cast.owner)
+    review()
+    memory = page.locator("article", has_text="Estimated memory")
+    expect(memory).to_contain_text("a rough guess: it gets sharper after the first run on this computer")
+    expect(memory).to_contain_text(re.compile(r"[\d.]+\sMB to [\d.]+\sMB"))
+    keep_screenshots(page, "wizard-review-memory-rough")
+
+    first, _ = launch_job(cast.owner, base_model_slug="tiny-base", version_ids=[version.pk], preset="quick",
+                          hyperparameters=FAST, name="First", idempotency_key="m1")  # fmt: skip
+    services.finetune_run(job_id=first.pk, hostname="w")
+    first = FineTuneJob.objects.get(pk=first.pk)
+    page.goto(f"/train/jobs/{first.pk}/")
+    card = page.locator("article", has_text="Memory").filter(has_text="peak")
+    expect(card).to_contain_text(f"peak {filesizeformat(first.metrics['peak_memory']['job'])}")
+    low, high = (filesizeformat(first.estimate[key]) for key in ("memory_low", "memory_high"))
+    expect(card).to_contain_text(f"estimated {low} to {high} (a rough guess: no earlier run on this computer)")
+    keep_screenshots(page, "job-memory")
+
+    review()  # the first run measured its stages: the next estimate is calibrated on it
+    memory = page.locator("article", has_text="Estimated memory")
+    expect(memory).to_contain_text("from the last 1 run on this computer")
+    expect(memory).to_contain_text(re.compile(r"most while (training|checking the result|building the attribution index);"))
+    keep_screenshots(page, "wizard-review-memory-calibrated")
