@@ -15,7 +15,8 @@ in this run).
     python bench/bench_learning.py --tiny --runs 4 --threads 1  # the same check on a tiny model, in a minute
 
 With --runs N each preset runs N times; each run's estimate is calibrated on the runs before it (the product
-calibrates on the machine's finished runs the same way; the first run has only the rough guess). Each run prints
+calibrates on the machine's finished runs the same way); the first run's is from the training rate measured before
+it, as a gpu worker measures it when it starts (--no-calibration: the rough FLOP-rate guess instead). Each run prints
 "in range: yes/no" for its time and for its peak memory (each stage's peak, measured as the product's worker
 measures it, memory.StagePeaks; the range covers the stages run here, training and the comparison: no attribution
 index, see bench_job.py), with the machine's load average before and after it, and the end prints how many runs of
@@ -100,7 +101,9 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> dict:
+def estimate_for(
+    model_dir: Path, rows: list[dict], preset: str, past: list, measured_rate: float | None = None
+) -> dict:
     """The estimate the review step shows (the same functions as modelfactory.selectors.wizard_estimate): the run's
     time as a range, calibrated on `past` (the runs before this one in this bench, as the product calibrates on the
     machine's finished runs), or rough without one."""
@@ -121,16 +124,19 @@ def estimate_for(model_dir: Path, rows: list[dict], preset: str, past: list) -> 
     train = [e for e in examples if e.row_id in train_ids]
     config = json.loads((model_dir / "config.json").read_text())
     parameters = inspect_model_dir(model_dir).parameters
+    rate = None if past else measured_rate  # as the product: the rate measured at start until a run finished
     estimate = estimate_run(
         [e.n_tokens for e in train], hp, device_type="cpu", parameters=parameters, model_config=config,
-        answer_tokens=sum(e.n_answer_tokens for e in train),
+        answer_tokens=sum(e.n_answer_tokens for e in train), tokens_per_s=rate,
     )  # fmt: skip
     rough = rough_run_seconds(estimate, answers=len(eval_ids), parameters=parameters)
     # the stages this bench runs (no attribution index: that is the product's later stage, bench_job.py)
     stages = {stage: getattr(estimate, f"{stage}_memory_bytes") for stage in BENCH_STAGES}
     return {
         **estimate.as_dict(),
-        **run_time_range(tokens=estimate.tokens, answers=len(eval_ids), past=past, rough_seconds=rough),
+        **run_time_range(
+            tokens=estimate.tokens, answers=len(eval_ids), past=past, rough_seconds=rough, measured=bool(rate)
+        ),
         **{f"memory_{key}": value for key, value in memory_range(stages, past=past).items()},
     }
 
@@ -167,13 +173,13 @@ def ask_apart(adapter_dir: Path, model_dir: Path, questions: list[str]) -> list[
         return pool.apply(ask, (adapter_dir, model_dir, questions))
 
 
-def run_preset(model_dir: Path, preset: str, past: list) -> dict:
+def run_preset(model_dir: Path, preset: str, past: list, measured_rate: float | None = None) -> dict:
     from modelfactory.training.estimate import PastRun
     from modelfactory.training.finetune import FinetuneSpec, run_finetune
     from modelfactory.training.memory import StagePeaks
 
     rows = learning_rows()
-    estimate = estimate_for(model_dir, rows, preset, past)
+    estimate = estimate_for(model_dir, rows, preset, past, measured_rate)
     epochs: list[float] = []
     phases: dict[str, float] = {}
     memory: list[int] = []
@@ -280,6 +286,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: torch's default); 1 on a busy machine"
     )
+    parser.add_argument(
+        "--no-calibration", action="store_true", help="no start-up measurement: the first estimate is the rough guess"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -297,13 +306,22 @@ def main(argv: list[str]) -> int:
         print("No SmolLM2 folder: run `python manage.py register_base_model` first (converts the bundled GGUF).")
         return 1
     presets = list(PRESETS) if args.preset == "all" else [args.preset]
+    measured_rate = None
+    if not args.no_calibration:  # what a gpu worker measures when it starts (services/calibration.py)
+        import torch
+
+        from modelfactory.training.estimate import measure_base_throughput
+
+        started = time.perf_counter()
+        measured_rate = measure_base_throughput(model_dir, device=torch.device("cpu"))
+        print(f"start-up calibration: {measured_rate:.1f} training tokens/s ({time.perf_counter() - started:.1f} s)")
     results = []
     for preset in presets:
         past: list = []  # calibration: this preset's runs before this one, on this machine
         for run in range(1, args.runs + 1):
             print(f"== preset {preset} ({PRESETS[preset].label}), run {run} of {args.runs}", flush=True)
             load_before = os.getloadavg()[0]
-            figures = run_preset(model_dir, preset, past)
+            figures = run_preset(model_dir, preset, past, measured_rate)
             figures.update(run=run, load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2))
             print(json.dumps(figures, indent=1), flush=True)
             print(in_range_line(figures), flush=True)

@@ -204,6 +204,9 @@ MF_TOKEN_COUNT_MODEL_DIR = Path(env.str("MF_TOKEN_COUNT_MODEL_DIR", str(MF_BASE_
 MF_TRAINING_DEVICE = env.str("MF_TRAINING_DEVICE", "auto")
 if MF_TRAINING_DEVICE != "auto" and MF_TRAINING_DEVICE != "cpu" and not MF_TRAINING_DEVICE.startswith("cuda"):
     raise EnvError("MF_TRAINING_DEVICE", MF_TRAINING_DEVICE, "auto, cpu, cuda or cuda:N")
+# A gpu worker measures each base model's training throughput when it starts (a few seconds per model, once a week
+# per hardware): the first time estimate before any run (modelfactory/services/calibration.py).
+MF_CALIBRATE_ON_START = env.bool("MF_CALIBRATE_ON_START", True)
 # A running job whose heartbeat is older than this is considered orphaned (its worker died).
 MF_JOB_HEARTBEAT_SECONDS = env.int("MF_JOB_HEARTBEAT_SECONDS", 15, min_value=1)
 MF_JOB_STALE_SECONDS = env.int("MF_JOB_STALE_SECONDS", 120, min_value=5)

@@ -23,6 +23,9 @@ class BaseModel(models.Model):
     )
     is_default = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True, help_text="Offered in the fine-tuning wizard.")
+    # {hardware (devices.describe_hardware's words): {"tokens_per_s", "measured_at"}}: training throughput measured
+    # by a gpu worker when it starts (services.calibration), the first estimate's rate before any run on it
+    calibration = models.JSONField(default=dict, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

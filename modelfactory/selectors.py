@@ -250,7 +250,21 @@ def quantization_problem(quantization: str, *, caps=None) -> str | None:
     return None
 
 
-def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict:
+def wizard_preset_estimates(*, base: BaseModel, versions) -> dict[str, dict]:
+    """Step 4: each preset's time and memory range on this hardware, with the preset's own settings ({preset: the
+    wizard_estimate}); the rows are read once."""
+    from modelfactory.training.presets import PRESETS, validate_hyperparameters
+
+    rows = finetune_rows(versions=versions)
+    return {
+        key: wizard_estimate(
+            base=base, versions=versions, hyperparameters=validate_hyperparameters({}, preset=key)[0], rows=rows
+        )  # fmt: skip
+        for key in PRESETS
+    }
+
+
+def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict, rows: tuple | None = None) -> dict:
     """Step 5 (and each launched job's `estimate`): tokens, steps, the run's time as a range calibrated on this
     machine's past runs (past_runs), and memory, on this worker's hardware (how many devices included: time is
     divided among them, memory is per device)."""
@@ -269,7 +283,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
     from modelfactory.training.evaluate import MAX_ANSWERS
     from modelfactory.training.finetune import split_rows
 
-    rows, contributors = finetune_rows(versions=versions)
+    rows, contributors = rows or finetune_rows(versions=versions)
     tokenizer = base_tokenizer(base.path)
     examples, report = build_examples(tokenizer, rows, max_length=int(hyperparameters["max_length"]))
     train_ids, eval_ids = split_rows(
@@ -277,6 +291,10 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
     )
     train_examples = [e for e in examples if e.row_id in train_ids]
     plan, caps = training_plan(quantization=hyperparameters.get("quantization", "none"))
+    hardware = describe_hardware(plan, caps)
+    past = past_runs(base=base, hardware=hardware)
+    # before any run on this hardware: the training rate a gpu worker measured when it started (services.calibration)
+    measured_rate = None if past else ((base.calibration or {}).get(hardware) or {}).get("tokens_per_s")
     config = json.loads((Path(base.path) / "config.json").read_text())
     estimate = estimate_run(
         [e.n_tokens for e in train_examples],
@@ -287,15 +305,15 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict) -> dict
         answer_tokens=sum(e.n_answer_tokens for e in train_examples),
         devices=plan.world_size,
         index_k=settings.MF_ATTRIBUTION_K,
+        tokens_per_s=measured_rate,
     )
-    hardware = describe_hardware(plan, caps)
     answers = min(len(eval_ids), MAX_ANSWERS)
-    past = past_runs(base=base, hardware=hardware)
     time_range = run_time_range(
         tokens=estimate.tokens,
         answers=answers,
         past=past,
         rough_seconds=rough_run_seconds(estimate, answers=answers, parameters=base.parameters),
+        measured=bool(measured_rate),
     )
     stages = {stage: getattr(estimate, f"{stage}_memory_bytes") for stage in MEMORY_STAGES}
     return {

@@ -13,6 +13,15 @@ def finetune_run_task(job_id: int, resume: bool = False) -> str:
     return job.status if job is not None else "not-claimed"
 
 
+@shared_task(name="modelfactory.tasks.finetune_calibrate_task")
+def finetune_calibrate_task() -> dict:
+    """Sent by each gpu worker as it starts (modelfactory.signals), so it runs on the gpu queue after any job already
+    waiting, one at a time: the throughput of each base model on this hardware, for the first time estimate."""
+    from modelfactory.services import finetune_calibrate
+
+    return finetune_calibrate()
+
+
 @shared_task(name="modelfactory.tasks.inference_generate_task")
 def inference_generate_task(inference_id: int) -> str:
     """Runs on the `inference` queue (thread pool: concurrent requests share the process's batcher; Celery's time

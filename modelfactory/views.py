@@ -66,6 +66,8 @@ def _render_wizard(request, state: dict, context: dict | None = None, status: in
             ),
         )
         context["presets"] = PRESETS
+        if base and versions:
+            context["preset_estimates"] = selectors.wizard_preset_estimates(base=base, versions=versions)
     elif step == wizard_steps.REVIEW and base and versions:
         hp, errors = validate_hyperparameters(state["advanced"], preset=state["preset"])
         context["hyperparameters"] = [(HYPERPARAMETERS[k].label, v) for k, v in hp.items() if k in HYPERPARAMETERS]

@@ -1,3 +1,4 @@
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,8 @@ from tests.factories import PASSWORD, UserFactory
 
 # Small torch ops on 2 shared cores are far slower with 2 threads when the other core is busy.
 torch.set_num_threads(1)
+# The Celery workers the tests start (they inherit this environment) do not measure the base models when they start.
+os.environ.setdefault("MF_CALIBRATE_ON_START", "false")
 
 
 def _allow_ledger_truncate(sender, connection, **kwargs):

@@ -1,6 +1,7 @@
 """Model factory writes, one module per use case:
 
 - base_models: registering base-model folders (and the bundled default).
+- calibration: a training worker's measured throughput per base model, taken when it starts (the first estimate).
 - finetune_jobs: launching a fine-tune (validate, create, enqueue), stop/cancel, the stale-job sweep.
 - continue_training: train again from a model (its next version starts from its adapter), and the lineage.
 - finetune_worker: a job on the training worker (claim or resume, heartbeat and progress, post-training stages,
@@ -26,6 +27,7 @@ from modelfactory.services.base_models import (
     base_model_names,
     base_model_register,
 )
+from modelfactory.services.calibration import finetune_calibrate
 from modelfactory.services.continue_training import finetune_continue, lineage_jobs, model_lineage
 from modelfactory.services.errors import ServingRefused
 from modelfactory.services.evaluations import (
@@ -84,6 +86,7 @@ from modelfactory.services.retrieval import (
 )
 
 __all__ = [
+    "finetune_calibrate",
     "EvaluationRefused",
     "evaluation_cancel",
     "evaluation_reap_stale",

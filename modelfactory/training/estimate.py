@@ -195,6 +195,25 @@ def measure_tokens_per_s(model, *, device, seq_len: int, batch_size: int, repeat
     return batch_size * seq_len * repeats / elapsed
 
 
+CALIBRATION_SEQ_LEN = 64  # tokens per row of the start-up measurement: short instruction rows, as most datanets hold
+
+
+def measure_base_throughput(model_dir, *, device) -> float:
+    """What a training worker measures when it starts (services/calibration.py): training tokens/s of the base model
+    in `model_dir` with the default preset's fresh adapter, over CALIBRATION_SEQ_LEN-token rows."""
+    from modelfactory.training.loop import load_model_for_training
+    from modelfactory.training.memory import release_freed
+    from modelfactory.training.presets import DEFAULT_PRESET, validate_hyperparameters
+
+    hp, _ = validate_hyperparameters({}, preset=DEFAULT_PRESET)
+    model, _tokenizer = load_model_for_training(model_dir, hp, device=device)
+    try:
+        return measure_tokens_per_s(model, device=device, seq_len=CALIBRATION_SEQ_LEN, batch_size=int(hp["batch_size"]))
+    finally:  # the worker's next job starts from what it held before, not from this model (1.3 GB -> 0.4 GB)
+        del model
+        release_freed()
+
+
 MIN_TEACHING_STEPS = 30  # fewer optimizer steps than this do not teach a model facts (bench/bench_learning.py)
 MIN_TEACHING_WORK = 0.01  # learning rate x steps below this barely moves a LoRA adapter (the old default: 0.0016)
 
@@ -247,16 +266,23 @@ ROUGH_FACTOR = 3.0  # no run on this machine yet: the FLOP-rate guess may be off
 CALIBRATED_FACTOR = 1.35  # calibrated: the machine is shared, a run may be this much slower or faster
 
 
-def run_time_range(*, tokens: int, answers: int, past: list[PastRun], rough_seconds: float) -> dict[str, Any]:
+MEASURED_FACTOR = 2.0  # no run yet, but the training rate was measured on this machine (services/calibration.py)
+
+
+def run_time_range(
+    *, tokens: int, answers: int, past: list[PastRun], rough_seconds: float, measured: bool = False
+) -> dict[str, Any]:
     """The whole run's time (training + comparison + the rest) as a range, from the medians of up to the last 10
     runs on this base model and hardware; the range is widened to cover every one of those runs' rates, and at
-    least x/÷ CALIBRATED_FACTOR. Without a past run: `rough_seconds` (the FLOP-rate guess) x/÷ ROUGH_FACTOR.
-    {"seconds", "low", "high", "method": "calibrated" | "rough", "runs"}"""
+    least x/÷ CALIBRATED_FACTOR. Without a past run: `rough_seconds` x/÷ MEASURED_FACTOR when its training rate was
+    `measured` on this machine (method "measured"), else x/÷ ROUGH_FACTOR (the FLOP-rate guess, "rough").
+    {"seconds", "low", "high", "method": "calibrated" | "measured" | "rough", "runs"}"""
     past = [run for run in past if run.tokens_per_s > 0][:10]
     if not past:
         seconds = max(1.0, rough_seconds)
-        return {"seconds": seconds, "low": seconds / ROUGH_FACTOR, "high": seconds * ROUGH_FACTOR,
-                "method": "rough", "runs": 0}  # fmt: skip
+        factor = MEASURED_FACTOR if measured else ROUGH_FACTOR
+        return {"seconds": seconds, "low": seconds / factor, "high": seconds * factor,
+                "method": "measured" if measured else "rough", "runs": 0}  # fmt: skip
     rate = _median([run.tokens_per_s for run in past])
     per_answer = _median([run.seconds_per_answer for run in past])
     overhead = _median([run.overhead_seconds for run in past])
@@ -316,8 +342,8 @@ ROUGH_ANSWER_TOKENS = 80  # tokens generated per held-out row: base and tuned an
 
 
 def rough_run_seconds(estimate: Estimate, *, answers: int, parameters: int) -> float:
-    """Without a past run: training from the FLOP rate, plus the comparison (2N FLOPs per generated token) and a
-    fixed overhead."""
+    """Without a past run: training at the estimate's rate (measured on this machine, or the FLOP-rate guess), plus
+    the comparison (2N FLOPs per generated token at the same FLOP rate) and a fixed overhead."""
     flops_per_s = estimate.tokens_per_s * 4.0 * max(1, parameters) / max(1, estimate.devices)
     generation = answers * ROUGH_ANSWER_TOKENS * 2.0 * max(1, parameters) / flops_per_s
     return estimate.seconds + generation + ROUGH_OVERHEAD_SECONDS

@@ -47,9 +47,7 @@ def test_back_forward_and_reload_keep_the_step_and_starting_over_asks(page, cast
     expect(page).to_have_url(re.compile(r"\?step=1$"))
 
 
-def test_the_review_and_the_job_page_show_memory_as_a_range_learned_from_the_runs_before(
-    page, cast, live_server, tiny_base, version  # noqa: F811
-):
+def test_memory_shows_as_a_range_rough_then_from_the_run_before(page, cast, live_server, tiny_base, version):  # noqa: F811
     from django.template.defaultfilters import filesizeformat
 
     from modelfactory import services
@@ -62,8 +60,12 @@ def test_the_review_and_the_job_page_show_memory_as_a_range_learned_from_the_run
             page.get_by_role("button", name="Start over").click()
         page.get_by_role("button", name="Next").click()
         page.get_by_label(re.compile("Zorb facts")).check()
-        for _ in range(3):
+        for _ in range(2):
             page.get_by_role("button", name="Next").click()
+        expect(page.get_by_role("heading", name="4. How thoroughly should it train?")).to_be_visible()
+        expect(page.get_by_text("On your data here: about")).to_have_count(3)  # one line per preset
+        keep_screenshots(page, "wizard-presets-cost")
+        page.get_by_role("button", name="Next").click()
         expect(page.get_by_role("heading", name="5. Review and launch")).to_be_visible()
 
     log_in(page, live_server, cast.owner)
@@ -87,5 +89,7 @@ def test_the_review_and_the_job_page_show_memory_as_a_range_learned_from_the_run
     review()  # the first run measured its stages: the next estimate is calibrated on it
     memory = page.locator("article", has_text="Estimated memory")
     expect(memory).to_contain_text("from the last 1 run on this computer")
-    expect(memory).to_contain_text(re.compile(r"most while (training|checking the result|building the attribution index);"))
+    expect(memory).to_contain_text(
+        re.compile(r"most while (training|checking the result|building the attribution index);")
+    )
     keep_screenshots(page, "wizard-review-memory-calibrated")

@@ -43,6 +43,8 @@ def test_wizard_walks_through_five_steps_and_launches(client, cast, tiny_base, v
         and "Learns your facts (recommended)" in page
         and "Advanced settings" in page
     )
+    # each preset says what it costs on this data and hardware, before anything else is chosen
+    assert page.count("On your data here: about ") == 3 and page.count(" of memory (a rough guess).</small>") == 3
 
     form = {"action": "next", "preset": "quick", "name": "Wizard model", "hp_max_length": "192", "hp_epochs": "2",
             "hp_min_steps": "0"}  # fmt: skip
