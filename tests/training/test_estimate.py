@@ -73,6 +73,15 @@ def test_several_devices_divide_the_time_not_the_memory(tiny_dir):
     assert (four.steps, four.tokens, four.peak_memory_bytes) == (one.steps, one.tokens, one.peak_memory_bytes)
 
 
+def test_a_start_up_measurement_keeps_the_fastest_pass(tiny_dir, monkeypatch):
+    model, _ = fresh_model(tiny_dir, hyperparameters())
+    ticks = iter([0.0, 10.0, 10.0, 12.0, 12.0, 13.0] * 2)  # warm-up 10 s (not counted), passes of 2 s and 1 s
+    monkeypatch.setattr("modelfactory.training.estimate.time.perf_counter", lambda: next(ticks))
+    args = {"device": CPU, "seq_len": 8, "batch_size": 2, "repeats": 2}
+    assert measure_tokens_per_s(model, **args) == 2 * 16 / 3.0  # all passes: 32 tokens in 3 s
+    assert measure_tokens_per_s(model, **args, best=True) == 16 / 1.0  # the fastest pass
+
+
 def test_run_time_range_without_a_past_run_is_a_wide_rough_range():
     assert run_time_range(tokens=1000, answers=5, past=[], rough_seconds=60.0) == {
         "seconds": 60.0, "low": 60.0 / ROUGH_FACTOR, "high": 60.0 * ROUGH_FACTOR, "method": "rough", "runs": 0
