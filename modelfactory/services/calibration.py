@@ -24,10 +24,10 @@ def finetune_calibrate(*, force: bool = False) -> dict[str, float]:
     """Measures, on this worker, the training throughput of each active base model not measured on this hardware in
     the last CALIBRATION_MAX_AGE (all of them with `force`), and keeps it. {slug: tokens/s measured now}. A model
     that cannot be loaded is logged and skipped: its estimate stays the rough guess."""
-    from modelfactory.training.devices import HardwareError, describe_hardware
+    from modelfactory.training.devices import HardwareError, describe_hardware, detect_capabilities
 
-    try:
-        plan, caps = selectors.training_plan(caps=None)
+    try:  # this worker's own hardware (the web's view of it is the weakest live worker's)
+        plan, caps = selectors.training_plan(caps=detect_capabilities())
     except HardwareError as exc:
         logger.warning("no calibration: %s", exc)
         return {}
