@@ -628,8 +628,8 @@ def record(results: dict, argv: list[str]) -> dict:
               "command": command}  # fmt: skip
     lds = Measurement(metric="lds", value=results[f"lds_{method}"],
                       counts={"subsets": results["lds_subsets"], "queries": results["lds_queries"]},
-                      details={"recall": results["lds_recall"], "score_method": method, "rows": results["rows"]}
-                      | ({"hardware": results["hardware"]} if "hardware" in results else {}), **common)  # fmt: skip
+                      details={"recall": results["lds_recall"], "score_method": method}
+                      | {key: results[key] for key in ("rows", "hardware") if key in results}, **common)  # fmt: skip
     if "planted_facts" not in results:  # the LDS mode measures LDS alone
         return quality_record(method_version=results["method_version"], measurements=[lds])
     measurements = [

@@ -151,12 +151,28 @@ def test_the_tiny_bench_records_its_top1_and_lds(quality_file):
     )
 
 
-def test_the_tiny_bench_refuses_to_record_a_run_that_measures_no_top1(quality_file, capsys):
+def test_the_bench_refuses_to_record_a_run_that_measures_no_quality(quality_file, capsys):
     from bench import bench_attribution
 
-    assert bench_attribution.main(["--model", "smollm2", "--record"]) == 2
-    assert "--record: only the tiny run measures planted-fact top-1 and LDS" in capsys.readouterr().out
+    assert bench_attribution.main(["--model", "smollm2", "--record"]) == 2  # latency and storage only
+    assert "--record: only the tiny run and the LDS mode (--lds-subsets) measure quality" in capsys.readouterr().out
     assert not quality_file.exists()
+
+
+def test_the_lds_mode_records_its_lds_on_the_model_it_ran_on(quality_file):
+    from bench import bench_attribution
+
+    results = {"method_version": "poa-3", "score_method": "fisher", "model": "SmolLM2-135M-Instruct",
+               "hardware": "cpu", "rows": 64, "lds_fisher": 0.7594, "lds_dot": 0.5, "lds_subsets": 16,
+               "lds_queries": 16, "lds_recall": 0.875}  # fmt: skip
+    argv = ["--model", "smollm2", "--lds-subsets", "16", "--record"]
+    bench_attribution.record(results, argv)
+    (lds,) = quality_read()["poa-3"]
+    assert (lds.metric, lds.bench_model, lds.value, lds.counts) == (
+        "lds", "SmolLM2-135M-Instruct", 0.7594, {"subsets": 16, "queries": 16}
+    )  # fmt: skip
+    assert lds.details == {"recall": 0.875, "score_method": "fisher", "rows": 64, "hardware": "cpu"}
+    assert lds.command == "python bench/bench_attribution.py " + " ".join(argv)
 
 
 def test_the_planted_bench_records_each_rule(quality_file):
