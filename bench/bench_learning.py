@@ -174,7 +174,7 @@ def ask_apart(adapter_dir: Path, model_dir: Path, questions: list[str]) -> list[
 
 
 def run_preset(model_dir: Path, preset: str, past: list, measured_rate: float | None = None) -> dict:
-    from modelfactory.training.estimate import PastRun
+    from modelfactory.training.estimate import PastRun, memory_ratios
     from modelfactory.training.finetune import FinetuneSpec, run_finetune
     from modelfactory.training.memory import StagePeaks
 
@@ -224,11 +224,7 @@ def run_preset(model_dir: Path, preset: str, past: list, measured_rate: float | 
             tokens_per_s=m["tokens"] / m["train_seconds"],
             seconds_per_answer=m["evaluation_seconds"] / max(1, m["answers_scored"]),
             overhead_seconds=max(0.0, wall - m["train_seconds"] - m["evaluation_seconds"]),
-            memory_ratios={
-                stage: measured[stage] / estimate[f"{stage}_memory_bytes"]
-                for stage in BENCH_STAGES
-                if measured.get(stage) and estimate[f"{stage}_memory_bytes"]
-            },  # fmt: skip
+            memory_ratios=memory_ratios(measured, estimate, BENCH_STAGES),
         )
     )
     low, high = estimate["low"], estimate["high"]

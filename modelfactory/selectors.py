@@ -332,7 +332,7 @@ def wizard_estimate(*, base: BaseModel, versions, hyperparameters: dict, rows: t
 def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
     """The calibration of this machine: what the last `limit` finished runs of this base model on this hardware
     measured (estimate.PastRun), newest first."""
-    from modelfactory.training.estimate import MEMORY_STAGES, PastRun
+    from modelfactory.training.estimate import PastRun, memory_ratios
 
     jobs = FineTuneJob.objects.filter(
         base_model=base, status=FineTuneJob.Status.SUCCEEDED, metrics__hardware=hardware, started_at__isnull=False
@@ -340,12 +340,6 @@ def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
     runs = []
     for job in jobs.only("metrics", "estimate", "started_at", "finished_at"):
         m = job.metrics
-        measured, estimated = m.get("peak_memory") or {}, job.estimate or {}
-        ratios = {
-            stage: measured[stage] / estimated[f"{stage}_memory_bytes"]
-            for stage in MEMORY_STAGES
-            if (measured.get(stage) or 0) > 0 and (estimated.get(f"{stage}_memory_bytes") or 0) > 0
-        }
         train, evaluation = float(m.get("train_seconds") or 0), float(m.get("evaluation_seconds") or 0)
         if not train or not m.get("tokens") or not job.finished_at:
             continue
@@ -355,7 +349,7 @@ def past_runs(*, base: BaseModel, hardware: str, limit: int = 10) -> list:
                 tokens_per_s=float(m["tokens"]) / train,
                 seconds_per_answer=evaluation / max(1, int(m.get("answers_scored") or 0)),
                 overhead_seconds=max(0.0, total - train - evaluation),
-                memory_ratios=ratios,
+                memory_ratios=memory_ratios(m.get("peak_memory") or {}, job.estimate or {}),
             )
         )
     return runs

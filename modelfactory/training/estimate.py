@@ -311,6 +311,16 @@ ROUGH_MEMORY_LOW, ROUGH_MEMORY_HIGH = 0.75, 2.0  # no run yet: the formula is of
 CALIBRATED_MEMORY_FACTOR = 1.15  # calibrated: memory varies far less than time from run to run
 
 
+def memory_ratios(measured: dict[str, int], estimated: dict[str, Any], stages=MEMORY_STAGES) -> dict[str, float]:
+    """PastRun.memory_ratios of one run: each stage's measured peak (`measured`, as memory.StagePeaks.finish gives
+    it) over its estimate (`estimated["<stage>_memory_bytes"]`, as Estimate.as_dict gives it), where both are known."""
+    return {
+        stage: measured[stage] / estimated[f"{stage}_memory_bytes"]
+        for stage in stages
+        if (measured.get(stage) or 0) > 0 and (estimated.get(f"{stage}_memory_bytes") or 0) > 0
+    }
+
+
 def memory_range(stages: dict[str, int], *, past: list[PastRun]) -> dict[str, Any]:
     """The job's peak memory as a range. Each stage's formula (`stages`: {stage: estimated bytes}) is scaled by the
     median of what the last runs on this base model and hardware measured against their own estimate of that stage
