@@ -120,8 +120,11 @@ def child(args) -> dict:
         build_index(model, train_rows, k=4096, batch_size=batch, max_tokens=batch * int(hp["max_length"]),
                     pad_id=tokenizer.pad_token_id)  # fmt: skip
         return {**figures, "index_old": _peak_since(), "seconds": round(time.perf_counter() - started, 1)}
-    train(model, train_examples, hp, device=device, pad_id=tokenizer.pad_token_id, on_event=count, control=control)
+    budget = budget_bytes(fraction=args.fraction)  # as finetune.run_finetune gives the loop its budget
+    train(model, train_examples, hp, device=device, pad_id=tokenizer.pad_token_id, on_event=count, control=control,
+          memory_budget=budget)  # fmt: skip
     figures["training"] = _peak_since()
+    figures["training_budget"] = budget
     mark = time.perf_counter()
     figures["training_steps"] = steps["n"]
     release_freed()  # as the job does between stages (finetune.release_memory)
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--answers", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=96, help="the most tokens a greedy answer may have")
     parser.add_argument("--long-prompts", action="store_true", help="long rows carry their long text in the prompt")
-    parser.add_argument("--fraction", type=float, default=0.5, help="MF_MEMORY_BUDGET_FRACTION")
+    parser.add_argument("--fraction", type=float, default=0.25, help="MF_MEMORY_BUDGET_FRACTION (its default)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "memory.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

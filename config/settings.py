@@ -214,7 +214,7 @@ MF_JOB_MAX_ATTEMPTS = env.int("MF_JOB_MAX_ATTEMPTS", 2, min_value=1, max_value=1
 # Memory: each stage of a training job (training, evaluation, attribution index, data valuation) sizes its passes so
 # that one pass needs at most this share of the memory still free when the stage starts (RAM; on a GPU, its free
 # memory). MF_MEMORY_LIMIT_MB fixes the memory a job may hold instead of reading it from the machine (0: read it).
-MF_MEMORY_BUDGET_FRACTION = env.float("MF_MEMORY_BUDGET_FRACTION", 0.5, min_value=0.05, max_value=0.95)
+MF_MEMORY_BUDGET_FRACTION = env.float("MF_MEMORY_BUDGET_FRACTION", 0.25, min_value=0.05, max_value=0.95)
 MF_MEMORY_LIMIT_MB = env.int("MF_MEMORY_LIMIT_MB", 0, min_value=0)
 # A resumable checkpoint every N optimizer steps (0: none; a job whose worker died then starts over).
 MF_JOB_CHECKPOINT_EVERY = env.int("MF_JOB_CHECKPOINT_EVERY", 50, min_value=0)

@@ -35,7 +35,7 @@ from attribution.engine.storage import (  # noqa: F401 (re-exported: the index's
     row_norms,
     save_index,
 )
-from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens
+from modelfactory.training.memory import ALLOCATOR_SLACK, activation_bytes_per_token, release_freed, rows_and_tokens
 
 SCORE_METHODS = ("fisher", "dot", "cosine")
 DEFAULT_METHOD = "fisher"  # measured best: LDS 0.825 vs dot 0.758 / cosine 0.778 (32 subsets), top-1 1.00 for all
@@ -336,13 +336,15 @@ def calibrate_floor(index: AttributionIndex) -> dict[str, float]:
 
 def pass_limits(model: nn.Module, projector: Projector, budget_bytes: int) -> tuple[int, int]:
     """(rows, padded tokens) one gradient pass may hold within `budget_bytes`: per token, a training pass's
-    activations plus the gradient at every LoRA output (all held until the pass's features are formed); per row,
+    activations, each LoRA matrix's input and the gradient at its output (all held until the pass's features are
+    formed), with the allocator's slack (memory.ALLOCATOR_SLACK); per row,
     its features and, for "dense", the largest matrix's per-row gradient (formed and projected one at a time)."""
     config = model.config.to_dict() if hasattr(model, "config") else {}
     blocks = projector.blocks
     captured = sum(b.matrix.shape[0] for b in blocks)  # lora_A outputs: rank; lora_B: the layer's output
+    inputs = sum(b.matrix.shape[1] for b in blocks)  # lora_A inputs: the layer's input; lora_B: rank
     projected = sum(b.width // b.matrix.rank for b in blocks) if projector.kind == "lowrank" else 0
-    per_token = activation_bytes_per_token(config) + 4 * (captured + projected)
+    per_token = ALLOCATOR_SLACK * (activation_bytes_per_token(config) + 4 * (captured + inputs + projected))
     per_row = 4 * 3 * projector.k
     if projector.kind == "dense":
         per_row += 4 * 2 * max(b.matrix.size for b in blocks)

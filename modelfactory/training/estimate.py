@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelfactory.training.memory import activation_bytes_per_token, index_bytes_per_token
+from modelfactory.training.memory import activation_bytes_per_token, index_bytes_per_token, training_bytes_per_token
 
 CPU_FLOPS = 1.3e10
 CUDA_FLOPS = 2.0e14
@@ -107,20 +107,24 @@ def estimate_run(
     cuda = device_type == "cuda"
     weight_bytes = 0.55 if hp.get("quantization") == "4bit" else (2 if cuda else 4)
     act_bytes = 2 if cuda else 4
-    hidden = int(model_config.get("hidden_size", 0))
-    layers = int(model_config.get("num_hidden_layers", 0))
-    vocab = int(model_config.get("vocab_size", 0))
     targets = resolve_target_modules(hp["target_modules"], (model_config.get("architectures") or [None])[0])
     lora = lora_parameters(model_config, rank=int(hp["rank"]), targets=targets)
     longest = max(token_counts, default=0)
     batch_tokens = int(hp["batch_size"]) * longest
     answer_share = (answer_tokens / max(1, sum(token_counts))) if answer_tokens is not None else 1.0
     overhead = CUDA_OVERHEAD_BYTES if cuda else CPU_OVERHEAD_BYTES
+    per_token = training_bytes_per_token(
+        model_config,
+        rank=int(hp["rank"]),
+        targets=targets,
+        dropout=float(hp.get("dropout", 0.0)),
+        act_bytes=act_bytes,
+        answer_share=answer_share,
+    )  # activations, the adapter's own, the answer tokens' logits, softmax and their gradient
     memory = (
         parameters * weight_bytes
         + lora * 4 * 4  # weights, gradients, AdamW's two moments, fp32
-        + batch_tokens * layers * hidden * 34 * act_bytes / 2
-        + batch_tokens * answer_share * vocab * 4 * 3  # logits, softmax, their gradient (fp32)
+        + batch_tokens * per_token
         + overhead
     )
     # The comparison: the same model and batches, no gradients and no optimizer state (a conservative bound: the

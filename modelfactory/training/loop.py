@@ -34,7 +34,7 @@ from modelfactory.training.devices import CPU_ONLY, detect_capabilities, quantiz
 from modelfactory.training.evaluate import eval_loss
 from modelfactory.training.failures import diverged_message, is_out_of_memory, out_of_memory_message
 from modelfactory.training.families import attention_implementation
-from modelfactory.training.memory import activation_bytes_per_token, release_freed, rows_and_tokens, split_by_tokens
+from modelfactory.training.memory import release_freed, rows_and_tokens, split_by_tokens, training_bytes_per_token
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 from modelfactory.training.schedule import lr_lambda, plan_passes, plan_steps  # noqa: F401 (plan_steps re-exported)
@@ -287,7 +287,11 @@ def train(
     )
     if memory_budget is not None:  # a batch that does not fit goes through in parts (the same gradient)
         config = model.config.to_dict() if hasattr(model, "config") else {}
-        per_token = activation_bytes_per_token(config, act_bytes=2 if autocast_dtype(device) else 4)
+        targets = resolve_target_modules(hp["target_modules"], (config.get("architectures") or [None])[0])
+        per_token = training_bytes_per_token(
+            config, rank=int(hp["rank"]), targets=targets, dropout=float(hp.get("dropout", 0.0)),
+            act_bytes=2 if autocast_dtype(device) else 4,
+        )  # fmt: skip
         run.pass_tokens = rows_and_tokens(memory_budget, per_token=per_token)[1]
     done = _restored_or_seeded(run, checkpoint_dir=checkpoint_dir if resume else None)
     if rank is not None:

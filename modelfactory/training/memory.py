@@ -6,8 +6,11 @@ what torch holds. A stage sizes its passes so that one pass fits in the budget, 
 
 The per-token costs are formulas, shared with the wizard's estimate (estimate.py): activations of a forward and
 backward pass per token and layer about 34 x hidden x bytes/2 (Korthikanti et al. 2022, with fused attention),
-the output logits of answer tokens (logits, softmax and their gradient in fp32), and, for the attribution index,
-the gradient at every LoRA matrix's output, all held at once for one pass (attribution/engine/lora.py). An
+the output logits of answer tokens (logits, softmax and their gradient in fp32), what the LoRA adapter adds (each
+adapted layer keeps its input for lora_A's gradient and the output it adds; with dropout, a dropped copy of the
+input and its mask), and, for the attribution index, the gradient at every LoRA matrix's output, all held at once
+for one pass (attribution/engine/lora.py). A training or index pass is then scaled by ALLOCATOR_SLACK, what the
+measured peaks add to the formula (temporaries and freed blocks the allocator keeps). An
 evaluation pass keeps no graph: only the layer it is computing is live (a few layers' worth of the same formula) plus
 the answer tokens' logits; greedy answers add the key/value cache of every prompt and answer token.
 
@@ -20,10 +23,14 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BUDGET_FRACTION = 0.5
+DEFAULT_BUDGET_FRACTION = 0.25  # a worker shares the machine (web app, database, serving): 0.5 took 8 GB for one pass
 NEAR_LIMIT_FRACTION = 0.85  # a process killed while holding this share of what it could have: out of memory
 LOGIT_BYTES = 4 * 3  # fp32 logits, their softmax and its gradient, per answer token and vocabulary entry
 FLOOR_TOKENS = 64  # a pass may always hold this many tokens (one short row), whatever the budget says
+# Measured peak / formula of one training or index pass on SmolLM2-135M (CPU, fp32, rows of 61 to 581 tokens, each
+# preset): at most 0.85 with this slack (bench/bench_memory.py; before the LoRA term, a Thorough pass of long rows
+# held 2.2x its formula and training took 18 GB of a 10 GB budget).
+ALLOCATOR_SLACK = 1.25
 FORWARD_LAYERS = 3  # layers' worth of activations one pass without a graph holds (94 KB/token measured on SmolLM2: 2.4)
 SCORE_BYTES = 32  # per head, attended position and token of a masked (left-padded) prompt pass: ~7 fp32 copies of
 # the attention scores measured on SmolLM2 (CPU sdpa falls back to its unfused kernel when a padding mask is given)
@@ -217,9 +224,41 @@ def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str])
     return per_layer * int(config.get("num_hidden_layers", 0))
 
 
+def lora_input_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
+    """Sum over LoRA matrices of their input widths (lora_A: the layer's input; lora_B: rank), all layers."""
+    hidden = int(config.get("hidden_size", 0))
+    inter = int(config.get("intermediate_size", 4 * hidden))
+    heads, _kv, head_dim = _attention_shape(config)
+    ins = {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden, "o_proj": heads * head_dim, "gate_proj": hidden,
+           "up_proj": hidden, "down_proj": inter, "qkv_proj": hidden, "gate_up_proj": hidden}  # fmt: skip
+    per_layer = sum(rank + ins[t] for t in targets if t in ins)
+    return per_layer * int(config.get("num_hidden_layers", 0))
+
+
+def training_bytes_per_token(
+    config: dict[str, Any],
+    *,
+    rank: int,
+    targets: list[str],
+    dropout: float = 0.0,
+    act_bytes: int = 4,
+    answer_share: float = 1.0,
+) -> float:
+    """A training pass per token: the model's activations, what the LoRA adapter keeps for its own gradients (its
+    matrices' inputs and outputs; with dropout, the dropped input and its one-byte mask), times ALLOCATOR_SLACK."""
+    inputs = lora_input_widths(config, rank=rank, targets=targets)
+    lora = act_bytes * (inputs + lora_output_widths(config, rank=rank, targets=targets))
+    if dropout > 0:
+        lora += (act_bytes + 1) * inputs
+    base = activation_bytes_per_token(config, act_bytes=act_bytes, answer_share=answer_share)
+    return ALLOCATOR_SLACK * (base + lora)
+
+
 def index_bytes_per_token(config: dict[str, Any], *, rank: int, targets: list[str]) -> float:
-    """An index pass per token: a training pass plus the gradient at every LoRA output, held at once (fp32)."""
-    return activation_bytes_per_token(config) + 4 * lora_output_widths(config, rank=rank, targets=targets)
+    """An index pass per token (fp32, no dropout): a training pass, whose LoRA outputs' gradients are all held at
+    once until the pass's features are formed (attribution/engine/index.pass_limits counts the same from the
+    adapter's actual matrices)."""
+    return training_bytes_per_token(config, rank=rank, targets=targets)
 
 
 def rows_and_tokens(budget: int, *, per_token: float, per_row: float = 0.0) -> tuple[int, int]:

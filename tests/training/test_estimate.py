@@ -17,7 +17,14 @@ from modelfactory.training.estimate import (
     memory_range,
     run_time_range,
 )
-from modelfactory.training.memory import StagePeaks
+from modelfactory.training.memory import (
+    ALLOCATOR_SLACK,
+    StagePeaks,
+    activation_bytes_per_token,
+    index_bytes_per_token,
+    lora_input_widths,
+    training_bytes_per_token,
+)
 from modelfactory.training.model_files import inspect_model_dir
 from modelfactory.training.presets import resolve_target_modules
 from modelfactory.training.tiny import build_tiny_model_dir
@@ -179,3 +186,35 @@ def test_lora_parameters_equal_peft_for_each_family_layout(model_type, tmp_path)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), LoraConfig(r=4, target_modules=targets))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert lora_parameters(config, rank=4, targets=targets) == trainable
+
+
+def test_a_pass_counts_what_the_adapter_keeps_per_token():
+    """Training and index passes count each adapted layer's input and output (and, with dropout, the dropped input
+    and its mask) on top of the model's activations, with the allocator's slack: on SmolLM2 a Thorough pass of long
+    rows held 2.2x the model-only formula, so a budget sized by it let one pass take 18 GB."""
+    config = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 128, "vocab_size": 100}  # fmt: skip
+    base = activation_bytes_per_token(config)
+    inputs = 2 * ((4 + 64) + (4 + 64))  # q_proj, v_proj: lora_A reads the layer's input, lora_B the rank
+    outputs = 2 * ((64 + 4) + (32 + 4))  # lora_B writes the layer's output (v: 2 kv heads of 16), lora_A the rank
+    assert lora_input_widths(config, rank=4, targets=["q_proj", "v_proj"]) == inputs
+    plain = training_bytes_per_token(config, rank=4, targets=["q_proj", "v_proj"])
+    assert plain == ALLOCATOR_SLACK * (base + 4 * (inputs + outputs))
+    dropped = training_bytes_per_token(config, rank=4, targets=["q_proj", "v_proj"], dropout=0.05)
+    assert dropped - plain == pytest.approx(ALLOCATOR_SLACK * 5 * inputs)
+    assert index_bytes_per_token(config, rank=4, targets=["q_proj", "v_proj"]) == plain
+    wide = training_bytes_per_token(config, rank=4, targets=["q_proj", "v_proj", "down_proj"])
+    assert wide - plain == pytest.approx(ALLOCATOR_SLACK * 2 * 4 * ((4 + 128) + (64 + 4)))
+
+
+def test_the_training_estimate_uses_the_passes_per_token_cost(tiny_dir):
+    config = json.loads((tiny_dir / "config.json").read_text())
+    params = inspect_model_dir(tiny_dir).parameters
+    for preset_like in ({"rank": 8, "target_modules": "attention", "dropout": 0.0},
+                        {"rank": 32, "target_modules": "all_linear", "dropout": 0.05}):  # fmt: skip
+        hp = hyperparameters(batch_size=4, **preset_like)
+        zero = estimate_run([1] * 10, hp, device_type="cpu", parameters=params, model_config=config)
+        long = estimate_run([101] * 10, hp, device_type="cpu", parameters=params, model_config=config)
+        targets = resolve_target_modules(hp["target_modules"], config["architectures"][0])
+        per_token = training_bytes_per_token(config, rank=hp["rank"], targets=targets, dropout=hp["dropout"])
+        assert long.training_memory_bytes - zero.training_memory_bytes == pytest.approx(4 * 100 * per_token, abs=2)

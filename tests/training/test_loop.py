@@ -1,11 +1,13 @@
+import json
 import math
 
 import pytest
 import torch
 
-from modelfactory.training import loop
+from modelfactory.training import loop, memory
 from modelfactory.training.data import build_examples
 from modelfactory.training.loop import Cancelled, TrainingError, load_model_for_training, make_batches, train
+from modelfactory.training.presets import resolve_target_modules
 
 from .conftest import CPU, colour_rows, fresh_model, hyperparameters
 
@@ -212,3 +214,26 @@ def test_a_memory_budget_splits_batches_into_passes_with_the_same_learning(tiny_
     for a, b in zip(whole_model.parameters(), parted_model.parameters(), strict=True):
         if a.requires_grad:
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float rounding, scaled by AdamW's steps
+
+
+def test_a_pass_holds_no_more_tokens_than_the_budget_buys_with_the_adapters_own_cost(tiny_dir, examples, monkeypatch):
+    """The budget is divided by the training pass's whole per-token cost (memory.training_bytes_per_token: the
+    model's activations, the adapter's inputs and outputs, its dropout copies), not by the model's alone."""
+    hp = hyperparameters(dropout=0.1, rank=8, target_modules="all_linear")
+    config = json.loads((tiny_dir / "config.json").read_text())
+    targets = resolve_target_modules("all_linear", config["architectures"][0])
+    per_token = memory.training_bytes_per_token(config, rank=8, targets=targets, dropout=0.1)
+    assert per_token > 1.5 * memory.activation_bytes_per_token(config)  # the adapter's part is not small
+    widths = []
+    real = loop.answer_loss_sum
+
+    def spy(model, ids, labels):
+        widths.append(tuple(ids.shape))
+        return real(model, ids, labels)
+
+    monkeypatch.setattr(loop, "answer_loss_sum", spy)
+    run(tiny_dir, examples, hp)
+    assert max(rows * width for rows, width in widths) > 150  # whole batches: more than the old cost would split
+    widths.clear()
+    run(tiny_dir, examples, hp, memory_budget=int(100 * per_token))
+    assert max(rows * width for rows, width in widths) <= 100
