@@ -44,6 +44,7 @@ from torch import nn
 
 from attribution.engine.index import DEFAULT_METHOD, AttributionIndex
 from attribution.engine.lora import EngineError
+from attribution.engine.screen import screened_scores
 from attribution.engine.spans import DEFAULT_MIN_SPAN, SpanIndex, SpanMatch
 
 METHOD_VERSION = "poa-3"  # poa-2: the floor from permutation nulls alone; poa-1: median + 3 MAD, mixture mass
@@ -172,7 +173,11 @@ def attribute_features(
     top_k: int = DEFAULT_TOP_K,
 ) -> AttributionResult:
     """`attribute` after the forward+backward: the scoring, aggregation and span part alone."""
-    scores = index.scores(phi_q, method)
+    floor = index.null_floor.get(method)
+    if floor is None:  # gradient_credit says why
+        scores = index.scores(phi_q, method)
+    else:  # the float path's scores wherever they decide a share or the top rows (screen.py)
+        scores, _ = screened_scores(index, phi_q, method, floor, top_k)
     credit, attributed = gradient_credit(index, scores, phi_q, method)
 
     gradient_contributors: dict = {}

@@ -191,25 +191,38 @@ class AttributionIndex:
         q_norm = np.linalg.norm(phi_q, axis=-1, keepdims=True)
         return raw / np.maximum(q_norm * self.norms(), 1e-30)
 
-    def _against_rows(self, phi: np.ndarray) -> np.ndarray:
+    def scores_of_rows(self, rows: np.ndarray, phi_q: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
+        """`scores(phi_q, method)[rows]` for one query (k,), computed on those rows alone, the same way."""
+        phi_q = np.asarray(phi_q, dtype=np.float32)
+        if method == "fisher":
+            return self._against_rows(self.precondition(phi_q), rows)
+        raw = self._against_rows(phi_q, rows)
+        if method == "dot":
+            return raw
+        return raw / np.maximum(np.linalg.norm(phi_q) * self.norms()[rows], 1e-30)
+
+    def _against_rows(self, phi: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """phi (k,) or (q, k) against every row -> (N,) or (q, N), SCORE_CHUNK rows at a time: no (N, k) float32
         copy of the features. int8 rows are multiplied as stored and scaled after (the same product, one multiply
         a row instead of one a feature); float16 rows (formats 2, 3) are dequantised first, as they always were."""
         query = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(phi).T, dtype=np.float32))  # (k, q)
-        out = torch.empty((self.size, query.shape[1]), dtype=torch.float32)
-        buffer = torch.empty((min(SCORE_CHUNK, self.size), self.k), dtype=torch.float32)
+        count = self.size if rows is None else len(rows)
+        out = torch.empty((count, query.shape[1]), dtype=torch.float32)
+        buffer = torch.empty((max(1, min(SCORE_CHUNK, count)), self.k), dtype=torch.float32)
         as_numpy = buffer.numpy()
         scaled_after = self.features.dtype == np.int8
-        for start in range(0, self.size, SCORE_CHUNK):
-            stop = min(start + SCORE_CHUNK, self.size)
-            rows = as_numpy[: stop - start]
-            np.copyto(rows, self.features[start:stop], casting="unsafe")
+        scale = self.row_scale if rows is None else self.row_scale[rows]
+        for start in range(0, count, SCORE_CHUNK):
+            stop = min(start + SCORE_CHUNK, count)
+            chunk = as_numpy[: stop - start]
+            np.copyto(chunk, self.features[start:stop] if rows is None else self.features[rows[start:stop]],
+                      casting="unsafe")  # fmt: skip
             if not scaled_after:
-                rows *= self.row_scale[start:stop, None]
+                chunk *= scale[start:stop, None]
             torch.mm(buffer[: stop - start], query, out=out[start:stop])
         scores = out.numpy()
         if scaled_after:
-            scores *= self.row_scale[:, None]
+            scores *= scale[:, None]
         scores = scores.T
         return scores[0] if phi.ndim == 1 else scores
 
