@@ -177,6 +177,9 @@ def _batched_passes(
                 outputs = [captured[slot][1] for slot in range(len(modules))]
                 output_grads = torch.autograd.grad(loss, outputs)
                 yield indices, [(captured[slot][0], output_grads[slot]) for slot in range(len(modules))]
+                # this pass's tensors go before the next pass starts: held across it, they doubled the peak
+                del loss, outputs, output_grads
+                captured.clear()
     finally:
         for handle in handles:
             handle.remove()
@@ -202,7 +205,10 @@ def per_row_gradients(
         _batched_passes(model, rows, batch_size=batch_size, pad_id=pad_id, max_tokens=max_tokens, max_rows=max_rows)
     ) as passes:
         for indices, pairs in passes:
-            consume(indices, [torch.einsum("nto,nti->noi", d.float(), a.float()) for a, d in pairs])
+            grads = [torch.einsum("nto,nti->noi", d.float(), a.float()) for a, d in pairs]
+            del pairs  # not held while the next pass runs
+            consume(indices, grads)
+            del grads
 
 
 def per_row_features(
@@ -234,6 +240,7 @@ def per_row_features(
                     projector.project_one(m, torch.einsum("nto,nti->noi", d.float(), a.float()).cpu())
                     for m, (a, d) in enumerate(pairs)
                 ]
+                del pairs  # not held while the next pass runs
                 consume(indices, torch.cat(parts, dim=1))
         return
     with contextlib.closing(passes_) as passes:
@@ -248,6 +255,7 @@ def per_row_features(
                 else:  # d R^T (n,T,k_d), a (n,T,r) -> (n, k_d, r)
                     phi = torch.einsum("ntk,ntr->nkr", d @ gaussian.T, a)
                 parts.append(phi.reshape(len(indices), -1))
+            del pairs, a, d  # not held while the next pass runs
             consume(indices, torch.cat(parts, dim=1).cpu())
 
 
