@@ -9,8 +9,12 @@ Prints, each with its ratio to the old path in the same run:
 - storage: bytes per row of the two index files at --rows rows (the planted-fact index tiled, as bench_attribution's
   tiled_index does: scoring and storage depend only on the row count and k);
 - query scoring + aggregation latency at --rows rows (attribute_features, no spans): the old index as loaded before
-  (float16 read into memory, its float32 copy made once), the new one loaded from its file (mapped); best of
-  --repeats, and the new one's first query after load (its pages come from the page cache, mapped on first touch);
+  (float16 read into memory, its float32 copy made once), the new one loaded from its file (mapped) scored by the
+  float path over every row, and the same with the integer screen (attribution/engine/screen.py: what
+  attribute_features does since) for a planted-fact answer and an unrelated one, with how many rows the screen sent
+  to the float path (the tiling repeats each row ~900 times, so a row that counts counts ~900 times); best of
+  --repeats, and the first query after load (its pages come from the page cache, mapped on first touch, and the
+  screen's compiled code from numba's cache);
 - LDS (attribution/engine/validation.py, the same retrained half-subsets) with float16 and with int8 features;
 - RSS of a child process holding --rss-indexes indexes of --rows rows each, per variant: after load and after one
   query on each (VmRSS, and its private part RssAnon apart from RssFile, the mapped file pages the kernel can drop).

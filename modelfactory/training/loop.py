@@ -288,10 +288,8 @@ def train(
     if memory_budget is not None:  # a batch that does not fit goes through in parts (the same gradient)
         config = model.config.to_dict() if hasattr(model, "config") else {}
         targets = resolve_target_modules(hp["target_modules"], (config.get("architectures") or [None])[0])
-        per_token = training_bytes_per_token(
-            config, rank=int(hp["rank"]), targets=targets, dropout=float(hp.get("dropout", 0.0)),
-            act_bytes=2 if autocast_dtype(device) else 4,
-        )  # fmt: skip
+        per_token = training_bytes_per_token(config, rank=int(hp["rank"]), targets=targets, dropout=float(hp.get(
+            "dropout", 0.0)), act_bytes=2 if autocast_dtype(device) else 4)  # fmt: skip
         run.pass_tokens = rows_and_tokens(memory_budget, per_token=per_token)[1]
     done = _restored_or_seeded(run, checkpoint_dir=checkpoint_dir if resume else None)
     if rank is not None:

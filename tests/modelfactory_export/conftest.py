@@ -19,7 +19,7 @@ PROMPTS = [question for question, _ in PAIRS[:3]]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def train_adapter(base_dir, folder, *, steps: int = 60, seed: int = 0):
+def train_adapter(base_dir, folder, *, steps: int = 200, seed: int = 0):  # 60 left Q8_0 flipping a first token
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
