@@ -36,6 +36,8 @@ VALUATION_VERSION = "poa-val-2"
 DEFAULT_ALPHA = 0.05
 NULL_DRAWS = 2000
 
+QUERY_CHUNK = 64  # held-out rows scored against the index at a time: a (64 x rows) block, whatever their number
+
 
 @dataclass(frozen=True)
 class ContributionValue:
@@ -72,8 +74,11 @@ def data_valuation(
     """eval_examples: (prompt_ids, answer_ids) of the held-out set."""
     if not eval_examples:
         raise EngineError("Data valuation needs at least one held-out eval example.")
-    phis = np.stack([index.query_features(model, prompt, answer) for prompt, answer in eval_examples])
-    values = index.scores(phis, method).sum(axis=0)
+    values = np.zeros(index.size, dtype=np.float64)
+    for start in range(0, len(eval_examples), QUERY_CHUNK):  # (queries x rows) scores would grow as rows squared
+        chunk = eval_examples[start : start + QUERY_CHUNK]
+        phis = np.stack([index.query_features(model, prompt, answer) for prompt, answer in chunk])
+        values += index.scores(phis, method).sum(axis=0, dtype=np.float64)
     return valuation_from_values(index.row_ids, values, row_meta, method=method, alpha=alpha, draws=draws, seed=seed)
 
 
