@@ -28,8 +28,8 @@ NEAR_LIMIT_FRACTION = 0.85  # a process killed while holding this share of what 
 LOGIT_BYTES = 4 * 3  # fp32 logits, their softmax and its gradient, per answer token and vocabulary entry
 FLOOR_TOKENS = 64  # a pass may always hold this many tokens (one short row), whatever the budget says
 # Measured peak / formula of one training or index pass on SmolLM2-135M (CPU, fp32, rows of 61 to 581 tokens, each
-# preset): at most 0.85 with this slack (bench/bench_memory.py; before the LoRA term, a Thorough pass of long rows
-# held 2.2x its formula and training took 18 GB of a 10 GB budget).
+# preset): 0.70 to 0.96 with this slack, the most on the smallest pass (fixed costs over few tokens). Before the
+# LoRA term, a Thorough pass of long rows held 2.2x its formula and training took 17 GB under a 9.6 GB budget.
 ALLOCATOR_SLACK = 1.25
 FORWARD_LAYERS = 3  # layers' worth of activations one pass without a graph holds (94 KB/token measured on SmolLM2: 2.4)
 SCORE_BYTES = 32  # per head, attended position and token of a masked (left-padded) prompt pass: ~7 fp32 copies of
