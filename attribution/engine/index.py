@@ -183,23 +183,20 @@ class AttributionIndex:
         phi_q = np.asarray(phi_q, dtype=np.float32)
         if phi_q.shape[-1] != self.k:
             raise EngineError(f"Query features have {phi_q.shape[-1]} dimensions; this index has {self.k}.")
-        if method == "fisher":
-            return self._against_rows(self.precondition(phi_q))
-        raw = self._against_rows(phi_q)
-        if method == "dot":
-            return raw
-        q_norm = np.linalg.norm(phi_q, axis=-1, keepdims=True)
-        return raw / np.maximum(q_norm * self.norms(), 1e-30)
+        return self._method_scores(phi_q, method)
 
     def scores_of_rows(self, rows: np.ndarray, phi_q: np.ndarray, method: str = DEFAULT_METHOD) -> np.ndarray:
         """`scores(phi_q, method)[rows]` for one query (k,), computed on those rows alone, the same way."""
-        phi_q = np.asarray(phi_q, dtype=np.float32)
+        return self._method_scores(np.asarray(phi_q, dtype=np.float32), method, rows)
+
+    def _method_scores(self, phi_q: np.ndarray, method: str, rows: np.ndarray | None = None) -> np.ndarray:
         if method == "fisher":
             return self._against_rows(self.precondition(phi_q), rows)
         raw = self._against_rows(phi_q, rows)
         if method == "dot":
             return raw
-        return raw / np.maximum(np.linalg.norm(phi_q) * self.norms()[rows], 1e-30)
+        q_norm = np.linalg.norm(phi_q, axis=-1, keepdims=True)
+        return raw / np.maximum(q_norm * (self.norms() if rows is None else self.norms()[rows]), 1e-30)
 
     def _against_rows(self, phi: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """phi (k,) or (q, k) against every row -> (N,) or (q, N), SCORE_CHUNK rows at a time: no (N, k) float32

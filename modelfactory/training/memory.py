@@ -212,27 +212,35 @@ def attention_scores_bytes_per_token(config: dict[str, Any], *, width: int) -> f
     return heads * width * SCORE_BYTES
 
 
-def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
-    """Sum over LoRA matrices of their output widths (lora_A: rank, lora_B: the layer's output), all layers."""
+def _lora_widths(config: dict[str, Any], *, rank: int, targets: list[str], side: int) -> int:
+    """Sum over LoRA matrices, all layers, of their input widths (side 0: lora_A the layer's input, lora_B rank) or
+    output widths (side 1: lora_A rank, lora_B the layer's output)."""
     hidden = int(config.get("hidden_size", 0))
     inter = int(config.get("intermediate_size", 4 * hidden))
     heads, kv, head_dim = _attention_shape(config)
-    outs = {"q_proj": heads * head_dim, "k_proj": kv * head_dim, "v_proj": kv * head_dim, "o_proj": hidden,
-            "gate_proj": inter, "up_proj": inter, "down_proj": hidden,
-            "qkv_proj": (heads + 2 * kv) * head_dim, "gate_up_proj": 2 * inter}  # fmt: skip
-    per_layer = sum(rank + outs[t] for t in targets if t in outs)
+    shapes = {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv * head_dim),
+        "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),
+        "gate_up_proj": (hidden, 2 * inter),
+    }  # (in, out) of each adaptable layer
+    per_layer = sum(rank + shapes[t][side] for t in targets if t in shapes)
     return per_layer * int(config.get("num_hidden_layers", 0))
+
+
+def lora_output_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
+    """Sum over LoRA matrices of their output widths (lora_A: rank, lora_B: the layer's output), all layers."""
+    return _lora_widths(config, rank=rank, targets=targets, side=1)
 
 
 def lora_input_widths(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
     """Sum over LoRA matrices of their input widths (lora_A: the layer's input; lora_B: rank), all layers."""
-    hidden = int(config.get("hidden_size", 0))
-    inter = int(config.get("intermediate_size", 4 * hidden))
-    heads, _kv, head_dim = _attention_shape(config)
-    ins = {"q_proj": hidden, "k_proj": hidden, "v_proj": hidden, "o_proj": heads * head_dim, "gate_proj": hidden,
-           "up_proj": hidden, "down_proj": inter, "qkv_proj": hidden, "gate_up_proj": hidden}  # fmt: skip
-    per_layer = sum(rank + ins[t] for t in targets if t in ins)
-    return per_layer * int(config.get("num_hidden_layers", 0))
+    return _lora_widths(config, rank=rank, targets=targets, side=0)
 
 
 def training_bytes_per_token(

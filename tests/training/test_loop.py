@@ -192,11 +192,8 @@ def test_resume_without_a_checkpoint_starts_from_scratch(tiny_dir, examples, tmp
     assert resumed.losses == plain.losses
 
 
-def test_a_memory_budget_splits_batches_into_passes_with_the_same_learning(tiny_dir, examples, monkeypatch):
-    """Under a budget that fits FLOOR_TOKENS tokens, no forward pass holds more than that (or one row), and the
-    batches' gradients, summed over their parts, train the same adapter as whole batches."""
-    hp = hyperparameters(dropout=0.0)
-    whole, whole_model = run(tiny_dir, examples, hp)
+def _pass_shapes(monkeypatch) -> list[tuple[int, int]]:
+    """(rows, width) of every training forward pass from now on (evaluations go through eval_loss, not here)."""
     widths = []
     real = loop.answer_loss_sum
 
@@ -205,6 +202,15 @@ def test_a_memory_budget_splits_batches_into_passes_with_the_same_learning(tiny_
         return real(model, ids, labels)
 
     monkeypatch.setattr(loop, "answer_loss_sum", spy)
+    return widths
+
+
+def test_a_memory_budget_splits_batches_into_passes_with_the_same_learning(tiny_dir, examples, monkeypatch):
+    """Under a budget that fits FLOOR_TOKENS tokens, no forward pass holds more than that (or one row), and the
+    batches' gradients, summed over their parts, train the same adapter as whole batches."""
+    hp = hyperparameters(dropout=0.0)
+    whole, whole_model = run(tiny_dir, examples, hp)
+    widths = _pass_shapes(monkeypatch)
     parted, parted_model = run(tiny_dir, examples, hp, memory_budget=0)
     training = widths  # the training passes only: evaluations go through eval_loss
     assert all(rows * width <= 64 or rows == 1 for rows, width in training)
@@ -224,14 +230,7 @@ def test_a_pass_holds_no_more_tokens_than_the_budget_buys_with_the_adapters_own_
     targets = resolve_target_modules("all_linear", config["architectures"][0])
     per_token = memory.training_bytes_per_token(config, rank=8, targets=targets, dropout=0.1)
     assert per_token > 1.5 * memory.activation_bytes_per_token(config)  # the adapter's part is not small
-    widths = []
-    real = loop.answer_loss_sum
-
-    def spy(model, ids, labels):
-        widths.append(tuple(ids.shape))
-        return real(model, ids, labels)
-
-    monkeypatch.setattr(loop, "answer_loss_sum", spy)
+    widths = _pass_shapes(monkeypatch)
     run(tiny_dir, examples, hp)
     assert max(rows * width for rows, width in widths) > 150  # whole batches: more than the old cost would split
     widths.clear()
