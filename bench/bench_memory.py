@@ -63,10 +63,14 @@ def make_rows(n: int, *, long_tokens: int = 0, long_prompts: bool = False) -> li
 
 
 def _peak_since(reset: bool = True) -> int:
-    from modelfactory.training.memory import peak_rss_bytes, reset_peak_rss
+    """The process's peak resident memory since the last reset. Then what the stage freed goes back to the system, as
+    the job does between stages (finetune.release_memory), before the peak is reset: reset first, the next stage's
+    figure would start from this stage's untrimmed heap, memory the job never carries into that stage."""
+    from modelfactory.training.memory import peak_rss_bytes, release_freed, reset_peak_rss
 
     peak = peak_rss_bytes()
     if reset:
+        release_freed()
         reset_peak_rss()
     return peak
 
@@ -80,7 +84,7 @@ def child(args) -> dict:
     from modelfactory.training.evaluate import compare_base_and_tuned, loss_passes
     from modelfactory.training.finetune import split_rows
     from modelfactory.training.loop import load_model_for_training, train
-    from modelfactory.training.memory import budget_bytes, free_bytes, release_freed
+    from modelfactory.training.memory import budget_bytes, free_bytes
     from modelfactory.training.presets import validate_hyperparameters
 
     torch.set_num_threads(args.threads)
@@ -127,7 +131,6 @@ def child(args) -> dict:
     figures["training_budget"] = budget
     mark = time.perf_counter()
     figures["training_steps"] = steps["n"]
-    release_freed()  # as the job does between stages (finetune.release_memory)
     free = free_bytes()
     passes = []
     compare_base_and_tuned(model, tokenizer, eval_examples, eval_rows, device=device, max_answers=args.answers,

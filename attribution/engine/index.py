@@ -471,5 +471,6 @@ def build_index(
     )
     index.fisher_inverse, index.damping = fisher_blocks(features, widths, kappa, row_scale=row_scale)
     index.null_floor = calibrate_floor(index)
+    release_freed()  # and the Fisher blocks' and the floor's temporaries: the job's next stage starts from here
     index.build_seconds = time.perf_counter() - started
     return index

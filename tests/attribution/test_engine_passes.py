@@ -67,3 +67,20 @@ def test_data_valuation_scores_a_bounded_block_of_held_out_rows_at_a_time(plante
     for row_id, value in whole.row_values.items():  # float32 scores of either sign, summed in another order
         assert parted.row_values[row_id] == pytest.approx(value, rel=1e-4, abs=1e-4 * scale)
     assert [c.contribution_id for c in parted.contributions] == [c.contribution_id for c in whole.contributions]
+
+
+def test_the_index_build_gives_back_what_it_freed_before_it_returns(planted, monkeypatch):
+    """The job scores the held-out rows (data valuation) right after the build: what the Fisher blocks and the noise
+    floor freed must go back to the system first, or the valuation starts from the build's untrimmed heap."""
+    from attribution.engine import index as index_module
+
+    _, model, _, datanet = planted
+    events: list[str] = []
+    for name in ("fisher_blocks", "calibrate_floor", "release_freed"):
+        real = getattr(index_module, name)
+        monkeypatch.setattr(
+            index_module, name, lambda *a, _real=real, _name=name, **kw: events.append(_name) or _real(*a, **kw)
+        )
+    rows = [(row_id, ids, labels) for row_id, ids, labels in datanet.rows[:12]]
+    index_module.build_index(model, rows, k=256, batch_size=4)
+    assert events == ["release_freed", "fisher_blocks", "calibrate_floor", "release_freed"]
