@@ -137,8 +137,10 @@ def test_the_previous_format_written_by_the_previous_code_scores_as_it_did():
     assert isinstance(loaded.features, np.memmap) and len(loaded.fluent_queries) == 4
     assert loaded._norms is None and loaded._h_norms is None  # computed (in chunks) on first use
     for method in SCORE_METHODS:
-        scores = loaded.scores(expected["queries"], method)
-        np.testing.assert_allclose(scores, expected[f"scores_{method}"], rtol=1e-5, atol=1e-8)
+        scores, want = loaded.scores(expected["queries"], method), expected[f"scores_{method}"]
+        # float32 rounding of a sum of k products is relative to its terms, not to the sum: a score near zero carries
+        # the rounding of the large ones, and it differs by CPU (9e-7 on scores up to 13 on an Intel Xeon)
+        np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
         relevance = loaded.relevance(scores, expected["queries"], method)
         np.testing.assert_allclose(relevance, expected[f"relevance_{method}"], rtol=1e-5, atol=1e-7)
     floors = calibrate_floor(loaded)
@@ -253,7 +255,15 @@ def test_int8_and_float16_indexes_of_the_planted_facts_credit_the_same_rows(plan
     phis = np.stack([index.query_features(model, p, a) for p, a, _ in datanet.queries])
     for method in SCORE_METHODS:
         int8, fp16 = index.scores(phis, method), half.scores(phis, method)
-        np.testing.assert_allclose(int8, fp16, rtol=0, atol=0.02 * np.abs(fp16).max())
+        if method == "dot":  # the rows' rounding alone, bounded: |q| (|v8 - v| + |v16 - v|) + float32 sums
+            norms = np.linalg.norm(half.features.astype(np.float32) * half.row_scale[:, None], axis=1)
+            rounding = np.sqrt(index.k) * index.row_scale / 2 + norms * (2.0**-11 + 2 * index.k * 2.0**-24)
+            bound = np.linalg.norm(phis, axis=1)[:, None] * rounding[None, :]
+            assert (np.abs(int8 - fp16) <= 1.001 * bound + 1e-6).all()
+        else:  # each index preconditions (fisher) or normalises (cosine) with its own stored features: close, and
+            # the same rows come first (below); on an Intel Xeon fisher differed by up to 5.8% of a query's top score
+            gap = np.abs(int8 - fp16).max(axis=1) / np.abs(fp16).max(axis=1)
+            assert gap.max() <= 0.1, (method, gap.round(3).tolist())
         for a, b in zip(int8, fp16, strict=True):  # each fact has 2 rows (two phrasings): the same 2 come first
             assert set(np.argsort(-a)[:2]) == set(np.argsort(-b)[:2])
     for prompt, answer, owner in datanet.queries:

@@ -109,7 +109,7 @@ def test_the_receipt_carries_what_a_recomputation_compares(answered, cast):
     assert response.status_code == 404
 
 
-def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answered):
+def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answered, planted, make_inference, cast):
     """An index built before fluent calibration (format poa-index-2) is attributed under rule poa-2, as when its
     answers were computed: they still verify. A rule this installation cannot compute is refused by name."""
     import dataclasses
@@ -119,6 +119,7 @@ def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answ
     from attribution.engine.index import calibrate_floor
     from attribution.services.verify import DIGEST_KEY, index_files_digest
 
+    assert Attribution.objects.get(inference=answered).method_version == "poa-3"
     record = ModelIndex.objects.get()
     path = Path(record.index_path)
     built = AttributionIndex.load(path)
@@ -130,16 +131,18 @@ def test_an_answer_computed_under_the_previous_rule_still_verifies_under_it(answ
         params={**record.params, DIGEST_KEY: index_files_digest(record.folder)}
     )
     runtime.clear()  # the worker's cache still holds the index as it was
-    attribution = Attribution.objects.get(inference=answered)
-    assert attribution.method_version == "poa-3"
-    Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-2")
-    result = attribution_verify(inference_id=answered.pk)
-    assert [(c.name, c.ok) for c in result.checks if not c.ok] == []  # a planted fact: the same shares either way
+    # the same question answered while the index was a format-2 one: attributed (and paid) under poa-2
+    inference = make_inference(planted, planted.rows["alice"][0][0], caller=cast.teammate)
+    inference_attribute_task.apply(args=[inference.pk])
+    attribution = Attribution.objects.get(inference=inference)
+    assert attribution.status == "done" and attribution.method_version == "poa-2"
+    result = attribution_verify(inference_id=inference.pk)
+    assert [(c.name, c.ok) for c in result.checks if not c.ok] == []
 
     Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-3")  # stored poa-3, index now gives poa-2
-    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=answered.pk).checks if not c.ok]
+    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=inference.pk).checks if not c.ok]
     assert failed == [("method", "computed with poa-3; its index now gives poa-2")]
     Attribution.objects.filter(pk=attribution.pk).update(method_version="poa-1")
-    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=answered.pk).checks if not c.ok]
+    failed = [(c.name, c.detail) for c in attribution_verify(inference_id=inference.pk).checks if not c.ok]
     assert failed == [("method", "computed with poa-1; this installation computes poa-2, poa-3")]
     runtime.clear()
