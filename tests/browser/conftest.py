@@ -2,6 +2,7 @@
 
 Screenshots of every step are written to test-artifacts/<test name>/ when a test fails."""
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -130,11 +131,16 @@ SCREENS = ARTIFACTS / "pages"
 def keep_screenshots(page, name: str) -> None:
     """Full-page screenshots at 1280 and 390 px wide, kept whatever the outcome in test-artifacts/pages/
     (<name>-1280.png, <name>-390.png); the page must fit the narrow screen without sideways scrolling."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     SCREENS.mkdir(parents=True, exist_ok=True)
     for width, height in ((1280, 900), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
-        # two animation frames: a chart resizes to the new width on one (else the shot keeps its old width)
+        # two animation frames: a chart resizes to the new width on one (else the shot keeps its old width); on a
+        # loaded machine a chart's resize can come frames later, so wait (up to 3 s) until the page fits
         page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        with contextlib.suppress(PlaywrightTimeoutError):  # still too wide: the assertion below says so
+            page.wait_for_function("w => document.documentElement.scrollWidth <= w", arg=width, timeout=3000)
         page.screenshot(path=str(SCREENS / f"{name}-{width}.png"), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name} is wider than {width} px"
     page.set_viewport_size({"width": 1280, "height": 900})
