@@ -28,7 +28,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelfactory.training.memory import activation_bytes_per_token, index_bytes_per_token, training_bytes_per_token
+from modelfactory.training.memory import (
+    activation_bytes_per_token,
+    index_bytes_per_token,
+    lora_layer_shapes,
+    training_bytes_per_token,
+)
 
 CPU_FLOPS = 1.3e10
 CUDA_FLOPS = 2.0e14
@@ -57,22 +62,7 @@ class Estimate:
 
 def lora_parameters(config: dict[str, Any], *, rank: int, targets: list[str]) -> int:
     """LoRA parameter count for a Llama-style config, Phi-3's fused layers too (A: in x r, B: r x out per layer)."""
-    hidden = int(config.get("hidden_size", 0))
-    inter = int(config.get("intermediate_size", 4 * hidden))
-    heads = int(config.get("num_attention_heads", 1))
-    kv = int(config.get("num_key_value_heads", heads))
-    head_dim = int(config.get("head_dim") or hidden // max(1, heads))
-    shapes = {
-        "q_proj": (hidden, heads * head_dim),
-        "k_proj": (hidden, kv * head_dim),
-        "v_proj": (hidden, kv * head_dim),
-        "o_proj": (heads * head_dim, hidden),
-        "gate_proj": (hidden, inter),
-        "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),  # Phi-3's fused layers
-        "gate_up_proj": (hidden, 2 * inter),
-    }
+    shapes = lora_layer_shapes(config)
     per_layer = sum(rank * (shapes[t][0] + shapes[t][1]) for t in targets if t in shapes)
     return per_layer * int(config.get("num_hidden_layers", 0))
 

@@ -212,13 +212,12 @@ def attention_scores_bytes_per_token(config: dict[str, Any], *, width: int) -> f
     return heads * width * SCORE_BYTES
 
 
-def _lora_widths(config: dict[str, Any], *, rank: int, targets: list[str], side: int) -> int:
-    """Sum over LoRA matrices, all layers, of their input widths (side 0: lora_A the layer's input, lora_B rank) or
-    output widths (side 1: lora_A rank, lora_B the layer's output)."""
+def lora_layer_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) of each layer LoRA can adapt in a Llama-style config, Phi-3's fused layers too."""
     hidden = int(config.get("hidden_size", 0))
     inter = int(config.get("intermediate_size", 4 * hidden))
     heads, kv, head_dim = _attention_shape(config)
-    shapes = {
+    return {
         "q_proj": (hidden, heads * head_dim),
         "k_proj": (hidden, kv * head_dim),
         "v_proj": (hidden, kv * head_dim),
@@ -226,9 +225,15 @@ def _lora_widths(config: dict[str, Any], *, rank: int, targets: list[str], side:
         "gate_proj": (hidden, inter),
         "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
-        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),
+        "qkv_proj": (hidden, (heads + 2 * kv) * head_dim),  # Phi-3's fused layers
         "gate_up_proj": (hidden, 2 * inter),
-    }  # (in, out) of each adaptable layer
+    }
+
+
+def _lora_widths(config: dict[str, Any], *, rank: int, targets: list[str], side: int) -> int:
+    """Sum over LoRA matrices, all layers, of their input widths (side 0: lora_A the layer's input, lora_B rank) or
+    output widths (side 1: lora_A rank, lora_B the layer's output)."""
+    shapes = lora_layer_shapes(config)
     per_layer = sum(rank + shapes[t][side] for t in targets if t in shapes)
     return per_layer * int(config.get("num_hidden_layers", 0))
 
