@@ -10,6 +10,11 @@ moment in that stage.
     python bench/bench_memory.py                       # 100 and 1,000 short rows, 1,000 long rows; new and old
     python bench/bench_memory.py --huge                # adds 10,000 short rows (slow on 2 cores)
     python bench/bench_memory.py --sizes 100 --no-long --old-rows 0
+    python bench/bench_memory.py --sizes 1000 10000 --no-long --old-rows 0 --budget-gb 5.5   # growth with rows
+
+Each stage's budget is --fraction of the memory free when it starts, as in a job, so figures of runs made at
+different times (or side by side) differ by their budgets too: --budget-gb gives every stage the same budget.
+--preload runs the stages under another memory allocator (LD_PRELOAD), to compare it with glibc's.
 
 Stages, as the training job runs them: "training" (the project's loop, --train-steps optimizer steps: each step's
 memory is bounded by its batch, not by the number of rows), "evaluation" (held-out loss of base and tuned, greedy
@@ -84,7 +89,7 @@ def child(args) -> dict:
     from modelfactory.training.evaluate import compare_base_and_tuned, loss_passes
     from modelfactory.training.finetune import split_rows
     from modelfactory.training.loop import load_model_for_training, train
-    from modelfactory.training.memory import budget_bytes, free_bytes
+    from modelfactory.training.memory import free_bytes
     from modelfactory.training.presets import validate_hyperparameters
 
     torch.set_num_threads(args.threads)
@@ -124,14 +129,14 @@ def child(args) -> dict:
         build_index(model, train_rows, k=4096, batch_size=batch, max_tokens=batch * int(hp["max_length"]),
                     pad_id=tokenizer.pad_token_id)  # fmt: skip
         return {**figures, "index_old": _peak_since(), "seconds": round(time.perf_counter() - started, 1)}
-    budget = budget_bytes(fraction=args.fraction)  # as finetune.run_finetune gives the loop its budget
+    budget = _budget(args)  # as finetune.run_finetune gives the loop its budget
     train(model, train_examples, hp, device=device, pad_id=tokenizer.pad_token_id, on_event=count, control=control,
           memory_budget=budget)  # fmt: skip
     figures["training"] = _peak_since()
     figures["training_budget"] = budget
     mark = time.perf_counter()
     figures["training_steps"] = steps["n"]
-    free = free_bytes()
+    free = int(args.budget_gb * GB / args.fraction) if args.budget_gb else free_bytes()
     passes = []
     compare_base_and_tuned(model, tokenizer, eval_examples, eval_rows, device=device, max_answers=args.answers,
                            max_new_tokens=args.new_tokens, batch_size=int(hp["batch_size"]),
@@ -145,7 +150,7 @@ def child(args) -> dict:
     figures["evaluation_seconds"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
     train_rows = [(e.row_id, e.input_ids, e.labels) for e in train_examples]
     batch = int(hp["batch_size"])
-    budget = budget_bytes(fraction=args.fraction)
+    budget = _budget(args)
     figures["budget"] = budget
     longest = max(len(ids) for _, ids, _ in train_rows)
     index = build_index(model, train_rows, k=4096, batch_size=batch, max_tokens=batch * longest,
@@ -164,19 +169,28 @@ def child(args) -> dict:
     return figures
 
 
+def _budget(args) -> int:
+    """A stage's memory budget: --budget-gb, or --fraction of the memory free now, as the job computes it."""
+    from modelfactory.training.memory import budget_bytes
+
+    return int(args.budget_gb * GB) if args.budget_gb else budget_bytes(fraction=args.fraction)
+
+
 def _child(args, rows: int, long_tokens: int, *, old: bool) -> dict:
     command = [sys.executable, __file__, "--child", "--rows", str(rows), "--long-tokens", str(long_tokens),
                "--threads", str(args.threads), "--train-steps", str(args.train_steps), "--answers", str(args.answers),
-               "--fraction", str(args.fraction), "--new-tokens", str(args.new_tokens)]  # fmt: skip
+               "--fraction", str(args.fraction), "--budget-gb", str(args.budget_gb),
+               "--new-tokens", str(args.new_tokens)]  # fmt: skip
     command += (["--old"] if old else []) + (["--long-prompts"] if long_tokens and args.long_prompts else [])
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "LD_PRELOAD": args.preload} if args.preload else None
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"rows": rows, "long_tokens": long_tokens, "error": done.stderr[-2000:] or f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_size(args, rows: int, long_tokens: int) -> dict:
-    figures = _child(args, rows, long_tokens, old=False)
+    figures = {**_child(args, rows, long_tokens, old=False), "allocator": args.preload or "glibc"}
     if args.old_rows and rows <= args.old_rows and not long_tokens and "error" not in figures:
         old = _child(args, rows, long_tokens, old=True)
         figures["index_old"] = old.get("index_old")
@@ -219,7 +233,20 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=96, help="the most tokens a greedy answer may have")
     parser.add_argument("--long-prompts", action="store_true", help="long rows carry their long text in the prompt")
     parser.add_argument("--fraction", type=float, default=0.25, help="MF_MEMORY_BUDGET_FRACTION (its default)")
+    parser.add_argument(
+        "--budget-gb",
+        type=float,
+        default=0.0,
+        help="each stage's memory budget in GiB (default: --fraction of the memory free when it "
+        "starts, as the job does; give one to compare sizes run at different times or side by side)",
+    )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--preload",
+        default="",
+        help="a memory allocator for the stages' processes (LD_PRELOAD), "
+        "e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian's libjemalloc2)",
+    )
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "memory.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=100, help=argparse.SUPPRESS)
