@@ -89,7 +89,7 @@ def child(args) -> dict:
     from modelfactory.training.evaluate import compare_base_and_tuned, loss_passes
     from modelfactory.training.finetune import split_rows
     from modelfactory.training.loop import load_model_for_training, train
-    from modelfactory.training.memory import free_bytes
+    from modelfactory.training.memory import free_bytes, rss_bytes
     from modelfactory.training.presets import validate_hyperparameters
 
     torch.set_num_threads(args.threads)
@@ -153,6 +153,7 @@ def child(args) -> dict:
     budget = _budget(args)
     figures["budget"] = budget
     longest = max(len(ids) for _, ids, _ in train_rows)
+    figures["index_start"] = rss_bytes()  # what the process holds as the stage starts (its peak's floor)
     index = build_index(model, train_rows, k=4096, batch_size=batch, max_tokens=batch * longest,
                         memory_budget=budget, pad_id=tokenizer.pad_token_id)  # fmt: skip
     figures["index"] = _peak_since()
@@ -162,6 +163,7 @@ def child(args) -> dict:
         trained = [i for i, label in enumerate(e.labels) if label != -100]
         evals.append((e.input_ids[: trained[0]], e.input_ids[trained[0] : trained[-1] + 1]))
     owners = {row_id: RowOwner(row_id % 5 + 1, row_id % 5 + 1) for row_id, _, _ in train_rows}
+    figures["valuation_start"] = rss_bytes()
     data_valuation(index, model, evals, owners, seed=0)
     figures["valuation"] = _peak_since()
     figures["valuation_seconds"] = round(time.perf_counter() - mark, 1)

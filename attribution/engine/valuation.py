@@ -36,6 +36,7 @@ VALUATION_VERSION = "poa-val-2"
 DEFAULT_ALPHA = 0.05
 NULL_DRAWS = 2000
 
+NULL_BLOCK = 2**18  # values permuted at a time for the null draws: 2 MB of float64
 QUERY_CHUNK = 64  # held-out rows scored against the index at a time: a (64 x rows) block, whatever their number
 
 
@@ -84,15 +85,18 @@ def data_valuation(
 
 def null_totals(values: np.ndarray, sizes: set[int], draws: int, seed: int) -> dict[int, np.ndarray]:
     """{n: (draws,) totals of n rows drawn without replacement}: each random permutation gives, by its running sum,
-    one draw for every size at once."""
+    one draw for every size at once. Permutations are made NULL_BLOCK values at a time (at least one permutation): a
+    few MB whatever the number of rows, and the same draws as one permutation after another (the generator is used
+    in the same order)."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 3])))
     wanted = sorted(sizes)
     out = {n: np.empty(draws) for n in wanted}
     positions = np.asarray(wanted) - 1
-    for start in range(0, draws, 256):
-        chunk = min(256, draws - start)
+    block = max(1, NULL_BLOCK // max(1, len(values)))
+    for start in range(0, draws, block):
+        chunk = min(block, draws - start)
         perms = rng.permuted(np.broadcast_to(values, (chunk, len(values))), axis=1)
-        running = np.cumsum(perms, axis=1)[:, positions]
+        running = np.cumsum(perms[:, : wanted[-1]], axis=1)[:, positions]
         for column, n in enumerate(wanted):
             out[n][start : start + chunk] = running[:, column]
     return out

@@ -118,6 +118,28 @@ def test_a_contribution_that_teaches_wrong_answers_is_flagged_harmful(base_dir, 
         data_valuation(index, model, [], meta)
 
 
+def test_null_draws_do_not_depend_on_how_many_permutations_are_made_at_once(monkeypatch):
+    """The null's memory is bounded by NULL_BLOCK values, not by rows x draws; the draws stay those of one seeded
+    permutation after another."""
+    from attribution.engine import valuation
+
+    values = np.random.default_rng(1).normal(size=300)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([7, 3])))
+    running = np.cumsum([rng.permutation(values) for _ in range(50)], axis=1)
+    expected = {n: running[:, n - 1] for n in (1, 4, 30)}
+    made = []
+    broadcast = np.broadcast_to
+    monkeypatch.setattr(
+        valuation.np, "broadcast_to", lambda x, shape: made.append(shape[0] * shape[1]) or broadcast(x, shape)
+    )
+    for block, largest in ((2**18, 50 * 300), (900, 900), (1, 300)):  # one permutation at least, whatever the budget
+        made.clear()
+        monkeypatch.setattr(valuation, "NULL_BLOCK", block)
+        null = valuation.null_totals(values, {1, 4, 30}, 50, 7)
+        assert set(null) == {1, 4, 30} and all(np.array_equal(null[n], expected[n]) for n in expected)
+        assert max(made) == largest and sum(made) == 50 * 300
+
+
 def test_the_harmful_flag_is_a_permutation_test_with_the_stated_false_positive_rate():
     from attribution.engine.valuation import null_totals, valuation_from_values
 
