@@ -26,6 +26,7 @@ from typing import Any
 DEFAULT_BUDGET_FRACTION = 0.25  # a worker shares the machine (web app, database, serving): 0.5 took 8 GB for one pass
 NEAR_LIMIT_FRACTION = 0.85  # a process killed while holding this share of what it could have: out of memory
 LOGIT_BYTES = 4 * 3  # fp32 logits, their softmax and its gradient, per answer token and vocabulary entry
+JEMALLOC_ALL_ARENAS = 4096  # MALLCTL_ARENAS_ALL in jemalloc 5: "arena.4096.purge" purges every arena
 FLOOR_TOKENS = 64  # a pass may always hold this many tokens (one short row), whatever the budget says
 # Measured peak / formula of one training or index pass on SmolLM2-135M (CPU, fp32, rows of 61 to 581 tokens, each
 # preset): 0.70 to 0.96 with this slack, the most on the smallest pass (fixed costs over few tokens). Before the
@@ -284,13 +285,17 @@ def rows_and_tokens(budget: int, *, per_token: float, per_row: float = 0.0) -> t
 def release_freed() -> None:
     """Hands memory freed by a stage back to the system. glibc keeps freed blocks of up to 32 MB (a layer's
     activations for a few thousand tokens) in the process's heap, so without this the next stage, or the worker's
-    next job, would start from the last stage's peak."""
+    next job, would start from the last stage's peak. Under jemalloc (LD_PRELOAD) every arena's freed pages are
+    purged now instead of after its decay time (10 s by default): glibc's malloc_trim does not see them."""
     import ctypes  # Linux/glibc only; elsewhere nothing to do
     import gc
 
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError, AttributeError):
+        mallctl = ctypes.CDLL(None).mallctl  # only where jemalloc was loaded
+        mallctl(b"arena.%d.purge" % JEMALLOC_ALL_ARENAS, None, None, None, ctypes.c_size_t(0))
 
 
 def split_by_tokens(group: list, max_tokens: int | None) -> list[list]:
