@@ -1,11 +1,11 @@
 """Peak memory (resident set size) of each stage of a training job, by number and length of rows (CPU).
 
-The default base model (SmolLM2-135M-Instruct) with the Thorough preset (LoRA rank 32 on all linear layers, batch
-8, max length 1024). Short rows (about 40 tokens: the worst case for packing passes by tokens) at 100 and 1,000
-rows (and 10,000 with --huge), and 1,000 long rows (about --long-tokens tokens). Each size runs in its own process;
-the stages run one after the other in it and each one's peak is read from the kernel (VmHWM, reset between stages
-through /proc/self/clear_refs), so a figure is the process's whole resident memory (model included) at its worst
-moment in that stage.
+The default base model (SmolLM2-135M-Instruct) with the Thorough preset (LoRA rank 32 on all linear layers, batch 8,
+max length 1024). Short rows (about 65 tokens at every size: the worst case for packing passes by tokens) at 100 and
+1,000 rows (and 10,000 with --huge), and 1,000 long rows (about --long-tokens tokens). Each size runs in its own
+process; the stages run one after the other in it and each one's peak is read from the kernel (VmHWM, reset between
+stages through /proc/self/clear_refs), so a figure is the process's whole resident memory (model included) at its
+worst moment in that stage.
 
     python bench/bench_memory.py                       # 100 and 1,000 short rows, 1,000 long rows; new and old
     python bench/bench_memory.py --huge                # adds 10,000 short rows (slow on 2 cores)
@@ -50,12 +50,14 @@ WORDS = ("river", "copper", "lantern", "meadow", "signal", "harbor", "orchid", "
 
 def make_rows(n: int, *, long_tokens: int = 0, long_prompts: bool = False) -> list[dict]:
     """Instruction rows with made-up facts; long rows repeat varied sentences to about `long_tokens` tokens, in the
-    answer (or, with `long_prompts`, in the prompt's input: then the greedy answers read long prompts)."""
+    answer (or, with `long_prompts`, in the prompt's input: then the greedy answers read long prompts). Numbers are
+    written with a fixed number of digits, so that rows are as long at 10,000 rows as at 1,000 (unpadded, the
+    10,000 rows were 2 tokens longer: a bigger figure there was then partly longer rows, not more of them)."""
     rows = []
     for i in range(n):
         a, b, c = WORDS[i % 16], WORDS[(i // 16) % 16], WORDS[(i // 256) % 16]
-        output = f"The {a} code of {b} house {i} is {i * 37 % 1000}."
-        content = {"instruction": f"What is the {a} code of {b} house {i}?"}
+        output = f"The {a} code of {b} house {i:05d} is {i * 37 % 1000:03d}."
+        content = {"instruction": f"What is the {a} code of {b} house {i:05d}?"}
         if long_tokens:
             sentences = " ".join(f"Near the {WORDS[(i + j) % 16]} {c}, item {j} of {i} weighs {(i * j) % 97} grams."
                                  for j in range(long_tokens // 18))  # fmt: skip
