@@ -19,6 +19,7 @@ READ_FORMATS = ("poa-index-2", "poa-index-3", INDEX_FORMAT)
 FEATURE_DTYPES = {"int8": INDEX_FORMAT, "float16": "poa-index-3"}  # how build_index may store features -> format
 FP16_TARGET = 1024.0  # each stored row's largest |value|: far from fp16 overflow, ~11 bits of relative precision
 INT8_LEVELS = 127.0  # format 4: each stored row's largest |value| (symmetric: -127..127)
+CHUNK_BYTES = 16 * 2**20  # the most one float32 (or float64) copy of stored rows takes in a pass over every row
 _SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1", "I32": "<i4", "I64": "<i8"}
 
 
@@ -181,12 +182,22 @@ def _map_tensor(path: Path, name: str, spec, data_start: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
 
 
+def chunk_rows(k: int, itemsize: int = 4) -> int:
+    """Rows of k values of `itemsize` bytes that fit in CHUNK_BYTES (at least one): the passes over every stored row
+    (norms, Fisher blocks) copy this many rows at a time, so their temporaries are bounded by bytes, whatever the
+    number of rows and k (a fixed 4,096 rows held 0.2 GB per float32 copy at k = 13,440, the Thorough preset's)."""
+    return max(1, CHUNK_BYTES // max(1, k * itemsize))
+
+
 def _dequantise(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return features.astype(np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+    out = features.astype(np.float32)  # one float32 copy, scaled in place
+    out *= np.asarray(scale, dtype=np.float32)[:, None]
+    return out
 
 
-def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """|phi_i| per row of stored features (chunks of `chunk` rows, no full float32 copy)."""
+def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """|phi_i| per row of stored features (chunks of `chunk` rows, default `chunk_rows`: no full float32 copy)."""
+    chunk = chunk or chunk_rows(features.shape[1])
     out = np.empty(features.shape[0], dtype=np.float32)
     for start in range(0, features.shape[0], chunk):
         out[start : start + chunk] = np.linalg.norm(

@@ -3,12 +3,13 @@ memory-mapped on load and scored in chunks. Tensors only (no Django); the plante
 
 import dataclasses
 import gc
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from attribution.engine import AttributionIndex, EngineError, attribute, build_index
+from attribution.engine import AttributionIndex, EngineError, attribute, build_index, storage
 from attribution.engine.index import (
     INDEX_FORMAT,
     NULL_QUERIES,
@@ -17,6 +18,7 @@ from attribution.engine.index import (
     calibrate_floor,
     fisher_blocks,
     quantise_rows,
+    row_norms,
 )
 from attribution.engine.lora import LoraMatrix
 
@@ -92,6 +94,46 @@ def test_chunked_scores_equal_the_dense_computation(dtype):
     np.testing.assert_allclose(index.norms(), np.linalg.norm(dense, axis=1), rtol=1e-5)
     h = np.sqrt(np.einsum("ij,ij->i", index.precondition(dense), dense))
     np.testing.assert_allclose(index.h_norms(), h, rtol=1e-4)
+
+
+def _numpy_peak(compute) -> int:
+    """The most bytes numpy (and Python) held at once while `compute` ran, above what was held before it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        compute()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_passes_over_every_row_hold_chunks_bounded_by_bytes_whatever_the_number_of_rows(monkeypatch):
+    """Norms, Fisher norms and Fisher blocks copy storage.CHUNK_BYTES of rows at a time (a fixed 4,096 or 2,048 rows
+    before: 0.6 GB above the index at 9,000 rows of k = 13,440), and give what one chunk of every row gives."""
+    small, big = synthetic_index(2000)[0], synthetic_index(8000)[0]
+    whole = {}
+    for name, index in (("small", small), ("big", big)):
+        whole[name] = (row_norms(index.features, index.row_scale), index.h_norms(), index.fisher_inverse)
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 64 * 2**10)  # 256 float32 rows of k = 64, 128 float64 rows
+    peaks = {}
+    for name, index in (("small", small), ("big", big)):
+        n = index.size
+        fresh = dataclasses.replace(index, _norms=None, _h_norms=None)
+        norms = row_norms(fresh.features, fresh.row_scale)
+        np.testing.assert_array_equal(norms, whole[name][0])
+        np.testing.assert_allclose(fresh.h_norms(), whole[name][1], rtol=1e-6)
+        inverses, _ = fisher_blocks(fresh.features, WIDTHS, 0.1, row_scale=fresh.row_scale)
+        for chunked, one in zip(inverses, whole[name][2], strict=True):
+            np.testing.assert_allclose(chunked, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+        fresh._h_norms = None
+        peaks[name] = (
+            _numpy_peak(lambda f=fresh: row_norms(f.features, f.row_scale)) - 4 * n,  # less the (n,) float32 out
+            _numpy_peak(fresh.h_norms) - 12 * n,  # less the (n,) float64 sums and float32 out
+            _numpy_peak(lambda f=fresh: fisher_blocks(f.features, WIDTHS, 0.1, row_scale=f.row_scale)),
+        )
+    for stage, small_peak, big_peak in zip(("norms", "h_norms", "fisher"), peaks["small"], peaks["big"], strict=True):
+        assert big_peak <= 4 * storage.CHUNK_BYTES, (stage, big_peak)
+        assert big_peak <= small_peak + 2**14, (stage, small_peak, big_peak)  # 4x the rows: the same chunks
 
 
 def test_int8_scores_stay_within_one_percent_of_the_float32_scores():
