@@ -21,7 +21,8 @@ memory is bounded by its batch, not by the number of rows), "evaluation" (held-o
 answers of up to --new-tokens tokens to up to --answers held-out rows, in passes that fit --fraction of the memory
 free when the stage starts, as a job's evaluation does; --long-prompts puts the long rows' text in their prompts, so
 that the answers read long prompts too), "index" (attribution/services/indexing.py's build: the memory budget and
-the largest training micro-batch bound each pass) and "valuation" (the held-out rows scored against the index).
+the largest training micro-batch bound each pass; the features go to a file, as in the job), "valuation" (the
+held-out rows scored against the index) and "saving" (the index file written, its features copied from that file).
 Up to --old-rows short rows (default 0: it held 20.9 GB at 100 rows on this 23 GB machine, more rows can take all
 of its memory), the index is also built as it was before (passes of batch size x max length tokens, no memory
 budget), in a process of its own: the before/after figures then come from the same run. The LoRA weights are the
@@ -34,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,8 +159,10 @@ def child(args) -> dict:
     figures["budget"] = budget
     longest = max(len(ids) for _, ids, _ in train_rows)
     figures["index_start"] = rss_bytes()  # what the process holds as the stage starts (its peak's floor)
+    folder = Path(tempfile.mkdtemp(prefix="mf-bench-memory-"))  # as the job: features to a file, then saved
     index = build_index(model, train_rows, k=4096, batch_size=batch, max_tokens=batch * longest,
-                        memory_budget=budget, pad_id=tokenizer.pad_token_id)  # fmt: skip
+                        memory_budget=budget, pad_id=tokenizer.pad_token_id,
+                        features_file=folder / "features.building")  # fmt: skip
     figures["index"] = _peak_since()
     figures["index_seconds"], mark = round(time.perf_counter() - mark, 1), time.perf_counter()
     evals = []
@@ -169,6 +174,9 @@ def child(args) -> dict:
     data_valuation(index, model, evals, owners, seed=0)
     figures["valuation"] = _peak_since()
     figures["valuation_seconds"] = round(time.perf_counter() - mark, 1)
+    index.save(folder / "attribution.safetensors")  # the job then saves the index (its features copied from the file)
+    figures["saving"] = _peak_since()
+    shutil.rmtree(folder)
     figures["seconds"] = round(time.perf_counter() - started, 1)
     return figures
 
@@ -202,7 +210,7 @@ def run_size(args, rows: int, long_tokens: int) -> dict:
     return figures
 
 
-STAGES = ("loading", "training", "evaluation", "index_old", "index", "valuation")
+STAGES = ("loading", "training", "evaluation", "index_old", "index", "valuation", "saving")
 
 
 def table(results: list[dict]) -> str:

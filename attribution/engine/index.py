@@ -29,10 +29,12 @@ from attribution.engine.storage import (  # noqa: F401 (re-exported: the index's
     INDEX_FORMAT,
     INT8_LEVELS,
     READ_FORMATS,
+    RowFile,
     _dequantise,
     chunk_rows,
     load_index,
     quantise_rows,
+    release_rows,
     row_norms,
     save_index,
 )
@@ -130,7 +132,9 @@ class AttributionIndex:
     # -- scores -----------------------------------------------------------------------------------------------------
     def rows32(self, start: int, stop: int) -> np.ndarray:
         """phi of rows [start, stop) as float32 (dequantised): features * row_scale."""
-        return _dequantise(self.features[start:stop], self.row_scale[start:stop])
+        rows = _dequantise(self.features[start:stop], self.row_scale[start:stop])
+        release_rows(self.features, start, stop)
+        return rows
 
     def features32(self) -> np.ndarray:
         """Every row's phi as one (N, k) float32 array: 4 bytes a feature, made on each call and not kept. For tests
@@ -215,6 +219,8 @@ class AttributionIndex:
             chunk = as_numpy[: stop - start]
             np.copyto(chunk, self.features[start:stop] if rows is None else self.features[rows[start:stop]],
                       casting="unsafe")  # fmt: skip
+            if rows is None:
+                release_rows(self.features, start, stop)
             if not scaled_after:
                 chunk *= scale[start:stop, None]
             torch.mm(buffer[: stop - start], query, out=out[start:stop])
@@ -293,8 +299,7 @@ def fisher_blocks(
     by_width: dict[int, list[int]] = {}
     for position, width in enumerate(widths):
         by_width.setdefault(int(width), []).append(position)
-    # the chunk's rows (float32) and its blocks (float64) go to buffers made once: allocating them per chunk let
-    # glibc's heap fragment, growing with the number of chunks (9,000 rows at k = 13,440: 0.19 GB against 0.08 GB)
+    # buffers made once: new copies per chunk fragmented glibc's heap (9,000 rows, k = 13,440: 0.19 GB, not 0.08)
     step = min(chunk_rows(features.shape[1], 8), n)
     phi = np.empty((step, features.shape[1]), dtype=np.float32)
     for width, positions in by_width.items():
@@ -307,6 +312,7 @@ def fisher_blocks(
             else:  # as _dequantise: each value as float32 times its row's scale
                 np.multiply(features[chunk : chunk + m], row_scale[chunk : chunk + m, None], out=phi[:m],
                             dtype=np.float32)  # fmt: skip
+            release_rows(features, chunk, chunk + m)
             rows = torch.from_numpy(phi[:m])
             for b, position in enumerate(positions):
                 blocks[b, :m].copy_(rows[:, starts[position] : starts[position] + width])
@@ -388,6 +394,7 @@ def build_index(
     eos_ids: Sequence[int] = (),
     calibration: dict | None = None,
     feature_dtype: str = "int8",
+    features_file: str | Path | None = None,
 ) -> AttributionIndex:
     """Projected per-row gradients of `model` (a peft LoRA model, at its final adapter) for every training row.
 
@@ -401,7 +408,11 @@ def build_index(
 
     `feature_dtype` "int8" (format poa-index-4, the default) or "float16" (format poa-index-3, as indexes were built
     before it: kept to compare the two). The Fisher blocks, norms and noise floor are computed on the stored
-    (dequantised) features: the ones queries are scored against."""
+    (dequantised) features: the ones queries are scored against.
+
+    With `features_file`, the features (k bytes a row: 13,440 with the Thorough preset) are written to that file as
+    the passes form them and mapped from it (storage.RowFile), not held in memory. The caller removes the file once
+    the index is saved (saving copies the features into the index file) or no longer used."""
     started = time.perf_counter()
     if feature_dtype not in FEATURE_DTYPES:
         raise EngineError(f"Features are stored as {' or '.join(FEATURE_DTYPES)}, not {feature_dtype!r}.")
@@ -415,7 +426,9 @@ def build_index(
     matrices = [m for m, _ in lora_modules(model)]
     widths = allocate(matrices, k, projection)
     projector = Projector(matrices, widths, seed, projection)
-    features = np.zeros((len(rows), projector.k), dtype=np.dtype(feature_dtype))
+    shape = (len(rows), projector.k)
+    dtype = np.dtype(feature_dtype)
+    into = np.zeros(shape, dtype=dtype) if features_file is None else RowFile(features_file, shape, dtype)
     finite = True
     row_scale = np.ones(len(rows), dtype=np.float32)
     null_phi = np.zeros((NULL_QUERIES, projector.k), dtype=np.float32)
@@ -440,7 +453,7 @@ def build_index(
         phi, indices = phi[is_row], np.asarray(indices)[is_row]
         finite = finite and bool(np.isfinite(phi).all())
         with np.errstate(invalid="ignore", over="ignore"):
-            features[indices], row_scale[indices] = quantise_rows(phi, feature_dtype)
+            into[indices], row_scale[indices] = quantise_rows(phi, feature_dtype)
         done += len(indices)
         if on_progress is not None and len(indices):
             on_progress(done, len(rows))
@@ -457,6 +470,7 @@ def build_index(
         pad_id=pad_id,
         consume=consume,
     )
+    features = into if features_file is None else into.mapped()
     release_freed()  # the passes' activations go back to the system, not to this process's heap
     if not finite or (feature_dtype == "float16" and not np.isfinite(features).all()):
         raise EngineError("Some row gradients are not finite (overflow in float16 or a diverged model).")

@@ -1,10 +1,17 @@
 """How an attribution index is stored: one safetensors file, its features int8 (format poa-index-4) or float16
-(formats 2, 3) with a per-row scale, mapped from the file on load rather than read (see index.py's docstring)."""
+(formats 2, 3) with a per-row scale, mapped from the file on load rather than read (see index.py's docstring).
+
+Features mapped from a file (a loaded index, or one built with a features file: `RowFile`) stay out of the process's
+resident memory: every pass over them (norms, Fisher blocks, scores, saving) unmaps each chunk once it is read
+(`release_rows`), so the pages live in the kernel's page cache, shared and reclaimable, not in the process. Read
+through the mapping and left mapped, a pass over every row made all of them resident: 0.11 GiB at 9,000 rows of the
+Thorough preset's k = 13,440."""
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import tempfile
 from pathlib import Path
@@ -26,8 +33,6 @@ _SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8
 def save_index(index, path: str | Path) -> Path:
     """Written to a temporary file beside `path`, then renamed over it: a process that has the previous file
     mapped (a worker, or this index itself when it was loaded from `path`) keeps reading the old file intact."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     if index.features.dtype not in (np.int8, np.float16):
         raise EngineError(f"Index features are stored as int8 or float16, not {index.features.dtype}.")
@@ -35,7 +40,7 @@ def save_index(index, path: str | Path) -> Path:
         raise EngineError(f"An index of format {INDEX_FORMAT} stores its features as int8.")
     tensors = {
         "row_ids": np.ascontiguousarray(index.row_ids, dtype=np.int64),
-        "features": np.ascontiguousarray(index.features),
+        "features": index.features,  # written chunk by chunk (write_safetensors): no whole copy
         "row_scale": np.ascontiguousarray(index.row_scale, dtype=np.float32),
         "damping": np.asarray(index.damping, dtype=np.float64),
         "null_features": np.ascontiguousarray(index.null_features, dtype=np.float32),
@@ -63,12 +68,78 @@ def save_index(index, path: str | Path) -> Path:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata={"engine": json.dumps(meta)})
+        write_safetensors(temporary, tensors, metadata={"engine": json.dumps(meta)})
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+_DTYPE_NAMES = {np.dtype(code): name for name, code in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], *, metadata: dict[str, str]) -> None:
+    """A safetensors file (the format safetensors' own writers make and readers check: a little-endian header
+    length, a JSON header padded with spaces to 8 bytes, then each tensor's bytes in a row, largest item size
+    first), written tensor by tensor and a big tensor CHUNK_BYTES at a time: no copy of a whole tensor is made,
+    and a file-backed one is unmapped as it is read (`release_rows`)."""
+    names = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name in names:
+        array = tensors[name]
+        if array.dtype not in _DTYPE_NAMES:
+            raise EngineError(f"Tensor {name!r} has dtype {array.dtype}, which an index does not store.")
+        header[name] = {"dtype": _DTYPE_NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}  # fmt: skip
+        offset += array.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as out:
+        out.write(len(raw).to_bytes(8, "little") + raw)
+        for name in names:
+            array = tensors[name]
+            rows = array.reshape(array.shape[0], math.prod(array.shape[1:])) if array.ndim > 1 else array.reshape(1, -1)
+            step = chunk_rows(max(1, rows.shape[1]), rows.dtype.itemsize)
+            for start in range(0, len(rows), step):
+                out.write(np.ascontiguousarray(rows[start : start + step]).data)
+                release_rows(array, start, start + step)
+
+
+def release_rows(features: np.ndarray, start: int, stop: int) -> None:
+    """Unmaps rows [start, stop) of features mapped read-only from a file (np.memmap, mode "r") once they have been
+    read: the process's resident memory does not keep them (the kernel's page cache does, and a later read maps
+    them again). Anything else (features in memory, a writable or private mapping): nothing to do."""
+    mapping = getattr(features, "_mmap", None)
+    if mapping is None or getattr(features, "mode", None) != "r" or stop <= start or not features.size:
+        return
+    base = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+    first = features.ctypes.data - base + start * features.strides[0]
+    last = min(len(mapping), features.ctypes.data - base + stop * features.strides[0])
+    first -= first % mmap.PAGESIZE
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+class RowFile:
+    """Stored features written to a file as a build forms them (`rows_file[indices] = rows`: os.pwrite, row by row,
+    in any order) and then mapped read-only (`mapped`): they never sit in the building process's memory. Unwritten
+    rows read as zeros."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, int], dtype: str | np.dtype = "int8"):
+        self.path, self.shape, self.dtype = Path(path), (int(shape[0]), int(shape[1])), np.dtype(dtype)
+        with open(self.path, "wb") as handle:
+            handle.truncate(self.shape[0] * self.shape[1] * self.dtype.itemsize)
+
+    def __setitem__(self, indices, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        with open(self.path, "r+b") as handle:
+            for index, row in zip(np.asarray(indices).tolist(), rows, strict=True):
+                os.pwrite(handle.fileno(), row.data, index * row.nbytes)
+
+    def mapped(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
 
 
 def load_index(cls, path: str | Path):
@@ -203,6 +274,7 @@ def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int | None = N
         out[start : start + chunk] = np.linalg.norm(
             _dequantise(features[start : start + chunk], row_scale[start : start + chunk]), axis=1
         )
+        release_rows(features, start, start + chunk)
     return out
 
 

@@ -28,6 +28,7 @@ from modelfactory.training.finetune import split_rows
 from modelfactory.training.memory import budget_bytes
 
 INDEX_FOLDER = "attribution"
+FEATURES_BUILDING = "features.building"  # the index's features as the build writes them, until the index is saved
 
 
 def _lineage_versions(job) -> list:
@@ -104,31 +105,35 @@ def index_build(*, job, result, on_progress=None) -> ModelIndex:
     seed = int(hp.get("seed", 0))
     batch_size = int(hp.get("batch_size", 16))
     longest = max(len(ids) for _, ids, _ in train)
-    index = engine.build_index(
-        model,
-        train,
-        k=settings.MF_ATTRIBUTION_K,
-        seed=seed,
-        batch_size=batch_size,
-        # at most what the largest training micro-batch held (batch size x the longest row, not x max length: with
-        # short rows that would be hundreds of rows in one pass), and within this stage's memory budget
-        max_tokens=batch_size * longest,
-        memory_budget=_stage_memory_budget(),
-        pad_id=tokenizer.pad_token_id,
-        on_progress=progress,
-        # the noise floor is also measured on the model's own answers to everyday questions (rule poa-3)
-        **engine.calibration_inputs(model, tokenizer),
-    )
-    spans = engine.SpanIndex.build(train)
-    train_owners = {row_id: owners[row_id] for row_id, _, _ in train}
-    report = engine.data_valuation(index, model, evals, train_owners, seed=seed) if evals else None
-    progress(total, total)
-
     folder = Path(job.workdir) / INDEX_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    index.save(folder / runtime.INDEX_FILE)
-    spans.save(folder / runtime.SPANS_FILE)
-    runtime.write_owners(folder / runtime.OWNERS_FILE, train_owners)
+    building = folder / FEATURES_BUILDING  # the features go to this file as they are built, not to memory
+    try:
+        index = engine.build_index(
+            model,
+            train,
+            k=settings.MF_ATTRIBUTION_K,
+            seed=seed,
+            batch_size=batch_size,
+            # at most what the largest training micro-batch held (batch size x the longest row, not x max length:
+            # with short rows that would be hundreds of rows in one pass), and within this stage's memory budget
+            max_tokens=batch_size * longest,
+            memory_budget=_stage_memory_budget(),
+            pad_id=tokenizer.pad_token_id,
+            on_progress=progress,
+            # the noise floor is also measured on the model's own answers to everyday questions (rule poa-3)
+            **engine.calibration_inputs(model, tokenizer),
+            features_file=building,
+        )
+        spans = engine.SpanIndex.build(train)
+        train_owners = {row_id: owners[row_id] for row_id, _, _ in train}
+        report = engine.data_valuation(index, model, evals, train_owners, seed=seed) if evals else None
+        progress(total, total)
+        index.save(folder / runtime.INDEX_FILE)  # copies the features from `building` into the index file
+        spans.save(folder / runtime.SPANS_FILE)
+        runtime.write_owners(folder / runtime.OWNERS_FILE, train_owners)
+    finally:
+        building.unlink(missing_ok=True)
     size = sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
     return _index_record(
         job=job,

@@ -74,3 +74,29 @@ def test_a_failing_index_stage_keeps_the_model_and_says_why(cast, pretrained_dir
         "indexing": "Building the attribution index over the training rows did not finish "
         "(EngineError: No training rows to index.)."
     }
+
+
+def test_an_index_stage_failing_after_the_passes_leaves_no_features_file(monkeypatch, planted_factory):
+    """The build writes the features to a file in the index folder (not to memory); a failure after the passes
+    (here data valuation) removes it with the stage, as a saved index does."""
+    from attribution import engine
+
+    built = []
+    real_build = engine.build_index
+
+    def build(*args, **kwargs):
+        built.append(Path(kwargs["features_file"]))
+        index = real_build(*args, **kwargs)
+        assert built[0].stat().st_size == index.size * index.k  # the features are in the file
+        return index
+
+    def boom(*args, **kwargs):
+        raise engine.EngineError("Data valuation needs at least one held-out eval example.")
+
+    monkeypatch.setattr(engine, "build_index", build)
+    monkeypatch.setattr(engine, "data_valuation", boom)
+    planted = planted_factory()
+    assert planted.job.status == "succeeded" and not ModelIndex.objects.exists()
+    assert "indexing" in planted.job.report["stage_errors"]
+    assert built == [planted.job.workdir / "attribution" / "features.building"]
+    assert not built[0].exists()
