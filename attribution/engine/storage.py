@@ -101,7 +101,7 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], *, metad
         out.write(len(raw).to_bytes(8, "little") + raw)
         for name in names:
             array = tensors[name]
-            rows = array.reshape(array.shape[0], math.prod(array.shape[1:])) if array.ndim > 1 else array.reshape(1, -1)
+            rows = array.reshape((array.shape[0], math.prod(array.shape[1:])) if array.ndim > 1 else (1, array.size))
             step = chunk_rows(max(1, rows.shape[1]), rows.dtype.itemsize)
             for start in range(0, len(rows), step):
                 out.write(np.ascontiguousarray(rows[start : start + step]).data)

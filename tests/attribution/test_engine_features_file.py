@@ -107,6 +107,7 @@ def test_index_files_are_read_by_safetensors_itself(tmp_path):
         "row_ids": np.arange(8, dtype=np.int64),
         "scale": np.linspace(0, 1, 8, dtype=np.float32),
         "damping": np.array([0.5, 2.0]),
+        "none": np.zeros(0),
         "empty": np.zeros((0, 15), dtype=np.float32),
         "half": np.ones((2, 3), dtype=np.float16),
     }
