@@ -15,8 +15,8 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-# Training: one job at a time per worker process.
-"$VENV/bin/celery" -A config worker -Q gpu -c 1 --prefetch-multiplier=1 -n "gpu@%h" --loglevel=INFO &
+# Training: one job at a time per worker process, under jemalloc where it is installed (lower peaks: see the script).
+scripts/with-jemalloc.sh "$VENV/bin/celery" -A config worker -Q gpu -c 1 --prefetch-multiplier=1 -n "gpu@%h" --loglevel=INFO &
 pids+=($!)
 # Ingest, attribution and settlement.
 "$VENV/bin/celery" -A config worker -Q default -c 2 -n "main@%h" --loglevel=INFO &

@@ -109,6 +109,8 @@ class Stack:
     def start_worker(self, queue: str) -> None:
         name = f"{queue}-{uuid.uuid4().hex[:6]}@e2e"
         args = [CELERY, "-A", "config", "worker", *WORKER_ARGS[queue], "-n", name]
+        if queue == "gpu":  # as scripts/run.sh starts the training worker
+            args = [str(ROOT / "scripts" / "with-jemalloc.sh"), *args]
         self._spawn(queue, [*args, "--without-gossip", "--without-mingle", "--loglevel=WARNING"])
 
     def stop(self) -> None:
