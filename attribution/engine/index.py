@@ -30,8 +30,8 @@ from attribution.engine.storage import (  # noqa: F401 (re-exported: the index's
     INT8_LEVELS,
     READ_FORMATS,
     RowFile,
-    _dequantise,
     chunk_rows,
+    dequantised_rows,
     load_index,
     quantise_rows,
     release_rows,
@@ -132,9 +132,7 @@ class AttributionIndex:
     # -- scores -----------------------------------------------------------------------------------------------------
     def rows32(self, start: int, stop: int) -> np.ndarray:
         """phi of rows [start, stop) as float32 (dequantised): features * row_scale."""
-        rows = _dequantise(self.features[start:stop], self.row_scale[start:stop])
-        release_rows(self.features, start, stop)
-        return rows
+        return dequantised_rows(self.features, self.row_scale, start, stop)
 
     def features32(self) -> np.ndarray:
         """Every row's phi as one (N, k) float32 array: 4 bytes a feature, made on each call and not kept. For tests
@@ -309,7 +307,7 @@ def fisher_blocks(
             m = min(step, features.shape[0] - chunk)
             if row_scale is None:
                 np.copyto(phi[:m], features[chunk : chunk + m], casting="same_kind")
-            else:  # as _dequantise: each value as float32 times its row's scale
+            else:  # as dequantised_rows: each value as float32 times its row's scale
                 np.multiply(features[chunk : chunk + m], row_scale[chunk : chunk + m, None], out=phi[:m],
                             dtype=np.float32)  # fmt: skip
             release_rows(features, chunk, chunk + m)

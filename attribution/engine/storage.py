@@ -265,9 +265,12 @@ def chunk_rows(k: int, itemsize: int = 4) -> int:
     return max(1, CHUNK_BYTES // max(1, k * itemsize))
 
 
-def _dequantise(features: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    out = features.astype(np.float32)  # one float32 copy, scaled in place
-    out *= np.asarray(scale, dtype=np.float32)[:, None]
+def dequantised_rows(features: np.ndarray, scale: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """phi of rows [start, stop) as one float32 copy (features * scale), the rows read then unmapped
+    (`release_rows`) when a build wrote them to a file."""
+    out = features[start:stop].astype(np.float32)
+    out *= np.asarray(scale[start:stop], dtype=np.float32)[:, None]
+    release_rows(features, start, stop)
     return out
 
 
@@ -276,10 +279,7 @@ def row_norms(features: np.ndarray, row_scale: np.ndarray, chunk: int | None = N
     chunk = chunk or chunk_rows(features.shape[1])
     out = np.empty(features.shape[0], dtype=np.float32)
     for start in range(0, features.shape[0], chunk):
-        out[start : start + chunk] = np.linalg.norm(
-            _dequantise(features[start : start + chunk], row_scale[start : start + chunk]), axis=1
-        )
-        release_rows(features, start, start + chunk)
+        out[start : start + chunk] = np.linalg.norm(dequantised_rows(features, row_scale, start, start + chunk), axis=1)
     return out
 
 
