@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
+from django.core.management.base import CommandError
 from django.test.utils import override_settings
 
 from ledger.calc.money import format_credits as _credits
@@ -329,7 +330,15 @@ def _train(*, base, version, owner, run: str, tiny: bool, say):
         name=f"Kitchen garden demo {run}",
         idempotency_key=f"demo-{run}",
     )
-    worker = threading.Thread(target=finetune_run, kwargs={"job_id": job.pk, "hostname": "demo"}, daemon=True)
+    crashed: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            finetune_run(job_id=job.pk, hostname="demo")
+        except BaseException as exc:  # the job cannot say it ended: this loop must, instead of waiting forever
+            crashed.append(exc)
+
+    worker = threading.Thread(target=train, daemon=True)
     worker.start()
     last = None
     while True:
@@ -340,8 +349,13 @@ def _train(*, base, version, owner, run: str, tiny: bool, say):
         if line != last:
             say(line)
             last = line
-        if not job.is_active and not worker.is_alive():
-            return FineTuneJob.objects.select_related("model_version__model").get(pk=job.pk)
+        if not worker.is_alive():
+            job.refresh_from_db()
+            if not job.is_active:
+                return FineTuneJob.objects.select_related("model_version__model").get(pk=job.pk)
+            if crashed or job.worker == "demo":  # ours, and no longer running: nothing will end it
+                reason = f"{type(crashed[0]).__name__}: {crashed[0]}" if crashed else "no error was given"
+                raise CommandError(f"The training stopped in this process before the job ended ({reason}).")
         time.sleep(1.0)
 
 

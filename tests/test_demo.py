@@ -83,3 +83,40 @@ def test_demo_with_a_farmer_compares_the_rules(settings, tmp_path):
     assert pool.balance == 500_000
     assert "The datanet's pool: 0.500000 credits (0 forfeited earning(s), 1 forfeited bond(s))" in text
     assert "Ledger OK:" in text
+
+
+def test_a_training_that_crashes_in_the_demo_ends_it_with_the_error(settings, tmp_path, monkeypatch):
+    """The demo trains in a thread of its own and waits for the job to end; a crash the job could not record (here
+    the whole run raising) must end the demo with the error instead of leaving it waiting forever."""
+    import threading
+
+    from django.core.management.base import CommandError
+
+    from modelfactory import services
+    from modelfactory.models import FineTuneJob
+    from modelfactory.services.finetune_worker import _claim
+
+    def crash(*, job_id, hostname):
+        _claim(job_id, hostname=hostname)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(services, "finetune_run", crash)
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MF_BASE_MODEL_DIR = tmp_path / "models"
+    failure: list[BaseException] = []
+
+    def demo() -> None:
+        try:
+            call_command("demo", "--tiny", stdout=StringIO())
+        except BaseException as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=demo, daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "the demo is still waiting for a job nobody runs"
+    assert len(failure) == 1 and isinstance(failure[0], CommandError)
+    assert str(failure[0]) == "The training stopped in this process before the job ended (OSError: disk full)."
+    job = FineTuneJob.objects.get()
+    assert (job.status, job.worker) == (FineTuneJob.Status.RUNNING, "demo")
+    assert Inference.objects.count() == 0  # nothing was asked of a model that does not exist
