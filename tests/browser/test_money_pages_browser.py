@@ -114,6 +114,13 @@ def test_wallet_separates_refunds_from_earnings_and_receipts_are_readable(owner_
     assert page.locator("#available span").get_attribute("title").endswith("000 credits")
     assert not re.search(r"\d\.\d{6}", page.locator("main").inner_text())
     keep_screenshots(page, "wallet")
+    # On a phone the statement drops its model column, so that each line's amount is on screen without scrolling.
+    page.set_viewport_size({"width": 390, "height": 844})
+    headers = page.locator("#statement thead th")
+    expect(headers.filter(has_text="Model")).to_be_hidden()
+    assert page.locator("#statement thead th.num").first.bounding_box()["x"] + 60 <= 390  # "Amount"
+    page.set_viewport_size({"width": 1280, "height": 900})
+    expect(headers.filter(has_text="Model")).to_be_visible()
 
     lines.first.get_by_role("link").click()
     expect(page.get_by_role("heading", name=re.compile(r"^Receipt #\d+$"))).to_be_visible()
