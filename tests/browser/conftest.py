@@ -128,6 +128,11 @@ def visit(page, path: str) -> None:
 SCREENS = ARTIFACTS / "pages"
 
 
+def next_frames(page) -> None:
+    """Waits two animation frames: what a resize changes is laid out (and a chart redrawn) on one of them."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
 def keep_screenshots(page, name: str) -> None:
     """Full-page screenshots at 1280 and 390 px wide, kept whatever the outcome in test-artifacts/pages/
     (<name>-1280.png, <name>-390.png); the page must fit the narrow screen without sideways scrolling."""
@@ -138,7 +143,7 @@ def keep_screenshots(page, name: str) -> None:
         page.set_viewport_size({"width": width, "height": height})
         # two animation frames: a chart resizes to the new width on one (else the shot keeps its old width); on a
         # loaded machine a chart's resize can come frames later, so wait (up to 3 s) until the page fits
-        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        next_frames(page)
         with contextlib.suppress(PlaywrightTimeoutError):  # still too wide: the assertion below says so
             page.wait_for_function("w => document.documentElement.scrollWidth <= w", arg=width, timeout=3000)
         page.screenshot(path=str(SCREENS / f"{name}-{width}.png"), full_page=True)

@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from attribution.models import Attribution, AttributionShare
 from modelfactory.models import FineTuneEvent, FineTuneJob, Inference
-from tests.browser.conftest import visit
+from tests.browser.conftest import next_frames, visit
 from tests.faults.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -130,6 +130,6 @@ def test_a_chart_not_yet_redrawn_for_a_narrow_screen_does_not_widen_the_page(own
         widths = "Array.from(document.querySelectorAll('canvas[data-chart]')).map(c => c.getBoundingClientRect().width)"
         assert min(page.evaluate(widths)) > 390, path  # drawn for the wide screen
         page.set_viewport_size({"width": 390, "height": 844})
-        page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        next_frames(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
         assert max(page.evaluate(widths)) <= 390, path
